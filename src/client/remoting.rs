@@ -1,0 +1,195 @@
+//! A multiplexed client connection: many requests in flight on one TCP
+//! stream, responses matched by correlation id.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use super::error::{ClientError, ClientResult};
+use crate::wire::{Command, Frame, FrameKind, Status};
+
+/// Largest response frame a client accepts.
+pub const CLIENT_MAX_FRAME_BYTES: usize = 64 << 20;
+
+type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Frame>>>>;
+
+/// One connection to a broker or name server. Cheap to clone; clones share
+/// the socket. Must be created inside a tokio runtime.
+#[derive(Clone)]
+pub struct RemotingConnection {
+    addr: String,
+    outbox: mpsc::Sender<Frame>,
+    pending: Pending,
+    next_id: Arc<AtomicU32>,
+    closed: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for RemotingConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemotingConnection").field("addr", &self.addr).finish()
+    }
+}
+
+impl RemotingConnection {
+    /// Connects to `addr` within `timeout`. Frames the server pushes unasked
+    /// are delivered to `pushes` when given, else dropped.
+    pub async fn connect(
+        addr: &str,
+        timeout: Duration,
+        pushes: Option<mpsc::UnboundedSender<Frame>>,
+    ) -> ClientResult<RemotingConnection> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| ClientError::Timeout {
+                what: format!("connecting to {addr}"),
+                millis: timeout.as_millis() as u64,
+            })?
+            .map_err(|source| ClientError::Io {
+                addr: addr.to_string(),
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        let (mut reader, mut writer) = stream.into_split();
+        let (outbox, mut rx) = mpsc::channel::<Frame>(1024);
+        let pending: Pending = Arc::default();
+        let closed = Arc::new(AtomicBool::new(false));
+
+        let closed_w = closed.clone();
+        tokio::spawn(async move {
+            let mut out = BytesMut::with_capacity(64 * 1024);
+            while let Some(frame) = rx.recv().await {
+                frame.encode(&mut out);
+                while out.len() < 1 << 20 {
+                    match rx.try_recv() {
+                        Ok(f) => f.encode(&mut out),
+                        Err(_) => break,
+                    }
+                }
+                if writer.write_all(&out).await.is_err() {
+                    break;
+                }
+                out.clear();
+            }
+            closed_w.store(true, Ordering::Release);
+        });
+
+        let pending_r = pending.clone();
+        let closed_r = closed.clone();
+        tokio::spawn(async move {
+            let mut buf = BytesMut::with_capacity(64 * 1024);
+            'read: loop {
+                loop {
+                    match Frame::parse(&mut buf, CLIENT_MAX_FRAME_BYTES) {
+                        Ok(Some(frame)) => match frame.kind {
+                            FrameKind::Response => {
+                                let waiter = pending_r
+                                    .lock()
+                                    .ok()
+                                    .and_then(|mut p| p.remove(&frame.correlation_id));
+                                if let Some(w) = waiter {
+                                    let _ = w.send(frame);
+                                }
+                            }
+                            _ => {
+                                if let Some(p) = &pushes {
+                                    let _ = p.send(frame);
+                                }
+                            }
+                        },
+                        Ok(None) => break,
+                        Err(e) if e.is_fatal() => break 'read,
+                        Err(_) => continue,
+                    }
+                }
+                match reader.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            closed_r.store(true, Ordering::Release);
+            // Dropping the senders fails every waiting request with Closed.
+            if let Ok(mut p) = pending_r.lock() {
+                p.clear();
+            }
+        });
+
+        Ok(RemotingConnection {
+            addr: addr.to_string(),
+            outbox,
+            pending,
+            next_id: Arc::new(AtomicU32::new(1)),
+            closed,
+        })
+    }
+
+    /// The peer address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// True once the socket failed or closed; make a new connection.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire) || self.outbox.is_closed()
+    }
+
+    /// Sends a request and waits for its response, whatever its status.
+    pub async fn request_raw(&self, cmd: Command, header: Bytes, body: Bytes, timeout: Duration) -> ClientResult<Frame> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .map_err(|_| ClientError::Closed(self.addr.clone()))?
+            .insert(id, tx);
+        let frame = Frame::request(cmd, id, header, body);
+        let result = tokio::time::timeout(timeout, async {
+            self.outbox
+                .send(frame)
+                .await
+                .map_err(|_| ClientError::Closed(self.addr.clone()))?;
+            rx.await.map_err(|_| ClientError::Closed(self.addr.clone()))
+        })
+        .await;
+        match result {
+            Ok(r) => r,
+            Err(_) => {
+                if let Ok(mut p) = self.pending.lock() {
+                    p.remove(&id);
+                }
+                Err(ClientError::Timeout {
+                    what: format!("{cmd:?} to {}", self.addr),
+                    millis: timeout.as_millis() as u64,
+                })
+            }
+        }
+    }
+
+    /// Sends a request; a non-success status becomes [`ClientError::Server`].
+    /// Returns the response's header and body.
+    pub async fn request(&self, cmd: Command, header: Bytes, body: Bytes, timeout: Duration) -> ClientResult<(Bytes, Bytes)> {
+        let resp = self.request_raw(cmd, header, body, timeout).await?;
+        if resp.status() != Status::Success {
+            return Err(ClientError::Server {
+                status: resp.status(),
+                message: resp.error_message(),
+            });
+        }
+        Ok((resp.header, resp.body))
+    }
+
+    /// Sends a oneway request (no response).
+    pub async fn oneway(&self, cmd: Command, header: Bytes, body: Bytes) -> ClientResult<()> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut frame = Frame::request(cmd, id, header, body);
+        frame.kind = FrameKind::Oneway;
+        self.outbox
+            .send(frame)
+            .await
+            .map_err(|_| ClientError::Closed(self.addr.clone()))
+    }
+}

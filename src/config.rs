@@ -1,0 +1,291 @@
+//! Broker and name-server configuration.
+//!
+//! Sources, later ones winning: built-in defaults (documented in
+//! `conf/broker.toml`), an optional TOML file, `FERROMQ__SECTION__KEY`
+//! environment variables, then command-line flags. Unknown keys are errors.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[broker]`: identity, network, topics.
+    pub broker: BrokerSection,
+    /// `[store]`: where and how messages are kept.
+    pub store: StoreSection,
+    /// `[namesrv]`: the (embedded or standalone) name server.
+    pub namesrv: NamesrvSection,
+}
+
+/// `[broker]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerSection {
+    /// Cluster the broker belongs to.
+    pub cluster: String,
+    /// Broker group name (shared by a master and its slaves).
+    pub name: String,
+    /// 0 for a master, > 0 for a slave.
+    pub id: u64,
+    /// Address the broker listens on for clients.
+    pub listen: String,
+    /// Address registered with name servers; defaults to the bound listen
+    /// address.
+    pub advertise: Option<String>,
+    /// Run a name server inside the broker process.
+    pub embedded_namesrv: bool,
+    /// Name servers to register with; empty means the embedded one.
+    pub namesrv_addrs: Vec<String>,
+    /// How often the broker re-registers with the name servers.
+    pub register_interval_ms: u64,
+    /// Create unknown topics on first send (with `default_topic_queues`).
+    pub auto_create_topics: bool,
+    /// Queue count of auto-created topics and of `topic create` without
+    /// `--queues`.
+    pub default_topic_queues: u32,
+    /// Largest frame accepted, in bytes.
+    pub max_frame_bytes: usize,
+    /// Network threads (arbiters); 0 means one per CPU core.
+    pub network_threads: usize,
+    /// Requests one connection may have outstanding before the broker stops
+    /// reading from it (backpressure).
+    pub max_inflight_per_connection: usize,
+}
+
+impl Default for BrokerSection {
+    fn default() -> Self {
+        BrokerSection {
+            cluster: "DefaultCluster".into(),
+            name: "broker-a".into(),
+            id: 0,
+            listen: "127.0.0.1:10911".into(),
+            advertise: None,
+            embedded_namesrv: true,
+            namesrv_addrs: Vec::new(),
+            register_interval_ms: 30_000,
+            auto_create_topics: true,
+            default_topic_queues: 8,
+            max_frame_bytes: 16 << 20,
+            network_threads: 0,
+            max_inflight_per_connection: 256,
+        }
+    }
+}
+
+/// When an acknowledged message reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlushMode {
+    /// The producer is answered after the record is durable (group commit).
+    Sync,
+    /// The producer is answered after the record is in the page cache; a
+    /// flusher makes it durable every `flush_interval_ms`.
+    Async,
+}
+
+impl std::str::FromStr for FlushMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sync" => Ok(FlushMode::Sync),
+            "async" => Ok(FlushMode::Async),
+            other => Err(format!("flush mode {other:?} is not sync or async")),
+        }
+    }
+}
+
+/// `[store]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// Directory holding commitlog, consume queues, indexes and config.
+    pub data_dir: PathBuf,
+    /// Size of one commitlog segment; also the largest record.
+    pub segment_bytes: u64,
+    /// Entries in one consume-queue file (20 bytes each).
+    pub consume_queue_file_entries: u64,
+    /// Hash slots in one key-index file.
+    pub index_slots: u32,
+    /// Entries in one key-index file.
+    pub index_entries: u32,
+    /// `sync` or `async`.
+    pub flush: FlushMode,
+    /// Async flush period, and how often the checkpoint is written.
+    pub flush_interval_ms: u64,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            data_dir: PathBuf::from("data"),
+            segment_bytes: 1 << 30,
+            consume_queue_file_entries: 300_000,
+            index_slots: 500_000,
+            index_entries: 2_000_000,
+            flush: FlushMode::Async,
+            flush_interval_ms: 500,
+        }
+    }
+}
+
+/// `[namesrv]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NamesrvSection {
+    /// Address the name server listens on.
+    pub listen: String,
+    /// A broker silent this long is dropped from routes.
+    pub broker_expiry_ms: u64,
+    /// How often expired brokers are looked for.
+    pub scan_interval_ms: u64,
+}
+
+impl Default for NamesrvSection {
+    fn default() -> Self {
+        NamesrvSection {
+            listen: "127.0.0.1:9876".into(),
+            broker_expiry_ms: 120_000,
+            scan_interval_ms: 5_000,
+        }
+    }
+}
+
+/// Command-line settings that override the file and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--listen`.
+    pub listen: Option<String>,
+    /// `--namesrv-listen` (broker) or `--listen` (standalone name server).
+    pub namesrv_listen: Option<String>,
+    /// `--no-embedded-namesrv`.
+    pub no_embedded_namesrv: bool,
+    /// `--namesrv`.
+    pub namesrv_addrs: Option<Vec<String>>,
+    /// `--flush`.
+    pub flush: Option<FlushMode>,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Loads defaults, then `file`, then the environment, then `overrides`.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let err = |e: config::ConfigError| ConfigError(e.to_string());
+        let mut builder = config::Config::builder()
+            .add_source(config::Config::try_from(&Config::default()).map_err(err)?);
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError(format!("file {} does not exist", path.display())));
+            }
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("FERROMQ")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("broker.namesrv_addrs"),
+        );
+        let mut cfg: Config = builder.build().map_err(err)?.try_deserialize().map_err(err)?;
+        cfg.apply(overrides);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        if let Some(d) = &o.data_dir {
+            self.store.data_dir = d.clone();
+        }
+        if let Some(l) = &o.listen {
+            self.broker.listen = l.clone();
+        }
+        if let Some(l) = &o.namesrv_listen {
+            self.namesrv.listen = l.clone();
+        }
+        if o.no_embedded_namesrv {
+            self.broker.embedded_namesrv = false;
+        }
+        if let Some(a) = &o.namesrv_addrs {
+            self.broker.namesrv_addrs = a.clone();
+        }
+        if let Some(f) = o.flush {
+            self.store.flush = f;
+        }
+    }
+
+    /// Rejects settings the broker cannot run with.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError(m.to_string()));
+        if self.store.segment_bytes < 64 * 1024 {
+            return bad("store.segment_bytes must be at least 65536");
+        }
+        if self.store.consume_queue_file_entries == 0 {
+            return bad("store.consume_queue_file_entries must be positive");
+        }
+        if self.store.index_slots == 0 || self.store.index_entries == 0 {
+            return bad("store.index_slots and store.index_entries must be positive");
+        }
+        if self.store.flush_interval_ms == 0 {
+            return bad("store.flush_interval_ms must be positive");
+        }
+        if self.broker.default_topic_queues == 0 || self.broker.default_topic_queues > 1024 {
+            return bad("broker.default_topic_queues must be between 1 and 1024");
+        }
+        if self.broker.max_frame_bytes < 1024 {
+            return bad("broker.max_frame_bytes must be at least 1024");
+        }
+        if !self.broker.embedded_namesrv && self.broker.namesrv_addrs.is_empty() {
+            return bad("without an embedded name server, broker.namesrv_addrs (--namesrv) is required");
+        }
+        if self.broker.max_inflight_per_connection == 0 {
+            return bad("broker.max_inflight_per_connection must be positive");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_file_equals_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/broker.toml");
+        let cfg = Config::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(cfg, Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.toml");
+        std::fs::write(&path, "[store]\nflush_mode = \"sync\"\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("flush_mode"), "{err}");
+    }
+
+    #[test]
+    fn file_then_flags_override_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.toml");
+        std::fs::write(&path, "[store]\nflush = \"sync\"\nsegment_bytes = 1048576\n").unwrap();
+        let o = Overrides {
+            listen: Some("127.0.0.1:1".into()),
+            flush: Some(FlushMode::Async),
+            ..Default::default()
+        };
+        let cfg = Config::load(Some(&path), &o).unwrap();
+        assert_eq!(cfg.store.segment_bytes, 1 << 20);
+        assert_eq!(cfg.store.flush, FlushMode::Async);
+        assert_eq!(cfg.broker.listen, "127.0.0.1:1");
+    }
+}

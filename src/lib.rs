@@ -1,0 +1,17 @@
+//! FerroMQ: a persistent, distributed message broker on actix actors.
+//!
+//! * [`wire`] — the binary protocol (pure codec).
+//! * [`store`] — commitlog, consume queues, indexes, recovery.
+//! * [`actors`] — the actor tree: commitlog writer, dispatcher, queue actors,
+//!   name server.
+//! * [`server`] — framed TCP sessions routing requests to actors.
+//! * [`client`] — the Rust client library; [`cli`] — the `ferromq` command.
+
+pub mod client;
+pub mod config;
+pub mod message;
+pub mod server;
+pub mod store;
+pub mod wire;
+pub mod broker;
+pub mod namesrv;

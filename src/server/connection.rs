@@ -1,0 +1,169 @@
+//! One framed TCP session per client (mini-redis style): a reader that splits
+//! frames and hands each request to the handler, a writer that sends the
+//! responses back in completion order.
+//!
+//! Backpressure: at most `max_inflight` requests of one connection are being
+//! handled at once; past that the reader stops reading the socket. Responses
+//! go through a bounded channel, so a client that does not read its
+//! responses eventually stops being read from, instead of growing a buffer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use futures::future::LocalBoxFuture;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::wire::{Command, Frame, FrameKind, Status};
+
+/// Answers requests of one kind of server (broker or name server).
+pub trait RequestHandler: Send + Sync + 'static {
+    /// Handles one request or oneway frame whose command code is known.
+    /// The returned frame's correlation id is set by the caller; for oneway
+    /// requests it is dropped.
+    fn handle(self: Arc<Self>, peer: SocketAddr, cmd: Command, frame: Frame) -> LocalBoxFuture<'static, Frame>;
+}
+
+/// Limits of every connection of one listener.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions {
+    /// Largest frame accepted.
+    pub max_frame_bytes: usize,
+    /// Requests handled at once per connection.
+    pub max_inflight: usize,
+}
+
+/// Accepts connections on `listener` forever, starting each session on the
+/// next of `arbiters` in turn.
+pub async fn serve(
+    listener: TcpListener,
+    arbiters: Vec<actix::ArbiterHandle>,
+    handler: Arc<dyn RequestHandler>,
+    opts: ServeOptions,
+) {
+    let mut next = 0usize;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: wait a little instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        // Re-register the socket with the target arbiter's own reactor, so
+        // its readiness events do not pass through the accepting thread.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "could not detach accepted socket");
+                continue;
+            }
+        };
+        let handler = handler.clone();
+        let session = async move {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => {
+                    actix_rt::spawn(run_session(stream, peer, handler, opts));
+                }
+                Err(e) => tracing::warn!(%peer, error = %e, "could not register socket"),
+            }
+        };
+        let spawned = if arbiters.is_empty() {
+            actix_rt::spawn(session);
+            true
+        } else {
+            let arbiter = &arbiters[next % arbiters.len()];
+            next = next.wrapping_add(1);
+            arbiter.spawn(session)
+        };
+        if !spawned {
+            tracing::error!(%peer, "network arbiter is gone; dropping connection");
+        }
+    }
+}
+
+async fn run_session(stream: TcpStream, peer: SocketAddr, handler: Arc<dyn RequestHandler>, opts: ServeOptions) {
+    tracing::debug!(%peer, "connection opened");
+    let (mut reader, mut writer) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Frame>(opts.max_inflight.max(1));
+
+    let write_loop = async move {
+        let mut out = BytesMut::with_capacity(64 * 1024);
+        while let Some(frame) = rx.recv().await {
+            frame.encode(&mut out);
+            // Coalesce whatever else is ready into one write.
+            while out.len() < 1 << 20 {
+                match rx.try_recv() {
+                    Ok(f) => f.encode(&mut out),
+                    Err(_) => break,
+                }
+            }
+            if writer.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        let _ = writer.shutdown().await;
+    };
+    actix_rt::spawn(write_loop);
+
+    let permits = Arc::new(Semaphore::new(opts.max_inflight.max(1)));
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        let frame = match Frame::parse(&mut buf, opts.max_frame_bytes) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => {
+                match reader.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => continue,
+                }
+            }
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "bad frame");
+                let _ = tx.send(Frame::error(e.correlation_id(), e.status(), e.to_string())).await;
+                if e.is_fatal() {
+                    break;
+                }
+                continue;
+            }
+        };
+        let correlation_id = frame.correlation_id;
+        let wants_reply = match frame.kind {
+            FrameKind::Request => true,
+            FrameKind::Oneway => false,
+            FrameKind::Response | FrameKind::Push => {
+                let _ = tx
+                    .send(Frame::error(correlation_id, Status::MalformedFrame, "servers accept only requests"))
+                    .await;
+                continue;
+            }
+        };
+        let Some(cmd) = Command::from_code(frame.code) else {
+            if wants_reply {
+                let msg = format!("unknown command code {}", frame.code);
+                let _ = tx.send(Frame::error(correlation_id, Status::UnknownCommand, msg)).await;
+            }
+            continue;
+        };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let tx = tx.clone();
+        let fut = handler.clone().handle(peer, cmd, frame);
+        actix_rt::spawn(async move {
+            let mut response = fut.await;
+            drop(permit);
+            if wants_reply {
+                response.correlation_id = correlation_id;
+                response.kind = FrameKind::Response;
+                let _ = tx.send(response).await;
+            }
+        });
+    }
+    tracing::debug!(%peer, "connection closed");
+}

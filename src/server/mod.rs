@@ -1,0 +1,6 @@
+//! TCP serving: one framed session per client connection, spread over the
+//! network arbiters, routing requests to a [`RequestHandler`].
+
+pub mod connection;
+
+pub use connection::{serve, RequestHandler, ServeOptions};

@@ -1,0 +1,4 @@
+//! Storage: an append-only commitlog of mmap'ed segments, consume queues,
+//! a key index and crash recovery.
+
+pub mod record;

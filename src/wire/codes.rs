@@ -1,0 +1,171 @@
+//! Command codes (requests) and status codes (responses).
+
+/// A request, oneway or push command code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum Command {
+    /// Liveness probe; answered with an empty success.
+    Ping = 1,
+    /// Append a batch of messages to one topic queue.
+    SendMessage = 10,
+    /// Read messages from one topic queue, optionally long-polling.
+    PullMessage = 11,
+    /// Smallest and next queue offset of a topic queue.
+    GetOffsets = 12,
+    /// Fetch one record by message id.
+    QueryMessageById = 13,
+    /// Fetch records carrying a message key.
+    QueryMessageByKey = 14,
+    /// Create a topic (or change its queue count).
+    CreateTopic = 20,
+    /// Delete a topic and its consume queues.
+    DeleteTopic = 21,
+    /// Per-queue offsets of a topic.
+    TopicStats = 22,
+    /// A broker announces itself and its topics to a name server.
+    RegisterBroker = 100,
+    /// A broker leaves the name server.
+    UnregisterBroker = 101,
+    /// Which brokers serve a topic.
+    GetRoute = 102,
+    /// Every topic any live broker serves.
+    GetAllTopics = 103,
+    /// Every live broker.
+    GetClusterInfo = 104,
+}
+
+impl Command {
+    /// The command for a wire code, if it is one.
+    pub fn from_code(code: u16) -> Option<Command> {
+        use Command::*;
+        Some(match code {
+            1 => Ping,
+            10 => SendMessage,
+            11 => PullMessage,
+            12 => GetOffsets,
+            13 => QueryMessageById,
+            14 => QueryMessageByKey,
+            20 => CreateTopic,
+            21 => DeleteTopic,
+            22 => TopicStats,
+            100 => RegisterBroker,
+            101 => UnregisterBroker,
+            102 => GetRoute,
+            103 => GetAllTopics,
+            104 => GetClusterInfo,
+            _ => return None,
+        })
+    }
+
+    /// The wire code.
+    pub fn code(self) -> u16 {
+        self as u16
+    }
+}
+
+/// A response status code; stable numbers, documented in `docs/protocol.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum Status {
+    /// The request succeeded.
+    Success = 0,
+    /// Unexpected server-side failure.
+    SystemError = 1,
+    /// The server sheds load; retry later.
+    SystemBusy = 2,
+    /// The command code is not served here.
+    UnknownCommand = 3,
+    /// The frame, header or body did not decode.
+    MalformedFrame = 4,
+    /// The frame version is not supported.
+    UnsupportedVersion = 5,
+    /// The frame is larger than the maximum.
+    FrameTooLarge = 6,
+    /// A field is out of range.
+    InvalidArgument = 7,
+    /// Unknown topic.
+    TopicNotExist = 10,
+    /// Queue id not below the topic's queue count.
+    QueueNotExist = 11,
+    /// No message under that id or key.
+    MessageNotFound = 12,
+    /// The store could not write.
+    StoreError = 20,
+    /// The server is starting or stopping.
+    ServiceUnavailable = 21,
+}
+
+impl Status {
+    /// The status for a wire code; unknown codes read as `SystemError`.
+    pub fn from_code(code: u16) -> Status {
+        use Status::*;
+        match code {
+            0 => Success,
+            2 => SystemBusy,
+            3 => UnknownCommand,
+            4 => MalformedFrame,
+            5 => UnsupportedVersion,
+            6 => FrameTooLarge,
+            7 => InvalidArgument,
+            10 => TopicNotExist,
+            11 => QueueNotExist,
+            12 => MessageNotFound,
+            20 => StoreError,
+            21 => ServiceUnavailable,
+            _ => SystemError,
+        }
+    }
+
+    /// The wire code.
+    pub fn code(self) -> u16 {
+        self as u16
+    }
+
+    /// The documented upper-case name, e.g. `TOPIC_NOT_EXIST`.
+    pub fn name(self) -> &'static str {
+        use Status::*;
+        match self {
+            Success => "SUCCESS",
+            SystemError => "SYSTEM_ERROR",
+            SystemBusy => "SYSTEM_BUSY",
+            UnknownCommand => "UNKNOWN_COMMAND",
+            MalformedFrame => "MALFORMED_FRAME",
+            UnsupportedVersion => "UNSUPPORTED_VERSION",
+            FrameTooLarge => "FRAME_TOO_LARGE",
+            InvalidArgument => "INVALID_ARGUMENT",
+            TopicNotExist => "TOPIC_NOT_EXIST",
+            QueueNotExist => "QUEUE_NOT_EXIST",
+            MessageNotFound => "MESSAGE_NOT_FOUND",
+            StoreError => "STORE_ERROR",
+            ServiceUnavailable => "SERVICE_UNAVAILABLE",
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.name(), self.code())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_codes_round_trip() {
+        for code in 0..=u16::MAX {
+            if let Some(cmd) = Command::from_code(code) {
+                assert_eq!(cmd.code(), code);
+            }
+        }
+    }
+
+    #[test]
+    fn status_codes_round_trip() {
+        for code in [0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 20, 21] {
+            assert_eq!(Status::from_code(code).code(), code);
+        }
+        assert_eq!(Status::from_code(999), Status::SystemError);
+    }
+}

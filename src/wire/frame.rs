@@ -1,0 +1,363 @@
+//! Splitting a byte stream into frames and writing frames back.
+//!
+//! ```text
+//! u32 length | u8 version | u8 kind | u16 code | u32 correlation id
+//! | u32 header_len | header | body
+//! ```
+//!
+//! [`Frame::parse`] is incremental: it returns `Ok(None)` until a whole frame
+//! is buffered, refuses an oversized length before anything is allocated for
+//! it, and consumes a frame with a bad version, kind or header length so that
+//! the connection can answer it and carry on.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use super::codes::{Command, Status};
+
+/// The protocol version this codec speaks.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Bytes before the header: length, version, kind, code, correlation id,
+/// header length.
+pub const FRAME_PREFIX_LEN: usize = 16;
+
+/// Smallest legal value of the length field (everything after it but the
+/// header and body).
+const MIN_LENGTH_FIELD: usize = FRAME_PREFIX_LEN - 4;
+
+/// What a frame is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    /// Expects a response with the same correlation id.
+    Request = 0,
+    /// Answers a request.
+    Response = 1,
+    /// A request that wants no response.
+    Oneway = 2,
+    /// Sent by a server unasked.
+    Push = 3,
+}
+
+impl FrameKind {
+    fn from_u8(v: u8) -> Option<FrameKind> {
+        match v {
+            0 => Some(FrameKind::Request),
+            1 => Some(FrameKind::Response),
+            2 => Some(FrameKind::Oneway),
+            3 => Some(FrameKind::Push),
+            _ => None,
+        }
+    }
+}
+
+/// One protocol frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// Request, response, oneway or push.
+    pub kind: FrameKind,
+    /// Command code, or status code for a response.
+    pub code: u16,
+    /// Pairs a response with its request.
+    pub correlation_id: u32,
+    /// Command-specific header (often JSON, often empty).
+    pub header: Bytes,
+    /// Command-specific body.
+    pub body: Bytes,
+}
+
+/// Why bytes could not be read as a frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The length field exceeds the maximum; nothing was allocated and the
+    /// framing is lost.
+    #[error("frame of {length} bytes exceeds the maximum of {max}")]
+    TooLarge {
+        /// The announced length.
+        length: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The length field is too small to hold a frame; the framing is lost.
+    #[error("frame length {length} is shorter than the {MIN_LENGTH_FIELD}-byte minimum")]
+    TooShort {
+        /// The announced length.
+        length: usize,
+    },
+    /// A well-delimited frame with bad contents; it has been consumed.
+    #[error("{reason}")]
+    Invalid {
+        /// The frame's correlation id, for the error response.
+        correlation_id: u32,
+        /// The status to answer with.
+        status: Status,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl FrameError {
+    /// True when the stream can no longer be split into frames and the
+    /// connection must be closed after answering.
+    pub fn is_fatal(&self) -> bool {
+        !matches!(self, FrameError::Invalid { .. })
+    }
+
+    /// The status code that answers this error.
+    pub fn status(&self) -> Status {
+        match self {
+            FrameError::TooLarge { .. } => Status::FrameTooLarge,
+            FrameError::TooShort { .. } => Status::MalformedFrame,
+            FrameError::Invalid { status, .. } => *status,
+        }
+    }
+
+    /// The correlation id the error response should carry.
+    pub fn correlation_id(&self) -> u32 {
+        match self {
+            FrameError::Invalid { correlation_id, .. } => *correlation_id,
+            _ => 0,
+        }
+    }
+}
+
+impl Frame {
+    /// A request frame.
+    pub fn request(cmd: Command, correlation_id: u32, header: Bytes, body: Bytes) -> Frame {
+        Frame {
+            kind: FrameKind::Request,
+            code: cmd.code(),
+            correlation_id,
+            header,
+            body,
+        }
+    }
+
+    /// A successful response to the request with `correlation_id`.
+    pub fn ok(correlation_id: u32, header: Bytes, body: Bytes) -> Frame {
+        Frame {
+            kind: FrameKind::Response,
+            code: Status::Success.code(),
+            correlation_id,
+            header,
+            body,
+        }
+    }
+
+    /// An error response: empty header, UTF-8 message as body.
+    pub fn error(correlation_id: u32, status: Status, message: impl Into<String>) -> Frame {
+        Frame {
+            kind: FrameKind::Response,
+            code: status.code(),
+            correlation_id,
+            header: Bytes::new(),
+            body: Bytes::from(message.into()),
+        }
+    }
+
+    /// The response status (meaningful for responses).
+    pub fn status(&self) -> Status {
+        Status::from_code(self.code)
+    }
+
+    /// The error message carried by a non-success response.
+    pub fn error_message(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Bytes this frame occupies on the wire.
+    pub fn encoded_len(&self) -> usize {
+        FRAME_PREFIX_LEN + self.header.len() + self.body.len()
+    }
+
+    /// Appends the encoded frame to `dst`.
+    pub fn encode(&self, dst: &mut BytesMut) {
+        dst.reserve(self.encoded_len());
+        dst.put_u32((MIN_LENGTH_FIELD + self.header.len() + self.body.len()) as u32);
+        dst.put_u8(PROTOCOL_VERSION);
+        dst.put_u8(self.kind as u8);
+        dst.put_u16(self.code);
+        dst.put_u32(self.correlation_id);
+        dst.put_u32(self.header.len() as u32);
+        dst.put_slice(&self.header);
+        dst.put_slice(&self.body);
+    }
+
+    /// Takes one frame off the front of `src`.
+    ///
+    /// `Ok(None)`: not enough bytes yet (nothing consumed). `Err` with
+    /// [`FrameError::is_fatal`] false: the bad frame was consumed. A fatal
+    /// error leaves `src` as it was; the caller closes the connection.
+    pub fn parse(src: &mut BytesMut, max_frame_bytes: usize) -> Result<Option<Frame>, FrameError> {
+        if src.len() < 4 {
+            return Ok(None);
+        }
+        let length = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+        if length > max_frame_bytes {
+            return Err(FrameError::TooLarge {
+                length,
+                max: max_frame_bytes,
+            });
+        }
+        if length < MIN_LENGTH_FIELD {
+            return Err(FrameError::TooShort { length });
+        }
+        if src.len() < 4 + length {
+            // Reserve only what this (bounded) frame needs.
+            src.reserve(4 + length - src.len());
+            return Ok(None);
+        }
+        let mut frame = src.split_to(4 + length).freeze();
+        frame.advance(4);
+        let version = frame.get_u8();
+        let kind = frame.get_u8();
+        let code = frame.get_u16();
+        let correlation_id = frame.get_u32();
+        let header_len = frame.get_u32() as usize;
+        let invalid = |status, reason: String| FrameError::Invalid {
+            correlation_id,
+            status,
+            reason,
+        };
+        if version != PROTOCOL_VERSION {
+            return Err(invalid(
+                Status::UnsupportedVersion,
+                format!("protocol version {version} is not supported (this server speaks {PROTOCOL_VERSION})"),
+            ));
+        }
+        let Some(kind) = FrameKind::from_u8(kind) else {
+            return Err(invalid(Status::MalformedFrame, format!("unknown frame kind {kind}")));
+        };
+        if header_len > frame.len() {
+            return Err(invalid(
+                Status::MalformedFrame,
+                format!("header length {header_len} exceeds the {} bytes left in the frame", frame.len()),
+            ));
+        }
+        let header = frame.split_to(header_len);
+        Ok(Some(Frame {
+            kind,
+            code,
+            correlation_id,
+            header,
+            body: frame,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: usize = 16 << 20;
+
+    fn sample_frames() -> Vec<Frame> {
+        vec![
+            Frame::request(Command::Ping, 1, Bytes::new(), Bytes::new()),
+            Frame::request(
+                Command::GetRoute,
+                7,
+                Bytes::from_static(br#"{"topic":"t"}"#),
+                Bytes::new(),
+            ),
+            Frame::ok(u32::MAX, Bytes::from_static(b"h"), Bytes::from(vec![0xAB; 4096])),
+            Frame::error(3, Status::TopicNotExist, "no route for topic t"),
+            Frame {
+                kind: FrameKind::Push,
+                code: 500,
+                correlation_id: 0,
+                header: Bytes::new(),
+                body: Bytes::from_static(b"x"),
+            },
+        ]
+    }
+
+    #[test]
+    fn frames_round_trip_back_to_back() {
+        let frames = sample_frames();
+        let mut buf = BytesMut::new();
+        for f in &frames {
+            f.encode(&mut buf);
+        }
+        let mut out = Vec::new();
+        while let Some(f) = Frame::parse(&mut buf, MAX).unwrap() {
+            out.push(f);
+        }
+        assert_eq!(out, frames);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn every_prefix_of_every_frame_decodes_without_panic() {
+        for f in sample_frames() {
+            let mut full = BytesMut::new();
+            f.encode(&mut full);
+            for cut in 0..full.len() {
+                let mut partial = BytesMut::from(&full[..cut]);
+                assert_eq!(Frame::parse(&mut partial, MAX), Ok(None), "cut at {cut}");
+                assert_eq!(partial.len(), cut, "nothing consumed from a partial frame");
+            }
+            let mut whole = full.clone();
+            assert_eq!(Frame::parse(&mut whole, MAX).unwrap(), Some(f));
+        }
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_buffering() {
+        let mut buf = BytesMut::new();
+        buf.put_u32(u32::MAX);
+        let err = Frame::parse(&mut buf, MAX).unwrap_err();
+        assert!(err.is_fatal());
+        assert_eq!(err.status(), Status::FrameTooLarge);
+        assert!(buf.capacity() < 1024, "no allocation for the announced length");
+    }
+
+    #[test]
+    fn too_short_length_loses_framing() {
+        let mut buf = BytesMut::from(&[0u8, 0, 0, 3, 1, 2, 3][..]);
+        let err = Frame::parse(&mut buf, MAX).unwrap_err();
+        assert!(err.is_fatal());
+    }
+
+    #[test]
+    fn bad_contents_are_consumed_and_answerable() {
+        let mut buf = BytesMut::new();
+        Frame::request(Command::Ping, 42, Bytes::new(), Bytes::new()).encode(&mut buf);
+        buf[4] = 9; // version
+        Frame::request(Command::Ping, 43, Bytes::new(), Bytes::new()).encode(&mut buf);
+        let err = Frame::parse(&mut buf, MAX).unwrap_err();
+        assert!(!err.is_fatal());
+        assert_eq!(err.correlation_id(), 42);
+        assert_eq!(err.status(), Status::UnsupportedVersion);
+        // The next frame is still readable.
+        assert_eq!(Frame::parse(&mut buf, MAX).unwrap().unwrap().correlation_id, 43);
+
+        let mut buf = BytesMut::new();
+        Frame::request(Command::Ping, 5, Bytes::new(), Bytes::new()).encode(&mut buf);
+        buf[12..16].copy_from_slice(&100u32.to_be_bytes()); // header_len
+        let err = Frame::parse(&mut buf, MAX).unwrap_err();
+        assert_eq!(err.status(), Status::MalformedFrame);
+        assert!(buf.is_empty());
+
+        let mut buf = BytesMut::new();
+        Frame::request(Command::Ping, 6, Bytes::new(), Bytes::new()).encode(&mut buf);
+        buf[5] = 77; // kind
+        assert_eq!(Frame::parse(&mut buf, MAX).unwrap_err().status(), Status::MalformedFrame);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        // A cheap deterministic fuzz: xorshift bytes, parsed repeatedly.
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        for _ in 0..2000 {
+            let mut buf = BytesMut::new();
+            let len = (state % 64) as usize;
+            for _ in 0..len {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                buf.put_u8(state as u8);
+            }
+            while let Ok(Some(_)) | Err(FrameError::Invalid { .. }) = Frame::parse(&mut buf, 4096) {}
+        }
+    }
+}

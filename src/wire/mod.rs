@@ -1,0 +1,17 @@
+//! The FerroMQ wire protocol: a pure codec, no I/O.
+//!
+//! `docs/protocol.md` specifies every frame byte by byte; this module is its
+//! implementation. [`frame`] splits a byte stream into [`Frame`]s, [`codes`]
+//! names command and status codes, [`buf`] holds the primitive encodings, and
+//! the remaining modules encode one command's header and body each.
+
+pub mod buf;
+pub mod codes;
+pub mod control;
+pub mod frame;
+pub mod pull;
+pub mod send;
+
+pub use buf::DecodeError;
+pub use codes::{Command, Status};
+pub use frame::{Frame, FrameError, FrameKind, FRAME_PREFIX_LEN, PROTOCOL_VERSION};
