@@ -13,5 +13,6 @@ pub mod message;
 pub mod server;
 pub mod store;
 pub mod wire;
+pub mod actors;
 pub mod broker;
 pub mod namesrv;

@@ -1,4 +1,301 @@
 //! Storage: an append-only commitlog of mmap'ed segments, consume queues,
-//! a key index and crash recovery.
+//! a key index, the topic table and crash recovery.
+//!
+//! ```text
+//! <data_dir>/
+//!   lock                         flock'ed by the running broker
+//!   abort                        present while a broker runs (crash marker)
+//!   checkpoint                   consume queues/index durable below this
+//!   commitlog/<20-digit start>   segments
+//!   consumequeue/<topic>/<queue>/<20-digit first queue offset>
+//!   index/                       message-key index files
+//!   config/topics.json           the topic table
+//! ```
 
+pub mod checkpoint;
+pub mod commitlog;
+pub mod consume_queue;
+pub mod flusher;
+pub mod fsutil;
+pub mod index;
+pub mod lock;
+pub mod mmap_file;
 pub mod record;
+pub mod topics;
+
+use std::collections::HashMap;
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::config::StoreSection;
+use crate::message::{split_keys, tag_hash};
+use checkpoint::{Checkpoint, CheckpointFile};
+use commitlog::{CommitLog, RecoveryReport};
+use consume_queue::{ConsumeQueues, CqEntry};
+use index::IndexStore;
+use lock::DirLock;
+use record::{MessageId, StoredRecord};
+use topics::TopicTable;
+
+/// What the Dispatcher needs to index one appended record.
+#[derive(Debug, Clone)]
+pub struct DispatchEntry {
+    /// Topic name.
+    pub topic: Arc<str>,
+    /// Queue id.
+    pub queue_id: u32,
+    /// Offset within the queue.
+    pub queue_offset: u64,
+    /// Commitlog offset.
+    pub phys_offset: u64,
+    /// Record size.
+    pub size: u32,
+    /// Hash of the tag (0 when none).
+    pub tag_hash: u64,
+    /// The `KEYS` property, if any.
+    pub keys: Option<String>,
+    /// Broker store time, ms.
+    pub store_timestamp: u64,
+}
+
+impl DispatchEntry {
+    fn from_record(rec: &StoredRecord) -> DispatchEntry {
+        DispatchEntry {
+            topic: Arc::from(rec.topic.as_str()),
+            queue_id: rec.queue_id,
+            queue_offset: rec.queue_offset,
+            phys_offset: rec.phys_offset,
+            size: rec.size,
+            tag_hash: rec.tag().map_or(0, tag_hash),
+            keys: rec.keys().map(str::to_string),
+            store_timestamp: rec.store_timestamp,
+        }
+    }
+}
+
+/// The broker's storage, shared (behind an `Arc`) by every actor.
+#[derive(Debug)]
+pub struct Store {
+    cfg: StoreSection,
+    /// The commitlog.
+    pub log: Arc<CommitLog>,
+    /// Consume queues.
+    pub queues: ConsumeQueues,
+    /// Message-key index.
+    pub index: Mutex<IndexStore>,
+    /// Topic table.
+    pub topics: TopicTable,
+    checkpoint: CheckpointFile,
+    dispatched: AtomicU64,
+    /// Next queue offset per (topic, queue); only the commitlog writer uses
+    /// it. Kept here so a restarted writer resumes where it stopped.
+    queue_offsets: Mutex<HashMap<(Arc<str>, u32), u64>>,
+    _lock: DirLock,
+}
+
+fn poisoned(what: &str) -> io::Error {
+    io::Error::other(format!("{what} lock poisoned"))
+}
+
+impl Store {
+    /// Locks the data directory, opens everything and recovers: finds the
+    /// end of the commitlog by CRC, cuts a torn tail, and replays records
+    /// past the checkpoint into consume queues and the index.
+    pub fn open(cfg: &StoreSection) -> io::Result<(Store, RecoveryReport)> {
+        let dir = &cfg.data_dir;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot create data directory {}: {e}", dir.display())))?;
+        let lock = DirLock::acquire(dir)?;
+        let started = Instant::now();
+        let abort_marker = dir.join("abort");
+        let crashed = abort_marker.exists();
+        let store = Store {
+            cfg: cfg.clone(),
+            log: Arc::new(CommitLog::open(&dir.join("commitlog"), cfg.segment_bytes)?),
+            queues: ConsumeQueues::open(&dir.join("consumequeue"), cfg.consume_queue_file_entries)?,
+            index: Mutex::new(IndexStore::open(&dir.join("index"), cfg.index_slots, cfg.index_entries)?),
+            topics: TopicTable::open(dir)?,
+            checkpoint: CheckpointFile::new(dir),
+            dispatched: AtomicU64::new(0),
+            queue_offsets: Mutex::new(HashMap::new()),
+            _lock: lock,
+        };
+        let report = store.recover()?;
+        std::fs::write(&abort_marker, b"")?;
+        tracing::info!(
+            data_dir = %dir.display(),
+            previous_run_crashed = crashed,
+            commitlog_end = report.end,
+            records_replayed = report.records,
+            torn_bytes_erased = report.zeroed_bytes,
+            segments_deleted = report.deleted_segments,
+            millis = started.elapsed().as_millis() as u64,
+            "store recovered"
+        );
+        Ok((store, report))
+    }
+
+    fn recover(&self) -> io::Result<RecoveryReport> {
+        let cp = self.checkpoint.load();
+        let indexed = self.index.lock().map_err(|_| poisoned("index"))?.max_indexed_phys_offset();
+        let mut failure = None;
+        let report = self.log.recover(cp.dispatched_offset, |off, bytes| {
+            if failure.is_some() {
+                return;
+            }
+            match StoredRecord::decode(Bytes::copy_from_slice(bytes)) {
+                Ok(rec) => {
+                    let reindex = indexed.is_none_or(|i| off > i);
+                    if let Err(e) = self.dispatch_one(&DispatchEntry::from_record(&rec), reindex) {
+                        failure = Some(e);
+                    }
+                }
+                Err(e) => tracing::warn!(offset = off, error = %e, "record passed its CRC but does not decode"),
+            }
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        // Entries that point into the cut-off tail must go.
+        for ((topic, queue), cq) in self.queues.all() {
+            let dropped = cq.truncate_to_log_end(report.end)?;
+            if dropped > 0 {
+                tracing::warn!(%topic, queue, dropped, "dropped consume-queue entries past the end of the commitlog");
+            }
+        }
+        self.index.lock().map_err(|_| poisoned("index"))?.truncate_from(report.end)?;
+        let mut offsets = self.queue_offsets.lock().map_err(|_| poisoned("queue offsets"))?;
+        for ((topic, queue), cq) in self.queues.all() {
+            offsets.insert((Arc::from(topic.as_str()), queue), cq.max_offset());
+        }
+        drop(offsets);
+        self.dispatched.store(report.end, Ordering::Release);
+        self.flush_and_checkpoint()?;
+        Ok(report)
+    }
+
+    /// Configuration.
+    pub fn config(&self) -> &StoreSection {
+        &self.cfg
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.cfg.data_dir.clone()
+    }
+
+    /// Reserves `count` consecutive queue offsets for (topic, queue) and
+    /// returns the first. Commitlog writer only.
+    pub fn reserve_queue_offsets(&self, topic: &Arc<str>, queue_id: u32, count: u64) -> io::Result<u64> {
+        let mut offsets = self.queue_offsets.lock().map_err(|_| poisoned("queue offsets"))?;
+        let next = offsets.entry((topic.clone(), queue_id)).or_insert(0);
+        let first = *next;
+        *next += count;
+        Ok(first)
+    }
+
+    /// Gives back offsets reserved for a batch that failed to append.
+    pub fn release_queue_offsets(&self, topic: &Arc<str>, queue_id: u32, first: u64) -> io::Result<()> {
+        let mut offsets = self.queue_offsets.lock().map_err(|_| poisoned("queue offsets"))?;
+        offsets.insert((topic.clone(), queue_id), first);
+        Ok(())
+    }
+
+    /// Forgets a deleted topic's queue offsets (a re-created topic starts at 0).
+    pub fn forget_topic_offsets(&self, topic: &str) -> io::Result<()> {
+        let mut offsets = self.queue_offsets.lock().map_err(|_| poisoned("queue offsets"))?;
+        offsets.retain(|(t, _), _| &**t != topic);
+        Ok(())
+    }
+
+    /// Writes one record's consume-queue and index entries. Records of
+    /// topics no longer in the topic table are skipped.
+    pub fn dispatch(&self, e: &DispatchEntry) -> io::Result<()> {
+        self.dispatch_one(e, true)
+    }
+
+    fn dispatch_one(&self, e: &DispatchEntry, index_keys: bool) -> io::Result<()> {
+        if self.topics.get(&e.topic).is_none() {
+            return Ok(());
+        }
+        let cq = self.queues.get_or_create(&e.topic, e.queue_id)?;
+        cq.put(
+            e.queue_offset,
+            CqEntry { phys_offset: e.phys_offset, size: e.size, tag_hash: e.tag_hash },
+        )?;
+        if let (true, Some(keys)) = (index_keys, &e.keys) {
+            if split_keys(keys).next().is_some() {
+                self.index
+                    .lock()
+                    .map_err(|_| poisoned("index"))?
+                    .put_keys(&e.topic, keys, e.phys_offset, e.store_timestamp)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records that every record below `end` has been dispatched.
+    pub fn mark_dispatched(&self, end: u64) {
+        self.dispatched.fetch_max(end, Ordering::AcqRel);
+    }
+
+    /// Commitlog offset below which everything is dispatched.
+    pub fn dispatched_offset(&self) -> u64 {
+        self.dispatched.load(Ordering::Acquire)
+    }
+
+    /// Flushes consume queues and the index, then moves the checkpoint to
+    /// what they now durably cover.
+    pub fn flush_and_checkpoint(&self) -> io::Result<()> {
+        let dispatched = self.dispatched_offset();
+        for (_, cq) in self.queues.all() {
+            cq.flush()?;
+        }
+        self.index.lock().map_err(|_| poisoned("index"))?.flush()?;
+        if self.checkpoint.load().dispatched_offset != dispatched {
+            self.checkpoint.store(Checkpoint { dispatched_offset: dispatched })?;
+        }
+        Ok(())
+    }
+
+    /// Clean shutdown: everything durable, crash marker removed.
+    pub fn shutdown(&self) -> io::Result<()> {
+        self.log.flush_to(u64::MAX)?;
+        self.flush_and_checkpoint()?;
+        let marker = self.cfg.data_dir.join("abort");
+        match std::fs::remove_file(marker) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// The raw bytes of the record a message id names (this broker's).
+    pub fn raw_record_by_id(&self, id: &MessageId) -> io::Result<Bytes> {
+        let rec = self.log.record_at(id.phys_offset)?;
+        commitlog::read_raw(&self.log, rec.phys_offset, rec.size)
+    }
+
+    /// Raw records of `topic` carrying `key`, newest first, at most `max`.
+    pub fn raw_records_by_key(&self, topic: &str, key: &str, max: usize) -> io::Result<(u32, Bytes)> {
+        let candidates = self.index.lock().map_err(|_| poisoned("index"))?.lookup(topic, key, max * 4 + 16);
+        let mut out = BytesMut::new();
+        let mut count = 0u32;
+        for phys in candidates {
+            if count as usize >= max {
+                break;
+            }
+            let Ok(rec) = self.log.record_at(phys) else { continue };
+            // The index stores hashes: confirm the real topic and key.
+            if rec.topic == topic && rec.keys().is_some_and(|k| split_keys(k).any(|k| k == key)) {
+                self.log.read_into(phys, rec.size as usize, &mut out)?;
+                count += 1;
+            }
+        }
+        Ok((count, out.freeze()))
+    }
+}

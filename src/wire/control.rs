@@ -22,6 +22,9 @@ pub fn validate_topic_name(name: &str) -> Result<(), DecodeError> {
             format!("{name:?} must be 1 to {MAX_TOPIC_NAME_LEN} bytes long"),
         ));
     }
+    if name.chars().all(|c| c == '.') {
+        return Err(DecodeError::invalid("topic", format!("{name:?} is not a usable name")));
+    }
     if let Some(c) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '%' | '-')))
@@ -227,7 +230,7 @@ mod tests {
         for ok in ["a", "orders.created", "%DLQ%group-1", "A_b-9"] {
             validate_topic_name(ok).unwrap();
         }
-        for bad in ["", "has space", "slash/", "é", &"x".repeat(128)] {
+        for bad in ["", ".", "..", "has space", "slash/", "é", &"x".repeat(128)] {
             assert!(validate_topic_name(bad).is_err(), "{bad:?}");
         }
     }

@@ -1,0 +1,185 @@
+//! `CommitLogWriter`: the only writer of the commitlog. Assigns queue
+//! offsets, appends each batch with one copy per segment, hands the batch to
+//! the Dispatcher, and answers the producer once the flush policy is met.
+//! Runs on its own arbiter; with sync flush it waits on the flusher thread
+//! without blocking, so later batches keep appending (group commit).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use actix::prelude::*;
+
+use super::dispatcher::{Dispatch, Dispatcher, ForgetTopic};
+use crate::config::FlushMode;
+use crate::message::{tag_hash, PROPERTY_KEYS, PROPERTY_TAGS};
+use crate::store::commitlog::{AppendError, Appender};
+use crate::store::flusher::FlushHandle;
+use crate::store::record::RecordFields;
+use crate::store::{DispatchEntry, Store};
+use crate::wire::send::{SendEntry, SendResponse, StoredAt};
+use crate::wire::Status;
+
+/// Append a batch to one topic queue.
+#[derive(Message)]
+#[rtype(result = "Result<SendResponse, (Status, String)>")]
+pub struct Append {
+    /// Topic (must exist).
+    pub topic: Arc<str>,
+    /// Queue (must be below the topic's queue count).
+    pub queue_id: u32,
+    /// The batch.
+    pub entries: Vec<SendEntry>,
+    /// The producer's address.
+    pub born_host: SocketAddr,
+}
+
+/// Forget a deleted topic: its queue offsets here, then (in order after
+/// pending dispatches) its consume queues.
+#[derive(Message)]
+#[rtype(result = "std::io::Result<()>")]
+pub struct DeleteTopicData(pub String);
+
+/// The writer actor.
+pub struct CommitLogWriter {
+    store: Arc<Store>,
+    appender: Appender,
+    dispatcher: Addr<Dispatcher>,
+    flusher: FlushHandle,
+    mode: FlushMode,
+    store_host: SocketAddr,
+}
+
+impl CommitLogWriter {
+    /// A writer for `store`'s commitlog.
+    pub fn new(
+        store: Arc<Store>,
+        dispatcher: Addr<Dispatcher>,
+        flusher: FlushHandle,
+        mode: FlushMode,
+        store_host: SocketAddr,
+    ) -> CommitLogWriter {
+        let appender = Appender::new(store.log.clone());
+        CommitLogWriter { store, appender, dispatcher, flusher, mode, store_host }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Actor for CommitLogWriter {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(256);
+    }
+}
+
+impl Supervised for CommitLogWriter {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        // All durable state (write position, queue offsets) lives in the
+        // store; only the scratch buffer is renewed.
+        self.appender = Appender::new(self.store.log.clone());
+    }
+}
+
+impl Handler<Append> for CommitLogWriter {
+    type Result = ResponseFuture<Result<SendResponse, (Status, String)>>;
+
+    fn handle(&mut self, msg: Append, ctx: &mut Context<Self>) -> Self::Result {
+        let n = msg.entries.len();
+        let first = match self.store.reserve_queue_offsets(&msg.topic, msg.queue_id, n as u64) {
+            Ok(f) => f,
+            Err(e) => return Box::pin(async move { Err((Status::StoreError, e.to_string())) }),
+        };
+        let now = now_millis();
+        let (born_host, store_host) = (msg.born_host, self.store_host);
+        let appended = self.appender.append(n, |i, phys| {
+            let e = &msg.entries[i];
+            RecordFields {
+                queue_id: msg.queue_id,
+                flags: e.flags,
+                queue_offset: first + i as u64,
+                phys_offset: phys,
+                born_timestamp: e.born_timestamp,
+                store_timestamp: now,
+                reconsume_times: 0,
+                born_host,
+                store_host,
+                topic: &msg.topic,
+                properties: &e.properties,
+                body: &e.body,
+            }
+        });
+        let placements = match appended {
+            Ok(p) => p,
+            Err(err) => {
+                let _ = self.store.release_queue_offsets(&msg.topic, msg.queue_id, first);
+                let status = match err {
+                    AppendError::TooLarge { .. } => Status::InvalidArgument,
+                    AppendError::Io(_) => {
+                        // A failing disk: restart the actor (state is in the store).
+                        ctx.stop();
+                        Status::StoreError
+                    }
+                };
+                tracing::warn!(error = %err, "append failed");
+                return Box::pin(async move { Err((status, err.to_string())) });
+            }
+        };
+        let end = self.store.log.write_pos();
+        let entries = msg
+            .entries
+            .iter()
+            .zip(&placements)
+            .enumerate()
+            .map(|(i, (e, p))| DispatchEntry {
+                topic: msg.topic.clone(),
+                queue_id: msg.queue_id,
+                queue_offset: first + i as u64,
+                phys_offset: p.phys_offset,
+                size: p.size,
+                tag_hash: e.properties.get(PROPERTY_TAGS).map_or(0, |t| tag_hash(t)),
+                keys: e.properties.get(PROPERTY_KEYS).cloned(),
+                store_timestamp: now,
+            })
+            .collect();
+        self.dispatcher.do_send(Dispatch { entries, end });
+        let response = SendResponse {
+            queue_id: msg.queue_id,
+            store_host: self.store_host,
+            stored: placements
+                .iter()
+                .enumerate()
+                .map(|(i, p)| StoredAt { queue_offset: first + i as u64, phys_offset: p.phys_offset })
+                .collect(),
+        };
+        match self.mode {
+            FlushMode::Async => Box::pin(async move { Ok(response) }),
+            FlushMode::Sync => {
+                let durable = self.flusher.durable(end);
+                Box::pin(async move {
+                    match durable.await {
+                        Ok(Ok(())) => Ok(response),
+                        Ok(Err(e)) => Err((Status::StoreError, format!("flush failed: {e}"))),
+                        Err(_) => Err((Status::ServiceUnavailable, "the flusher stopped".into())),
+                    }
+                })
+            }
+        }
+    }
+}
+
+impl Handler<DeleteTopicData> for CommitLogWriter {
+    type Result = ResponseFuture<std::io::Result<()>>;
+
+    fn handle(&mut self, DeleteTopicData(topic): DeleteTopicData, _: &mut Context<Self>) -> Self::Result {
+        if let Err(e) = self.store.forget_topic_offsets(&topic) {
+            return Box::pin(async move { Err(e) });
+        }
+        let forget = self.dispatcher.send(ForgetTopic(topic));
+        Box::pin(async move { forget.await.map_err(std::io::Error::other)? })
+    }
+}

@@ -1,0 +1,84 @@
+//! `Dispatcher`: turns appended records into consume-queue and index entries
+//! and tells queue actors what is new. Runs on the store arbiter, fed by the
+//! CommitLogWriter one batch per message.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use super::queue_registry::QueueRegistry;
+use crate::store::{DispatchEntry, Store};
+
+/// Records just appended, in commitlog order.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Dispatch {
+    /// One entry per record.
+    pub entries: Vec<DispatchEntry>,
+    /// Commitlog write position after the batch.
+    pub end: u64,
+}
+
+/// Deletes a deleted topic's consume queues, after every dispatch queued
+/// before it (mailbox order).
+#[derive(Message)]
+#[rtype(result = "std::io::Result<()>")]
+pub struct ForgetTopic(pub String);
+
+/// The dispatcher actor.
+pub struct Dispatcher {
+    store: Arc<Store>,
+    queues: Arc<QueueRegistry>,
+}
+
+impl Dispatcher {
+    /// A dispatcher writing into `store` and notifying `queues`.
+    pub fn new(store: Arc<Store>, queues: Arc<QueueRegistry>) -> Dispatcher {
+        Dispatcher { store, queues }
+    }
+}
+
+impl Actor for Dispatcher {
+    type Context = Context<Self>;
+}
+
+impl Supervised for Dispatcher {}
+
+impl Handler<Dispatch> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: Dispatch, ctx: &mut Context<Self>) {
+        let mut failed = false;
+        for e in &msg.entries {
+            if let Err(err) = self.store.dispatch(e) {
+                // The commitlog holds the record; the next start-up replays
+                // it from the checkpoint, which this failure holds back.
+                tracing::error!(topic = %e.topic, queue = e.queue_id, offset = e.queue_offset, error = %err, "dispatch failed");
+                failed = true;
+            }
+        }
+        if failed {
+            ctx.stop();
+            return;
+        }
+        self.store.mark_dispatched(msg.end);
+        // A batch usually targets one queue: notify once per queue.
+        let mut last: Option<(&Arc<str>, u32)> = None;
+        for e in msg.entries.iter().rev() {
+            if last == Some((&e.topic, e.queue_id)) {
+                continue;
+            }
+            last = Some((&e.topic, e.queue_id));
+            self.queues.notify(&e.topic, e.queue_id, e.queue_offset + 1);
+        }
+    }
+}
+
+impl Handler<ForgetTopic> for Dispatcher {
+    type Result = std::io::Result<()>;
+
+    fn handle(&mut self, ForgetTopic(topic): ForgetTopic, _: &mut Context<Self>) -> Self::Result {
+        self.queues.retire_topic(&topic);
+        self.store.queues.remove_topic(&topic)
+    }
+}

@@ -1,0 +1,181 @@
+//! `QueueActor`: one per topic-queue. Serves pulls from the consume queue and
+//! parks long-polling pulls until the Dispatcher reports new messages or
+//! their wait expires. A thin shell over [`serve_pull`] and [`LongPolls`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::long_poll::LongPolls;
+use super::pull::serve_pull;
+use crate::message::TagFilter;
+use crate::store::Store;
+use crate::wire::pull::{PullRequest, PullResponse, PullStatus};
+use crate::wire::Status;
+
+/// A pull's answer: the encoded response body, or an error status.
+pub type PullReply = Result<Bytes, (Status, String)>;
+
+/// Read messages (see `PULL_MESSAGE`).
+#[derive(Message)]
+#[rtype(result = "PullReply")]
+pub struct Pull(pub PullRequest);
+
+/// The Dispatcher's notice that the queue now ends at `max_offset`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct NewMessages {
+    /// One past the newest entry.
+    pub max_offset: u64,
+}
+
+/// The queue's topic was deleted: answer parked pulls and stop.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Retire;
+
+struct Waiter {
+    max_count: u32,
+    filter: TagFilter,
+    reply: oneshot::Sender<PullReply>,
+}
+
+/// The actor serving one topic-queue.
+pub struct QueueActor {
+    store: Arc<Store>,
+    topic: Arc<str>,
+    queue_id: u32,
+    polls: LongPolls<Waiter>,
+    epoch: Instant,
+    timer: Option<SpawnHandle>,
+}
+
+impl QueueActor {
+    /// An actor for (topic, queue).
+    pub fn new(store: Arc<Store>, topic: Arc<str>, queue_id: u32) -> QueueActor {
+        QueueActor { store, topic, queue_id, polls: LongPolls::default(), epoch: Instant::now(), timer: None }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn serve(&self, offset: u64, max_count: u32, filter: &TagFilter) -> Result<super::pull::PullServed, (Status, String)> {
+        serve_pull(&self.store, &self.topic, self.queue_id, offset, max_count, filter)
+    }
+
+    /// One timer, armed for the earliest deadline (not a periodic scan).
+    fn arm_timer(&mut self, ctx: &mut Context<Self>) {
+        if let Some(h) = self.timer.take() {
+            ctx.cancel_future(h);
+        }
+        if let Some(deadline) = self.polls.next_deadline() {
+            let wait = Duration::from_millis(deadline.saturating_sub(self.now_ms()));
+            self.timer = Some(ctx.run_later(wait, |act, ctx| {
+                act.timer = None;
+                let now = act.now_ms();
+                for p in act.polls.take_expired(now) {
+                    let reply = act.empty_reply(p.offset);
+                    let _ = p.waiter.reply.send(reply);
+                }
+                act.arm_timer(ctx);
+            }));
+        }
+    }
+
+    fn empty_reply(&self, offset: u64) -> PullReply {
+        let (min, max) = self
+            .store
+            .queues
+            .get(&self.topic, self.queue_id)
+            .map_or((0, 0), |q| (q.min_offset(), q.max_offset()));
+        let resp = PullResponse {
+            status: PullStatus::NoNewMessage,
+            next_offset: offset,
+            min_offset: min,
+            max_offset: max,
+            count: 0,
+            records: Bytes::new(),
+        };
+        Ok(resp.encode())
+    }
+}
+
+impl Actor for QueueActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Pulls are answered quickly; a deeper mailbox only adds latency.
+        ctx.set_mailbox_capacity(1024);
+    }
+}
+
+impl Supervised for QueueActor {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        // Parked pulls are dropped; their senders see a closed reply and
+        // answer SERVICE_UNAVAILABLE, and the clients simply pull again.
+        self.polls.take_all();
+        self.timer = None;
+    }
+}
+
+impl Handler<Pull> for QueueActor {
+    type Result = ResponseFuture<PullReply>;
+
+    fn handle(&mut self, Pull(req): Pull, ctx: &mut Context<Self>) -> Self::Result {
+        let filter = TagFilter::parse(&req.tag_expression);
+        let served = match self.serve(req.offset, req.max_count, &filter) {
+            Ok(s) => s,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        if !(served.may_wait() && req.max_wait_ms > 0) {
+            return Box::pin(async move { Ok(served.body) });
+        }
+        let (reply, rx) = oneshot::channel();
+        let deadline = self.now_ms() + u64::from(req.max_wait_ms);
+        self.polls.park(served.next_offset, deadline, Waiter { max_count: req.max_count, filter, reply });
+        self.arm_timer(ctx);
+        Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err((Status::ServiceUnavailable, "queue actor restarted; pull again".into())))
+        })
+    }
+}
+
+impl Handler<NewMessages> for QueueActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: NewMessages, ctx: &mut Context<Self>) {
+        let ready = self.polls.take_ready(msg.max_offset);
+        if ready.is_empty() {
+            return;
+        }
+        for p in ready {
+            match self.serve(p.offset, p.waiter.max_count, &p.waiter.filter) {
+                // Only filtered-out messages arrived: keep waiting further on.
+                Ok(s) if s.may_wait() => self.polls.park(s.next_offset, p.deadline, p.waiter),
+                Ok(s) => {
+                    let _ = p.waiter.reply.send(Ok(s.body));
+                }
+                Err(e) => {
+                    let _ = p.waiter.reply.send(Err(e));
+                }
+            }
+        }
+        self.arm_timer(ctx);
+    }
+}
+
+impl Handler<Retire> for QueueActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Retire, ctx: &mut Context<Self>) {
+        for p in self.polls.take_all() {
+            let _ = p.waiter.reply.send(Err((Status::TopicNotExist, format!("topic {} was deleted", self.topic))));
+        }
+        ctx.stop();
+    }
+}

@@ -1,0 +1,87 @@
+//! Finds (or starts) the `QueueActor` of a topic-queue. Queue actors are
+//! spread round-robin over the network arbiters so pulls use every core.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use actix::prelude::*;
+
+use super::queue_actor::{NewMessages, QueueActor, Retire};
+use crate::store::Store;
+
+/// The live queue actors, by (topic, queue id).
+pub struct QueueRegistry {
+    store: Arc<Store>,
+    arbiters: Vec<ArbiterHandle>,
+    next: AtomicUsize,
+    actors: RwLock<HashMap<(Arc<str>, u32), Addr<QueueActor>>>,
+}
+
+impl QueueRegistry {
+    /// A registry starting actors on `arbiters` (the current one if empty).
+    pub fn new(store: Arc<Store>, arbiters: Vec<ArbiterHandle>) -> QueueRegistry {
+        QueueRegistry { store, arbiters, next: AtomicUsize::new(0), actors: RwLock::new(HashMap::new()) }
+    }
+
+    /// The actor of (topic, queue), if started.
+    pub fn get(&self, topic: &str, queue_id: u32) -> Option<Addr<QueueActor>> {
+        self.actors.read().ok()?.get(&(Arc::from(topic), queue_id)).cloned()
+    }
+
+    /// The actor of (topic, queue), started (supervised) when missing.
+    pub fn get_or_start(&self, topic: &str, queue_id: u32) -> Option<Addr<QueueActor>> {
+        if let Some(a) = self.get(topic, queue_id) {
+            return Some(a);
+        }
+        let mut actors = self.actors.write().ok()?;
+        let key: (Arc<str>, u32) = (Arc::from(topic), queue_id);
+        if let Some(a) = actors.get(&key) {
+            return Some(a.clone());
+        }
+        let store = self.store.clone();
+        let t = key.0.clone();
+        let make = move |_: &mut Context<QueueActor>| QueueActor::new(store, t, queue_id);
+        let addr = if self.arbiters.is_empty() {
+            Supervisor::start(make)
+        } else {
+            let i = self.next.fetch_add(1, Ordering::Relaxed) % self.arbiters.len();
+            Supervisor::start_in_arbiter(&self.arbiters[i], make)
+        };
+        actors.insert(key, addr.clone());
+        Some(addr)
+    }
+
+    /// Tells the queue's actor (if any) that the queue grew.
+    pub fn notify(&self, topic: &Arc<str>, queue_id: u32, max_offset: u64) {
+        let addr = self.actors.read().ok().and_then(|a| a.get(&(topic.clone(), queue_id)).cloned());
+        if let Some(addr) = addr {
+            // Cannot block the dispatcher; a full mailbox means pulls are
+            // already queued and will see the data anyway.
+            let _ = addr.try_send(NewMessages { max_offset });
+        }
+    }
+
+    /// Stops and forgets every actor of a deleted topic.
+    pub fn retire_topic(&self, topic: &str) {
+        let Ok(mut actors) = self.actors.write() else { return };
+        actors.retain(|(t, _), addr| {
+            if &**t == topic {
+                addr.do_send(Retire);
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Number of live queue actors.
+    pub fn len(&self) -> usize {
+        self.actors.read().map(|a| a.len()).unwrap_or(0)
+    }
+
+    /// True when no queue actor runs.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

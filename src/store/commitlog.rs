@@ -1,0 +1,539 @@
+//! The commitlog: one append-only log per broker, split into pre-allocated,
+//! mmap'ed segments named by their start offset.
+//!
+//! Concurrency contract: exactly one [`Appender`] (owned by the
+//! `CommitLogWriter` actor) writes; it publishes the end of the fully
+//! written records with a release store of `write_pos`; readers read only
+//! below an acquire load of it. The flusher thread msyncs below `write_pos`.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use bytes::{Bytes, BytesMut};
+
+use super::fsutil::{list_offset_files, offset_file_name};
+use super::mmap_file::MappedFile;
+use super::record::{self, Probe, RecordFields, StoredRecord, BLANK_HEADER_LEN};
+
+/// One segment file.
+#[derive(Debug)]
+pub struct Segment {
+    /// Physical offset of the segment's first byte.
+    pub start: u64,
+    file: MappedFile,
+}
+
+/// The shared commitlog.
+#[derive(Debug)]
+pub struct CommitLog {
+    dir: PathBuf,
+    segment_bytes: u64,
+    segments: RwLock<Vec<Arc<Segment>>>,
+    write_pos: AtomicU64,
+    flushed_pos: AtomicU64,
+}
+
+/// Why an append failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// The record can never fit in a segment.
+    #[error("record of {size} bytes exceeds the segment size {segment_bytes}")]
+    TooLarge {
+        /// Encoded record size.
+        size: usize,
+        /// Configured segment size.
+        segment_bytes: u64,
+    },
+    /// The disk refused (full, I/O error).
+    #[error("commitlog write failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl CommitLog {
+    /// Opens (creating the directory) the segments in `dir`. The write
+    /// position is unknown until [`CommitLog::recover`] runs.
+    pub fn open(dir: &Path, segment_bytes: u64) -> io::Result<CommitLog> {
+        std::fs::create_dir_all(dir)?;
+        let mut segments = Vec::new();
+        for start in list_offset_files(dir)? {
+            if start % segment_bytes != 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "segment {} does not start at a multiple of the segment size {segment_bytes}; \
+                         was store.segment_bytes changed?",
+                        dir.join(offset_file_name(start)).display()
+                    ),
+                ));
+            }
+            let file = MappedFile::create_or_open(&dir.join(offset_file_name(start)), segment_bytes)?;
+            segments.push(Arc::new(Segment { start, file }));
+        }
+        Ok(CommitLog {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            segments: RwLock::new(segments),
+            write_pos: AtomicU64::new(0),
+            flushed_pos: AtomicU64::new(0),
+        })
+    }
+
+    /// Configured segment size.
+    pub fn segment_bytes(&self) -> u64 {
+        self.segment_bytes
+    }
+
+    /// End of the fully written records (readers may read below it).
+    pub fn write_pos(&self) -> u64 {
+        self.write_pos.load(Ordering::Acquire)
+    }
+
+    /// End of what is known durable.
+    pub fn flushed_pos(&self) -> u64 {
+        self.flushed_pos.load(Ordering::Acquire)
+    }
+
+    /// Number of segment files.
+    pub fn segment_count(&self) -> usize {
+        self.segments.read().map(|s| s.len()).unwrap_or(0)
+    }
+
+    fn segment_for(&self, offset: u64) -> Option<Arc<Segment>> {
+        let segs = self.segments.read().ok()?;
+        let idx = segs.partition_point(|s| s.start <= offset).checked_sub(1)?;
+        let seg = &segs[idx];
+        (offset < seg.start + self.segment_bytes).then(|| seg.clone())
+    }
+
+    fn first_segment_start(&self) -> Option<u64> {
+        self.segments.read().ok()?.first().map(|s| s.start)
+    }
+
+    /// Copies the `size` bytes at `offset` (which must lie below the write
+    /// position, within one segment) onto `out`.
+    pub fn read_into(&self, offset: u64, size: usize, out: &mut BytesMut) -> io::Result<()> {
+        let end = offset.checked_add(size as u64).ok_or_else(|| invalid("offset overflow"))?;
+        if end > self.write_pos() {
+            return Err(invalid(format!("range {offset}+{size} is past the end of the commitlog")));
+        }
+        let seg = self.segment_for(offset).ok_or_else(|| invalid(format!("no segment holds offset {offset}")))?;
+        out.extend_from_slice(seg.file.read_at((offset - seg.start) as usize, size)?);
+        Ok(())
+    }
+
+    /// Reads and decodes the record starting at `offset`.
+    pub fn record_at(&self, offset: u64) -> io::Result<StoredRecord> {
+        let mut head = BytesMut::with_capacity(4);
+        self.read_into(offset, 4, &mut head)?;
+        let size = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        if size < BLANK_HEADER_LEN || size as u64 > self.segment_bytes {
+            return Err(invalid(format!("no record starts at offset {offset}")));
+        }
+        let mut buf = BytesMut::with_capacity(size);
+        self.read_into(offset, size, &mut buf)?;
+        let rec = StoredRecord::decode(buf.freeze()).map_err(|e| invalid(e.to_string()))?;
+        if rec.phys_offset != offset {
+            return Err(invalid(format!("no record starts at offset {offset}")));
+        }
+        Ok(rec)
+    }
+
+    /// Makes everything below `target` durable (msync). Called by the
+    /// flusher thread only. Returns the new flushed position.
+    pub fn flush_to(&self, target: u64) -> io::Result<u64> {
+        let target = target.min(self.write_pos());
+        let mut from = self.flushed_pos();
+        while from < target {
+            let seg = self.segment_for(from).ok_or_else(|| invalid(format!("no segment at {from}")))?;
+            let seg_end = seg.start + self.segment_bytes;
+            let upto = target.min(seg_end);
+            seg.file.flush_range((from - seg.start) as usize, (upto - from) as usize)?;
+            from = if upto == seg_end { upto } else { target };
+        }
+        self.flushed_pos.fetch_max(target, Ordering::AcqRel);
+        Ok(self.flushed_pos())
+    }
+
+    fn add_segment(&self, start: u64) -> io::Result<Arc<Segment>> {
+        let path = self.dir.join(offset_file_name(start));
+        let file = MappedFile::create_or_open(&path, self.segment_bytes).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot create segment {}: {e}", path.display()))
+        })?;
+        let seg = Arc::new(Segment { start, file });
+        self.segments
+            .write()
+            .map_err(|_| invalid("segment table poisoned"))?
+            .push(seg.clone());
+        Ok(seg)
+    }
+
+    /// Finds the end of the log by walking records from the segment holding
+    /// `from` (a record boundary, e.g. the checkpoint), checking sizes and
+    /// CRCs. Everything after the last whole record is erased: the rest of
+    /// that segment is zeroed and later segments are deleted. Calls `visit`
+    /// for every valid record at or after `from`. Sets the write position.
+    pub fn recover(&self, from: u64, mut visit: impl FnMut(u64, &[u8])) -> io::Result<RecoveryReport> {
+        let mut report = RecoveryReport::default();
+        let segs: Vec<Arc<Segment>> = self.segments.read().map_err(|_| invalid("poisoned"))?.clone();
+        let Some(first) = segs.first() else {
+            return Ok(report);
+        };
+        // Start at the segment holding `from`; a checkpoint past the data
+        // (or before the first segment) falls back to a wider scan.
+        let start_idx = segs.partition_point(|s| s.start <= from).saturating_sub(1);
+        let mut pos = segs[start_idx].start.max(first.start);
+        let mut end = pos;
+        let seg_len = self.segment_bytes as usize;
+        'segments: for (i, seg) in segs.iter().enumerate().skip(start_idx) {
+            if seg.start != pos {
+                // A hole between segments: the log ends before it.
+                break;
+            }
+            let data = seg.file.read_at(0, seg_len)?;
+            let mut p = 0usize;
+            loop {
+                if seg_len - p < BLANK_HEADER_LEN {
+                    pos = seg.start + self.segment_bytes;
+                    end = pos;
+                    continue 'segments;
+                }
+                match record::probe(&data[p..]) {
+                    Probe::Record(size) => {
+                        let off = seg.start + p as u64;
+                        if off >= from {
+                            visit(off, &data[p..p + size]);
+                        }
+                        report.records += 1;
+                        p += size;
+                    }
+                    Probe::Blank => {
+                        pos = seg.start + self.segment_bytes;
+                        end = pos;
+                        if i + 1 == segs.len() {
+                            break 'segments;
+                        }
+                        continue 'segments;
+                    }
+                    Probe::End => {
+                        end = seg.start + p as u64;
+                        break 'segments;
+                    }
+                }
+            }
+        }
+        report.end = end;
+        self.truncate_after(end, &segs, &mut report)?;
+        self.write_pos.store(end, Ordering::Release);
+        self.flushed_pos.store(end, Ordering::Release);
+        Ok(report)
+    }
+
+    fn truncate_after(&self, end: u64, segs: &[Arc<Segment>], report: &mut RecoveryReport) -> io::Result<()> {
+        let mut keep = Vec::new();
+        for seg in segs {
+            let seg_end = seg.start + self.segment_bytes;
+            if seg_end <= end {
+                keep.push(seg.clone());
+            } else if seg.start <= end {
+                // The segment the log ends in: erase whatever follows.
+                report.zeroed_bytes += zero_tail(&seg.file, (end - seg.start) as usize)?;
+                keep.push(seg.clone());
+            } else {
+                tracing::warn!(segment = %seg.file.path().display(), "deleting segment past the end of the log");
+                std::fs::remove_file(seg.file.path())?;
+                report.deleted_segments += 1;
+            }
+        }
+        *self.segments.write().map_err(|_| invalid("poisoned"))? = keep;
+        Ok(())
+    }
+}
+
+/// Erases stale bytes after the end of the log so that no torn or old record
+/// past the truncation point can ever be read back.
+///
+/// Records are written contiguously, so a cleanly ended log is followed by
+/// zeroes: when the first chunk after `from` is all zero nothing is touched
+/// (this keeps start-up from faulting in a whole pre-allocated segment).
+/// Otherwise every non-zero chunk up to the end of the file is zeroed.
+fn zero_tail(file: &MappedFile, from: usize) -> io::Result<u64> {
+    const CHUNK: usize = 64 * 1024;
+    let first = CHUNK.min(file.len().saturating_sub(from));
+    if file.read_at(from, first)?.iter().all(|b| *b == 0) {
+        return Ok(0);
+    }
+    let zeros = vec![0u8; CHUNK];
+    let mut zeroed = 0u64;
+    let mut pos = from;
+    while pos < file.len() {
+        let n = CHUNK.min(file.len() - pos);
+        if file.read_at(pos, n)?.iter().any(|b| *b != 0) {
+            file.write_at(pos, &zeros[..n])?;
+            zeroed += n as u64;
+        }
+        pos += n;
+    }
+    if zeroed > 0 {
+        file.flush()?;
+    }
+    Ok(zeroed)
+}
+
+/// What recovery found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Valid records walked.
+    pub records: u64,
+    /// End of the log (the new write position).
+    pub end: u64,
+    /// Bytes of torn or stale data erased.
+    pub zeroed_bytes: u64,
+    /// Segment files past the end that were deleted.
+    pub deleted_segments: u64,
+}
+
+fn invalid(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+/// Where one appended record went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    /// Physical offset.
+    pub phys_offset: u64,
+    /// Encoded size.
+    pub size: u32,
+}
+
+/// The single writer of a [`CommitLog`]. Encodes records into a scratch
+/// buffer and copies each segment's share of a batch with one write.
+#[derive(Debug)]
+pub struct Appender {
+    log: Arc<CommitLog>,
+    scratch: Vec<u8>,
+}
+
+impl Appender {
+    /// The writer for `log` (after recovery).
+    pub fn new(log: Arc<CommitLog>) -> Appender {
+        Appender { log, scratch: Vec::with_capacity(1 << 20) }
+    }
+
+    /// The log written to.
+    pub fn log(&self) -> &Arc<CommitLog> {
+        &self.log
+    }
+
+    /// Appends records built by `fields(i, phys_offset)` for `i in 0..count`;
+    /// the physical offset is decided here (segments roll when a record
+    /// does not fit). Publishes the new write position when all are written.
+    pub fn append<'a, F>(&mut self, count: usize, mut fields: F) -> Result<Vec<Placement>, AppendError>
+    where
+        F: FnMut(usize, u64) -> RecordFields<'a>,
+    {
+        let seg_bytes = self.log.segment_bytes;
+        // Refuse the whole batch before writing any of it.
+        for i in 0..count {
+            let size = fields(i, 0).encoded_len();
+            if size as u64 > seg_bytes - BLANK_HEADER_LEN as u64 {
+                return Err(AppendError::TooLarge { size, segment_bytes: seg_bytes });
+            }
+        }
+        let start = self.log.write_pos();
+        let result = self.append_checked(count, &mut fields);
+        if result.is_err() {
+            // Bytes written but never published must not survive to be
+            // mistaken for records by a later recovery.
+            self.discard_unpublished(start);
+        }
+        result
+    }
+
+    fn discard_unpublished(&self, from: u64) {
+        if let Some(seg) = self.log.segment_for(from) {
+            if let Err(e) = zero_tail(&seg.file, (from - seg.start) as usize) {
+                tracing::error!(error = %e, "could not erase an unpublished partial batch");
+            }
+        }
+    }
+
+    fn append_checked<'a, F>(&mut self, count: usize, fields: &mut F) -> Result<Vec<Placement>, AppendError>
+    where
+        F: FnMut(usize, u64) -> RecordFields<'a>,
+    {
+        let seg_bytes = self.log.segment_bytes;
+        let mut pos = self.log.write_pos();
+        let mut seg = self.current_segment(pos)?;
+        let mut batch_start = pos;
+        self.scratch.clear();
+        let mut out = Vec::with_capacity(count);
+        for i in 0..count {
+            let mut f = fields(i, pos);
+            let size = f.encoded_len();
+            let seg_end = seg.start + seg_bytes;
+            if pos + size as u64 > seg_end {
+                // Close this segment with a filler and continue in the next.
+                let rest = (seg_end - pos) as usize;
+                let old = self.scratch.len();
+                if rest >= BLANK_HEADER_LEN {
+                    self.scratch.resize(old + BLANK_HEADER_LEN, 0);
+                    record::encode_blank(&mut self.scratch[old..], rest);
+                }
+                seg.file.write_at((batch_start - seg.start) as usize, &self.scratch)?;
+                self.scratch.clear();
+                pos = seg_end;
+                batch_start = pos;
+                seg = self.current_segment(pos)?;
+                f.phys_offset = pos;
+            }
+            let old = self.scratch.len();
+            self.scratch.resize(old + size, 0);
+            f.encode_into(&mut self.scratch[old..]);
+            out.push(Placement { phys_offset: pos, size: size as u32 });
+            pos += size as u64;
+        }
+        seg.file.write_at((batch_start - seg.start) as usize, &self.scratch)?;
+        self.log.write_pos.store(pos, Ordering::Release);
+        Ok(out)
+    }
+
+    fn current_segment(&self, pos: u64) -> io::Result<Arc<Segment>> {
+        if let Some(seg) = self.log.segment_for(pos) {
+            return Ok(seg);
+        }
+        let start = pos - pos % self.log.segment_bytes;
+        if self.log.first_segment_start().is_none() && start != 0 {
+            tracing::info!(start, "commitlog starts at a non-zero offset");
+        }
+        self.log.add_segment(start)
+    }
+}
+
+/// Reads a whole record's raw bytes: the frame-ready form pulls return.
+pub fn read_raw(log: &CommitLog, offset: u64, size: u32) -> io::Result<Bytes> {
+    let mut buf = BytesMut::with_capacity(size as usize);
+    log.read_into(offset, size as usize, &mut buf)?;
+    Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    const SEG: u64 = 64 * 1024;
+
+    fn fields<'a>(props: &'a BTreeMap<String, String>, body: &'a [u8], qoff: u64, phys: u64) -> RecordFields<'a> {
+        RecordFields {
+            queue_id: 0,
+            flags: 0,
+            queue_offset: qoff,
+            phys_offset: phys,
+            born_timestamp: 1,
+            store_timestamp: 2,
+            reconsume_times: 0,
+            born_host: "127.0.0.1:1".parse().unwrap(),
+            store_host: "127.0.0.1:2".parse().unwrap(),
+            topic: "t",
+            properties: props,
+            body,
+        }
+    }
+
+    fn write(log: &Arc<CommitLog>, n: usize, body_len: usize, first_qoff: u64) -> Vec<Placement> {
+        let props = BTreeMap::new();
+        let body = vec![7u8; body_len];
+        let mut app = Appender::new(log.clone());
+        app.append(n, |i, phys| fields(&props, &body, first_qoff + i as u64, phys)).unwrap()
+    }
+
+    #[test]
+    fn appends_roll_segments_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(CommitLog::open(dir.path(), SEG).unwrap());
+        log.recover(0, |_, _| {}).unwrap();
+        let placed = write(&log, 300, 1000, 0);
+        assert!(log.segment_count() >= 4, "300 KB over 64 KiB segments");
+        for (i, p) in placed.iter().enumerate() {
+            let rec = log.record_at(p.phys_offset).unwrap();
+            assert_eq!(rec.queue_offset, i as u64);
+            assert_eq!(rec.phys_offset, p.phys_offset);
+            // No record straddles a segment boundary.
+            assert_eq!(p.phys_offset / SEG, (p.phys_offset + p.size as u64 - 1) / SEG);
+        }
+        assert!(log.record_at(placed[1].phys_offset + 1).is_err());
+        assert!(log.read_into(log.write_pos(), 1, &mut BytesMut::new()).is_err());
+        assert_eq!(log.flush_to(u64::MAX).unwrap(), log.write_pos());
+    }
+
+    #[test]
+    fn recovery_finds_the_end_and_erases_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let placed;
+        {
+            let log = Arc::new(CommitLog::open(dir.path(), SEG).unwrap());
+            log.recover(0, |_, _| {}).unwrap();
+            placed = write(&log, 150, 1000, 0);
+        }
+        // Reopen: every record is found again.
+        let log = Arc::new(CommitLog::open(dir.path(), SEG).unwrap());
+        let mut seen = Vec::new();
+        let report = log.recover(0, |off, _| seen.push(off)).unwrap();
+        assert_eq!(seen, placed.iter().map(|p| p.phys_offset).collect::<Vec<_>>());
+        let last = *placed.last().unwrap();
+        assert_eq!(report.end, last.phys_offset + last.size as u64);
+        drop(log);
+
+        // Tear the last record and leave garbage after it.
+        let seg_start = last.phys_offset - last.phys_offset % SEG;
+        let path = dir.path().join(offset_file_name(seg_start));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = (last.phys_offset - seg_start) as usize;
+        bytes[at + 100] ^= 0xFF;
+        for b in &mut bytes[at + last.size as usize..at + last.size as usize + 500] {
+            *b = 0xAB;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+
+        let log = Arc::new(CommitLog::open(dir.path(), SEG).unwrap());
+        let report = log.recover(0, |_, _| {}).unwrap();
+        assert_eq!(report.end, last.phys_offset, "the torn record is cut off");
+        assert!(report.zeroed_bytes > 0);
+        assert!(log.record_at(last.phys_offset).is_err());
+        // Appending continues at the cut.
+        let again = write(&log, 1, 10, 149);
+        assert_eq!(again[0].phys_offset, last.phys_offset);
+        let log2 = Arc::new(CommitLog::open(dir.path(), SEG).unwrap());
+        assert_eq!(log2.recover(0, |_, _| {}).unwrap().end, last.phys_offset + again[0].size as u64);
+    }
+
+    #[test]
+    fn recovery_from_a_checkpoint_visits_only_later_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(CommitLog::open(dir.path(), SEG).unwrap());
+        log.recover(0, |_, _| {}).unwrap();
+        let placed = write(&log, 200, 1000, 0);
+        drop(log);
+        let log = Arc::new(CommitLog::open(dir.path(), SEG).unwrap());
+        let from = placed[120].phys_offset;
+        let mut seen = Vec::new();
+        log.recover(from, |off, _| seen.push(off)).unwrap();
+        assert_eq!(seen.first(), Some(&from));
+        assert_eq!(seen.len(), 80);
+    }
+
+    #[test]
+    fn oversized_records_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(CommitLog::open(dir.path(), SEG).unwrap());
+        log.recover(0, |_, _| {}).unwrap();
+        let props = BTreeMap::new();
+        let body = vec![0u8; SEG as usize];
+        let mut app = Appender::new(log.clone());
+        let err = app.append(1, |_, phys| fields(&props, &body, 0, phys)).unwrap_err();
+        assert!(matches!(err, AppendError::TooLarge { .. }));
+        assert_eq!(log.write_pos(), 0);
+    }
+}

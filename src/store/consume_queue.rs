@@ -1,0 +1,374 @@
+//! Consume queues: per topic-queue files of fixed-size entries pointing into
+//! the commitlog, so a queue offset finds its record in O(1).
+//!
+//! Entry layout (20 bytes, big-endian): u64 physical offset, u32 record
+//! size, u64 tag hash. A size of 0 marks an unused entry. Files live in
+//! `consumequeue/<topic>/<queue>/<20-digit first queue offset>` and are
+//! created when their first entry is written. The Dispatcher is the only
+//! writer; readers read below the published `max_offset`.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use super::fsutil::{list_offset_files, offset_file_name};
+use super::mmap_file::MappedFile;
+
+/// Bytes per entry.
+pub const CQ_ENTRY_LEN: usize = 20;
+
+/// One consume-queue entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CqEntry {
+    /// Where the record starts in the commitlog.
+    pub phys_offset: u64,
+    /// Record size.
+    pub size: u32,
+    /// Hash of the record's tag (0 when it has none).
+    pub tag_hash: u64,
+}
+
+impl CqEntry {
+    fn encode(&self) -> [u8; CQ_ENTRY_LEN] {
+        let mut out = [0u8; CQ_ENTRY_LEN];
+        out[0..8].copy_from_slice(&self.phys_offset.to_be_bytes());
+        out[8..12].copy_from_slice(&self.size.to_be_bytes());
+        out[12..20].copy_from_slice(&self.tag_hash.to_be_bytes());
+        out
+    }
+
+    fn decode(b: &[u8]) -> Option<CqEntry> {
+        let e = CqEntry {
+            phys_offset: u64::from_be_bytes(b.get(0..8)?.try_into().ok()?),
+            size: u32::from_be_bytes(b.get(8..12)?.try_into().ok()?),
+            tag_hash: u64::from_be_bytes(b.get(12..20)?.try_into().ok()?),
+        };
+        (e.size != 0).then_some(e)
+    }
+}
+
+#[derive(Debug)]
+struct CqFile {
+    start: u64,
+    file: MappedFile,
+}
+
+/// Outcome of [`ConsumeQueue::put`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The entry was appended.
+    Appended,
+    /// The same entry was already there (replay after a crash).
+    AlreadyPresent,
+}
+
+/// One topic-queue's consume queue.
+#[derive(Debug)]
+pub struct ConsumeQueue {
+    dir: PathBuf,
+    entries_per_file: u64,
+    files: RwLock<Vec<Arc<CqFile>>>,
+    min_offset: AtomicU64,
+    max_offset: AtomicU64,
+    flushed_offset: AtomicU64,
+}
+
+fn invalid(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+impl ConsumeQueue {
+    /// Opens the queue in `dir` (creating the directory), finding its end.
+    pub fn open(dir: &Path, entries_per_file: u64) -> io::Result<ConsumeQueue> {
+        std::fs::create_dir_all(dir)?;
+        let file_len = entries_per_file * CQ_ENTRY_LEN as u64;
+        let mut files = Vec::new();
+        for start in list_offset_files(dir)? {
+            if start % entries_per_file != 0 {
+                return Err(invalid(format!(
+                    "{}: start {start} is not a multiple of {entries_per_file}; was store.consume_queue_file_entries changed?",
+                    dir.display()
+                )));
+            }
+            let file = MappedFile::create_or_open(&dir.join(offset_file_name(start)), file_len)?;
+            files.push(Arc::new(CqFile { start, file }));
+        }
+        let min = files.first().map_or(0, |f| f.start);
+        let max = match files.last() {
+            // Entries are written contiguously: binary-search the first unused one.
+            Some(last) => {
+                let (mut lo, mut hi) = (0u64, entries_per_file);
+                while lo < hi {
+                    let mid = (lo + hi) / 2;
+                    let used = CqEntry::decode(last.file.read_at(mid as usize * CQ_ENTRY_LEN, CQ_ENTRY_LEN)?).is_some();
+                    if used {
+                        lo = mid + 1;
+                    } else {
+                        hi = mid;
+                    }
+                }
+                last.start + lo
+            }
+            None => 0,
+        };
+        Ok(ConsumeQueue {
+            dir: dir.to_path_buf(),
+            entries_per_file,
+            files: RwLock::new(files),
+            min_offset: AtomicU64::new(min),
+            max_offset: AtomicU64::new(max),
+            flushed_offset: AtomicU64::new(max),
+        })
+    }
+
+    /// Smallest queue offset still stored.
+    pub fn min_offset(&self) -> u64 {
+        self.min_offset.load(Ordering::Acquire)
+    }
+
+    /// One past the newest entry.
+    pub fn max_offset(&self) -> u64 {
+        self.max_offset.load(Ordering::Acquire)
+    }
+
+    fn file_for(&self, offset: u64) -> Option<Arc<CqFile>> {
+        let files = self.files.read().ok()?;
+        let idx = files.partition_point(|f| f.start <= offset).checked_sub(1)?;
+        let f = &files[idx];
+        (offset < f.start + self.entries_per_file).then(|| f.clone())
+    }
+
+    fn slot(&self, f: &CqFile, offset: u64) -> usize {
+        (offset - f.start) as usize * CQ_ENTRY_LEN
+    }
+
+    /// The entry at `offset`, if stored.
+    pub fn get(&self, offset: u64) -> Option<CqEntry> {
+        if offset < self.min_offset() || offset >= self.max_offset() {
+            return None;
+        }
+        let f = self.file_for(offset)?;
+        CqEntry::decode(f.file.read_at(self.slot(&f, offset), CQ_ENTRY_LEN).ok()?)
+    }
+
+    /// Writes the entry for `offset`, which must be the next one (or an
+    /// identical replay of an existing one).
+    pub fn put(&self, offset: u64, entry: CqEntry) -> io::Result<PutOutcome> {
+        let max = self.max_offset();
+        if offset < max {
+            if self.get(offset) == Some(entry) {
+                return Ok(PutOutcome::AlreadyPresent);
+            }
+            return Err(invalid(format!(
+                "{}: entry {offset} already holds a different record",
+                self.dir.display()
+            )));
+        }
+        if offset > max {
+            return Err(invalid(format!(
+                "{}: entry {offset} would leave a gap after {max}",
+                self.dir.display()
+            )));
+        }
+        let f = match self.file_for(offset) {
+            Some(f) => f,
+            None => self.add_file(offset - offset % self.entries_per_file)?,
+        };
+        f.file.write_at(self.slot(&f, offset), &entry.encode())?;
+        self.max_offset.store(offset + 1, Ordering::Release);
+        Ok(PutOutcome::Appended)
+    }
+
+    fn add_file(&self, start: u64) -> io::Result<Arc<CqFile>> {
+        let path = self.dir.join(offset_file_name(start));
+        let file = MappedFile::create_or_open(&path, self.entries_per_file * CQ_ENTRY_LEN as u64)?;
+        let f = Arc::new(CqFile { start, file });
+        let mut files = self.files.write().map_err(|_| invalid("consume queue lock poisoned"))?;
+        if files.is_empty() {
+            self.min_offset.store(start, Ordering::Release);
+            self.max_offset.store(start, Ordering::Release);
+            self.flushed_offset.store(start, Ordering::Release);
+        }
+        files.push(f.clone());
+        Ok(f)
+    }
+
+    /// Drops entries whose record lies at or past `log_end` (after the
+    /// commitlog lost a torn tail). Returns how many were dropped.
+    pub fn truncate_to_log_end(&self, log_end: u64) -> io::Result<u64> {
+        let mut dropped = 0;
+        loop {
+            let max = self.max_offset();
+            if max == self.min_offset() {
+                break;
+            }
+            let last = max - 1;
+            match self.get(last) {
+                Some(e) if e.phys_offset + e.size as u64 > log_end => {
+                    if let Some(f) = self.file_for(last) {
+                        f.file.write_at(self.slot(&f, last), &[0u8; CQ_ENTRY_LEN])?;
+                    }
+                    self.max_offset.store(last, Ordering::Release);
+                    dropped += 1;
+                }
+                _ => break,
+            }
+        }
+        if dropped > 0 {
+            self.flushed_offset.fetch_min(self.max_offset(), Ordering::AcqRel);
+            self.flush()?;
+        }
+        Ok(dropped)
+    }
+
+    /// Makes written entries durable; a no-op when nothing is new.
+    pub fn flush(&self) -> io::Result<()> {
+        let max = self.max_offset();
+        let mut from = self.flushed_offset.load(Ordering::Acquire);
+        while from < max {
+            let Some(f) = self.file_for(from) else { break };
+            let upto = max.min(f.start + self.entries_per_file);
+            let pos = self.slot(&f, from);
+            f.file.flush_range(pos, (upto - from) as usize * CQ_ENTRY_LEN)?;
+            from = upto;
+        }
+        self.flushed_offset.store(max, Ordering::Release);
+        Ok(())
+    }
+
+    /// The directory holding this queue's files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Every consume queue of a broker, by (topic, queue id).
+#[derive(Debug)]
+pub struct ConsumeQueues {
+    root: PathBuf,
+    entries_per_file: u64,
+    queues: RwLock<HashMap<(String, u32), Arc<ConsumeQueue>>>,
+}
+
+impl ConsumeQueues {
+    /// Opens every queue under `root` (`<data_dir>/consumequeue`).
+    pub fn open(root: &Path, entries_per_file: u64) -> io::Result<ConsumeQueues> {
+        std::fs::create_dir_all(root)?;
+        let mut queues = HashMap::new();
+        for topic_dir in std::fs::read_dir(root)? {
+            let topic_dir = topic_dir?;
+            if !topic_dir.file_type()?.is_dir() {
+                continue;
+            }
+            let topic = topic_dir.file_name().to_string_lossy().into_owned();
+            for q in std::fs::read_dir(topic_dir.path())? {
+                let q = q?;
+                let Ok(queue_id) = q.file_name().to_string_lossy().parse::<u32>() else {
+                    tracing::warn!(dir = %q.path().display(), "ignoring unexpected directory");
+                    continue;
+                };
+                let cq = ConsumeQueue::open(&q.path(), entries_per_file)?;
+                queues.insert((topic.clone(), queue_id), Arc::new(cq));
+            }
+        }
+        Ok(ConsumeQueues { root: root.to_path_buf(), entries_per_file, queues: RwLock::new(queues) })
+    }
+
+    /// The queue, if it has ever been written.
+    pub fn get(&self, topic: &str, queue_id: u32) -> Option<Arc<ConsumeQueue>> {
+        self.queues.read().ok()?.get(&(topic.to_string(), queue_id)).cloned()
+    }
+
+    /// The queue, created empty when missing.
+    pub fn get_or_create(&self, topic: &str, queue_id: u32) -> io::Result<Arc<ConsumeQueue>> {
+        if let Some(q) = self.get(topic, queue_id) {
+            return Ok(q);
+        }
+        let mut queues = self.queues.write().map_err(|_| invalid("consume queue table poisoned"))?;
+        let key = (topic.to_string(), queue_id);
+        if let Some(q) = queues.get(&key) {
+            return Ok(q.clone());
+        }
+        let dir = self.root.join(topic).join(queue_id.to_string());
+        let q = Arc::new(ConsumeQueue::open(&dir, self.entries_per_file)?);
+        queues.insert(key, q.clone());
+        Ok(q)
+    }
+
+    /// Every queue.
+    pub fn all(&self) -> Vec<((String, u32), Arc<ConsumeQueue>)> {
+        self.queues
+            .read()
+            .map(|q| q.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Forgets a topic's queues and deletes their files.
+    pub fn remove_topic(&self, topic: &str) -> io::Result<()> {
+        let mut queues = self.queues.write().map_err(|_| invalid("consume queue table poisoned"))?;
+        queues.retain(|(t, _), _| t != topic);
+        let dir = self.root.join(topic);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(i: u64) -> CqEntry {
+        CqEntry { phys_offset: i * 100, size: 100, tag_hash: i % 3 }
+    }
+
+    #[test]
+    fn entries_span_files_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = ConsumeQueue::open(dir.path(), 8).unwrap();
+        for i in 0..30 {
+            assert_eq!(q.put(i, entry(i)).unwrap(), PutOutcome::Appended);
+        }
+        assert_eq!(q.put(5, entry(5)).unwrap(), PutOutcome::AlreadyPresent);
+        assert!(q.put(5, entry(6)).is_err());
+        assert!(q.put(40, entry(40)).is_err(), "gaps are refused");
+        q.flush().unwrap();
+        drop(q);
+        let q = ConsumeQueue::open(dir.path(), 8).unwrap();
+        assert_eq!((q.min_offset(), q.max_offset()), (0, 30));
+        for i in 0..30 {
+            assert_eq!(q.get(i), Some(entry(i)));
+        }
+        assert_eq!(q.get(30), None);
+    }
+
+    #[test]
+    fn truncation_drops_entries_past_the_log_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = ConsumeQueue::open(dir.path(), 8).unwrap();
+        for i in 0..20 {
+            q.put(i, entry(i)).unwrap();
+        }
+        assert_eq!(q.truncate_to_log_end(1550).unwrap(), 5);
+        assert_eq!(q.max_offset(), 15);
+        q.put(15, CqEntry { phys_offset: 1500, size: 7, tag_hash: 0 }).unwrap();
+        drop(q);
+        assert_eq!(ConsumeQueue::open(dir.path(), 8).unwrap().max_offset(), 16);
+    }
+
+    #[test]
+    fn queue_table_finds_queues_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let qs = ConsumeQueues::open(dir.path(), 8).unwrap();
+        qs.get_or_create("t", 3).unwrap().put(0, entry(0)).unwrap();
+        drop(qs);
+        let qs = ConsumeQueues::open(dir.path(), 8).unwrap();
+        assert_eq!(qs.get("t", 3).unwrap().max_offset(), 1);
+        qs.remove_topic("t").unwrap();
+        assert!(qs.get("t", 3).is_none());
+        assert!(!dir.path().join("t").exists());
+    }
+}

@@ -1,0 +1,129 @@
+//! The flusher thread: group commit for sync flush, periodic flush for async
+//! flush, and the checkpoint.
+//!
+//! msync blocks, so it never runs on an actor's arbiter. Producers waiting
+//! for durability queue [`FlushHandle::durable`] requests; the thread drains
+//! every queued request, makes the log durable up to the highest one with a
+//! single msync, and answers them all: one flush serves every append that
+//! arrived while the previous flush ran.
+
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::Store;
+
+/// Result of a durability request; the error is the I/O error's text.
+pub type FlushResult = Result<(), String>;
+
+enum FlushCmd {
+    Durable { upto: u64, reply: oneshot::Sender<FlushResult> },
+    Stop,
+}
+
+/// Sends requests to the flusher thread. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct FlushHandle {
+    tx: mpsc::Sender<FlushCmd>,
+}
+
+impl std::fmt::Debug for FlushCmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FlushCmd::Durable { upto, .. } => write!(f, "Durable({upto})"),
+            FlushCmd::Stop => write!(f, "Stop"),
+        }
+    }
+}
+
+impl FlushHandle {
+    /// Asks for the commitlog to be durable below `upto`; the receiver
+    /// resolves once it is (or with the error that prevented it).
+    pub fn durable(&self, upto: u64) -> oneshot::Receiver<FlushResult> {
+        let (reply, rx) = oneshot::channel();
+        if let Err(mpsc::SendError(FlushCmd::Durable { reply, .. })) = self.tx.send(FlushCmd::Durable { upto, reply }) {
+            let _ = reply.send(Err("the flusher has stopped".into()));
+        }
+        rx
+    }
+}
+
+/// The running flusher thread.
+#[derive(Debug)]
+pub struct Flusher {
+    handle: FlushHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Flusher {
+    /// Starts the thread. Every `interval` it flushes the whole commitlog
+    /// (the async-flush policy), the consume queues and the index, and
+    /// moves the checkpoint.
+    pub fn start(store: Arc<Store>, interval: Duration) -> std::io::Result<Flusher> {
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("ferromq-flusher".into())
+            .spawn(move || run(store, rx, interval))?;
+        Ok(Flusher { handle: FlushHandle { tx }, thread: Some(thread) })
+    }
+
+    /// A handle for requests.
+    pub fn handle(&self) -> FlushHandle {
+        self.handle.clone()
+    }
+
+    /// Flushes everything one last time and joins the thread.
+    pub fn stop(mut self) {
+        let _ = self.handle.tx.send(FlushCmd::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(store: Arc<Store>, rx: mpsc::Receiver<FlushCmd>, interval: Duration) {
+    let mut next_tick = Instant::now() + interval;
+    let mut waiters: Vec<(u64, oneshot::Sender<FlushResult>)> = Vec::new();
+    let mut stopping = false;
+    while !stopping {
+        let timeout = next_tick.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(timeout) {
+            Ok(FlushCmd::Durable { upto, reply }) => {
+                waiters.push((upto, reply));
+                // Group commit: take every request already queued.
+                while let Ok(cmd) = rx.try_recv() {
+                    match cmd {
+                        FlushCmd::Durable { upto, reply } => waiters.push((upto, reply)),
+                        FlushCmd::Stop => stopping = true,
+                    }
+                }
+                let target = waiters.iter().map(|(u, _)| *u).max().unwrap_or(0);
+                let result = store.log.flush_to(target).map(|_| ()).map_err(|e| {
+                    tracing::error!(error = %e, "commitlog flush failed");
+                    e.to_string()
+                });
+                for (_, reply) in waiters.drain(..) {
+                    let _ = reply.send(result.clone());
+                }
+            }
+            Ok(FlushCmd::Stop) | Err(RecvTimeoutError::Disconnected) => stopping = true,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        if stopping || Instant::now() >= next_tick {
+            periodic(&store);
+            next_tick = Instant::now() + interval;
+        }
+    }
+}
+
+fn periodic(store: &Store) {
+    if let Err(e) = store.log.flush_to(u64::MAX) {
+        tracing::error!(error = %e, "commitlog flush failed");
+    }
+    if let Err(e) = store.flush_and_checkpoint() {
+        tracing::error!(error = %e, "checkpoint failed");
+    }
+}

@@ -1,0 +1,59 @@
+//! The data-directory lock: one broker per directory.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, Write};
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+
+/// Holds an exclusive `flock` on `<data_dir>/lock` for the broker's life.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
+impl DirLock {
+    /// Takes the lock or fails naming the holder.
+    pub fn acquire(data_dir: &Path) -> io::Result<DirLock> {
+        let path = data_dir.join("lock");
+        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
+        // SAFETY: plain syscall on an owned, open descriptor.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!(
+                        "data directory {} is locked by another broker (pid {})",
+                        data_dir.display(),
+                        holder.trim()
+                    ),
+                ));
+            }
+            return Err(err);
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        write!(file, "{}", std::process::id())?;
+        file.sync_all()?;
+        Ok(DirLock { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_lock_on_a_directory_fails_with_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = DirLock::acquire(dir.path()).unwrap();
+        let err = DirLock::acquire(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("locked by another broker"), "{err}");
+        assert!(err.to_string().contains(&std::process::id().to_string()));
+        drop(first);
+        DirLock::acquire(dir.path()).unwrap();
+    }
+}

@@ -1,0 +1,131 @@
+//! The topic table, persisted as `<data_dir>/config/topics.json`.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use serde::{Deserialize, Serialize};
+
+use super::fsutil::write_atomic;
+use crate::wire::control::TopicInfo;
+
+/// One topic's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicConfig {
+    /// Queues on this broker.
+    pub queues: u32,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopicFile {
+    topics: BTreeMap<String, TopicConfig>,
+}
+
+/// The broker's topics; reads are cheap, changes are written through.
+#[derive(Debug)]
+pub struct TopicTable {
+    path: PathBuf,
+    topics: RwLock<BTreeMap<String, TopicConfig>>,
+}
+
+fn poisoned() -> io::Error {
+    io::Error::other("topic table lock poisoned")
+}
+
+impl TopicTable {
+    /// Loads the table of a data directory (empty when there is none yet).
+    pub fn open(data_dir: &Path) -> io::Result<TopicTable> {
+        let dir = data_dir.join("config");
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("topics.json");
+        let topics = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice::<TopicFile>(&bytes)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?
+                .topics,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(TopicTable { path, topics: RwLock::new(topics) })
+    }
+
+    /// A topic's settings.
+    pub fn get(&self, topic: &str) -> Option<TopicConfig> {
+        self.topics.read().ok()?.get(topic).copied()
+    }
+
+    /// Every topic, for name-server registration.
+    pub fn snapshot(&self) -> BTreeMap<String, TopicInfo> {
+        self.topics
+            .read()
+            .map(|t| t.iter().map(|(k, v)| (k.clone(), TopicInfo { queues: v.queues })).collect())
+            .unwrap_or_default()
+    }
+
+    /// Creates a topic or changes its queue count; returns the previous
+    /// settings. Written to disk before it takes effect.
+    pub fn upsert(&self, topic: &str, cfg: TopicConfig) -> io::Result<Option<TopicConfig>> {
+        let mut topics = self.topics.write().map_err(|_| poisoned())?;
+        let mut next = topics.clone();
+        let prev = next.insert(topic.to_string(), cfg);
+        self.persist(&next)?;
+        *topics = next;
+        Ok(prev)
+    }
+
+    /// Creates a topic unless it exists; returns its settings.
+    pub fn get_or_create(&self, topic: &str, cfg: TopicConfig) -> io::Result<(TopicConfig, bool)> {
+        if let Some(existing) = self.get(topic) {
+            return Ok((existing, false));
+        }
+        let mut topics = self.topics.write().map_err(|_| poisoned())?;
+        if let Some(existing) = topics.get(topic) {
+            return Ok((*existing, false));
+        }
+        let mut next = topics.clone();
+        next.insert(topic.to_string(), cfg);
+        self.persist(&next)?;
+        *topics = next;
+        Ok((cfg, true))
+    }
+
+    /// Removes a topic; returns its settings if it existed.
+    pub fn remove(&self, topic: &str) -> io::Result<Option<TopicConfig>> {
+        let mut topics = self.topics.write().map_err(|_| poisoned())?;
+        if !topics.contains_key(topic) {
+            return Ok(None);
+        }
+        let mut next = topics.clone();
+        let prev = next.remove(topic);
+        self.persist(&next)?;
+        *topics = next;
+        Ok(prev)
+    }
+
+    fn persist(&self, topics: &BTreeMap<String, TopicConfig>) -> io::Result<()> {
+        let file = TopicFile { topics: topics.clone() };
+        let bytes = serde_json::to_vec_pretty(&file).map_err(io::Error::other)?;
+        write_atomic(&self.path, &bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_persist_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = TopicTable::open(dir.path()).unwrap();
+        assert_eq!(t.get_or_create("a", TopicConfig { queues: 4 }).unwrap(), (TopicConfig { queues: 4 }, true));
+        assert_eq!(t.get_or_create("a", TopicConfig { queues: 9 }).unwrap().1, false);
+        t.upsert("b", TopicConfig { queues: 2 }).unwrap();
+        t.remove("a").unwrap();
+        let t = TopicTable::open(dir.path()).unwrap();
+        assert_eq!(t.get("a"), None);
+        assert_eq!(t.get("b"), Some(TopicConfig { queues: 2 }));
+        assert_eq!(t.snapshot().len(), 1);
+    }
+}
