@@ -15,3 +15,4 @@ pub mod store;
 pub mod wire;
 pub mod broker;
 pub mod namesrv;
+pub mod actors;
