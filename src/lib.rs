@@ -7,12 +7,12 @@
 //! * [`server`] — framed TCP sessions routing requests to actors.
 //! * [`client`] — the Rust client library; [`cli`] — the `ferromq` command.
 
+pub mod actors;
+pub mod broker;
 pub mod client;
 pub mod config;
 pub mod message;
+pub mod namesrv;
 pub mod server;
 pub mod store;
 pub mod wire;
-pub mod actors;
-pub mod broker;
-pub mod namesrv;

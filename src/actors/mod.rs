@@ -1,9 +1,19 @@
-//! The broker's actors. Each is a thin shell over a plain state machine or
-//! store call; see `docs/architecture.md` for the tree.
+//! The broker's actors. Each owns one piece of mutable state, is reached
+//! only through its mailbox, and is a thin shell over a plain state machine
+//! or store call; see `docs/architecture.md` for the tree.
+//!
+//! * [`commitlog_writer`] — the only commitlog writer; group commit.
+//! * [`dispatcher`] — consume-queue and index entries for appended records.
+//! * [`queue_actor`] — one per topic-queue: pulls and long polling
+//!   ([`long_poll`], [`pull`] hold its pure logic; [`queue_registry`] finds it).
+//! * [`namesrv`] — the name server's registry of live brokers and routes.
+//! * [`namesrv_client`] — a broker's registration with its name servers.
 
 pub mod commitlog_writer;
 pub mod dispatcher;
 pub mod long_poll;
+pub mod namesrv;
+pub mod namesrv_client;
 pub mod pull;
 pub mod queue_actor;
 pub mod queue_registry;

@@ -1,0 +1,147 @@
+//! Decodes name-server requests (`docs/protocol.md` §4, commands 1 and
+//! 100–104), asks the [`NameServer`] actor and encodes its answer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix::{Addr, MailboxError};
+use bytes::Bytes;
+use futures::future::{FutureExt, LocalBoxFuture};
+use serde::de::DeserializeOwned;
+
+use crate::actors::namesrv::{
+    GetAllTopics, GetClusterInfo, GetRoute, NameServer, Register, Unregister,
+};
+use crate::server::RequestHandler;
+use crate::wire::control::{
+    from_json, to_json, validate_topic_name, RegisterBroker, TopicRef, UnregisterBroker,
+};
+use crate::wire::{Command, Frame, Status};
+
+/// Serves name-server requests on behalf of one [`NameServer`] actor.
+#[derive(Debug, Clone)]
+pub struct NamesrvHandler {
+    /// The registry every request reads or updates.
+    pub addr: Addr<NameServer>,
+}
+
+/// A request outcome: the response frame either way, so `?` can return
+/// an error frame early.
+type Reply = Result<Frame, Frame>;
+
+impl NamesrvHandler {
+    /// A handler answering from `addr`.
+    pub fn new(addr: Addr<NameServer>) -> NamesrvHandler {
+        NamesrvHandler { addr }
+    }
+
+    async fn respond(&self, peer: SocketAddr, cmd: Command, frame: Frame) -> Reply {
+        match cmd {
+            Command::Ping => Ok(empty_ok()),
+            Command::RegisterBroker => {
+                let req: RegisterBroker = decode(&frame.header)?;
+                check_registration(&req)?;
+                tracing::trace!(%peer, broker = %req.broker_name, "REGISTER_BROKER");
+                self.addr.send(Register(req)).await.map_err(mailbox)?;
+                Ok(empty_ok())
+            }
+            Command::UnregisterBroker => {
+                let req: UnregisterBroker = decode(&frame.header)?;
+                self.addr.send(Unregister(req)).await.map_err(mailbox)?;
+                Ok(empty_ok())
+            }
+            Command::GetRoute => {
+                let TopicRef { topic } = decode(&frame.header)?;
+                validate_topic_name(&topic)
+                    .map_err(|e| Frame::error(0, Status::InvalidArgument, e.to_string()))?;
+                match self
+                    .addr
+                    .send(GetRoute(topic.clone()))
+                    .await
+                    .map_err(mailbox)?
+                {
+                    Some(route) => Ok(Frame::ok(0, Bytes::new(), to_json(&route))),
+                    None => Err(Frame::error(
+                        0,
+                        Status::TopicNotExist,
+                        format!("no route for topic {topic}"),
+                    )),
+                }
+            }
+            Command::GetAllTopics => {
+                let topics = self.addr.send(GetAllTopics).await.map_err(mailbox)?;
+                Ok(Frame::ok(0, Bytes::new(), to_json(&topics)))
+            }
+            Command::GetClusterInfo => {
+                let info = self.addr.send(GetClusterInfo).await.map_err(mailbox)?;
+                Ok(Frame::ok(0, Bytes::new(), to_json(&info)))
+            }
+            Command::SendMessage
+            | Command::PullMessage
+            | Command::GetOffsets
+            | Command::QueryMessageById
+            | Command::QueryMessageByKey
+            | Command::CreateTopic
+            | Command::DeleteTopic
+            | Command::TopicStats => Err(Frame::error(
+                0,
+                Status::UnknownCommand,
+                format!(
+                    "command {cmd:?} ({}) is not served by a name server",
+                    cmd.code()
+                ),
+            )),
+        }
+    }
+}
+
+impl RequestHandler for NamesrvHandler {
+    fn handle(
+        self: Arc<Self>,
+        peer: SocketAddr,
+        cmd: Command,
+        frame: Frame,
+    ) -> LocalBoxFuture<'static, Frame> {
+        async move {
+            match self.respond(peer, cmd, frame).await {
+                Ok(frame) | Err(frame) => frame,
+            }
+        }
+        .boxed_local()
+    }
+}
+
+fn empty_ok() -> Frame {
+    Frame::ok(0, Bytes::new(), Bytes::new())
+}
+
+fn decode<T: DeserializeOwned>(header: &[u8]) -> Result<T, Frame> {
+    from_json(header, "header").map_err(|e| Frame::error(0, Status::MalformedFrame, e.to_string()))
+}
+
+/// Rejects registrations that would produce unusable routes.
+fn check_registration(req: &RegisterBroker) -> Result<(), Frame> {
+    let invalid = |m: String| Frame::error(0, Status::InvalidArgument, m);
+    for (field, value) in [
+        ("cluster", &req.cluster),
+        ("broker_name", &req.broker_name),
+        ("addr", &req.addr),
+    ] {
+        if value.is_empty() {
+            return Err(invalid(format!("{field} must not be empty")));
+        }
+    }
+    for topic in req.topics.keys() {
+        validate_topic_name(topic).map_err(|e| invalid(e.to_string()))?;
+    }
+    Ok(())
+}
+
+fn mailbox(e: MailboxError) -> Frame {
+    tracing::error!(error = %e, "name server actor unreachable");
+    Frame::error(
+        0,
+        Status::SystemError,
+        format!("name server unavailable: {e}"),
+    )
+}
