@@ -153,6 +153,13 @@ impl Actor for NameServerClient {
     }
 }
 
+impl actix::Supervised for NameServerClient {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        // `started` runs again and re-arms the timer; the old handle is dead.
+        self.timer = None;
+    }
+}
+
 /// Register now (e.g. after a topic change) and resume periodic
 /// registration if [`Unregister`] paused it. Resolves to true as soon as one
 /// name server acknowledged, false if none did within about 2 s.

@@ -1,0 +1,241 @@
+//! The broker's request handler: decodes each request, checks it, and asks
+//! the right actor. One function per command.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix::Addr;
+use bytes::{Bytes, BytesMut};
+use futures::future::LocalBoxFuture;
+
+use crate::actors::commitlog_writer::{Append, CommitLogWriter, DeleteTopicData};
+use crate::actors::namesrv_client::{NameServerClient, RegisterNow};
+use crate::actors::queue_actor::Pull;
+use crate::actors::queue_registry::QueueRegistry;
+use crate::config::BrokerSection;
+use crate::server::RequestHandler;
+use crate::store::record::MessageId;
+use crate::store::topics::TopicConfig;
+use crate::store::Store;
+use crate::wire::control::{self, validate_topic_name, CreateTopic, QueryById, QueryByKey, QueueOffsets, QueueRef, QueueStats, TopicRef, TopicStats};
+use crate::wire::pull::PullRequest;
+use crate::wire::send::SendRequest;
+use crate::wire::{Command, DecodeError, Frame, Status};
+
+/// Most records one key query returns.
+const MAX_QUERY_RESULTS: u32 = 64;
+/// Most queues a topic may have on one broker.
+pub const MAX_QUEUES_PER_TOPIC: u32 = 1024;
+
+/// Everything a request may need; shared by every connection.
+pub struct BrokerHandler {
+    /// `[broker]` settings.
+    pub cfg: BrokerSection,
+    /// The store.
+    pub store: Arc<Store>,
+    /// The commitlog writer.
+    pub writer: Addr<CommitLogWriter>,
+    /// Queue actors.
+    pub queues: Arc<QueueRegistry>,
+    /// Registration with the name servers.
+    pub registrar: Addr<NameServerClient>,
+    /// This broker's advertised address.
+    pub store_host: SocketAddr,
+}
+
+type Reply = Result<Frame, (Status, String)>;
+
+fn ok(body: Bytes) -> Reply {
+    Ok(Frame::ok(0, Bytes::new(), body))
+}
+
+fn malformed(e: DecodeError) -> (Status, String) {
+    (Status::MalformedFrame, e.to_string())
+}
+
+fn invalid(e: DecodeError) -> (Status, String) {
+    (Status::InvalidArgument, e.to_string())
+}
+
+fn mailbox(e: actix::MailboxError) -> (Status, String) {
+    (Status::ServiceUnavailable, format!("broker component unavailable: {e}"))
+}
+
+fn io_err(e: std::io::Error) -> (Status, String) {
+    (Status::StoreError, e.to_string())
+}
+
+impl RequestHandler for BrokerHandler {
+    fn handle(self: Arc<Self>, peer: SocketAddr, cmd: Command, frame: Frame) -> LocalBoxFuture<'static, Frame> {
+        Box::pin(async move {
+            let result = match cmd {
+                Command::Ping => ok(Bytes::new()),
+                Command::SendMessage => self.send(peer, frame.body).await,
+                Command::PullMessage => self.pull(frame.body).await,
+                Command::GetOffsets => self.offsets(&frame.header),
+                Command::QueryMessageById => self.query_by_id(&frame.header),
+                Command::QueryMessageByKey => self.query_by_key(&frame.header),
+                Command::CreateTopic => self.create_topic(&frame.header).await,
+                Command::DeleteTopic => self.delete_topic(&frame.header).await,
+                Command::TopicStats => self.topic_stats(&frame.header),
+                other => Err((
+                    Status::UnknownCommand,
+                    format!("command {other:?} ({}) is not served by a broker", other.code()),
+                )),
+            };
+            result.unwrap_or_else(|(status, msg)| Frame::error(0, status, msg))
+        })
+    }
+}
+
+impl BrokerHandler {
+    /// The topic's settings, creating it when auto-creation is on.
+    async fn topic_for_send(&self, topic: &str) -> Result<TopicConfig, (Status, String)> {
+        if let Some(cfg) = self.store.topics.get(topic) {
+            return Ok(cfg);
+        }
+        if !self.cfg.auto_create_topics {
+            return Err((Status::TopicNotExist, format!("topic {topic} does not exist and auto-creation is off")));
+        }
+        let (cfg, created) = self
+            .store
+            .topics
+            .get_or_create(topic, TopicConfig { queues: self.cfg.default_topic_queues })
+            .map_err(io_err)?;
+        if created {
+            tracing::info!(topic, queues = cfg.queues, "auto-created topic");
+            self.registrar.do_send(RegisterNow);
+        }
+        Ok(cfg)
+    }
+
+    fn existing_queue(&self, topic: &str, queue_id: u32) -> Result<(), (Status, String)> {
+        let cfg = self
+            .store
+            .topics
+            .get(topic)
+            .ok_or_else(|| (Status::TopicNotExist, format!("topic {topic} does not exist")))?;
+        check_queue(topic, queue_id, cfg)
+    }
+
+    async fn send(&self, peer: SocketAddr, body: Bytes) -> Reply {
+        let req = SendRequest::decode(body).map_err(malformed)?;
+        let cfg = self.topic_for_send(&req.topic).await?;
+        check_queue(&req.topic, req.queue_id, cfg)?;
+        let append = Append { topic: Arc::from(req.topic.as_str()), queue_id: req.queue_id, entries: req.entries, born_host: peer };
+        let response = self.writer.send(append).await.map_err(mailbox)??;
+        ok(response.encode())
+    }
+
+    async fn pull(&self, body: Bytes) -> Reply {
+        let req = PullRequest::decode(body).map_err(malformed)?;
+        self.existing_queue(&req.topic, req.queue_id)?;
+        let actor = self
+            .queues
+            .get_or_start(&req.topic, req.queue_id)
+            .ok_or_else(|| (Status::SystemError, "queue registry unavailable".to_string()))?;
+        let body = actor.send(Pull(req)).await.map_err(mailbox)??;
+        ok(body)
+    }
+
+    fn queue_offsets(&self, topic: &str, queue: u32) -> QueueOffsets {
+        self.store
+            .queues
+            .get(topic, queue)
+            .map_or(QueueOffsets { min_offset: 0, max_offset: 0 }, |q| QueueOffsets {
+                min_offset: q.min_offset(),
+                max_offset: q.max_offset(),
+            })
+    }
+
+    fn offsets(&self, header: &[u8]) -> Reply {
+        let q: QueueRef = control::from_json(header, "header").map_err(malformed)?;
+        self.existing_queue(&q.topic, q.queue)?;
+        ok(control::to_json(&self.queue_offsets(&q.topic, q.queue)))
+    }
+
+    fn query_by_id(&self, header: &[u8]) -> Reply {
+        let q: QueryById = control::from_json(header, "header").map_err(malformed)?;
+        let id: MessageId = q.msg_id.parse().map_err(invalid)?;
+        if id.store_host != self.store_host {
+            return Err((
+                Status::MessageNotFound,
+                format!("message {} was stored by {}, not by this broker ({})", q.msg_id, id.store_host, self.store_host),
+            ));
+        }
+        let raw = self
+            .store
+            .raw_record_by_id(&id)
+            .map_err(|e| (Status::MessageNotFound, format!("no message {}: {e}", q.msg_id)))?;
+        ok(raw)
+    }
+
+    fn query_by_key(&self, header: &[u8]) -> Reply {
+        let q: QueryByKey = control::from_json(header, "header").map_err(malformed)?;
+        validate_topic_name(&q.topic).map_err(invalid)?;
+        let max = q.max.clamp(1, MAX_QUERY_RESULTS) as usize;
+        let (count, raw) = self.store.raw_records_by_key(&q.topic, &q.key, max).map_err(io_err)?;
+        // Body: u32 count, then the records (docs/protocol.md §4).
+        let mut body = BytesMut::with_capacity(4 + raw.len());
+        body.extend_from_slice(&count.to_be_bytes());
+        body.extend_from_slice(&raw);
+        ok(body.freeze())
+    }
+
+    async fn create_topic(&self, header: &[u8]) -> Reply {
+        let req: CreateTopic = control::from_json(header, "header").map_err(malformed)?;
+        validate_topic_name(&req.topic).map_err(invalid)?;
+        if req.queues == 0 || req.queues > MAX_QUEUES_PER_TOPIC {
+            return Err((Status::InvalidArgument, format!("queues must be between 1 and {MAX_QUEUES_PER_TOPIC}")));
+        }
+        let prev = self.store.topics.upsert(&req.topic, TopicConfig { queues: req.queues }).map_err(io_err)?;
+        tracing::info!(topic = %req.topic, queues = req.queues, previous = ?prev.map(|p| p.queues), "topic created");
+        self.publish_routes().await;
+        ok(Bytes::new())
+    }
+
+    async fn delete_topic(&self, header: &[u8]) -> Reply {
+        let req: TopicRef = control::from_json(header, "header").map_err(malformed)?;
+        if self.store.topics.remove(&req.topic).map_err(io_err)?.is_none() {
+            return Err((Status::TopicNotExist, format!("topic {} does not exist", req.topic)));
+        }
+        self.writer.send(DeleteTopicData(req.topic.clone())).await.map_err(mailbox)?.map_err(io_err)?;
+        tracing::info!(topic = %req.topic, "topic deleted");
+        self.publish_routes().await;
+        ok(Bytes::new())
+    }
+
+    /// Re-registers at once so the admin command returns with fresh routes.
+    async fn publish_routes(&self) {
+        match self.registrar.send(RegisterNow).await {
+            Ok(true) => {}
+            _ => tracing::warn!("no name server acknowledged the topic change yet; it will on the next registration"),
+        }
+    }
+
+    fn topic_stats(&self, header: &[u8]) -> Reply {
+        let req: TopicRef = control::from_json(header, "header").map_err(malformed)?;
+        let cfg = self
+            .store
+            .topics
+            .get(&req.topic)
+            .ok_or_else(|| (Status::TopicNotExist, format!("topic {} does not exist", req.topic)))?;
+        let queues = (0..cfg.queues)
+            .map(|queue| {
+                let o = self.queue_offsets(&req.topic, queue);
+                QueueStats { queue, min_offset: o.min_offset, max_offset: o.max_offset }
+            })
+            .collect();
+        ok(control::to_json(&TopicStats { topic: req.topic, queues }))
+    }
+}
+
+fn check_queue(topic: &str, queue_id: u32, cfg: TopicConfig) -> Result<(), (Status, String)> {
+    if queue_id >= cfg.queues {
+        return Err((
+            Status::QueueNotExist,
+            format!("topic {topic} has {} queues; queue {queue_id} does not exist", cfg.queues),
+        ));
+    }
+    Ok(())
+}

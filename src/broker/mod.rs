@@ -1,0 +1,164 @@
+//! Broker process: opens (and recovers) the store, starts the actor tree and
+//! the listeners, prints the ready line, and shuts down cleanly on SIGINT or
+//! SIGTERM.
+//!
+//! Threads: the system arbiter (name server, registration, accept loops),
+//! one store arbiter (CommitLogWriter, Dispatcher), one network arbiter per
+//! core (connections, queue actors), and the flusher thread.
+
+pub mod handler;
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Arbiter, ArbiterHandle, Supervisor};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::actors::commitlog_writer::CommitLogWriter;
+use crate::actors::dispatcher::Dispatcher;
+use crate::actors::namesrv_client::{BrokerIdentity, IsRegistered, NameServerClient, RegisterNow, Unregister};
+use crate::actors::queue_registry::QueueRegistry;
+use crate::config::Config;
+use crate::server::{serve, ServeOptions};
+use crate::store::flusher::{FlushHandle, Flusher};
+use crate::store::Store;
+pub use handler::BrokerHandler;
+
+/// Runs a broker until SIGINT or SIGTERM. Fails early, with a message naming
+/// the cause, when the data directory is locked or an address is taken.
+pub fn run(cfg: Config) -> io::Result<()> {
+    // The lock (inside Store::open) comes before binding any port, so a
+    // second broker on the same directory fails on the lock.
+    let (store, _report) = Store::open(&cfg.store)?;
+    let store = Arc::new(store);
+    let flusher = Flusher::start(store.clone(), Duration::from_millis(cfg.store.flush_interval_ms))?;
+    let system = actix_rt::System::new();
+    let threads = match cfg.broker.network_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let network: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
+    let store_arbiter = Arbiter::new();
+    let handles: Vec<ArbiterHandle> = network.iter().map(Arbiter::handle).collect();
+    let result = system.block_on(serve_until_signal(cfg, store.clone(), flusher.handle(), handles, store_arbiter.handle()));
+    for arbiter in network.into_iter().chain(std::iter::once(store_arbiter)) {
+        arbiter.stop();
+        let _ = arbiter.join();
+    }
+    flusher.stop();
+    let shutdown = store.shutdown();
+    match (result, shutdown) {
+        (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+        (Ok(()), Ok(())) => {
+            tracing::info!("broker stopped cleanly");
+            Ok(())
+        }
+    }
+}
+
+async fn serve_until_signal(
+    cfg: Config,
+    store: Arc<Store>,
+    flusher: FlushHandle,
+    network: Vec<ArbiterHandle>,
+    store_arbiter: ArbiterHandle,
+) -> io::Result<()> {
+    // Installed before the ready line so that a signal right after it is a
+    // clean shutdown, not the default kill.
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let opts = ServeOptions {
+        max_frame_bytes: cfg.broker.max_frame_bytes,
+        max_inflight: cfg.broker.max_inflight_per_connection,
+    };
+    let listener = TcpListener::bind(&cfg.broker.listen)
+        .await
+        .map_err(|e| io::Error::new(e.kind(), format!("broker cannot listen on {}: {e}", cfg.broker.listen)))?;
+    let bound = listener.local_addr()?;
+    let store_host: SocketAddr = match &cfg.broker.advertise {
+        Some(a) => a.parse().map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("broker.advertise {a:?} is not an ip:port address"))
+        })?,
+        None => bound,
+    };
+    if store_host.ip().is_unspecified() {
+        tracing::warn!(%store_host, "advertising an unspecified address; set broker.advertise");
+    }
+
+    let embedded = if cfg.broker.embedded_namesrv {
+        Some(crate::namesrv::start_embedded(&cfg.namesrv, opts, network.clone()).await?.0)
+    } else {
+        None
+    };
+    let namesrv_addrs = match (&embedded, cfg.broker.namesrv_addrs.is_empty()) {
+        (Some(addr), true) => vec![addr.to_string()],
+        _ => cfg.broker.namesrv_addrs.clone(),
+    };
+
+    let queues = Arc::new(QueueRegistry::new(store.clone(), network.clone()));
+    let dispatcher = {
+        let (store, queues) = (store.clone(), queues.clone());
+        Supervisor::start_in_arbiter(&store_arbiter, move |_| Dispatcher::new(store, queues))
+    };
+    let writer = {
+        let (store, dispatcher, mode) = (store.clone(), dispatcher.clone(), cfg.store.flush);
+        Supervisor::start_in_arbiter(&store_arbiter, move |_| {
+            CommitLogWriter::new(store, dispatcher, flusher, mode, store_host)
+        })
+    };
+    let identity = BrokerIdentity {
+        cluster: cfg.broker.cluster.clone(),
+        broker_name: cfg.broker.name.clone(),
+        broker_id: cfg.broker.id,
+        addr: store_host.to_string(),
+    };
+    let topics = {
+        let store = store.clone();
+        Arc::new(move || store.topics.snapshot())
+    };
+    let registrar = Supervisor::start(move |_| {
+        NameServerClient::new(
+            namesrv_addrs,
+            identity,
+            Duration::from_millis(cfg.broker.register_interval_ms),
+            topics,
+        )
+    });
+    if !registrar.send(RegisterNow).await.unwrap_or(false) {
+        tracing::warn!("no name server acknowledged the first registration; retrying every register_interval_ms");
+    }
+
+    let handler = Arc::new(BrokerHandler {
+        cfg: cfg.broker.clone(),
+        store: store.clone(),
+        writer,
+        queues,
+        registrar: registrar.clone(),
+        store_host,
+    });
+    actix_rt::spawn(serve(listener, network, handler, opts));
+
+    let namesrv_text = embedded.map_or_else(|| "-".to_string(), |a| a.to_string());
+    tracing::info!(broker = %bound, namesrv = %namesrv_text, flush = ?cfg.store.flush, "broker ready");
+    {
+        let mut out = io::stdout().lock();
+        writeln!(
+            out,
+            "ferromq broker ready: broker={bound} namesrv={namesrv_text} data_dir={}",
+            cfg.store.data_dir.display()
+        )?;
+        out.flush()?;
+    }
+
+    tokio::select! {
+        _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
+        _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+    }
+    if registrar.send(IsRegistered).await.unwrap_or(false) {
+        let _ = registrar.send(Unregister).await;
+    }
+    Ok(())
+}
