@@ -16,7 +16,12 @@ const GROUP: usize = 64;
 
 fn preallocated(path: &std::path::Path, len: u64) -> std::io::Result<std::fs::File> {
     let _ = std::fs::remove_file(path);
-    let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
     // SAFETY: plain syscall on an open descriptor.
     let rc = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, len as libc::off_t) };
     if rc != 0 {
@@ -36,7 +41,9 @@ fn report(name: &str, n: usize, started: Instant) {
 
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let dir = args.get(1).map_or_else(|| std::path::PathBuf::from("target/append_paths"), Into::into);
+    let dir = args
+        .get(1)
+        .map_or_else(|| std::path::PathBuf::from("target/append_paths"), Into::into);
     let n: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(200_000);
     std::fs::create_dir_all(&dir)?;
     let len = (n * RECORD) as u64;

@@ -179,8 +179,8 @@ impl Config {
     /// Loads defaults, then `file`, then the environment, then `overrides`.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
         let err = |e: config::ConfigError| ConfigError(e.to_string());
-        let mut builder = config::Config::builder()
-            .add_source(config::Config::try_from(&Config::default()).map_err(err)?);
+        let mut builder =
+            config::Config::builder().add_source(config::Config::try_from(&Config::default()).map_err(err)?);
         if let Some(path) = file {
             if !path.exists() {
                 return Err(ConfigError(format!("file {} does not exist", path.display())));

@@ -130,7 +130,11 @@ mod tests {
 
     #[test]
     fn builder_sets_tag_keys_and_properties() {
-        let m = Message::new("t", "b").with_tag("x").with_key("k1").with_key("k2").with_property("p", "v");
+        let m = Message::new("t", "b")
+            .with_tag("x")
+            .with_key("k1")
+            .with_key("k2")
+            .with_property("p", "v");
         assert_eq!(m.tag(), Some("x"));
         assert_eq!(m.properties[PROPERTY_KEYS], "k1 k2");
         assert_eq!(split_keys("k1  k2").collect::<Vec<_>>(), ["k1", "k2"]);

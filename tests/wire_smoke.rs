@@ -30,11 +30,18 @@ impl Drop for Broker {
 fn start_broker(extra_env: &[(&str, &str)]) -> Broker {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferromq"));
-    cmd.args(["broker", "--listen", "127.0.0.1:0", "--namesrv-listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .env("FERROMQ__STORE__SEGMENT_BYTES", "1048576")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+    cmd.args([
+        "broker",
+        "--listen",
+        "127.0.0.1:0",
+        "--namesrv-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+    ])
+    .arg(dir.path())
+    .env("FERROMQ__STORE__SEGMENT_BYTES", "1048576")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
@@ -59,7 +66,12 @@ fn entry(body: &str, tag: &str, key: &str) -> SendEntry {
     let mut properties = BTreeMap::new();
     properties.insert("TAGS".to_string(), tag.to_string());
     properties.insert("KEYS".to_string(), key.to_string());
-    SendEntry { flags: 0, born_timestamp: 1, properties, body: Bytes::from(body.to_string()) }
+    SendEntry {
+        flags: 0,
+        born_timestamp: 1,
+        properties,
+        body: Bytes::from(body.to_string()),
+    }
 }
 
 const T: Duration = Duration::from_secs(5);
@@ -73,7 +85,10 @@ async fn pull(conn: &RemotingConnection, offset: u64, wait_ms: u32, tags: &str) 
         max_wait_ms: wait_ms,
         tag_expression: tags.into(),
     };
-    let (_, body) = conn.request(Cmd::PullMessage, Bytes::new(), req.encode(), T).await.unwrap();
+    let (_, body) = conn
+        .request(Cmd::PullMessage, Bytes::new(), req.encode(), T)
+        .await
+        .unwrap();
     PullResponse::decode(body).unwrap()
 }
 
@@ -83,11 +98,25 @@ async fn batch_send_pull_long_poll_and_queries() {
     let conn = RemotingConnection::connect(&broker.addr, T, None).await.unwrap();
 
     // Auto-create is off: sending to an unknown topic fails loudly.
-    let send = |entries: Vec<SendEntry>| SendRequest { topic: "smoke".into(), queue_id: 1, entries };
-    let err = conn.request(Cmd::SendMessage, Bytes::new(), send(vec![entry("x", "a", "k")]).encode(), T).await;
+    let send = |entries: Vec<SendEntry>| SendRequest {
+        topic: "smoke".into(),
+        queue_id: 1,
+        entries,
+    };
+    let err = conn
+        .request(
+            Cmd::SendMessage,
+            Bytes::new(),
+            send(vec![entry("x", "a", "k")]).encode(),
+            T,
+        )
+        .await;
     assert_eq!(err.unwrap_err().status(), Some(Status::TopicNotExist));
 
-    let create = to_json(&CreateTopic { topic: "smoke".into(), queues: 2 });
+    let create = to_json(&CreateTopic {
+        topic: "smoke".into(),
+        queues: 2,
+    });
     conn.request(Cmd::CreateTopic, create, Bytes::new(), T).await.unwrap();
 
     // A long poll parked before the data arrives is answered by it.
@@ -100,14 +129,31 @@ async fn batch_send_pull_long_poll_and_queries() {
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let batch: Vec<SendEntry> = (0..10).map(|i| entry(&format!("m{i}"), if i % 2 == 0 { "even" } else { "odd" }, &format!("key{i}"))).collect();
-    let (_, body) = conn.request(Cmd::SendMessage, Bytes::new(), send(batch).encode(), T).await.unwrap();
+    let batch: Vec<SendEntry> = (0..10)
+        .map(|i| {
+            entry(
+                &format!("m{i}"),
+                if i % 2 == 0 { "even" } else { "odd" },
+                &format!("key{i}"),
+            )
+        })
+        .collect();
+    let (_, body) = conn
+        .request(Cmd::SendMessage, Bytes::new(), send(batch).encode(), T)
+        .await
+        .unwrap();
     let sent = SendResponse::decode(body).unwrap();
-    assert_eq!(sent.stored.iter().map(|s| s.queue_offset).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
+    assert_eq!(
+        sent.stored.iter().map(|s| s.queue_offset).collect::<Vec<_>>(),
+        (0..10).collect::<Vec<_>>()
+    );
 
     let (woken, waited) = poller.await.unwrap();
     assert_eq!(woken.status, PullStatus::Found);
-    assert!(waited < Duration::from_millis(4000), "woken by the data, not the deadline: {waited:?}");
+    assert!(
+        waited < Duration::from_millis(4000),
+        "woken by the data, not the deadline: {waited:?}"
+    );
 
     let all = pull(&conn, 0, 0, "").await;
     let records = StoredRecord::decode_all(all.records, all.count).unwrap();
@@ -132,25 +178,50 @@ async fn batch_send_pull_long_poll_and_queries() {
     assert!(started.elapsed() >= Duration::from_millis(280));
 
     let (_, body) = conn
-        .request(Cmd::GetOffsets, to_json(&QueueRef { topic: "smoke".into(), queue: 1 }), Bytes::new(), T)
+        .request(
+            Cmd::GetOffsets,
+            to_json(&QueueRef {
+                topic: "smoke".into(),
+                queue: 1,
+            }),
+            Bytes::new(),
+            T,
+        )
         .await
         .unwrap();
     let offs: QueueOffsets = serde_json::from_slice(&body).unwrap();
     assert_eq!((offs.min_offset, offs.max_offset), (0, 10));
 
     let msg_id = records[3].msg_id().to_string();
-    let (_, body) = conn.request(Cmd::QueryMessageById, to_json(&QueryById { msg_id }), Bytes::new(), T).await.unwrap();
+    let (_, body) = conn
+        .request(Cmd::QueryMessageById, to_json(&QueryById { msg_id }), Bytes::new(), T)
+        .await
+        .unwrap();
     assert_eq!(&StoredRecord::decode(body).unwrap().body[..], b"m3");
 
-    let q = QueryByKey { topic: "smoke".into(), key: "key7".into(), max: 10 };
-    let (_, body) = conn.request(Cmd::QueryMessageByKey, to_json(&q), Bytes::new(), T).await.unwrap();
+    let q = QueryByKey {
+        topic: "smoke".into(),
+        key: "key7".into(),
+        max: 10,
+    };
+    let (_, body) = conn
+        .request(Cmd::QueryMessageByKey, to_json(&q), Bytes::new(), T)
+        .await
+        .unwrap();
     let count = u32::from_be_bytes(body[..4].try_into().unwrap());
     let found = StoredRecord::decode_all(body.slice(4..), count).unwrap();
     assert_eq!(found.len(), 1);
     assert_eq!(&found[0].body[..], b"m7");
 
     // A queue id past the topic's queues is refused.
-    let bad = SendRequest { topic: "smoke".into(), queue_id: 2, entries: vec![entry("x", "a", "k")] };
-    let err = conn.request(Cmd::SendMessage, Bytes::new(), bad.encode(), T).await.unwrap_err();
+    let bad = SendRequest {
+        topic: "smoke".into(),
+        queue_id: 2,
+        entries: vec![entry("x", "a", "k")],
+    };
+    let err = conn
+        .request(Cmd::SendMessage, Bytes::new(), bad.encode(), T)
+        .await
+        .unwrap_err();
     assert_eq!(err.status(), Some(Status::QueueNotExist));
 }

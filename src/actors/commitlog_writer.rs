@@ -12,12 +12,11 @@ use actix::prelude::*;
 
 use super::dispatcher::{Dispatch, Dispatcher, ForgetTopic};
 use crate::config::FlushMode;
-use crate::message::{tag_hash, PROPERTY_KEYS, PROPERTY_TAGS};
+use crate::store::append::{append_batch, AppendContext};
 use crate::store::commitlog::{AppendError, Appender};
 use crate::store::flusher::FlushHandle;
-use crate::store::record::RecordFields;
-use crate::store::{DispatchEntry, Store};
-use crate::wire::send::{SendEntry, SendResponse, StoredAt};
+use crate::store::Store;
+use crate::wire::send::{SendEntry, SendResponse};
 use crate::wire::Status;
 
 /// Append a batch to one topic queue.
@@ -60,13 +59,22 @@ impl CommitLogWriter {
         store_host: SocketAddr,
     ) -> CommitLogWriter {
         let appender = Appender::new(store.log.clone());
-        CommitLogWriter { store, appender, dispatcher, flusher, mode, store_host }
+        CommitLogWriter {
+            store,
+            appender,
+            dispatcher,
+            flusher,
+            mode,
+            store_host,
+        }
     }
 }
 
 /// Milliseconds since the Unix epoch.
 pub fn now_millis() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Actor for CommitLogWriter {
@@ -89,34 +97,22 @@ impl Handler<Append> for CommitLogWriter {
     type Result = ResponseFuture<Result<SendResponse, (Status, String)>>;
 
     fn handle(&mut self, msg: Append, ctx: &mut Context<Self>) -> Self::Result {
-        let n = msg.entries.len();
-        let first = match self.store.reserve_queue_offsets(&msg.topic, msg.queue_id, n as u64) {
-            Ok(f) => f,
-            Err(e) => return Box::pin(async move { Err((Status::StoreError, e.to_string())) }),
+        let actx = AppendContext {
+            born_host: msg.born_host,
+            store_host: self.store_host,
+            now_ms: now_millis(),
         };
-        let now = now_millis();
-        let (born_host, store_host) = (msg.born_host, self.store_host);
-        let appended = self.appender.append(n, |i, phys| {
-            let e = &msg.entries[i];
-            RecordFields {
-                queue_id: msg.queue_id,
-                flags: e.flags,
-                queue_offset: first + i as u64,
-                phys_offset: phys,
-                born_timestamp: e.born_timestamp,
-                store_timestamp: now,
-                reconsume_times: 0,
-                born_host,
-                store_host,
-                topic: &msg.topic,
-                properties: &e.properties,
-                body: &e.body,
-            }
-        });
-        let placements = match appended {
-            Ok(p) => p,
+        let batch = match append_batch(
+            &self.store,
+            &mut self.appender,
+            &msg.topic,
+            msg.queue_id,
+            &msg.entries,
+            actx,
+        ) {
+            Ok(b) => b,
             Err(err) => {
-                let _ = self.store.release_queue_offsets(&msg.topic, msg.queue_id, first);
+                tracing::warn!(error = %err, "append failed");
                 let status = match err {
                     AppendError::TooLarge { .. } => Status::InvalidArgument,
                     AppendError::Io(_) => {
@@ -125,36 +121,18 @@ impl Handler<Append> for CommitLogWriter {
                         Status::StoreError
                     }
                 };
-                tracing::warn!(error = %err, "append failed");
                 return Box::pin(async move { Err((status, err.to_string())) });
             }
         };
-        let end = self.store.log.write_pos();
-        let entries = msg
-            .entries
-            .iter()
-            .zip(&placements)
-            .enumerate()
-            .map(|(i, (e, p))| DispatchEntry {
-                topic: msg.topic.clone(),
-                queue_id: msg.queue_id,
-                queue_offset: first + i as u64,
-                phys_offset: p.phys_offset,
-                size: p.size,
-                tag_hash: e.properties.get(PROPERTY_TAGS).map_or(0, |t| tag_hash(t)),
-                keys: e.properties.get(PROPERTY_KEYS).cloned(),
-                store_timestamp: now,
-            })
-            .collect();
-        self.dispatcher.do_send(Dispatch { entries, end });
+        let end = batch.end;
+        self.dispatcher.do_send(Dispatch {
+            entries: batch.dispatch,
+            end,
+        });
         let response = SendResponse {
             queue_id: msg.queue_id,
             store_host: self.store_host,
-            stored: placements
-                .iter()
-                .enumerate()
-                .map(|(i, p)| StoredAt { queue_offset: first + i as u64, phys_offset: p.phys_offset })
-                .collect(),
+            stored: batch.stored,
         };
         match self.mode {
             FlushMode::Async => Box::pin(async move { Ok(response) }),

@@ -28,7 +28,11 @@ impl<T> Default for LongPolls<T> {
 impl<T> LongPolls<T> {
     /// Parks a pull waiting for `offset` until `deadline`.
     pub fn park(&mut self, offset: u64, deadline: u64, waiter: T) {
-        self.parked.push(Parked { offset, deadline, waiter });
+        self.parked.push(Parked {
+            offset,
+            deadline,
+            waiter,
+        });
     }
 
     /// Number of parked pulls.
@@ -90,7 +94,10 @@ mod tests {
         lp.park(1, 100, 1);
         lp.park(1, 200, 2);
         assert!(lp.take_expired(99).is_empty());
-        assert_eq!(lp.take_expired(100).into_iter().map(|p| p.waiter).collect::<Vec<_>>(), [1]);
+        assert_eq!(
+            lp.take_expired(100).into_iter().map(|p| p.waiter).collect::<Vec<_>>(),
+            [1]
+        );
         assert_eq!(lp.next_deadline(), Some(200));
         assert_eq!(lp.take_all().len(), 1);
         assert!(lp.is_empty() && lp.next_deadline().is_none());

@@ -11,10 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{
-    Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, ResponseFuture, SpawnHandle,
-    WrapFuture,
-};
+use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, ResponseFuture, SpawnHandle, WrapFuture};
 use bytes::Bytes;
 use futures::future::join_all;
 use tokio::sync::{mpsc, Mutex};
@@ -72,11 +69,7 @@ impl NameServerClient {
         topics: TopicsFn,
     ) -> NameServerClient {
         NameServerClient {
-            links: namesrv_addrs
-                .into_iter()
-                .map(NamesrvLink::new)
-                .map(Arc::new)
-                .collect(),
+            links: namesrv_addrs.into_iter().map(NamesrvLink::new).map(Arc::new).collect(),
             identity,
             interval: interval.max(Duration::from_millis(1)),
             topics,
@@ -108,10 +101,7 @@ impl NameServerClient {
                         topics: topics(),
                     })
                 };
-                let ok = match link
-                    .call(Command::RegisterBroker, header, REGISTER_TIMEOUT)
-                    .await
-                {
+                let ok = match link.call(Command::RegisterBroker, header, REGISTER_TIMEOUT).await {
                     Ok(()) => {
                         if !registered.swap(true, Ordering::AcqRel) {
                             tracing::info!(namesrv = %link.addr, "registered with name server");
@@ -261,12 +251,7 @@ impl NamesrvLink {
 
     /// Sends `cmd` with the header `header()` builds (called once the link
     /// is held), expecting an empty success, all within `timeout`.
-    async fn call(
-        &self,
-        cmd: Command,
-        header: impl FnOnce() -> Bytes,
-        timeout: Duration,
-    ) -> ClientResult<()> {
+    async fn call(&self, cmd: Command, header: impl FnOnce() -> Bytes, timeout: Duration) -> ClientResult<()> {
         let deadline = Instant::now() + timeout;
         let left = || deadline.saturating_duration_since(Instant::now());
         let mut slot = tokio::time::timeout_at(deadline, self.conn.lock())

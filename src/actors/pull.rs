@@ -46,7 +46,11 @@ pub fn serve_pull(
     let max_count = max_count.clamp(1, MAX_PULL_COUNT);
     let Some(cq) = store.queues.get(topic, queue_id) else {
         // Never written: an empty queue at offset 0.
-        let status = if offset == 0 { PullStatus::NoNewMessage } else { PullStatus::OffsetMoved };
+        let status = if offset == 0 {
+            PullStatus::NoNewMessage
+        } else {
+            PullStatus::OffsetMoved
+        };
         return Ok(respond(status, 0, 0, 0, 0, BytesMut::new()));
     };
     let (min, max) = (cq.min_offset(), cq.max_offset());
@@ -68,8 +72,14 @@ pub fn serve_pull(
             }
         }
         let start = records.len();
-        if let Err(e) = store.log.read_into(entry.phys_offset, entry.size as usize, &mut records) {
-            return Err((Status::StoreError, format!("reading {topic}/{queue_id} offset {}: {e}", next - 1)));
+        if let Err(e) = store
+            .log
+            .read_into(entry.phys_offset, entry.size as usize, &mut records)
+        {
+            return Err((
+                Status::StoreError,
+                format!("reading {topic}/{queue_id} offset {}: {e}", next - 1),
+            ));
         }
         if hashes.is_some() {
             // Hashes collide: confirm the real tag.
@@ -95,5 +105,61 @@ fn respond(status: PullStatus, next: u64, min: u64, max: u64, count: u32, record
     let mut body = BytesMut::with_capacity(PULL_RESPONSE_HEAD_LEN + records.len());
     PullResponse::put_head(&mut body, status, next, min, max, count);
     body.extend_from_slice(&records);
-    PullServed { body: body.freeze(), status, next_offset: next }
+    PullServed {
+        body: body.freeze(),
+        status,
+        next_offset: next,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::record::StoredRecord;
+    use crate::store::testing::{append, entry, small_config};
+    use crate::wire::pull::PullResponse;
+
+    fn offsets(served: &PullServed) -> Vec<u64> {
+        let resp = PullResponse::decode(served.body.clone()).unwrap();
+        StoredRecord::decode_all(resp.records, resp.count)
+            .unwrap()
+            .iter()
+            .map(|r| r.queue_offset)
+            .collect()
+    }
+
+    #[test]
+    fn pulls_filter_by_tag_and_report_where_to_go_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&small_config(dir.path())).unwrap();
+        let batch: Vec<_> = (0..50)
+            .map(|i| {
+                entry(
+                    &format!("m{i}"),
+                    Some(if i % 10 == 0 { "rare" } else { "common" }),
+                    None,
+                )
+            })
+            .collect();
+        append(&store, "t", 0, &batch);
+
+        let all = serve_pull(&store, "t", 0, 0, 20, &TagFilter::All).unwrap();
+        assert_eq!((all.status, all.next_offset), (PullStatus::Found, 20));
+        assert_eq!(offsets(&all), (0..20).collect::<Vec<_>>());
+
+        let rare = serve_pull(&store, "t", 0, 1, 100, &TagFilter::parse("rare")).unwrap();
+        assert_eq!(offsets(&rare), [10, 20, 30, 40]);
+        assert_eq!(rare.next_offset, 50);
+
+        let none = serve_pull(&store, "t", 0, 41, 100, &TagFilter::parse("rare")).unwrap();
+        assert_eq!((none.status, none.next_offset), (PullStatus::NoMatched, 50));
+        assert!(none.may_wait());
+
+        let end = serve_pull(&store, "t", 0, 50, 10, &TagFilter::All).unwrap();
+        assert_eq!(end.status, PullStatus::NoNewMessage);
+        let moved = serve_pull(&store, "t", 0, 77, 10, &TagFilter::All).unwrap();
+        assert_eq!((moved.status, moved.next_offset), (PullStatus::OffsetMoved, 50));
+        let empty = serve_pull(&store, "t", 3, 0, 10, &TagFilter::All).unwrap();
+        assert_eq!(empty.status, PullStatus::NoNewMessage);
+    }
 }

@@ -56,14 +56,26 @@ pub struct QueueActor {
 impl QueueActor {
     /// An actor for (topic, queue).
     pub fn new(store: Arc<Store>, topic: Arc<str>, queue_id: u32) -> QueueActor {
-        QueueActor { store, topic, queue_id, polls: LongPolls::default(), epoch: Instant::now(), timer: None }
+        QueueActor {
+            store,
+            topic,
+            queue_id,
+            polls: LongPolls::default(),
+            epoch: Instant::now(),
+            timer: None,
+        }
     }
 
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    fn serve(&self, offset: u64, max_count: u32, filter: &TagFilter) -> Result<super::pull::PullServed, (Status, String)> {
+    fn serve(
+        &self,
+        offset: u64,
+        max_count: u32,
+        filter: &TagFilter,
+    ) -> Result<super::pull::PullServed, (Status, String)> {
         serve_pull(&self.store, &self.topic, self.queue_id, offset, max_count, filter)
     }
 
@@ -136,7 +148,15 @@ impl Handler<Pull> for QueueActor {
         }
         let (reply, rx) = oneshot::channel();
         let deadline = self.now_ms() + u64::from(req.max_wait_ms);
-        self.polls.park(served.next_offset, deadline, Waiter { max_count: req.max_count, filter, reply });
+        self.polls.park(
+            served.next_offset,
+            deadline,
+            Waiter {
+                max_count: req.max_count,
+                filter,
+                reply,
+            },
+        );
         self.arm_timer(ctx);
         Box::pin(async move {
             rx.await
@@ -174,7 +194,10 @@ impl Handler<Retire> for QueueActor {
 
     fn handle(&mut self, _: Retire, ctx: &mut Context<Self>) {
         for p in self.polls.take_all() {
-            let _ = p.waiter.reply.send(Err((Status::TopicNotExist, format!("topic {} was deleted", self.topic))));
+            let _ = p.waiter.reply.send(Err((
+                Status::TopicNotExist,
+                format!("topic {} was deleted", self.topic),
+            )));
         }
         ctx.stop();
     }

@@ -10,18 +10,26 @@ use actix::prelude::*;
 use super::queue_actor::{NewMessages, QueueActor, Retire};
 use crate::store::Store;
 
+/// A topic-queue: (topic, queue id).
+type QueueKey = (Arc<str>, u32);
+
 /// The live queue actors, by (topic, queue id).
 pub struct QueueRegistry {
     store: Arc<Store>,
     arbiters: Vec<ArbiterHandle>,
     next: AtomicUsize,
-    actors: RwLock<HashMap<(Arc<str>, u32), Addr<QueueActor>>>,
+    actors: RwLock<HashMap<QueueKey, Addr<QueueActor>>>,
 }
 
 impl QueueRegistry {
     /// A registry starting actors on `arbiters` (the current one if empty).
     pub fn new(store: Arc<Store>, arbiters: Vec<ArbiterHandle>) -> QueueRegistry {
-        QueueRegistry { store, arbiters, next: AtomicUsize::new(0), actors: RwLock::new(HashMap::new()) }
+        QueueRegistry {
+            store,
+            arbiters,
+            next: AtomicUsize::new(0),
+            actors: RwLock::new(HashMap::new()),
+        }
     }
 
     /// The actor of (topic, queue), if started.
@@ -54,7 +62,11 @@ impl QueueRegistry {
 
     /// Tells the queue's actor (if any) that the queue grew.
     pub fn notify(&self, topic: &Arc<str>, queue_id: u32, max_offset: u64) {
-        let addr = self.actors.read().ok().and_then(|a| a.get(&(topic.clone(), queue_id)).cloned());
+        let addr = self
+            .actors
+            .read()
+            .ok()
+            .and_then(|a| a.get(&(topic.clone(), queue_id)).cloned());
         if let Some(addr) = addr {
             // Cannot block the dispatcher; a full mailbox means pulls are
             // already queued and will see the data anyway.

@@ -17,7 +17,10 @@ use crate::server::RequestHandler;
 use crate::store::record::MessageId;
 use crate::store::topics::TopicConfig;
 use crate::store::Store;
-use crate::wire::control::{self, validate_topic_name, CreateTopic, QueryById, QueryByKey, QueueOffsets, QueueRef, QueueStats, TopicRef, TopicStats};
+use crate::wire::control::{
+    self, validate_topic_name, CreateTopic, QueryById, QueryByKey, QueueOffsets, QueueRef, QueueStats, TopicRef,
+    TopicStats,
+};
 use crate::wire::pull::PullRequest;
 use crate::wire::send::SendRequest;
 use crate::wire::{Command, DecodeError, Frame, Status};
@@ -95,12 +98,20 @@ impl BrokerHandler {
             return Ok(cfg);
         }
         if !self.cfg.auto_create_topics {
-            return Err((Status::TopicNotExist, format!("topic {topic} does not exist and auto-creation is off")));
+            return Err((
+                Status::TopicNotExist,
+                format!("topic {topic} does not exist and auto-creation is off"),
+            ));
         }
         let (cfg, created) = self
             .store
             .topics
-            .get_or_create(topic, TopicConfig { queues: self.cfg.default_topic_queues })
+            .get_or_create(
+                topic,
+                TopicConfig {
+                    queues: self.cfg.default_topic_queues,
+                },
+            )
             .map_err(io_err)?;
         if created {
             tracing::info!(topic, queues = cfg.queues, "auto-created topic");
@@ -122,7 +133,12 @@ impl BrokerHandler {
         let req = SendRequest::decode(body).map_err(malformed)?;
         let cfg = self.topic_for_send(&req.topic).await?;
         check_queue(&req.topic, req.queue_id, cfg)?;
-        let append = Append { topic: Arc::from(req.topic.as_str()), queue_id: req.queue_id, entries: req.entries, born_host: peer };
+        let append = Append {
+            topic: Arc::from(req.topic.as_str()),
+            queue_id: req.queue_id,
+            entries: req.entries,
+            born_host: peer,
+        };
         let response = self.writer.send(append).await.map_err(mailbox)??;
         ok(response.encode())
     }
@@ -139,13 +155,16 @@ impl BrokerHandler {
     }
 
     fn queue_offsets(&self, topic: &str, queue: u32) -> QueueOffsets {
-        self.store
-            .queues
-            .get(topic, queue)
-            .map_or(QueueOffsets { min_offset: 0, max_offset: 0 }, |q| QueueOffsets {
+        self.store.queues.get(topic, queue).map_or(
+            QueueOffsets {
+                min_offset: 0,
+                max_offset: 0,
+            },
+            |q| QueueOffsets {
                 min_offset: q.min_offset(),
                 max_offset: q.max_offset(),
-            })
+            },
+        )
     }
 
     fn offsets(&self, header: &[u8]) -> Reply {
@@ -160,7 +179,10 @@ impl BrokerHandler {
         if id.store_host != self.store_host {
             return Err((
                 Status::MessageNotFound,
-                format!("message {} was stored by {}, not by this broker ({})", q.msg_id, id.store_host, self.store_host),
+                format!(
+                    "message {} was stored by {}, not by this broker ({})",
+                    q.msg_id, id.store_host, self.store_host
+                ),
             ));
         }
         let raw = self
@@ -186,9 +208,16 @@ impl BrokerHandler {
         let req: CreateTopic = control::from_json(header, "header").map_err(malformed)?;
         validate_topic_name(&req.topic).map_err(invalid)?;
         if req.queues == 0 || req.queues > MAX_QUEUES_PER_TOPIC {
-            return Err((Status::InvalidArgument, format!("queues must be between 1 and {MAX_QUEUES_PER_TOPIC}")));
+            return Err((
+                Status::InvalidArgument,
+                format!("queues must be between 1 and {MAX_QUEUES_PER_TOPIC}"),
+            ));
         }
-        let prev = self.store.topics.upsert(&req.topic, TopicConfig { queues: req.queues }).map_err(io_err)?;
+        let prev = self
+            .store
+            .topics
+            .upsert(&req.topic, TopicConfig { queues: req.queues })
+            .map_err(io_err)?;
         tracing::info!(topic = %req.topic, queues = req.queues, previous = ?prev.map(|p| p.queues), "topic created");
         self.publish_routes().await;
         ok(Bytes::new())
@@ -199,7 +228,11 @@ impl BrokerHandler {
         if self.store.topics.remove(&req.topic).map_err(io_err)?.is_none() {
             return Err((Status::TopicNotExist, format!("topic {} does not exist", req.topic)));
         }
-        self.writer.send(DeleteTopicData(req.topic.clone())).await.map_err(mailbox)?.map_err(io_err)?;
+        self.writer
+            .send(DeleteTopicData(req.topic.clone()))
+            .await
+            .map_err(mailbox)?
+            .map_err(io_err)?;
         tracing::info!(topic = %req.topic, "topic deleted");
         self.publish_routes().await;
         ok(Bytes::new())
@@ -223,10 +256,17 @@ impl BrokerHandler {
         let queues = (0..cfg.queues)
             .map(|queue| {
                 let o = self.queue_offsets(&req.topic, queue);
-                QueueStats { queue, min_offset: o.min_offset, max_offset: o.max_offset }
+                QueueStats {
+                    queue,
+                    min_offset: o.min_offset,
+                    max_offset: o.max_offset,
+                }
             })
             .collect();
-        ok(control::to_json(&TopicStats { topic: req.topic, queues }))
+        ok(control::to_json(&TopicStats {
+            topic: req.topic,
+            queues,
+        }))
     }
 }
 
@@ -234,7 +274,10 @@ fn check_queue(topic: &str, queue_id: u32, cfg: TopicConfig) -> Result<(), (Stat
     if queue_id >= cfg.queues {
         return Err((
             Status::QueueNotExist,
-            format!("topic {topic} has {} queues; queue {queue_id} does not exist", cfg.queues),
+            format!(
+                "topic {topic} has {} queues; queue {queue_id} does not exist",
+                cfg.queues
+            ),
         ));
     }
     Ok(())

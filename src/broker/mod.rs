@@ -43,7 +43,13 @@ pub fn run(cfg: Config) -> io::Result<()> {
     let network: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
     let store_arbiter = Arbiter::new();
     let handles: Vec<ArbiterHandle> = network.iter().map(Arbiter::handle).collect();
-    let result = system.block_on(serve_until_signal(cfg, store.clone(), flusher.handle(), handles, store_arbiter.handle()));
+    let result = system.block_on(serve_until_signal(
+        cfg,
+        store.clone(),
+        flusher.handle(),
+        handles,
+        store_arbiter.handle(),
+    ));
     for arbiter in network.into_iter().chain(std::iter::once(store_arbiter)) {
         arbiter.stop();
         let _ = arbiter.join();
@@ -80,7 +86,10 @@ async fn serve_until_signal(
     let bound = listener.local_addr()?;
     let store_host: SocketAddr = match &cfg.broker.advertise {
         Some(a) => a.parse().map_err(|_| {
-            io::Error::new(io::ErrorKind::InvalidInput, format!("broker.advertise {a:?} is not an ip:port address"))
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("broker.advertise {a:?} is not an ip:port address"),
+            )
         })?,
         None => bound,
     };
@@ -89,7 +98,11 @@ async fn serve_until_signal(
     }
 
     let embedded = if cfg.broker.embedded_namesrv {
-        Some(crate::namesrv::start_embedded(&cfg.namesrv, opts, network.clone()).await?.0)
+        Some(
+            crate::namesrv::start_embedded(&cfg.namesrv, opts, network.clone())
+                .await?
+                .0,
+        )
     } else {
         None
     };

@@ -88,10 +88,7 @@ impl RemotingConnection {
                     match Frame::parse(&mut buf, CLIENT_MAX_FRAME_BYTES) {
                         Ok(Some(frame)) => match frame.kind {
                             FrameKind::Response => {
-                                let waiter = pending_r
-                                    .lock()
-                                    .ok()
-                                    .and_then(|mut p| p.remove(&frame.correlation_id));
+                                let waiter = pending_r.lock().ok().and_then(|mut p| p.remove(&frame.correlation_id));
                                 if let Some(w) = waiter {
                                     let _ = w.send(frame);
                                 }
@@ -139,7 +136,13 @@ impl RemotingConnection {
     }
 
     /// Sends a request and waits for its response, whatever its status.
-    pub async fn request_raw(&self, cmd: Command, header: Bytes, body: Bytes, timeout: Duration) -> ClientResult<Frame> {
+    pub async fn request_raw(
+        &self,
+        cmd: Command,
+        header: Bytes,
+        body: Bytes,
+        timeout: Duration,
+    ) -> ClientResult<Frame> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending
@@ -171,7 +174,13 @@ impl RemotingConnection {
 
     /// Sends a request; a non-success status becomes [`ClientError::Server`].
     /// Returns the response's header and body.
-    pub async fn request(&self, cmd: Command, header: Bytes, body: Bytes, timeout: Duration) -> ClientResult<(Bytes, Bytes)> {
+    pub async fn request(
+        &self,
+        cmd: Command,
+        header: Bytes,
+        body: Bytes,
+        timeout: Duration,
+    ) -> ClientResult<(Bytes, Bytes)> {
         let resp = self.request_raw(cmd, header, body, timeout).await?;
         if resp.status() != Status::Success {
             return Err(ClientError::Server {

@@ -9,13 +9,9 @@ use bytes::Bytes;
 use futures::future::{FutureExt, LocalBoxFuture};
 use serde::de::DeserializeOwned;
 
-use crate::actors::namesrv::{
-    GetAllTopics, GetClusterInfo, GetRoute, NameServer, Register, Unregister,
-};
+use crate::actors::namesrv::{GetAllTopics, GetClusterInfo, GetRoute, NameServer, Register, Unregister};
 use crate::server::RequestHandler;
-use crate::wire::control::{
-    from_json, to_json, validate_topic_name, RegisterBroker, TopicRef, UnregisterBroker,
-};
+use crate::wire::control::{from_json, to_json, validate_topic_name, RegisterBroker, TopicRef, UnregisterBroker};
 use crate::wire::{Command, Frame, Status};
 
 /// Serves name-server requests on behalf of one [`NameServer`] actor.
@@ -52,14 +48,8 @@ impl NamesrvHandler {
             }
             Command::GetRoute => {
                 let TopicRef { topic } = decode(&frame.header)?;
-                validate_topic_name(&topic)
-                    .map_err(|e| Frame::error(0, Status::InvalidArgument, e.to_string()))?;
-                match self
-                    .addr
-                    .send(GetRoute(topic.clone()))
-                    .await
-                    .map_err(mailbox)?
-                {
+                validate_topic_name(&topic).map_err(|e| Frame::error(0, Status::InvalidArgument, e.to_string()))?;
+                match self.addr.send(GetRoute(topic.clone())).await.map_err(mailbox)? {
                     Some(route) => Ok(Frame::ok(0, Bytes::new(), to_json(&route))),
                     None => Err(Frame::error(
                         0,
@@ -86,22 +76,14 @@ impl NamesrvHandler {
             | Command::TopicStats => Err(Frame::error(
                 0,
                 Status::UnknownCommand,
-                format!(
-                    "command {cmd:?} ({}) is not served by a name server",
-                    cmd.code()
-                ),
+                format!("command {cmd:?} ({}) is not served by a name server", cmd.code()),
             )),
         }
     }
 }
 
 impl RequestHandler for NamesrvHandler {
-    fn handle(
-        self: Arc<Self>,
-        peer: SocketAddr,
-        cmd: Command,
-        frame: Frame,
-    ) -> LocalBoxFuture<'static, Frame> {
+    fn handle(self: Arc<Self>, peer: SocketAddr, cmd: Command, frame: Frame) -> LocalBoxFuture<'static, Frame> {
         async move {
             match self.respond(peer, cmd, frame).await {
                 Ok(frame) | Err(frame) => frame,
@@ -139,9 +121,5 @@ fn check_registration(req: &RegisterBroker) -> Result<(), Frame> {
 
 fn mailbox(e: MailboxError) -> Frame {
     tracing::error!(error = %e, "name server actor unreachable");
-    Frame::error(
-        0,
-        Status::SystemError,
-        format!("name server unavailable: {e}"),
-    )
+    Frame::error(0, Status::SystemError, format!("name server unavailable: {e}"))
 }

@@ -42,12 +42,9 @@ pub async fn start_embedded(
             "namesrv.broker_expiry_ms and namesrv.scan_interval_ms must be positive",
         ));
     }
-    let listener = TcpListener::bind(&cfg.listen).await.map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("name server cannot listen on {}: {e}", cfg.listen),
-        )
-    })?;
+    let listener = TcpListener::bind(&cfg.listen)
+        .await
+        .map_err(|e| io::Error::new(e.kind(), format!("name server cannot listen on {}: {e}", cfg.listen)))?;
     let local = listener.local_addr()?;
     let expiry_ms = cfg.broker_expiry_ms;
     let scan = Duration::from_millis(cfg.scan_interval_ms);
@@ -153,12 +150,8 @@ mod tests {
     }
 
     async fn get_route(conn: &RemotingConnection, topic: &str) -> Result<TopicRoute, ClientError> {
-        let header = to_json(&TopicRef {
-            topic: topic.into(),
-        });
-        let (_, body) = conn
-            .request(Command::GetRoute, header, Bytes::new(), WAIT)
-            .await?;
+        let header = to_json(&TopicRef { topic: topic.into() });
+        let (_, body) = conn.request(Command::GetRoute, header, Bytes::new(), WAIT).await?;
         Ok(from_json(&body, "body").unwrap())
     }
 
@@ -192,10 +185,7 @@ mod tests {
         assert_eq!(route.brokers[0].broker_name, "broker-a");
         assert_eq!(route.brokers[0].cluster, "DefaultCluster");
         assert_eq!(route.brokers[0].queues, 4);
-        assert_eq!(
-            route.brokers[0].addrs,
-            [(0, "127.0.0.1:10911".to_string())].into()
-        );
+        assert_eq!(route.brokers[0].addrs, [(0, "127.0.0.1:10911".to_string())].into());
 
         let (_, body) = conn
             .request(Command::GetAllTopics, Bytes::new(), Bytes::new(), WAIT)
@@ -216,10 +206,7 @@ mod tests {
 
         let err = get_route(&conn, "missing").await.unwrap_err();
         assert_eq!(err.status(), Some(Status::TopicNotExist));
-        assert!(
-            err.to_string().contains("no route for topic missing"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("no route for topic missing"), "{err}");
 
         let resp = conn
             .request_raw(Command::SendMessage, Bytes::new(), Bytes::new(), WAIT)
@@ -239,10 +226,7 @@ mod tests {
             .request(Command::GetClusterInfo, Bytes::new(), Bytes::new(), WAIT)
             .await
             .unwrap();
-        assert!(from_json::<ClusterInfo>(&body, "body")
-            .unwrap()
-            .brokers
-            .is_empty());
+        assert!(from_json::<ClusterInfo>(&body, "body").unwrap().brokers.is_empty());
     }
 
     #[actix_rt::test]
@@ -260,10 +244,7 @@ mod tests {
                     .status()
             }
         };
-        assert_eq!(
-            status(Command::GetRoute, b"not json").await,
-            Status::MalformedFrame
-        );
+        assert_eq!(status(Command::GetRoute, b"not json").await, Status::MalformedFrame);
         assert_eq!(
             status(Command::GetRoute, br#"{"topic":"t","x":1}"#).await,
             Status::MalformedFrame
@@ -272,10 +253,7 @@ mod tests {
             status(Command::GetRoute, br#"{"topic":"a b"}"#).await,
             Status::InvalidArgument
         );
-        assert_eq!(
-            status(Command::RegisterBroker, b"{}").await,
-            Status::MalformedFrame
-        );
+        assert_eq!(status(Command::RegisterBroker, b"{}").await, Status::MalformedFrame);
         assert_eq!(
             status(
                 Command::RegisterBroker,
@@ -292,10 +270,7 @@ mod tests {
             .await,
             Status::InvalidArgument
         );
-        assert_eq!(
-            status(Command::UnregisterBroker, b"[]").await,
-            Status::MalformedFrame
-        );
+        assert_eq!(status(Command::UnregisterBroker, b"[]").await, Status::MalformedFrame);
         // Unregistering an unknown broker is not an error.
         assert_eq!(
             status(
@@ -311,9 +286,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn silent_broker_expires() {
-        let (_, ns) = start_embedded(&section(300, 50), opts(), Vec::new())
-            .await
-            .unwrap();
+        let (_, ns) = start_embedded(&section(300, 50), opts(), Vec::new()).await.unwrap();
         let reg = RegisterBroker {
             cluster: "c".into(),
             broker_name: "b".into(),
@@ -334,9 +307,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn periodic_registration_keeps_broker_alive() {
-        let (ns_addr, ns) = start_embedded(&section(300, 50), opts(), Vec::new())
-            .await
-            .unwrap();
+        let (ns_addr, ns) = start_embedded(&section(300, 50), opts(), Vec::new()).await.unwrap();
         let client = NameServerClient::new(
             vec![ns_addr.to_string()],
             identity(),
@@ -405,10 +376,7 @@ mod tests {
             .unwrap();
         assert!(acked);
         let conn = connect(ns_addr).await;
-        assert_eq!(
-            get_route(&conn, "orders").await.unwrap().brokers[0].queues,
-            4
-        );
+        assert_eq!(get_route(&conn, "orders").await.unwrap().brokers[0].queues, 4);
     }
 
     #[actix_rt::test]
@@ -447,10 +415,7 @@ mod tests {
             .unwrap());
         let err = get_route(&conn, "orders").await.unwrap_err();
         assert_eq!(err.status(), Some(Status::TopicNotExist));
-        assert_eq!(
-            get_route(&conn, "billing").await.unwrap().brokers[0].queues,
-            2
-        );
+        assert_eq!(get_route(&conn, "billing").await.unwrap().brokers[0].queues, 2);
     }
 
     #[actix_rt::test]

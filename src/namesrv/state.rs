@@ -8,8 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use crate::wire::control::{
-    AllTopics, BrokerInfo, BrokerRoute, ClusterInfo, RegisterBroker, TopicInfo, TopicRoute,
-    UnregisterBroker,
+    AllTopics, BrokerInfo, BrokerRoute, ClusterInfo, RegisterBroker, TopicInfo, TopicRoute, UnregisterBroker,
 };
 
 /// Identifies one broker: its cluster, its group name and its id in the group.
@@ -27,11 +26,7 @@ pub struct BrokerKey {
 
 impl fmt::Display for BrokerKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}/{}/{}",
-            self.cluster, self.broker_name, self.broker_id
-        )
+        write!(f, "{}/{}/{}", self.cluster, self.broker_name, self.broker_id)
     }
 }
 
@@ -148,11 +143,7 @@ impl NamesrvState {
 
     /// Every topic some live broker serves, sorted, without duplicates.
     pub fn all_topics(&self) -> AllTopics {
-        let topics: BTreeSet<&String> = self
-            .brokers
-            .values()
-            .flat_map(|b| b.topics.keys())
-            .collect();
+        let topics: BTreeSet<&String> = self.brokers.values().flat_map(|b| b.topics.keys()).collect();
         AllTopics {
             topics: topics.into_iter().cloned().collect(),
         }
@@ -230,11 +221,7 @@ mod tests {
         assert!(s.register(reg("a", 0, "h:1", &[("t1", 4), ("t2", 2)]), 10));
         assert!(!s.register(reg("a", 0, "h:2", &[("t2", 8), ("t3", 1)]), 20));
         assert_eq!(s.len(), 1);
-        assert_eq!(
-            s.route("t1"),
-            None,
-            "t1 was dropped by the second registration"
-        );
+        assert_eq!(s.route("t1"), None, "t1 was dropped by the second registration");
         let t2 = s.route("t2").unwrap();
         assert_eq!(t2.brokers.len(), 1);
         assert_eq!(t2.brokers[0].queues, 8);
@@ -296,11 +283,7 @@ mod tests {
         s.register(reg("a", 0, "h:10", &[("t", 4)]), 0);
         s.register(reg("a", 1, "h:11", &[("t", 4)]), 0);
         let route = s.route("t").unwrap();
-        let names: Vec<_> = route
-            .brokers
-            .iter()
-            .map(|b| b.broker_name.as_str())
-            .collect();
+        let names: Vec<_> = route.brokers.iter().map(|b| b.broker_name.as_str()).collect();
         assert_eq!(names, ["a", "b"]);
         assert_eq!(route.brokers[0].queues, 4);
         assert_eq!(route.brokers[0].addrs.len(), 2);
@@ -377,14 +360,7 @@ mod tests {
         let keys: Vec<_> = info
             .brokers
             .iter()
-            .map(|b| {
-                (
-                    b.cluster.as_str(),
-                    b.broker_name.as_str(),
-                    b.broker_id,
-                    b.addr.as_str(),
-                )
-            })
+            .map(|b| (b.cluster.as_str(), b.broker_name.as_str(), b.broker_id, b.addr.as_str()))
             .collect();
         assert_eq!(
             keys,
@@ -395,11 +371,7 @@ mod tests {
                 ("c1", "b", 0, "h:3")
             ]
         );
-        let ago: Vec<_> = info
-            .brokers
-            .iter()
-            .map(|b| b.last_register_ms_ago)
-            .collect();
+        let ago: Vec<_> = info.brokers.iter().map(|b| b.last_register_ms_ago).collect();
         assert_eq!(ago, [600, 700, 800, 900]);
     }
 }

@@ -117,15 +117,15 @@ async fn run_session(stream: TcpStream, peer: SocketAddr, handler: Arc<dyn Reque
     loop {
         let frame = match Frame::parse(&mut buf, opts.max_frame_bytes) {
             Ok(Some(frame)) => frame,
-            Ok(None) => {
-                match reader.read_buf(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => continue,
-                }
-            }
+            Ok(None) => match reader.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            },
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "bad frame");
-                let _ = tx.send(Frame::error(e.correlation_id(), e.status(), e.to_string())).await;
+                let _ = tx
+                    .send(Frame::error(e.correlation_id(), e.status(), e.to_string()))
+                    .await;
                 if e.is_fatal() {
                     break;
                 }
@@ -138,7 +138,11 @@ async fn run_session(stream: TcpStream, peer: SocketAddr, handler: Arc<dyn Reque
             FrameKind::Oneway => false,
             FrameKind::Response | FrameKind::Push => {
                 let _ = tx
-                    .send(Frame::error(correlation_id, Status::MalformedFrame, "servers accept only requests"))
+                    .send(Frame::error(
+                        correlation_id,
+                        Status::MalformedFrame,
+                        "servers accept only requests",
+                    ))
                     .await;
                 continue;
             }

@@ -25,7 +25,9 @@ pub struct CheckpointFile {
 impl CheckpointFile {
     /// The checkpoint of a data directory.
     pub fn new(data_dir: &Path) -> CheckpointFile {
-        CheckpointFile { path: data_dir.join("checkpoint") }
+        CheckpointFile {
+            path: data_dir.join("checkpoint"),
+        }
     }
 
     /// The stored checkpoint; a missing or unreadable file means "replay

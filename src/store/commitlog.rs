@@ -114,11 +114,17 @@ impl CommitLog {
     /// Copies the `size` bytes at `offset` (which must lie below the write
     /// position, within one segment) onto `out`.
     pub fn read_into(&self, offset: u64, size: usize, out: &mut BytesMut) -> io::Result<()> {
-        let end = offset.checked_add(size as u64).ok_or_else(|| invalid("offset overflow"))?;
+        let end = offset
+            .checked_add(size as u64)
+            .ok_or_else(|| invalid("offset overflow"))?;
         if end > self.write_pos() {
-            return Err(invalid(format!("range {offset}+{size} is past the end of the commitlog")));
+            return Err(invalid(format!(
+                "range {offset}+{size} is past the end of the commitlog"
+            )));
         }
-        let seg = self.segment_for(offset).ok_or_else(|| invalid(format!("no segment holds offset {offset}")))?;
+        let seg = self
+            .segment_for(offset)
+            .ok_or_else(|| invalid(format!("no segment holds offset {offset}")))?;
         out.extend_from_slice(seg.file.read_at((offset - seg.start) as usize, size)?);
         Ok(())
     }
@@ -146,10 +152,13 @@ impl CommitLog {
         let target = target.min(self.write_pos());
         let mut from = self.flushed_pos();
         while from < target {
-            let seg = self.segment_for(from).ok_or_else(|| invalid(format!("no segment at {from}")))?;
+            let seg = self
+                .segment_for(from)
+                .ok_or_else(|| invalid(format!("no segment at {from}")))?;
             let seg_end = seg.start + self.segment_bytes;
             let upto = target.min(seg_end);
-            seg.file.flush_range((from - seg.start) as usize, (upto - from) as usize)?;
+            seg.file
+                .flush_range((from - seg.start) as usize, (upto - from) as usize)?;
             from = if upto == seg_end { upto } else { target };
         }
         self.flushed_pos.fetch_max(target, Ordering::AcqRel);
@@ -158,9 +167,8 @@ impl CommitLog {
 
     fn add_segment(&self, start: u64) -> io::Result<Arc<Segment>> {
         let path = self.dir.join(offset_file_name(start));
-        let file = MappedFile::create_or_open(&path, self.segment_bytes).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot create segment {}: {e}", path.display()))
-        })?;
+        let file = MappedFile::create_or_open(&path, self.segment_bytes)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot create segment {}: {e}", path.display())))?;
         let seg = Arc::new(Segment { start, file });
         self.segments
             .write()
@@ -318,7 +326,10 @@ pub struct Appender {
 impl Appender {
     /// The writer for `log` (after recovery).
     pub fn new(log: Arc<CommitLog>) -> Appender {
-        Appender { log, scratch: Vec::with_capacity(1 << 20) }
+        Appender {
+            log,
+            scratch: Vec::with_capacity(1 << 20),
+        }
     }
 
     /// The log written to.
@@ -338,7 +349,10 @@ impl Appender {
         for i in 0..count {
             let size = fields(i, 0).encoded_len();
             if size as u64 > seg_bytes - BLANK_HEADER_LEN as u64 {
-                return Err(AppendError::TooLarge { size, segment_bytes: seg_bytes });
+                return Err(AppendError::TooLarge {
+                    size,
+                    segment_bytes: seg_bytes,
+                });
             }
         }
         let start = self.log.write_pos();
@@ -391,7 +405,10 @@ impl Appender {
             let old = self.scratch.len();
             self.scratch.resize(old + size, 0);
             f.encode_into(&mut self.scratch[old..]);
-            out.push(Placement { phys_offset: pos, size: size as u32 });
+            out.push(Placement {
+                phys_offset: pos,
+                size: size as u32,
+            });
             pos += size as u64;
         }
         seg.file.write_at((batch_start - seg.start) as usize, &self.scratch)?;
@@ -446,7 +463,8 @@ mod tests {
         let props = BTreeMap::new();
         let body = vec![7u8; body_len];
         let mut app = Appender::new(log.clone());
-        app.append(n, |i, phys| fields(&props, &body, first_qoff + i as u64, phys)).unwrap()
+        app.append(n, |i, phys| fields(&props, &body, first_qoff + i as u64, phys))
+            .unwrap()
     }
 
     #[test]
@@ -506,7 +524,10 @@ mod tests {
         let again = write(&log, 1, 10, 149);
         assert_eq!(again[0].phys_offset, last.phys_offset);
         let log2 = Arc::new(CommitLog::open(dir.path(), SEG).unwrap());
-        assert_eq!(log2.recover(0, |_, _| {}).unwrap().end, last.phys_offset + again[0].size as u64);
+        assert_eq!(
+            log2.recover(0, |_, _| {}).unwrap().end,
+            last.phys_offset + again[0].size as u64
+        );
     }
 
     #[test]

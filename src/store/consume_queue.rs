@@ -273,7 +273,11 @@ impl ConsumeQueues {
                 queues.insert((topic.clone(), queue_id), Arc::new(cq));
             }
         }
-        Ok(ConsumeQueues { root: root.to_path_buf(), entries_per_file, queues: RwLock::new(queues) })
+        Ok(ConsumeQueues {
+            root: root.to_path_buf(),
+            entries_per_file,
+            queues: RwLock::new(queues),
+        })
     }
 
     /// The queue, if it has ever been written.
@@ -286,7 +290,10 @@ impl ConsumeQueues {
         if let Some(q) = self.get(topic, queue_id) {
             return Ok(q);
         }
-        let mut queues = self.queues.write().map_err(|_| invalid("consume queue table poisoned"))?;
+        let mut queues = self
+            .queues
+            .write()
+            .map_err(|_| invalid("consume queue table poisoned"))?;
         let key = (topic.to_string(), queue_id);
         if let Some(q) = queues.get(&key) {
             return Ok(q.clone());
@@ -307,7 +314,10 @@ impl ConsumeQueues {
 
     /// Forgets a topic's queues and deletes their files.
     pub fn remove_topic(&self, topic: &str) -> io::Result<()> {
-        let mut queues = self.queues.write().map_err(|_| invalid("consume queue table poisoned"))?;
+        let mut queues = self
+            .queues
+            .write()
+            .map_err(|_| invalid("consume queue table poisoned"))?;
         queues.retain(|(t, _), _| t != topic);
         let dir = self.root.join(topic);
         match std::fs::remove_dir_all(&dir) {
@@ -322,7 +332,11 @@ mod tests {
     use super::*;
 
     fn entry(i: u64) -> CqEntry {
-        CqEntry { phys_offset: i * 100, size: 100, tag_hash: i % 3 }
+        CqEntry {
+            phys_offset: i * 100,
+            size: 100,
+            tag_hash: i % 3,
+        }
     }
 
     #[test]
@@ -354,7 +368,15 @@ mod tests {
         }
         assert_eq!(q.truncate_to_log_end(1550).unwrap(), 5);
         assert_eq!(q.max_offset(), 15);
-        q.put(15, CqEntry { phys_offset: 1500, size: 7, tag_hash: 0 }).unwrap();
+        q.put(
+            15,
+            CqEntry {
+                phys_offset: 1500,
+                size: 7,
+                tag_hash: 0,
+            },
+        )
+        .unwrap();
         drop(q);
         assert_eq!(ConsumeQueue::open(dir.path(), 8).unwrap().max_offset(), 16);
     }

@@ -20,7 +20,10 @@ use super::Store;
 pub type FlushResult = Result<(), String>;
 
 enum FlushCmd {
-    Durable { upto: u64, reply: oneshot::Sender<FlushResult> },
+    Durable {
+        upto: u64,
+        reply: oneshot::Sender<FlushResult>,
+    },
     Stop,
 }
 
@@ -67,7 +70,10 @@ impl Flusher {
         let thread = std::thread::Builder::new()
             .name("ferromq-flusher".into())
             .spawn(move || run(store, rx, interval))?;
-        Ok(Flusher { handle: FlushHandle { tx }, thread: Some(thread) })
+        Ok(Flusher {
+            handle: FlushHandle { tx },
+            thread: Some(thread),
+        })
     }
 
     /// A handle for requests.

@@ -7,15 +7,27 @@ use std::path::Path;
 pub struct IndexStore;
 impl IndexStore {
     /// Stub.
-    pub fn open(_dir: &Path, _slots: u32, _entries: u32) -> io::Result<IndexStore> { Ok(IndexStore) }
+    pub fn open(_dir: &Path, _slots: u32, _entries: u32) -> io::Result<IndexStore> {
+        Ok(IndexStore)
+    }
     /// Stub.
-    pub fn put_keys(&mut self, _topic: &str, _keys: &str, _phys: u64, _ts: u64) -> io::Result<()> { Ok(()) }
+    pub fn put_keys(&mut self, _topic: &str, _keys: &str, _phys: u64, _ts: u64) -> io::Result<()> {
+        Ok(())
+    }
     /// Stub.
-    pub fn lookup(&self, _topic: &str, _key: &str, _max: usize) -> Vec<u64> { Vec::new() }
+    pub fn lookup(&self, _topic: &str, _key: &str, _max: usize) -> Vec<u64> {
+        Vec::new()
+    }
     /// Stub.
-    pub fn max_indexed_phys_offset(&self) -> Option<u64> { None }
+    pub fn max_indexed_phys_offset(&self) -> Option<u64> {
+        None
+    }
     /// Stub.
-    pub fn truncate_from(&mut self, _phys: u64) -> io::Result<()> { Ok(()) }
+    pub fn truncate_from(&mut self, _phys: u64) -> io::Result<()> {
+        Ok(())
+    }
     /// Stub.
-    pub fn flush(&self) -> io::Result<()> { Ok(()) }
+    pub fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
 }

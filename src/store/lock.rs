@@ -15,7 +15,12 @@ impl DirLock {
     /// Takes the lock or fails naming the holder.
     pub fn acquire(data_dir: &Path) -> io::Result<DirLock> {
         let path = data_dir.join("lock");
-        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
         // SAFETY: plain syscall on an owned, open descriptor.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {

@@ -19,7 +19,12 @@ pub struct MappedFile {
 impl MappedFile {
     /// Creates (reserving its blocks) or opens a file of exactly `len` bytes.
     pub fn create_or_open(path: &Path, len: u64) -> io::Result<MappedFile> {
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
         let current = file.metadata()?.len();
         if current == 0 {
             // SAFETY: plain syscall on an owned, open descriptor.
@@ -34,7 +39,11 @@ impl MappedFile {
             ));
         }
         let map = MmapRaw::map_raw(&file)?;
-        Ok(MappedFile { path: path.to_path_buf(), len: len as usize, map })
+        Ok(MappedFile {
+            path: path.to_path_buf(),
+            len: len as usize,
+            map,
+        })
     }
 
     /// File length.

@@ -12,6 +12,7 @@
 //!   config/topics.json           the topic table
 //! ```
 
+pub mod append;
 pub mod checkpoint;
 pub mod commitlog;
 pub mod consume_queue;
@@ -118,7 +119,11 @@ impl Store {
             cfg: cfg.clone(),
             log: Arc::new(CommitLog::open(&dir.join("commitlog"), cfg.segment_bytes)?),
             queues: ConsumeQueues::open(&dir.join("consumequeue"), cfg.consume_queue_file_entries)?,
-            index: Mutex::new(IndexStore::open(&dir.join("index"), cfg.index_slots, cfg.index_entries)?),
+            index: Mutex::new(IndexStore::open(
+                &dir.join("index"),
+                cfg.index_slots,
+                cfg.index_entries,
+            )?),
             topics: TopicTable::open(dir)?,
             checkpoint: CheckpointFile::new(dir),
             dispatched: AtomicU64::new(0),
@@ -142,7 +147,11 @@ impl Store {
 
     fn recover(&self) -> io::Result<RecoveryReport> {
         let cp = self.checkpoint.load();
-        let indexed = self.index.lock().map_err(|_| poisoned("index"))?.max_indexed_phys_offset();
+        let indexed = self
+            .index
+            .lock()
+            .map_err(|_| poisoned("index"))?
+            .max_indexed_phys_offset();
         let mut failure = None;
         let report = self.log.recover(cp.dispatched_offset, |off, bytes| {
             if failure.is_some() {
@@ -168,7 +177,10 @@ impl Store {
                 tracing::warn!(%topic, queue, dropped, "dropped consume-queue entries past the end of the commitlog");
             }
         }
-        self.index.lock().map_err(|_| poisoned("index"))?.truncate_from(report.end)?;
+        self.index
+            .lock()
+            .map_err(|_| poisoned("index"))?
+            .truncate_from(report.end)?;
         let mut offsets = self.queue_offsets.lock().map_err(|_| poisoned("queue offsets"))?;
         for ((topic, queue), cq) in self.queues.all() {
             offsets.insert((Arc::from(topic.as_str()), queue), cq.max_offset());
@@ -226,14 +238,20 @@ impl Store {
         let cq = self.queues.get_or_create(&e.topic, e.queue_id)?;
         cq.put(
             e.queue_offset,
-            CqEntry { phys_offset: e.phys_offset, size: e.size, tag_hash: e.tag_hash },
+            CqEntry {
+                phys_offset: e.phys_offset,
+                size: e.size,
+                tag_hash: e.tag_hash,
+            },
         )?;
         if let (true, Some(keys)) = (index_keys, &e.keys) {
             if split_keys(keys).next().is_some() {
-                self.index
-                    .lock()
-                    .map_err(|_| poisoned("index"))?
-                    .put_keys(&e.topic, keys, e.phys_offset, e.store_timestamp)?;
+                self.index.lock().map_err(|_| poisoned("index"))?.put_keys(
+                    &e.topic,
+                    keys,
+                    e.phys_offset,
+                    e.store_timestamp,
+                )?;
             }
         }
         Ok(())
@@ -258,7 +276,9 @@ impl Store {
         }
         self.index.lock().map_err(|_| poisoned("index"))?.flush()?;
         if self.checkpoint.load().dispatched_offset != dispatched {
-            self.checkpoint.store(Checkpoint { dispatched_offset: dispatched })?;
+            self.checkpoint.store(Checkpoint {
+                dispatched_offset: dispatched,
+            })?;
         }
         Ok(())
     }
@@ -282,7 +302,11 @@ impl Store {
 
     /// Raw records of `topic` carrying `key`, newest first, at most `max`.
     pub fn raw_records_by_key(&self, topic: &str, key: &str, max: usize) -> io::Result<(u32, Bytes)> {
-        let candidates = self.index.lock().map_err(|_| poisoned("index"))?.lookup(topic, key, max * 4 + 16);
+        let candidates = self
+            .index
+            .lock()
+            .map_err(|_| poisoned("index"))?
+            .lookup(topic, key, max * 4 + 16);
         let mut out = BytesMut::new();
         let mut count = 0u32;
         for phys in candidates {
@@ -297,5 +321,131 @@ impl Store {
             }
         }
         Ok((count, out.freeze()))
+    }
+}
+
+/// Helpers for tests that drive a real store without actors.
+#[cfg(test)]
+pub mod testing {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::append::{append_batch, AppendContext};
+    use super::commitlog::Appender;
+    use super::topics::TopicConfig;
+    use super::Store;
+    use crate::config::StoreSection;
+    use crate::wire::send::{SendEntry, StoredAt};
+
+    /// Small segments and consume-queue files, rooted at `dir`.
+    pub fn small_config(dir: &std::path::Path) -> StoreSection {
+        StoreSection {
+            data_dir: dir.to_path_buf(),
+            segment_bytes: 64 * 1024,
+            consume_queue_file_entries: 64,
+            index_slots: 64,
+            index_entries: 256,
+            ..StoreSection::default()
+        }
+    }
+
+    /// A message entry with an optional tag and key.
+    pub fn entry(body: &str, tag: Option<&str>, key: Option<&str>) -> SendEntry {
+        let mut properties = BTreeMap::new();
+        if let Some(t) = tag {
+            properties.insert("TAGS".to_string(), t.to_string());
+        }
+        if let Some(k) = key {
+            properties.insert("KEYS".to_string(), k.to_string());
+        }
+        SendEntry {
+            flags: 0,
+            born_timestamp: 1,
+            properties,
+            body: Bytes::from(body.to_string()),
+        }
+    }
+
+    /// Creates `topic` and appends + dispatches `entries` to `queue`.
+    pub fn append(store: &Store, topic: &str, queue: u32, entries: &[SendEntry]) -> Vec<StoredAt> {
+        store.topics.get_or_create(topic, TopicConfig { queues: 4 }).unwrap();
+        let mut appender = Appender::new(store.log.clone());
+        let ctx = AppendContext {
+            born_host: "127.0.0.1:1".parse().unwrap(),
+            store_host: "127.0.0.1:2".parse().unwrap(),
+            now_ms: 1000,
+        };
+        let topic: Arc<str> = Arc::from(topic);
+        let batch = append_batch(store, &mut appender, &topic, queue, entries, ctx).unwrap();
+        for d in &batch.dispatch {
+            store.dispatch(d).unwrap();
+        }
+        store.mark_dispatched(batch.end);
+        batch.stored
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{append, entry, small_config};
+    use super::*;
+
+    #[test]
+    fn crash_with_a_torn_tail_recovers_consume_queues_and_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = small_config(dir.path());
+        let stored;
+        {
+            let (store, _) = Store::open(&cfg).unwrap();
+            let batch: Vec<_> = (0..100)
+                .map(|i| entry(&format!("message {i}"), Some("t"), None))
+                .collect();
+            stored = append(&store, "orders", 1, &batch);
+            store.flush_and_checkpoint().unwrap();
+            // Dropped without shutdown(): a crash.
+        }
+        assert!(dir.path().join("abort").exists(), "the crash marker stays behind");
+        // Tear the last record.
+        let last = stored.last().unwrap().phys_offset;
+        let seg_start = last - last % cfg.segment_bytes;
+        let path = dir.path().join("commitlog").join(fsutil::offset_file_name(seg_start));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[(last - seg_start) as usize + 60] ^= 0xFF;
+        std::fs::write(&path, bytes).unwrap();
+
+        let (store, report) = Store::open(&cfg).unwrap();
+        assert_eq!(report.end, last);
+        let cq = store.queues.get("orders", 1).unwrap();
+        assert_eq!(cq.max_offset(), 99, "the torn record's entry is gone");
+        // The next message takes the torn one's queue offset: no gap.
+        let again = append(&store, "orders", 1, &[entry("after", None, None)]);
+        assert_eq!(again[0].queue_offset, 99);
+        assert_eq!(again[0].phys_offset, last);
+        assert_eq!(&store.log.record_at(last).unwrap().body[..], b"after");
+    }
+
+    #[test]
+    fn replay_rebuilds_lost_consume_queues_from_the_commitlog() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = small_config(dir.path());
+        {
+            let (store, _) = Store::open(&cfg).unwrap();
+            let batch: Vec<_> = (0..200).map(|i| entry(&format!("m{i}"), None, None)).collect();
+            append(&store, "t", 0, &batch);
+            store.shutdown().unwrap();
+        }
+        // Lose the consume queues and the checkpoint entirely.
+        std::fs::remove_dir_all(dir.path().join("consumequeue")).unwrap();
+        std::fs::remove_file(dir.path().join("checkpoint")).unwrap();
+        let (store, _) = Store::open(&cfg).unwrap();
+        let cq = store.queues.get("t", 0).unwrap();
+        assert_eq!(cq.max_offset(), 200);
+        for i in [0u64, 63, 64, 199] {
+            let e = cq.get(i).unwrap();
+            assert_eq!(store.log.record_at(e.phys_offset).unwrap().queue_offset, i);
+        }
+        assert!(Store::open(&cfg).is_err(), "the directory stays locked while open");
     }
 }

@@ -362,7 +362,12 @@ mod tests {
             assert_eq!(text.parse::<MessageId>().unwrap(), id);
         }
         assert_eq!(
-            MessageId { store_host: "127.0.0.1:10911".parse().unwrap(), phys_offset: 1 }.to_string().len(),
+            MessageId {
+                store_host: "127.0.0.1:10911".parse().unwrap(),
+                phys_offset: 1
+            }
+            .to_string()
+            .len(),
             28
         );
         for bad in ["", "zz", "7f0000012a9f000000000000000g", "é"] {

@@ -42,13 +42,18 @@ impl TopicTable {
         std::fs::create_dir_all(&dir)?;
         let path = dir.join("topics.json");
         let topics = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<TopicFile>(&bytes)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?
-                .topics,
+            Ok(bytes) => {
+                serde_json::from_slice::<TopicFile>(&bytes)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?
+                    .topics
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(e),
         };
-        Ok(TopicTable { path, topics: RwLock::new(topics) })
+        Ok(TopicTable {
+            path,
+            topics: RwLock::new(topics),
+        })
     }
 
     /// A topic's settings.
@@ -60,7 +65,11 @@ impl TopicTable {
     pub fn snapshot(&self) -> BTreeMap<String, TopicInfo> {
         self.topics
             .read()
-            .map(|t| t.iter().map(|(k, v)| (k.clone(), TopicInfo { queues: v.queues })).collect())
+            .map(|t| {
+                t.iter()
+                    .map(|(k, v)| (k.clone(), TopicInfo { queues: v.queues }))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -119,8 +128,11 @@ mod tests {
     fn topics_persist_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let t = TopicTable::open(dir.path()).unwrap();
-        assert_eq!(t.get_or_create("a", TopicConfig { queues: 4 }).unwrap(), (TopicConfig { queues: 4 }, true));
-        assert_eq!(t.get_or_create("a", TopicConfig { queues: 9 }).unwrap().1, false);
+        assert_eq!(
+            t.get_or_create("a", TopicConfig { queues: 4 }).unwrap(),
+            (TopicConfig { queues: 4 }, true)
+        );
+        assert!(!t.get_or_create("a", TopicConfig { queues: 9 }).unwrap().1);
         t.upsert("b", TopicConfig { queues: 2 }).unwrap();
         t.remove("a").unwrap();
         let t = TopicTable::open(dir.path()).unwrap();

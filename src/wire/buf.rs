@@ -134,12 +134,7 @@ impl Reader {
         let ip = match self.u8(field)? {
             4 => IpAddr::V4(Ipv4Addr::from(self.array::<4>(field)?)),
             6 => IpAddr::V6(Ipv6Addr::from(self.array::<16>(field)?)),
-            other => {
-                return Err(DecodeError::invalid(
-                    field,
-                    format!("address family {other}"),
-                ))
-            }
+            other => return Err(DecodeError::invalid(field, format!("address family {other}"))),
         };
         let port = self.u16(field)?;
         Ok(SocketAddr::new(ip, port))
@@ -219,10 +214,7 @@ pub fn put_host(dst: &mut impl BufMut, addr: &SocketAddr) {
 
 /// Encoded length of a `props` map.
 pub fn props_len(props: &BTreeMap<String, String>) -> usize {
-    2 + props
-        .iter()
-        .map(|(k, v)| 4 + k.len() + v.len())
-        .sum::<usize>()
+    2 + props.iter().map(|(k, v)| 4 + k.len() + v.len()).sum::<usize>()
 }
 
 /// Checks that a property map fits the `props` encoding.

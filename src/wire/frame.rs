@@ -230,7 +230,10 @@ impl Frame {
         if header_len > frame.len() {
             return Err(invalid(
                 Status::MalformedFrame,
-                format!("header length {header_len} exceeds the {} bytes left in the frame", frame.len()),
+                format!(
+                    "header length {header_len} exceeds the {} bytes left in the frame",
+                    frame.len()
+                ),
             ));
         }
         let header = frame.split_to(header_len);
@@ -341,7 +344,10 @@ mod tests {
         let mut buf = BytesMut::new();
         Frame::request(Command::Ping, 6, Bytes::new(), Bytes::new()).encode(&mut buf);
         buf[5] = 77; // kind
-        assert_eq!(Frame::parse(&mut buf, MAX).unwrap_err().status(), Status::MalformedFrame);
+        assert_eq!(
+            Frame::parse(&mut buf, MAX).unwrap_err().status(),
+            Status::MalformedFrame
+        );
     }
 
     #[test]

@@ -120,7 +120,14 @@ impl PullResponse {
     /// Encodes the body.
     pub fn encode(&self) -> Bytes {
         let mut out = BytesMut::with_capacity(PULL_RESPONSE_HEAD_LEN + self.records.len());
-        Self::put_head(&mut out, self.status, self.next_offset, self.min_offset, self.max_offset, self.count);
+        Self::put_head(
+            &mut out,
+            self.status,
+            self.next_offset,
+            self.min_offset,
+            self.max_offset,
+            self.count,
+        );
         out.put_slice(&self.records);
         out.freeze()
     }

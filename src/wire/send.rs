@@ -57,10 +57,7 @@ impl SendRequest {
 
     /// Encodes the body.
     pub fn encode(&self) -> Bytes {
-        let len = 2
-            + self.topic.len()
-            + 8
-            + self.entries.iter().map(SendEntry::encoded_len).sum::<usize>();
+        let len = 2 + self.topic.len() + 8 + self.entries.iter().map(SendEntry::encoded_len).sum::<usize>();
         let mut out = BytesMut::with_capacity(len);
         buf::put_str16(&mut out, &self.topic);
         out.put_u32(self.queue_id);
@@ -221,8 +218,14 @@ mod tests {
             queue_id: 2,
             store_host: "127.0.0.1:10911".parse().unwrap(),
             stored: vec![
-                StoredAt { queue_offset: 0, phys_offset: 0 },
-                StoredAt { queue_offset: 1, phys_offset: 310 },
+                StoredAt {
+                    queue_offset: 0,
+                    phys_offset: 0,
+                },
+                StoredAt {
+                    queue_offset: 1,
+                    phys_offset: 310,
+                },
             ],
         };
         let enc = resp.encode();
