@@ -202,3 +202,67 @@ impl Handler<Retire> for QueueActor {
         ctx.stop();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::{append, entry, small_config};
+
+    fn pull_req(offset: u64, wait: u32) -> PullRequest {
+        PullRequest {
+            topic: "t".into(),
+            queue_id: 0,
+            offset,
+            max_count: 8,
+            max_wait_ms: wait,
+            tag_expression: String::new(),
+        }
+    }
+
+    fn status(reply: PullReply) -> PullStatus {
+        PullResponse::decode(reply.unwrap()).unwrap().status
+    }
+
+    #[actix_rt::test]
+    async fn parked_pull_is_woken_by_new_messages_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&small_config(dir.path())).unwrap();
+        let store = Arc::new(store);
+        append(&store, "t", 0, &[entry("first", None, None)]);
+        let s = store.clone();
+        let addr = Supervisor::start(move |_| QueueActor::new(s, Arc::from("t"), 0));
+
+        // Nothing at offset 1 yet: the pull parks until NewMessages.
+        let parked = addr.send(Pull(pull_req(1, 10_000)));
+        let parked = actix_rt::spawn(parked);
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+        append(&store, "t", 0, &[entry("second", None, None)]);
+        addr.send(NewMessages { max_offset: 2 }).await.unwrap();
+        let woken = tokio::time::timeout(Duration::from_secs(2), parked)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(status(woken), PullStatus::Found);
+
+        // A short wait with nothing new ends at its deadline.
+        let started = Instant::now();
+        assert_eq!(
+            status(addr.send(Pull(pull_req(2, 100))).await.unwrap()),
+            PullStatus::NoNewMessage
+        );
+        assert!(started.elapsed() >= Duration::from_millis(90));
+
+        // Stopping the actor (what a failing handler does) restarts it behind
+        // the same address; it serves from disk as before.
+        let waiting = actix_rt::spawn(addr.send(Pull(pull_req(2, 10_000))));
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+        addr.send(Retire).await.unwrap();
+        let answered = waiting.await.unwrap().unwrap();
+        assert!(answered.is_err(), "parked pulls are answered, not lost");
+        assert_eq!(
+            status(addr.send(Pull(pull_req(0, 0))).await.unwrap()),
+            PullStatus::Found
+        );
+    }
+}
