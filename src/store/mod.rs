@@ -21,6 +21,7 @@ pub mod fsutil;
 pub mod index;
 pub mod lock;
 pub mod mmap_file;
+pub mod offsets;
 pub mod record;
 pub mod topics;
 
