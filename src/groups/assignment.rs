@@ -332,7 +332,7 @@ mod tests {
 
     #[test]
     fn message_queue_orders_by_topic_broker_id() {
-        let mut qs = vec![
+        let mut qs = [
             MessageQueue::new("b", "a", 0),
             MessageQueue::new("a", "b", 0),
             MessageQueue::new("a", "a", 10),
