@@ -456,3 +456,95 @@ fn describe_reports_members_and_serialises() {
     assert_eq!(json["state"], "PreparingRebalance");
     assert_eq!(json["members"][0]["assignment"][0]["queue_id"], 0);
 }
+
+/// Checks that every parked join is answered exactly once.
+fn settle(outstanding: &mut BTreeSet<u64>, effects: &[Effect]) {
+    for e in effects {
+        if let Effect::JoinReply { request_id, .. } | Effect::JoinFailed { request_id, .. } = e {
+            assert!(
+                outstanding.remove(request_id),
+                "request {request_id} answered twice or never parked"
+            );
+        }
+    }
+}
+
+#[test]
+fn random_inputs_keep_the_invariants() {
+    for strategy in [Strategy::Range, Strategy::RoundRobin, Strategy::Sticky] {
+        let mut g = group(strategy);
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let (mut now, mut request_id) = (0u64, 0u64);
+        let mut outstanding = BTreeSet::new();
+        for _ in 0..3_000 {
+            now += next(150);
+            request_id += 1;
+            let members: Vec<MemberId> = g.describe(now).members.into_iter().map(|m| m.member_id).collect();
+            let pick = |i: u64| members.get(i as usize % members.len().max(1)).cloned();
+            let effects = match next(7) {
+                0 if members.len() < 6 => {
+                    let topics: &[&str] = if next(2) == 0 { &["t"] } else { &["t", "u"] };
+                    let effects = g.join(req(None, "c", topics, request_id), now).unwrap();
+                    outstanding.insert(request_id);
+                    effects
+                }
+                1 | 2 => match pick(next(8)) {
+                    Some(m) => {
+                        let effects = g.join(req(Some(&m), "c", &["t"], request_id), now).unwrap();
+                        outstanding.insert(request_id);
+                        effects
+                    }
+                    None => Vec::new(),
+                },
+                3 => {
+                    if let Some(m) = pick(next(8)) {
+                        let _ = g.heartbeat(&m, g.generation(), now);
+                    }
+                    Vec::new()
+                }
+                4 if next(4) == 0 => pick(next(8)).map(|m| g.leave(&m, now).unwrap()).unwrap_or_default(),
+                5 if next(8) == 0 => {
+                    let topic = if next(2) == 0 { "t" } else { "u" };
+                    g.set_topic_queues(topic, queues(topic, next(10) as u32), now)
+                }
+                _ => Vec::new(),
+            };
+            settle(&mut outstanding, &effects);
+            // Nothing is due before the announced deadline.
+            if let Some(deadline) = g.next_deadline() {
+                if deadline > now + 1 {
+                    assert!(g.tick(deadline - 1).is_empty());
+                }
+            }
+            settle(&mut outstanding, &g.tick(now));
+            if g.phase() == GroupPhase::Stable {
+                assert!(outstanding.is_empty(), "parked joins left in a stable group");
+                let a = g.assignment();
+                assert_eq!(a.len(), g.describe(now).members.len());
+                let mut all: Vec<&MessageQueue> = a.values().flatten().collect();
+                let n = all.len();
+                all.sort();
+                all.dedup();
+                assert_eq!(all.len(), n, "a queue assigned twice");
+            }
+        }
+        // Left alone, every window closes and every join is answered.
+        while g.phase() == GroupPhase::PreparingRebalance {
+            let deadline = g.next_deadline().unwrap();
+            now = now.max(deadline);
+            settle(&mut outstanding, &g.tick(now));
+        }
+        assert!(outstanding.is_empty());
+        assert!(
+            g.generation() > 100,
+            "the run went through many rebalances: {}",
+            g.generation()
+        );
+    }
+}
