@@ -11,6 +11,7 @@ pub mod actors;
 pub mod broker;
 pub mod client;
 pub mod config;
+pub mod groups;
 pub mod message;
 pub mod namesrv;
 pub mod server;
