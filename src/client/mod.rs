@@ -1,7 +1,23 @@
-//! The Rust client library: connections, producer, pull consumer, admin.
+//! The Rust client library.
+//!
+//! * [`Producer`] — sync, async, oneway and batch sends; round-robin or by
+//!   sharding key; retries on another queue/broker.
+//! * [`PullConsumer`] — read any queue from any offset, with long polling.
+//! * [`Admin`] — topics, message lookup by id or key, cluster view.
+//!
+//! All start from name-server addresses ([`ClientConfig`]) and work inside a
+//! tokio runtime or an actix arbiter.
 
+pub mod admin;
+pub mod consumer;
+pub mod core;
 pub mod error;
+pub mod producer;
 pub mod remoting;
 
+pub use admin::Admin;
+pub use consumer::{PullConsumer, PullResult};
+pub use core::{ClientConfig, MessageQueue};
 pub use error::{ClientError, ClientResult};
+pub use producer::{Producer, SendResult};
 pub use remoting::RemotingConnection;
