@@ -2,7 +2,7 @@
 //!
 //! Modelled on RocketMQ's index files: each [`IndexFile`] is a fixed-size
 //! mmap'ed hash table whose slots head chains of entries (key hash, phys
-//! offset, store timestamp, previous entry); see [`file`] for the byte
+//! offset, store timestamp, previous entry); see [`mod@file`] for the byte
 //! layout. An [`IndexStore`] is a directory of such files, named by their
 //! 20-digit zero-padded creation sequence (`00000000000000000000`,
 //! `00000000000000000001`, …); a new file is started when the newest is full.
