@@ -21,7 +21,9 @@ pub struct Admin {
 impl Admin {
     /// An admin client using `cfg`'s name servers.
     pub fn new(cfg: ClientConfig) -> Admin {
-        Admin { core: ClientCore::new(cfg) }
+        Admin {
+            core: ClientCore::new(cfg),
+        }
     }
 
     async fn broker(&self, addr: &str, cmd: Command, header: Bytes) -> ClientResult<Bytes> {
@@ -31,12 +33,23 @@ impl Admin {
 
     /// Creates `topic` with `queues` queues on every master broker.
     pub async fn create_topic(&self, topic: &str, queues: u32) -> ClientResult<()> {
-        let masters: Vec<String> =
-            self.cluster_info().await?.brokers.into_iter().filter(|b| b.broker_id == 0).map(|b| b.addr).collect();
+        let masters: Vec<String> = self
+            .cluster_info()
+            .await?
+            .brokers
+            .into_iter()
+            .filter(|b| b.broker_id == 0)
+            .map(|b| b.addr)
+            .collect();
         if masters.is_empty() {
-            return Err(ClientError::NoRoute("no live master broker to create the topic on".into()));
+            return Err(ClientError::NoRoute(
+                "no live master broker to create the topic on".into(),
+            ));
         }
-        let header = to_json(&CreateTopic { topic: topic.to_string(), queues });
+        let header = to_json(&CreateTopic {
+            topic: topic.to_string(),
+            queues,
+        });
         for addr in masters {
             self.broker(&addr, Command::CreateTopic, header.clone()).await?;
         }
@@ -47,7 +60,9 @@ impl Admin {
     /// Deletes `topic` on every broker serving it.
     pub async fn delete_topic(&self, topic: &str) -> ClientResult<()> {
         let route = self.core.route(topic, true).await?;
-        let header = to_json(&TopicRef { topic: topic.to_string() });
+        let header = to_json(&TopicRef {
+            topic: topic.to_string(),
+        });
         for b in &route.brokers {
             for addr in b.addrs.values() {
                 self.broker(addr, Command::DeleteTopic, header.clone()).await?;
@@ -66,7 +81,9 @@ impl Admin {
     /// Per-queue offsets of `topic` on each broker group (master).
     pub async fn describe_topic(&self, topic: &str) -> ClientResult<Vec<(String, TopicStats)>> {
         let route = self.core.route(topic, true).await?;
-        let header = to_json(&TopicRef { topic: topic.to_string() });
+        let header = to_json(&TopicRef {
+            topic: topic.to_string(),
+        });
         let mut out = Vec::new();
         for b in &route.brokers {
             let Some(addr) = b.addrs.get(&0) else { continue };
@@ -79,15 +96,23 @@ impl Admin {
     /// The message a message id names (asked of the broker in the id).
     pub async fn get_message(&self, msg_id: &str) -> ClientResult<StoredRecord> {
         let id: MessageId = msg_id.parse()?;
-        let header = to_json(&QueryById { msg_id: msg_id.to_string() });
-        let body = self.broker(&id.store_host.to_string(), Command::QueryMessageById, header).await?;
+        let header = to_json(&QueryById {
+            msg_id: msg_id.to_string(),
+        });
+        let body = self
+            .broker(&id.store_host.to_string(), Command::QueryMessageById, header)
+            .await?;
         Ok(StoredRecord::decode(body)?)
     }
 
     /// Messages of `topic` carrying `key`, newest first, from every broker.
     pub async fn find_messages(&self, topic: &str, key: &str, max: u32) -> ClientResult<Vec<StoredRecord>> {
         let route = self.core.route(topic, true).await?;
-        let header = to_json(&QueryByKey { topic: topic.to_string(), key: key.to_string(), max });
+        let header = to_json(&QueryByKey {
+            topic: topic.to_string(),
+            key: key.to_string(),
+            max,
+        });
         let mut out = Vec::new();
         for b in &route.brokers {
             let Some(addr) = b.addrs.get(&0) else { continue };

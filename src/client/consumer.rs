@@ -36,7 +36,9 @@ pub struct PullConsumer {
 impl PullConsumer {
     /// A consumer using `cfg`'s name servers.
     pub fn new(cfg: ClientConfig) -> PullConsumer {
-        PullConsumer { core: ClientCore::new(cfg) }
+        PullConsumer {
+            core: ClientCore::new(cfg),
+        }
     }
 
     /// Every queue of `topic`.
@@ -63,7 +65,16 @@ impl PullConsumer {
             tag_expression: tag_expression.to_string(),
         };
         let timeout = max_wait + self.core.cfg.request_timeout;
-        let (_, body) = self.core.request(&mq.broker_addr, Command::PullMessage, Bytes::new(), req.encode(), timeout).await?;
+        let (_, body) = self
+            .core
+            .request(
+                &mq.broker_addr,
+                Command::PullMessage,
+                Bytes::new(),
+                req.encode(),
+                timeout,
+            )
+            .await?;
         let resp = PullResponse::decode(body)?;
         Ok(PullResult {
             status: resp.status,
@@ -76,9 +87,15 @@ impl PullConsumer {
 
     /// Smallest and next offset of a queue.
     pub async fn offsets(&self, mq: &MessageQueue) -> ClientResult<QueueOffsets> {
-        let header = to_json(&QueueRef { topic: mq.topic.clone(), queue: mq.queue_id });
+        let header = to_json(&QueueRef {
+            topic: mq.topic.clone(),
+            queue: mq.queue_id,
+        });
         let timeout = self.core.cfg.request_timeout;
-        let (_, body) = self.core.request(&mq.broker_addr, Command::GetOffsets, header, Bytes::new(), timeout).await?;
+        let (_, body) = self
+            .core
+            .request(&mq.broker_addr, Command::GetOffsets, header, Bytes::new(), timeout)
+            .await?;
         Ok(from_json(&body, "offsets")?)
     }
 }

@@ -87,7 +87,11 @@ pub struct ClientCore {
 impl ClientCore {
     /// A client core for `cfg` (connections are made lazily).
     pub fn new(cfg: ClientConfig) -> Arc<ClientCore> {
-        Arc::new(ClientCore { cfg, pool: Mutex::default(), routes: Mutex::default() })
+        Arc::new(ClientCore {
+            cfg,
+            pool: Mutex::default(),
+            routes: Mutex::default(),
+        })
     }
 
     /// A live connection to `addr`, reusing a pooled one.
@@ -116,7 +120,10 @@ impl ClientCore {
     ) -> ClientResult<(Bytes, Bytes)> {
         let conn = self.connection(addr).await?;
         let result = conn.request(cmd, header, body, timeout).await;
-        if matches!(result, Err(ClientError::Closed(_) | ClientError::Io { .. } | ClientError::Timeout { .. })) {
+        if matches!(
+            result,
+            Err(ClientError::Closed(_) | ClientError::Io { .. } | ClientError::Timeout { .. })
+        ) {
             if let Ok(mut p) = self.pool.lock() {
                 p.remove(addr);
             }
@@ -132,7 +139,10 @@ impl ClientCore {
         }
         let mut last = None;
         for addr in &self.cfg.namesrv_addrs {
-            match self.request(addr, cmd, header.clone(), Bytes::new(), self.cfg.request_timeout).await {
+            match self
+                .request(addr, cmd, header.clone(), Bytes::new(), self.cfg.request_timeout)
+                .await
+            {
                 Ok((_, body)) => return Ok(body),
                 Err(e @ ClientError::Server { .. }) => return Err(e),
                 Err(e) => last = Some(e),
@@ -154,7 +164,14 @@ impl ClientCore {
                 }
             }
         }
-        let body = self.namesrv(Command::GetRoute, to_json(&TopicRef { topic: topic.to_string() })).await?;
+        let body = self
+            .namesrv(
+                Command::GetRoute,
+                to_json(&TopicRef {
+                    topic: topic.to_string(),
+                }),
+            )
+            .await?;
         let route: Arc<TopicRoute> = Arc::new(from_json(&body, "route")?);
         if let Ok(mut m) = self.routes.lock() {
             m.insert(topic.to_string(), (Instant::now(), route.clone()));
@@ -180,13 +197,17 @@ impl ClientCore {
         let route = match self.route(topic, false).await {
             Ok(r) => r,
             Err(e) if e.status() == Some(Status::TopicNotExist) => {
-                return Err(ClientError::NoRoute(format!("topic {topic} does not exist on any live broker")))
+                return Err(ClientError::NoRoute(format!(
+                    "topic {topic} does not exist on any live broker"
+                )))
             }
             Err(e) => return Err(e),
         };
         let queues = route_queues(&route);
         if queues.is_empty() {
-            return Err(ClientError::NoRoute(format!("topic {topic} has no queue on a live master")));
+            return Err(ClientError::NoRoute(format!(
+                "topic {topic} has no queue on a live master"
+            )));
         }
         Ok(queues)
     }
@@ -207,7 +228,11 @@ mod tests {
         };
         let route = TopicRoute {
             topic: "t".into(),
-            brokers: vec![b("b2", 1, &[(0, "h2")]), b("b1", 2, &[(0, "h1"), (1, "s1")]), b("b3", 4, &[(1, "s3")])],
+            brokers: vec![
+                b("b2", 1, &[(0, "h2")]),
+                b("b1", 2, &[(0, "h1"), (1, "s1")]),
+                b("b3", 4, &[(1, "s3")]),
+            ],
         };
         let qs: Vec<String> = route_queues(&route).iter().map(ToString::to_string).collect();
         assert_eq!(qs, ["t/b1/0", "t/b1/1", "t/b2/0"]);

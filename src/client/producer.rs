@@ -48,7 +48,9 @@ pub struct Producer {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Stable 64-bit FNV-1a of a sharding key (the same key always picks the
@@ -78,7 +80,9 @@ fn pick(queues: &[MessageQueue], selector: Selector, start: usize, avoid: Option
         Selector::Key(h) => Some(queues[(h % queues.len() as u64) as usize].clone()),
         Selector::RoundRobin => {
             let n = queues.len();
-            let preferred = (0..n).map(|i| &queues[(start + i) % n]).find(|q| Some(q.broker_name.as_str()) != avoid);
+            let preferred = (0..n)
+                .map(|i| &queues[(start + i) % n])
+                .find(|q| Some(q.broker_name.as_str()) != avoid);
             Some(preferred.unwrap_or(&queues[start % n]).clone())
         }
     }
@@ -87,13 +91,18 @@ fn pick(queues: &[MessageQueue], selector: Selector, start: usize, avoid: Option
 impl Producer {
     /// A producer using `cfg`'s name servers; connects lazily.
     pub fn new(cfg: ClientConfig) -> Producer {
-        Producer { core: ClientCore::new(cfg), next: Arc::new(AtomicUsize::new(0)) }
+        Producer {
+            core: ClientCore::new(cfg),
+            next: Arc::new(AtomicUsize::new(0)),
+        }
     }
 
     /// Sends one message; round-robin over the topic's queues.
     pub async fn send(&self, msg: Message) -> ClientResult<SendResult> {
         let topic = msg.topic.clone();
-        one(self.send_entries(&topic, vec![entry(msg)], Selector::RoundRobin).await?)
+        one(self
+            .send_entries(&topic, vec![entry(msg)], Selector::RoundRobin)
+            .await?)
     }
 
     /// Sends one message to the queue `sharding_key` hashes to, so messages
@@ -117,8 +126,16 @@ impl Producer {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let q = pick(&queues, Selector::RoundRobin, start, None)
             .ok_or_else(|| ClientError::NoRoute(format!("topic {} has no queue", msg.topic)))?;
-        let req = SendRequest { topic: msg.topic.clone(), queue_id: q.queue_id, entries: vec![entry(msg)] };
-        self.core.connection(&q.broker_addr).await?.oneway(Command::SendMessage, Bytes::new(), req.encode()).await
+        let req = SendRequest {
+            topic: msg.topic.clone(),
+            queue_id: q.queue_id,
+            entries: vec![entry(msg)],
+        };
+        self.core
+            .connection(&q.broker_addr)
+            .await?
+            .oneway(Command::SendMessage, Bytes::new(), req.encode())
+            .await
     }
 
     /// Sends messages of one topic as one batch to one queue; they are
@@ -128,13 +145,20 @@ impl Producer {
             return Err(ClientError::Invalid("a batch needs at least one message".into()));
         };
         if msgs.iter().any(|m| m.topic != topic) {
-            return Err(ClientError::Invalid("every message of a batch must have the same topic".into()));
+            return Err(ClientError::Invalid(
+                "every message of a batch must have the same topic".into(),
+            ));
         }
-        self.send_entries(&topic, msgs.into_iter().map(entry).collect(), Selector::RoundRobin).await
+        self.send_entries(&topic, msgs.into_iter().map(entry).collect(), Selector::RoundRobin)
+            .await
     }
 
     async fn send_entries(&self, topic: &str, entries: Vec<SendEntry>, sel: Selector) -> ClientResult<Vec<SendResult>> {
-        let req = SendRequest { topic: topic.to_string(), queue_id: 0, entries };
+        let req = SendRequest {
+            topic: topic.to_string(),
+            queue_id: 0,
+            entries,
+        };
         req.validate().map_err(|e| ClientError::Invalid(e.to_string()))?;
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let attempts = self.core.cfg.retries + 1;
@@ -149,14 +173,26 @@ impl Producer {
                 }
                 Err(e) => return Err(e),
             };
-            let Some(q) = pick(&queues, sel, start + attempt as usize, avoid.as_deref()) else { continue };
-            let body = SendRequest { queue_id: q.queue_id, ..req.clone() }.encode();
+            let Some(q) = pick(&queues, sel, start + attempt as usize, avoid.as_deref()) else {
+                continue;
+            };
+            let body = SendRequest {
+                queue_id: q.queue_id,
+                ..req.clone()
+            }
+            .encode();
             let timeout = self.core.cfg.request_timeout;
-            match self.core.request(&q.broker_addr, Command::SendMessage, Bytes::new(), body, timeout).await {
+            match self
+                .core
+                .request(&q.broker_addr, Command::SendMessage, Bytes::new(), body, timeout)
+                .await
+            {
                 Ok((_, body)) => {
                     let resp = SendResponse::decode(body)?;
                     if resp.stored.len() != req.entries.len() {
-                        return Err(ClientError::Invalid("broker acknowledged a different number of messages".into()));
+                        return Err(ClientError::Invalid(
+                            "broker acknowledged a different number of messages".into(),
+                        ));
                     }
                     return Ok(results(topic, &q, &resp));
                 }
@@ -175,7 +211,9 @@ impl Producer {
             }
         }
         let last = last.map_or_else(|| "no queue to send to".to_string(), |e| e.to_string());
-        Err(ClientError::NoRoute(format!("send to {topic} failed after {attempts} attempts: {last}")))
+        Err(ClientError::NoRoute(format!(
+            "send to {topic} failed after {attempts} attempts: {last}"
+        )))
     }
 
     /// The topic's queues; for a topic no broker serves yet, queue 0 of
@@ -211,7 +249,8 @@ impl Producer {
 }
 
 fn one(mut v: Vec<SendResult>) -> ClientResult<SendResult> {
-    v.pop().ok_or_else(|| ClientError::Invalid("empty acknowledgement".into()))
+    v.pop()
+        .ok_or_else(|| ClientError::Invalid("empty acknowledgement".into()))
 }
 
 fn validate(msg: &Message) -> ClientResult<()> {
@@ -220,14 +259,23 @@ fn validate(msg: &Message) -> ClientResult<()> {
 }
 
 fn entry(msg: Message) -> SendEntry {
-    SendEntry { flags: msg.flags, born_timestamp: now_ms(), properties: msg.properties, body: msg.body }
+    SendEntry {
+        flags: msg.flags,
+        born_timestamp: now_ms(),
+        properties: msg.properties,
+        body: msg.body,
+    }
 }
 
 fn results(topic: &str, q: &MessageQueue, resp: &SendResponse) -> Vec<SendResult> {
     resp.stored
         .iter()
         .map(|s| SendResult {
-            msg_id: MessageId { store_host: resp.store_host, phys_offset: s.phys_offset }.to_string(),
+            msg_id: MessageId {
+                store_host: resp.store_host,
+                phys_offset: s.phys_offset,
+            }
+            .to_string(),
             topic: topic.to_string(),
             broker_name: q.broker_name.clone(),
             queue_id: resp.queue_id,
@@ -244,7 +292,12 @@ mod tests {
         let mut v = Vec::new();
         for b in ["a", "b"] {
             for q in 0..3 {
-                v.push(MessageQueue { topic: "t".into(), broker_name: b.into(), broker_addr: b.into(), queue_id: q });
+                v.push(MessageQueue {
+                    topic: "t".into(),
+                    broker_name: b.into(),
+                    broker_addr: b.into(),
+                    queue_id: q,
+                });
             }
         }
         v
@@ -253,7 +306,9 @@ mod tests {
     #[test]
     fn round_robin_cycles_through_every_queue() {
         let qs = queues();
-        let picked: Vec<_> = (0..6).map(|i| pick(&qs, Selector::RoundRobin, i, None).unwrap()).collect();
+        let picked: Vec<_> = (0..6)
+            .map(|i| pick(&qs, Selector::RoundRobin, i, None).unwrap())
+            .collect();
         assert_eq!(picked, qs);
     }
 
@@ -282,7 +337,10 @@ mod tests {
     #[test]
     fn only_transient_errors_are_retried() {
         assert!(retriable(&ClientError::Closed("x".into())));
-        let server = |status| ClientError::Server { status, message: String::new() };
+        let server = |status| ClientError::Server {
+            status,
+            message: String::new(),
+        };
         assert!(retriable(&server(Status::SystemBusy)));
         assert!(!retriable(&server(Status::TopicNotExist)));
         assert!(!retriable(&server(Status::InvalidArgument)));

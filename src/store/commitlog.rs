@@ -68,7 +68,7 @@ impl CommitLog {
                     ),
                 ));
             }
-            let file = MappedFile::create_or_open(&dir.join(offset_file_name(start)), segment_bytes)?;
+            let file = MappedFile::create_or_open(&dir.join(offset_file_name(start)), segment_bytes as usize)?;
             segments.push(Arc::new(Segment { start, file }));
         }
         Ok(CommitLog {
@@ -167,7 +167,7 @@ impl CommitLog {
 
     fn add_segment(&self, start: u64) -> io::Result<Arc<Segment>> {
         let path = self.dir.join(offset_file_name(start));
-        let file = MappedFile::create_or_open(&path, self.segment_bytes)
+        let file = MappedFile::create_or_open(&path, self.segment_bytes as usize)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot create segment {}: {e}", path.display())))?;
         let seg = Arc::new(Segment { start, file });
         self.segments
@@ -278,7 +278,9 @@ fn zero_tail(file: &MappedFile, from: usize) -> io::Result<u64> {
     while pos < file.len() {
         let n = CHUNK.min(file.len() - pos);
         if file.read_at(pos, n)?.iter().any(|b| *b != 0) {
-            file.write_at(pos, &zeros[..n])?;
+            // SAFETY: only the commitlog's single writer (or recovery, before
+            // any reader exists) zeroes bytes, all past the published end.
+            unsafe { file.write_at_shared(pos, &zeros[..n])? };
             zeroed += n as u64;
         }
         pos += n;
@@ -395,7 +397,12 @@ impl Appender {
                     self.scratch.resize(old + BLANK_HEADER_LEN, 0);
                     record::encode_blank(&mut self.scratch[old..], rest);
                 }
-                seg.file.write_at((batch_start - seg.start) as usize, &self.scratch)?;
+                // SAFETY: the Appender is the only writer and these bytes lie
+                // past the published write position, so no reader sees them.
+                unsafe {
+                    seg.file
+                        .write_at_shared((batch_start - seg.start) as usize, &self.scratch)?
+                };
                 self.scratch.clear();
                 pos = seg_end;
                 batch_start = pos;
@@ -411,7 +418,11 @@ impl Appender {
             });
             pos += size as u64;
         }
-        seg.file.write_at((batch_start - seg.start) as usize, &self.scratch)?;
+        // SAFETY: as above; the write position is published only after this.
+        unsafe {
+            seg.file
+                .write_at_shared((batch_start - seg.start) as usize, &self.scratch)?
+        };
         self.log.write_pos.store(pos, Ordering::Release);
         Ok(out)
     }

@@ -92,7 +92,7 @@ impl ConsumeQueue {
                     dir.display()
                 )));
             }
-            let file = MappedFile::create_or_open(&dir.join(offset_file_name(start)), file_len)?;
+            let file = MappedFile::create_or_open(&dir.join(offset_file_name(start)), file_len as usize)?;
             files.push(Arc::new(CqFile { start, file }));
         }
         let min = files.first().map_or(0, |f| f.start);
@@ -176,14 +176,16 @@ impl ConsumeQueue {
             Some(f) => f,
             None => self.add_file(offset - offset % self.entries_per_file)?,
         };
-        f.file.write_at(self.slot(&f, offset), &entry.encode())?;
+        // SAFETY: the Dispatcher is the only writer; `offset` is at the
+        // published end, so no reader reads this entry until it is published.
+        unsafe { f.file.write_at_shared(self.slot(&f, offset), &entry.encode())? };
         self.max_offset.store(offset + 1, Ordering::Release);
         Ok(PutOutcome::Appended)
     }
 
     fn add_file(&self, start: u64) -> io::Result<Arc<CqFile>> {
         let path = self.dir.join(offset_file_name(start));
-        let file = MappedFile::create_or_open(&path, self.entries_per_file * CQ_ENTRY_LEN as u64)?;
+        let file = MappedFile::create_or_open(&path, self.entries_per_file as usize * CQ_ENTRY_LEN)?;
         let f = Arc::new(CqFile { start, file });
         let mut files = self.files.write().map_err(|_| invalid("consume queue lock poisoned"))?;
         if files.is_empty() {
@@ -208,7 +210,8 @@ impl ConsumeQueue {
             match self.get(last) {
                 Some(e) if e.phys_offset + e.size as u64 > log_end => {
                     if let Some(f) = self.file_for(last) {
-                        f.file.write_at(self.slot(&f, last), &[0u8; CQ_ENTRY_LEN])?;
+                        // SAFETY: runs during recovery, before any reader exists.
+                        unsafe { f.file.write_at_shared(self.slot(&f, last), &[0u8; CQ_ENTRY_LEN])? };
                     }
                     self.max_offset.store(last, Ordering::Release);
                     dropped += 1;

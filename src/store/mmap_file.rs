@@ -1,101 +1,410 @@
-//! Fixed-size, pre-allocated, mmap'ed files (provisional; the reviewed
-//! version lands with the key index).
+//! Fixed-size, pre-allocated, memory-mapped files: the building block of the
+//! commitlog segments, consume-queue files and key-index files.
+//!
+//! # Allocation
+//!
+//! A new file is built under a temporary name (`<name>.tmp`), its space is
+//! reserved for real with `posix_fallocate` (falling back to writing zeroes
+//! where the file system cannot allocate), synced, and only then renamed into
+//! place. So a full disk is an [`io::Error`] when the file is created, never a
+//! `SIGBUS` on a later store into a sparse hole, and a file under its final
+//! name always has its full length. An existing file of any other length is
+//! refused.
+//!
+//! # Concurrency contract
+//!
+//! The mapping is a [`memmap2::MmapRaw`], which is `Send + Sync`; bytes are
+//! written through raw pointers. The intended pattern is **one writer and any
+//! number of readers**:
+//!
+//! * With exclusive access (`&mut MappedFile`), [`MappedFile::write_at`] is
+//!   safe; the borrow checker keeps readers out.
+//! * To share the file between a writer thread and reader threads (e.g. in an
+//!   `Arc`), the writer uses [`MappedFile::write_at_shared`], which is
+//!   `unsafe`: the writer must be the only one writing, and must only write
+//!   ranges no reader is looking at. The writer *publishes* a range after
+//!   writing it (typically by storing the new end offset into an atomic with
+//!   `Release` ordering); readers load that atomic (`Acquire`) and only
+//!   [`read_at`](MappedFile::read_at) below it. Published bytes are never
+//!   rewritten while readers may hold them.
+//!
+//! The file must not be modified by other processes while it is mapped.
 
-use std::fs::OpenOptions;
-use std::io;
-use std::os::unix::io::AsRawFd;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use memmap2::MmapRaw;
 
-/// A pre-allocated file mapped into memory; one writer, many readers.
+/// Chunk size of the zero-filling fallback when `posix_fallocate` is not
+/// supported.
+const ZERO_CHUNK: usize = 1 << 20;
+
+/// A fixed-size file, fully allocated on disk and mapped read-write.
 #[derive(Debug)]
 pub struct MappedFile {
     path: PathBuf,
-    len: usize,
     map: MmapRaw,
+    len: usize,
 }
 
 impl MappedFile {
-    /// Creates (reserving its blocks) or opens a file of exactly `len` bytes.
-    pub fn create_or_open(path: &Path, len: u64) -> io::Result<MappedFile> {
+    /// Opens the file at `path`, which must be exactly `len` bytes long, or
+    /// creates it with `len` bytes reserved on disk (zero-filled).
+    ///
+    /// Errors: `InvalidInput` for `len == 0`, `InvalidData` for an existing
+    /// file of another length, and any I/O error (notably "no space left")
+    /// from creating or allocating it. Errors name the file.
+    pub fn create_or_open(path: impl AsRef<Path>, len: usize) -> io::Result<MappedFile> {
+        let path = path.as_ref();
+        if len == 0 {
+            return Err(with_path(
+                path,
+                io::Error::new(io::ErrorKind::InvalidInput, "a mapped file cannot be empty"),
+            ));
+        }
+        match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(file) => {
+                let actual = file.metadata().map_err(|e| with_path(path, e))?.len();
+                if actual != len as u64 {
+                    return Err(with_path(
+                        path,
+                        io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("file is {actual} bytes, expected {len}"),
+                        ),
+                    ));
+                }
+                Self::map(path, &file, len)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let file = create_allocated(path, len)?;
+                Self::map(path, &file, len)
+            }
+            Err(e) => Err(with_path(path, e)),
+        }
+    }
+
+    /// Opens an existing file and maps it at whatever (non-zero) length it
+    /// has; for callers that learn the expected size from the file itself.
+    pub fn open_existing(path: impl AsRef<Path>) -> io::Result<MappedFile> {
+        let path = path.as_ref();
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
-        let current = file.metadata()?.len();
-        if current == 0 {
-            // SAFETY: plain syscall on an owned, open descriptor.
-            let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len as libc::off_t) };
-            if rc != 0 {
-                return Err(io::Error::from_raw_os_error(rc));
-            }
-        } else if current != len {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{} is {current} bytes, expected {len}", path.display()),
+            .open(path)
+            .map_err(|e| with_path(path, e))?;
+        let actual = file.metadata().map_err(|e| with_path(path, e))?.len();
+        let len = usize::try_from(actual).ok().filter(|&l| l > 0).ok_or_else(|| {
+            with_path(
+                path,
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("cannot map a file of {actual} bytes"),
+                ),
+            )
+        })?;
+        Self::map(path, &file, len)
+    }
+
+    fn map(path: &Path, file: &File, len: usize) -> io::Result<MappedFile> {
+        let map = MmapRaw::map_raw(file).map_err(|e| with_path(path, e))?;
+        if map.len() != len {
+            return Err(with_path(
+                path,
+                io::Error::new(io::ErrorKind::InvalidData, "file changed length while being mapped"),
             ));
         }
-        let map = MmapRaw::map_raw(&file)?;
         Ok(MappedFile {
             path: path.to_path_buf(),
-            len: len as usize,
             map,
+            len,
         })
     }
 
-    /// File length.
+    /// Size of the file and of the mapping, in bytes.
     pub fn len(&self) -> usize {
         self.len
     }
 
-    /// True for an empty file.
+    /// Always false: empty files are refused at creation.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
-    /// File path.
+    /// Where the file lives.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    fn check(&self, pos: usize, len: usize) -> io::Result<()> {
-        if pos.checked_add(len).is_none_or(|end| end > self.len) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "range outside the file"));
+    /// Copies `data` into the file at `pos`; an error if it does not fit.
+    pub fn write_at(&mut self, pos: usize, data: &[u8]) -> io::Result<()> {
+        // SAFETY: `&mut self` excludes every other reader and writer of this
+        // mapping in this process.
+        unsafe { self.write_at_shared(pos, data) }
+    }
+
+    /// Copies `data` into the file at `pos` through a shared reference; an
+    /// error if it does not fit.
+    ///
+    /// # Safety
+    ///
+    /// The caller must ensure that, for the duration of the call, no other
+    /// thread writes to this mapping and nothing reads or holds a slice
+    /// (from [`read_at`](Self::read_at)) overlapping `pos..pos + data.len()`.
+    /// In practice: only the single writer calls this, and only on ranges it
+    /// has not yet published to readers (see the module documentation).
+    pub unsafe fn write_at_shared(&self, pos: usize, data: &[u8]) -> io::Result<()> {
+        self.check_range(pos, data.len())?;
+        // SAFETY: the range lies inside the mapping (checked above), the
+        // source is a distinct Rust slice, and the caller guarantees nobody
+        // else accesses the destination range concurrently.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_mut_ptr().add(pos), data.len());
         }
         Ok(())
     }
 
-    /// Copies `data` into the file at `pos`.
-    pub fn write_at(&self, pos: usize, data: &[u8]) -> io::Result<()> {
-        self.check(pos, data.len())?;
-        // SAFETY: in bounds; single writer; readers only read published ranges.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_mut_ptr().add(pos), data.len()) };
-        Ok(())
-    }
-
-    /// Borrows `len` bytes at `pos`.
+    /// The `len` bytes at `pos`; an error if they are not all inside the
+    /// file. Only read ranges the writer has published.
     pub fn read_at(&self, pos: usize, len: usize) -> io::Result<&[u8]> {
-        self.check(pos, len)?;
-        // SAFETY: in bounds of a live mapping.
+        self.check_range(pos, len)?;
+        // SAFETY: the range lies inside the mapping, which lives as long as
+        // `self`. Writes go through `&mut self` (excluded by this borrow) or
+        // through `write_at_shared`, whose contract forbids writing ranges
+        // that may be read concurrently.
         Ok(unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(pos), len) })
     }
 
-    /// msync(MS_SYNC) of the whole file.
+    /// Writes all modified pages back to disk and waits (`msync(MS_SYNC)`).
     pub fn flush(&self) -> io::Result<()> {
-        self.map.flush()
+        self.map.flush().map_err(|e| with_path(&self.path, e))
     }
 
-    /// msync(MS_SYNC) of a range.
+    /// Writes the pages covering `pos..pos + len` back to disk and waits.
     pub fn flush_range(&self, pos: usize, len: usize) -> io::Result<()> {
-        self.check(pos, len)?;
-        self.map.flush_range(pos, len)
+        self.check_range(pos, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.map.flush_range(pos, len).map_err(|e| with_path(&self.path, e))
     }
 
-    /// msync(MS_ASYNC) of the whole file.
+    /// Starts writing all modified pages back to disk without waiting
+    /// (`msync(MS_ASYNC)`).
     pub fn flush_async(&self) -> io::Result<()> {
-        self.map.flush_async()
+        self.map.flush_async().map_err(|e| with_path(&self.path, e))
+    }
+
+    fn check_range(&self, pos: usize, len: usize) -> io::Result<()> {
+        match pos.checked_add(len) {
+            Some(end) if end <= self.len => Ok(()),
+            _ => Err(with_path(
+                &self.path,
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("range {pos}+{len} is outside the file's {} bytes", self.len),
+                ),
+            )),
+        }
+    }
+}
+
+/// Builds `path` with `len` allocated zero bytes: under a temporary name,
+/// then synced and renamed, so a crash never leaves a short file under the
+/// final name.
+fn create_allocated(path: &Path, len: usize) -> io::Result<File> {
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    let result = (|| {
+        // A leftover temporary file from a crash is simply started over.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        allocate(&file, len)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        sync_parent_dir(path)?;
+        Ok(file)
+    })();
+    result.map_err(|e| {
+        // Best effort: do not leave a half-allocated file taking up space.
+        let _ = fs::remove_file(&tmp);
+        with_path(path, e)
+    })
+}
+
+/// Reserves `len` bytes for `file` (which is empty).
+fn allocate(file: &File, len: usize) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let off_len = libc::off_t::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{len} bytes is too large")))?;
+    // SAFETY: plain system call on a valid, open descriptor.
+    let ret = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, off_len) };
+    match ret {
+        0 => Ok(()),
+        // The file system cannot preallocate: write the zeroes ourselves.
+        libc::EOPNOTSUPP | libc::EINVAL => fill_zeroes(file, len),
+        // posix_fallocate returns the error number instead of setting errno.
+        err => Err(io::Error::from_raw_os_error(err)),
+    }
+}
+
+/// Appends `len` zero bytes to the (empty) `file`, 1 MiB at a time.
+fn fill_zeroes(mut file: &File, len: usize) -> io::Result<()> {
+    let zeroes = vec![0u8; ZERO_CHUNK.min(len)];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(zeroes.len());
+        file.write_all(&zeroes[..n])?;
+        left -= n;
+    }
+    Ok(())
+}
+
+/// Makes a rename or removal in the directory holding `path` durable.
+pub(crate) fn sync_parent_dir(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => File::open(dir)?.sync_all(),
+        _ => File::open(".")?.sync_all(),
+    }
+}
+
+/// Wraps `e` so its message names `path`, keeping its kind.
+fn with_path(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_zeroed_file_of_full_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let f = MappedFile::create_or_open(&path, 10_000).unwrap();
+        assert_eq!(f.len(), 10_000);
+        assert!(!f.is_empty());
+        assert_eq!(f.path(), path);
+        assert_eq!(fs::metadata(&path).unwrap().len(), 10_000);
+        assert!(f.read_at(0, 10_000).unwrap().iter().all(|&b| b == 0));
+        assert!(!dir.path().join("f.tmp").exists());
+        // Really allocated, not sparse.
+        use std::os::unix::fs::MetadataExt;
+        assert!(fs::metadata(&path).unwrap().blocks() * 512 >= 10_000);
+    }
+
+    #[test]
+    fn data_persists_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        {
+            let mut f = MappedFile::create_or_open(&path, 4096).unwrap();
+            f.write_at(100, b"hello").unwrap();
+            f.write_at(4091, b"world").unwrap();
+            f.flush_range(100, 5).unwrap();
+            f.flush_async().unwrap();
+            f.flush().unwrap();
+        }
+        let f = MappedFile::create_or_open(&path, 4096).unwrap();
+        assert_eq!(f.read_at(100, 5).unwrap(), b"hello");
+        assert_eq!(f.read_at(4091, 5).unwrap(), b"world");
+        let g = MappedFile::open_existing(&path).unwrap();
+        assert_eq!(g.len(), 4096);
+        assert_eq!(g.read_at(100, 5).unwrap(), b"hello");
+        // Also visible through a second mapping of the same file.
+        assert_eq!(f.read_at(4091, 5).unwrap(), g.read_at(4091, 5).unwrap());
+    }
+
+    #[test]
+    fn shared_writes_are_visible_to_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = std::sync::Arc::new(MappedFile::create_or_open(dir.path().join("f"), 64).unwrap());
+        // SAFETY: single thread, nothing reads the range while writing.
+        unsafe { f.write_at_shared(8, b"abc").unwrap() };
+        let reader = std::sync::Arc::clone(&f);
+        let got = std::thread::spawn(move || reader.read_at(8, 3).unwrap().to_vec())
+            .join()
+            .unwrap();
+        assert_eq!(got, b"abc");
+    }
+
+    #[test]
+    fn wrong_length_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        drop(MappedFile::create_or_open(&path, 4096).unwrap());
+        let err = MappedFile::create_or_open(&path, 8192).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+        assert_eq!(fs::metadata(&path).unwrap().len(), 4096, "left untouched");
+
+        let empty = dir.path().join("empty");
+        File::create(&empty).unwrap();
+        assert_eq!(
+            MappedFile::create_or_open(&empty, 10).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        assert_eq!(
+            MappedFile::open_existing(&empty).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        assert_eq!(
+            MappedFile::create_or_open(dir.path().join("zero"), 0)
+                .unwrap_err()
+                .kind(),
+            io::ErrorKind::InvalidInput
+        );
+        assert!(MappedFile::open_existing(dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn out_of_range_access_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = MappedFile::create_or_open(dir.path().join("f"), 100).unwrap();
+        assert!(f.write_at(96, b"1234").is_ok());
+        assert!(f.write_at(97, b"1234").is_err());
+        assert!(f.write_at(100, b"").is_ok());
+        assert!(f.write_at(101, b"").is_err());
+        assert!(f.write_at(usize::MAX, b"x").is_err());
+        assert!(f.read_at(0, 100).is_ok());
+        assert!(f.read_at(1, 100).is_err());
+        assert!(f.read_at(usize::MAX, 2).is_err());
+        assert!(f.flush_range(50, 51).is_err());
+        assert!(f.flush_range(100, 0).is_ok());
+    }
+
+    #[test]
+    fn stale_temporary_file_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        fs::write(dir.path().join("f.tmp"), b"junk from a crash").unwrap();
+        let f = MappedFile::create_or_open(&path, 32).unwrap();
+        assert_eq!(f.read_at(0, 32).unwrap(), &[0u8; 32]);
+        assert!(!dir.path().join("f.tmp").exists());
+    }
+
+    #[test]
+    fn creation_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("no/such/dir/f");
+        let err = MappedFile::create_or_open(&path, 32).unwrap_err();
+        assert!(err.to_string().contains("no/such/dir/f"), "{err}");
+    }
+
+    #[test]
+    fn zero_fill_fallback_writes_whole_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("z");
+        let file = File::create(&path).unwrap();
+        fill_zeroes(&file, ZERO_CHUNK * 2 + 123).unwrap();
+        let data = fs::read(&path).unwrap();
+        assert_eq!(data.len(), ZERO_CHUNK * 2 + 123);
+        assert!(data.iter().all(|&b| b == 0));
     }
 }

@@ -160,7 +160,7 @@ impl Store {
             }
             match StoredRecord::decode(Bytes::copy_from_slice(bytes)) {
                 Ok(rec) => {
-                    let reindex = indexed.is_none_or(|i| off > i);
+                    let reindex = indexed.is_none_or(|i| off >= i);
                     if let Err(e) = self.dispatch_one(&DispatchEntry::from_record(&rec), reindex) {
                         failure = Some(e);
                     }
