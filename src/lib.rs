@@ -9,6 +9,7 @@
 
 pub mod actors;
 pub mod broker;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod groups;

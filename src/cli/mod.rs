@@ -1,0 +1,160 @@
+//! The `ferromq` command line: server commands (`broker`, `namesrv`) and
+//! client commands (`topic`, `produce`, `consume`, `message`). The command
+//! names, flags and output formats here are a contract scripts rely on.
+
+pub mod consume;
+pub mod message;
+pub mod output;
+pub mod produce;
+pub mod server;
+pub mod topic;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::ClientConfig;
+
+/// FerroMQ: a persistent, distributed message broker.
+#[derive(Debug, Parser)]
+#[command(name = "ferromq", version, about)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run a broker (with an embedded name server unless told otherwise).
+    Broker(server::BrokerArgs),
+    /// Run a standalone name server.
+    Namesrv(server::NamesrvArgs),
+    /// Create, list, describe and delete topics.
+    Topic(topic::TopicArgs),
+    /// Send messages (stdin lines, or generated with --count).
+    Produce(produce::ProduceArgs),
+    /// Print a topic's messages.
+    Consume(consume::ConsumeArgs),
+    /// Look messages up by id or key.
+    Message(message::MessageArgs),
+}
+
+/// Where the name servers are; every client command takes it.
+#[derive(Debug, Clone, Args)]
+pub struct NamesrvOpt {
+    /// Name server addresses, comma separated.
+    #[arg(
+        short = 'n',
+        long = "namesrv",
+        env = "FERROMQ_NAMESRV",
+        default_value = "127.0.0.1:9876"
+    )]
+    pub namesrv: String,
+}
+
+impl NamesrvOpt {
+    /// Client settings for these name servers.
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig::new(split_addrs(&self.namesrv))
+    }
+}
+
+/// Splits a comma-separated address list, dropping blanks.
+pub fn split_addrs(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .try_init();
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Broker(a) => {
+            init_logging("info");
+            server::run_broker(a)
+        }
+        Cmd::Namesrv(a) => {
+            init_logging("info");
+            server::run_namesrv(a)
+        }
+        other => {
+            init_logging("warn");
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return 1;
+                }
+            };
+            let result = rt.block_on(async move {
+                match other {
+                    Cmd::Topic(a) => topic::run(a).await,
+                    Cmd::Produce(a) => produce::run(a).await,
+                    Cmd::Consume(a) => consume::run(a).await,
+                    Cmd::Message(a) => message::run(a).await,
+                    Cmd::Broker(_) | Cmd::Namesrv(_) => Ok(()),
+                }
+            });
+            match result {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    1
+                }
+            }
+        }
+    }
+}
+
+/// Error of a client command: printed as `error: …`, exit code 1.
+pub type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_contract_parses() {
+        let ok = [
+            "ferromq broker --config c.toml --data-dir d --listen 127.0.0.1:0 --namesrv-listen 127.0.0.1:0 --flush sync",
+            "ferromq broker --no-embedded-namesrv --namesrv a:1,b:2",
+            "ferromq namesrv --listen 127.0.0.1:0",
+            "ferromq topic create orders --queues 4 -n 127.0.0.1:1",
+            "ferromq topic list",
+            "ferromq topic describe orders --format json",
+            "ferromq topic delete orders",
+            "ferromq produce --topic t --tag a --key k --property x=1 --property y=2",
+            "ferromq produce --topic t --count 10 --size 100 --batch 5",
+            "ferromq consume --topic t --tag a||b --from earliest --count 3 --idle-timeout 2 --format json",
+            "ferromq message get 7f0000012a9f0000000000000000",
+            "ferromq message find --topic t --key k --format json",
+        ];
+        for line in ok {
+            Cli::try_parse_from(line.split(' ')).unwrap_or_else(|e| panic!("{line}: {e}"));
+        }
+        for bad in [
+            "ferromq produce",
+            "ferromq consume --topic t --from yesterday",
+            "ferromq broker --flush maybe",
+        ] {
+            assert!(Cli::try_parse_from(bad.split(' ')).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn address_lists_split_on_commas() {
+        assert_eq!(split_addrs(" a:1, ,b:2"), ["a:1", "b:2"]);
+    }
+}

@@ -1,0 +1,117 @@
+//! How messages are printed: `text` (for people) or `json` (one object per
+//! line, for scripts; the field names are a contract).
+
+use base64::Engine;
+use clap::ValueEnum;
+use serde_json::{json, Map, Value};
+
+use crate::message::{PROPERTY_KEYS, PROPERTY_TAGS};
+use crate::store::record::StoredRecord;
+
+/// Output format of message-printing commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// One readable line per message.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The JSON object of a message: `topic`, `queue`, `offset`, `msg_id`,
+/// `tags`, `keys` (strings or null), `properties` (all of them), `body`
+/// (UTF-8) or `body_base64` (when the body is not UTF-8), plus timestamps and
+/// the reconsume count.
+pub fn message_json(r: &StoredRecord) -> Value {
+    let props: Map<String, Value> = r
+        .properties
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    let mut obj = json!({
+        "topic": r.topic,
+        "queue": r.queue_id,
+        "offset": r.queue_offset,
+        "msg_id": r.msg_id().to_string(),
+        "tags": r.properties.get(PROPERTY_TAGS),
+        "keys": r.properties.get(PROPERTY_KEYS),
+        "properties": props,
+        "born_timestamp": r.born_timestamp,
+        "store_timestamp": r.store_timestamp,
+        "reconsume_times": r.reconsume_times,
+    });
+    if let Value::Object(map) = &mut obj {
+        match std::str::from_utf8(&r.body) {
+            Ok(text) => map.insert("body".into(), Value::String(text.to_string())),
+            Err(_) => map.insert(
+                "body_base64".into(),
+                Value::String(base64::engine::general_purpose::STANDARD.encode(&r.body)),
+            ),
+        };
+    }
+    obj
+}
+
+/// One line for a message in `format`.
+pub fn format_message(r: &StoredRecord, format: Format) -> String {
+    match format {
+        Format::Json => message_json(r).to_string(),
+        Format::Text => format!(
+            "queue={} offset={} msg_id={} tags={} keys={} body={}",
+            r.queue_id,
+            r.queue_offset,
+            r.msg_id(),
+            r.tag().unwrap_or("-"),
+            r.keys().unwrap_or("-"),
+            String::from_utf8_lossy(&r.body)
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn record(body: &[u8]) -> StoredRecord {
+        let mut properties = BTreeMap::new();
+        properties.insert("TAGS".to_string(), "a".to_string());
+        properties.insert("color".to_string(), "red".to_string());
+        StoredRecord {
+            topic: "t".into(),
+            queue_id: 2,
+            flags: 0,
+            queue_offset: 7,
+            phys_offset: 99,
+            born_timestamp: 1,
+            store_timestamp: 2,
+            reconsume_times: 0,
+            born_host: "127.0.0.1:1".parse().unwrap(),
+            store_host: "127.0.0.1:10911".parse().unwrap(),
+            properties,
+            body: bytes::Bytes::copy_from_slice(body),
+            size: 0,
+        }
+    }
+
+    #[test]
+    fn json_has_the_contract_fields() {
+        let v: Value = serde_json::from_str(&format_message(&record("héllo".as_bytes()), Format::Json)).unwrap();
+        assert_eq!(v["topic"], "t");
+        assert_eq!(v["queue"], 2);
+        assert_eq!(v["offset"], 7);
+        assert_eq!(v["tags"], "a");
+        assert_eq!(v["keys"], Value::Null);
+        assert_eq!(v["properties"]["color"], "red");
+        assert_eq!(v["body"], "héllo");
+        assert_eq!(v["msg_id"].as_str().unwrap().len(), 28);
+        assert!(v.get("body_base64").is_none());
+    }
+
+    #[test]
+    fn binary_bodies_are_base64() {
+        let v = message_json(&record(&[0xff, 0x00, 0xfe]));
+        assert_eq!(v["body_base64"], "/wD+");
+        assert!(v.get("body").is_none());
+        assert!(format_message(&record(&[0xff]), Format::Text).contains("queue=2 offset=7"));
+    }
+}

@@ -1,0 +1,97 @@
+//! `ferromq topic create|list|describe|delete`.
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use super::output::Format;
+use super::{CliResult, NamesrvOpt};
+use crate::client::Admin;
+
+/// `ferromq topic …`.
+#[derive(Debug, Args)]
+pub struct TopicArgs {
+    /// The topic operation.
+    #[command(subcommand)]
+    pub command: TopicCmd,
+}
+
+/// Topic operations.
+#[derive(Debug, Subcommand)]
+pub enum TopicCmd {
+    /// Create a topic (or change its queue count) on every master broker.
+    Create {
+        /// Topic name.
+        name: String,
+        /// Queues per broker.
+        #[arg(long, default_value_t = 8)]
+        queues: u32,
+        #[command(flatten)]
+        ns: NamesrvOpt,
+    },
+    /// List every topic.
+    List {
+        #[command(flatten)]
+        ns: NamesrvOpt,
+    },
+    /// Show each queue's offsets.
+    Describe {
+        /// Topic name.
+        name: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        #[command(flatten)]
+        ns: NamesrvOpt,
+    },
+    /// Delete a topic on every broker serving it.
+    Delete {
+        /// Topic name.
+        name: String,
+        #[command(flatten)]
+        ns: NamesrvOpt,
+    },
+}
+
+/// Runs a topic command.
+pub async fn run(a: TopicArgs) -> CliResult {
+    match a.command {
+        TopicCmd::Create { name, queues, ns } => {
+            Admin::new(ns.client_config()).create_topic(&name, queues).await?;
+            println!("created topic {name} with {queues} queues per broker");
+        }
+        TopicCmd::List { ns } => {
+            for t in Admin::new(ns.client_config()).list_topics().await? {
+                println!("{t}");
+            }
+        }
+        TopicCmd::Describe { name, format, ns } => {
+            let stats = Admin::new(ns.client_config()).describe_topic(&name).await?;
+            match format {
+                Format::Text => {
+                    println!("broker queue min_offset max_offset");
+                    for (broker, s) in &stats {
+                        for q in &s.queues {
+                            println!("{broker} {} {} {}", q.queue, q.min_offset, q.max_offset);
+                        }
+                    }
+                }
+                Format::Json => {
+                    let queues: Vec<_> = stats
+                        .iter()
+                        .flat_map(|(broker, s)| {
+                            s.queues.iter().map(move |q| {
+                                json!({"broker": broker, "queue": q.queue, "min_offset": q.min_offset, "max_offset": q.max_offset})
+                            })
+                        })
+                        .collect();
+                    println!("{}", json!({"topic": name, "queues": queues}));
+                }
+            }
+        }
+        TopicCmd::Delete { name, ns } => {
+            Admin::new(ns.client_config()).delete_topic(&name).await?;
+            println!("deleted topic {name}");
+        }
+    }
+    Ok(())
+}
