@@ -68,7 +68,7 @@ impl CommitLog {
                     ),
                 ));
             }
-            let file = MappedFile::create_or_open(&dir.join(offset_file_name(start)), segment_bytes as usize)?;
+            let file = MappedFile::create_or_open(dir.join(offset_file_name(start)), segment_bytes as usize)?;
             segments.push(Arc::new(Segment { start, file }));
         }
         Ok(CommitLog {

@@ -92,7 +92,7 @@ impl ConsumeQueue {
                     dir.display()
                 )));
             }
-            let file = MappedFile::create_or_open(&dir.join(offset_file_name(start)), file_len as usize)?;
+            let file = MappedFile::create_or_open(dir.join(offset_file_name(start)), file_len as usize)?;
             files.push(Arc::new(CqFile { start, file }));
         }
         let min = files.first().map_or(0, |f| f.start);

@@ -120,11 +120,7 @@ impl Store {
             cfg: cfg.clone(),
             log: Arc::new(CommitLog::open(&dir.join("commitlog"), cfg.segment_bytes)?),
             queues: ConsumeQueues::open(&dir.join("consumequeue"), cfg.consume_queue_file_entries)?,
-            index: Mutex::new(IndexStore::open(
-                &dir.join("index"),
-                cfg.index_slots,
-                cfg.index_entries,
-            )?),
+            index: Mutex::new(IndexStore::open(dir.join("index"), cfg.index_slots, cfg.index_entries)?),
             topics: TopicTable::open(dir)?,
             checkpoint: CheckpointFile::new(dir),
             dispatched: AtomicU64::new(0),
