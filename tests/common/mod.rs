@@ -1,0 +1,288 @@
+//! Shared harness for integration tests: starts the real `ferromq` binary
+//! on 127.0.0.1 (port 0), parses its ready line, runs CLI commands with a
+//! deadline, and kills every process it started (also on panic).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ferromq")
+}
+
+/// Store settings that make tests cross segment and file boundaries.
+pub fn small_store_env() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("FERROMQ__STORE__SEGMENT_BYTES", "1048576"),
+        ("FERROMQ__STORE__CONSUME_QUEUE_FILE_ENTRIES", "1000"),
+        ("FERROMQ__STORE__FLUSH_INTERVAL_MS", "50"),
+        ("FERROMQ__BROKER__REGISTER_INTERVAL_MS", "1000"),
+    ]
+}
+
+/// A running server process (broker or name server).
+pub struct ServerProcess {
+    child: Child,
+    /// `broker=` of the ready line (brokers only).
+    pub broker_addr: String,
+    /// `namesrv=` of the ready line (`-` without one).
+    pub namesrv_addr: String,
+    /// Data directory (brokers only).
+    pub data_dir: PathBuf,
+    stderr: Arc<Mutex<String>>,
+}
+
+fn spawn_server(args: &[&str], env: &[(&str, &str)]) -> (Child, String, Arc<Mutex<String>>) {
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn ferromq");
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let mut err_pipe = child.stderr.take().expect("stderr");
+    let sink = stderr.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = err_pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(" ready: ") => return (child, line, stderr),
+            Ok(_) => continue,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no ready line from {args:?}; stderr:\n{}", stderr.lock().unwrap());
+            }
+        }
+    }
+}
+
+fn field(line: &str, name: &str) -> String {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(name))
+        .unwrap_or_else(|| panic!("{name} missing in {line:?}"))
+        .to_string()
+}
+
+impl ServerProcess {
+    /// Starts a broker on `data_dir` with an embedded name server, both on
+    /// free ports.
+    pub fn broker(data_dir: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
+        Self::broker_at(data_dir, "127.0.0.1:0", extra_args, env)
+    }
+
+    /// Like [`ServerProcess::broker`] with the broker on `listen` (to keep
+    /// one address, and so valid message ids, across restarts).
+    pub fn broker_at(data_dir: &Path, listen: &str, extra_args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
+        let dir = data_dir.to_str().expect("utf-8 path");
+        let mut args = vec!["broker", "--data-dir", dir, "--listen", listen];
+        if !extra_args.contains(&"--no-embedded-namesrv") {
+            args.extend(["--namesrv-listen", "127.0.0.1:0"]);
+        }
+        args.extend_from_slice(extra_args);
+        let (child, line, stderr) = spawn_server(&args, env);
+        ServerProcess {
+            child,
+            broker_addr: field(&line, "broker="),
+            namesrv_addr: field(&line, "namesrv="),
+            data_dir: data_dir.to_path_buf(),
+            stderr,
+        }
+    }
+
+    /// Starts a standalone name server on a free port.
+    pub fn namesrv() -> ServerProcess {
+        let (child, line, stderr) = spawn_server(&["namesrv", "--listen", "127.0.0.1:0"], &[]);
+        ServerProcess {
+            child,
+            broker_addr: String::new(),
+            namesrv_addr: field(&line, "namesrv="),
+            data_dir: PathBuf::new(),
+            stderr,
+        }
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, wait up to 10 s, then SIGKILL. Returns true on a clean exit.
+    pub fn stop(&mut self) -> bool {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill9();
+        false
+    }
+
+    /// Still running?
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A currently free 127.0.0.1 address.
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").to_string()
+}
+
+/// Runs `ferromq ARGS -n NAMESRV` with `stdin` piped in, killed after 60 s.
+pub fn cli_with_input(namesrv: &str, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(bin())
+        .args(args)
+        .env("FERROMQ_NAMESRV", namesrv)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ferromq");
+    let mut input = child.stdin.take().expect("stdin");
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let pid = child.id();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if done_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            // SAFETY: killing our own, still-running child.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+    });
+    let out = child.wait_with_output().expect("wait for ferromq");
+    let _ = done_tx.send(());
+    let _ = watchdog.join();
+    let _ = writer.join();
+    out
+}
+
+/// Runs `ferromq ARGS` against `namesrv` and returns its output.
+pub fn cli(namesrv: &str, args: &[&str]) -> Output {
+    cli_with_input(namesrv, args, b"")
+}
+
+/// Like [`cli`], but fails the test unless it succeeds; returns stdout.
+pub fn cli_ok(namesrv: &str, args: &[&str]) -> String {
+    let out = cli(namesrv, args);
+    assert!(
+        out.status.success(),
+        "ferromq {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 stdout")
+}
+
+/// One acknowledgement line of `produce`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Ack {
+    /// Queue id.
+    pub queue: u32,
+    /// Queue offset.
+    pub offset: u64,
+    /// Message id.
+    pub msg_id: String,
+}
+
+/// Parses `produce` output lines `<queue> <offset> <msg_id>`.
+pub fn parse_acks(stdout: &str) -> Vec<Ack> {
+    stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let mut it = l.split_whitespace();
+            let queue = it
+                .next()
+                .and_then(|q| q.parse().ok())
+                .unwrap_or_else(|| panic!("bad ack {l:?}"));
+            let offset = it
+                .next()
+                .and_then(|q| q.parse().ok())
+                .unwrap_or_else(|| panic!("bad ack {l:?}"));
+            let msg_id = it.next().unwrap_or_else(|| panic!("bad ack {l:?}")).to_string();
+            Ack { queue, offset, msg_id }
+        })
+        .collect()
+}
+
+/// Sends `lines` through `ferromq produce` (plus `args`) and returns the acks.
+pub fn produce(namesrv: &str, topic: &str, args: &[&str], lines: &[String]) -> Vec<Ack> {
+    let mut all = vec!["produce", "--topic", topic];
+    all.extend_from_slice(args);
+    let input = lines.iter().map(|l| format!("{l}\n")).collect::<String>();
+    let out = cli_with_input(namesrv, &all, input.as_bytes());
+    assert!(
+        out.status.success(),
+        "produce failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let acks = parse_acks(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(acks.len(), lines.len(), "one ack per line");
+    acks
+}
+
+/// Consumes `topic` from earliest as JSON (plus `args`) and parses each line.
+pub fn consume_json(namesrv: &str, topic: &str, args: &[&str]) -> Vec<serde_json::Value> {
+    let mut all = vec!["consume", "--topic", topic, "--from", "earliest", "--format", "json"];
+    all.extend_from_slice(args);
+    let out = cli_ok(namesrv, &all);
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON {l:?}: {e}")))
+        .collect()
+}
+
+/// Polls `cond` every 20 ms until true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
