@@ -66,14 +66,8 @@ impl NamesrvHandler {
                 let info = self.addr.send(GetClusterInfo).await.map_err(mailbox)?;
                 Ok(Frame::ok(0, Bytes::new(), to_json(&info)))
             }
-            Command::SendMessage
-            | Command::PullMessage
-            | Command::GetOffsets
-            | Command::QueryMessageById
-            | Command::QueryMessageByKey
-            | Command::CreateTopic
-            | Command::DeleteTopic
-            | Command::TopicStats => Err(Frame::error(
+            // Everything else is a broker's.
+            _ => Err(Frame::error(
                 0,
                 Status::UnknownCommand,
                 format!("command {cmd:?} ({}) is not served by a name server", cmd.code()),

@@ -22,6 +22,28 @@ pub enum Command {
     DeleteTopic = 21,
     /// Per-queue offsets of a topic.
     TopicStats = 22,
+    /// Join (or rejoin) a consumer group; answered after the rebalance.
+    JoinGroup = 30,
+    /// Re-read the member's assignment for its generation.
+    SyncGroup = 31,
+    /// Keep a member alive; tells it when to rejoin.
+    Heartbeat = 32,
+    /// Leave a group at once (fast rebalance).
+    LeaveGroup = 33,
+    /// Store a group's consumed offsets.
+    CommitOffsets = 34,
+    /// Read a group's committed offsets of a topic.
+    FetchOffsets = 35,
+    /// Every group this broker coordinates or stores offsets for.
+    ListGroups = 36,
+    /// Members, generation, assignment and offsets of a group.
+    DescribeGroup = 37,
+    /// Move a stopped group's offsets.
+    ResetOffsets = 38,
+    /// First queue offset stored at or after a time.
+    SearchOffset = 39,
+    /// Server push: the member's group is rebalancing; rejoin now.
+    NotifyRebalance = 500,
     /// A broker announces itself and its topics to a name server.
     RegisterBroker = 100,
     /// A broker leaves the name server.
@@ -48,6 +70,17 @@ impl Command {
             20 => CreateTopic,
             21 => DeleteTopic,
             22 => TopicStats,
+            30 => JoinGroup,
+            31 => SyncGroup,
+            32 => Heartbeat,
+            33 => LeaveGroup,
+            34 => CommitOffsets,
+            35 => FetchOffsets,
+            36 => ListGroups,
+            37 => DescribeGroup,
+            38 => ResetOffsets,
+            39 => SearchOffset,
+            500 => NotifyRebalance,
             100 => RegisterBroker,
             101 => UnregisterBroker,
             102 => GetRoute,
@@ -89,6 +122,14 @@ pub enum Status {
     QueueNotExist = 11,
     /// No message under that id or key.
     MessageNotFound = 12,
+    /// The request names an old generation of its group.
+    IllegalGeneration = 13,
+    /// The member is not (or no longer) in the group.
+    UnknownMember = 14,
+    /// The group is rebalancing; rejoin.
+    RebalanceInProgress = 15,
+    /// The group has live members (reset refused).
+    GroupNotEmpty = 16,
     /// The store could not write.
     StoreError = 20,
     /// The server is starting or stopping.
@@ -110,6 +151,10 @@ impl Status {
             10 => TopicNotExist,
             11 => QueueNotExist,
             12 => MessageNotFound,
+            13 => IllegalGeneration,
+            14 => UnknownMember,
+            15 => RebalanceInProgress,
+            16 => GroupNotEmpty,
             20 => StoreError,
             21 => ServiceUnavailable,
             _ => SystemError,
@@ -136,6 +181,10 @@ impl Status {
             TopicNotExist => "TOPIC_NOT_EXIST",
             QueueNotExist => "QUEUE_NOT_EXIST",
             MessageNotFound => "MESSAGE_NOT_FOUND",
+            IllegalGeneration => "ILLEGAL_GENERATION",
+            UnknownMember => "UNKNOWN_MEMBER",
+            RebalanceInProgress => "REBALANCE_IN_PROGRESS",
+            GroupNotEmpty => "GROUP_NOT_EMPTY",
             StoreError => "STORE_ERROR",
             ServiceUnavailable => "SERVICE_UNAVAILABLE",
         }
@@ -163,7 +212,7 @@ mod tests {
 
     #[test]
     fn status_codes_round_trip() {
-        for code in [0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 20, 21] {
+        for code in [0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 14, 15, 16, 20, 21] {
             assert_eq!(Status::from_code(code).code(), code);
         }
         assert_eq!(Status::from_code(999), Status::SystemError);

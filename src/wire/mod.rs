@@ -9,6 +9,7 @@ pub mod buf;
 pub mod codes;
 pub mod control;
 pub mod frame;
+pub mod group;
 pub mod pull;
 pub mod send;
 

@@ -1,0 +1,251 @@
+//! Consumer-group commands (`docs/protocol.md` §7): JSON headers and bodies.
+//! The broker coordinating a group computes the assignment itself and hands
+//! it out in the JoinGroup response.
+
+use serde::{Deserialize, Serialize};
+
+/// One queue of an assignment.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssignedQueue {
+    /// Topic.
+    pub topic: String,
+    /// Broker group serving the queue.
+    pub broker_name: String,
+    /// Queue id on that broker group.
+    pub queue: u32,
+}
+
+/// `JOIN_GROUP` header. Answered when the rebalance it takes part in ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinGroup {
+    /// Group name.
+    pub group: String,
+    /// The id a previous join returned; absent for a new member.
+    #[serde(default)]
+    pub member_id: Option<String>,
+    /// Stable client name (host/process); member ids derive from it.
+    pub client_id: String,
+    /// Subscribed topics.
+    pub topics: Vec<String>,
+    /// Silence after which the member is removed.
+    pub session_timeout_ms: u64,
+    /// `range` (default), `round-robin` or `sticky`; set by the first member.
+    #[serde(default)]
+    pub strategy: Option<String>,
+    /// `clustering` (default) or `broadcasting`; set by the first member.
+    #[serde(default)]
+    pub mode: Option<String>,
+}
+
+/// `JOIN_GROUP` and `SYNC_GROUP` response body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupAssignment {
+    /// The member's id (use it in every later request).
+    pub member_id: String,
+    /// Generation of the assignment.
+    pub generation: u64,
+    /// The queues this member owns in this generation.
+    pub assignment: Vec<AssignedQueue>,
+}
+
+/// `SYNC_GROUP` and `HEARTBEAT` header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberRef {
+    /// Group name.
+    pub group: String,
+    /// Member id.
+    pub member_id: String,
+    /// The generation the member works in.
+    pub generation: u64,
+}
+
+/// `HEARTBEAT` response body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatReply {
+    /// True: a rebalance is under way; stop delivering and rejoin now.
+    pub rebalance: bool,
+}
+
+/// `LEAVE_GROUP` header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaveGroup {
+    /// Group name.
+    pub group: String,
+    /// Member id.
+    pub member_id: String,
+}
+
+/// A committed (or to-be-committed) offset: the next offset to consume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueOffset {
+    /// Topic.
+    pub topic: String,
+    /// Queue id.
+    pub queue: u32,
+    /// Next offset to consume.
+    pub offset: u64,
+}
+
+/// `COMMIT_OFFSETS` header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommitOffsets {
+    /// Group name (broadcasting members use `<group>%<client_id>`).
+    pub group: String,
+    /// Offsets to store.
+    pub offsets: Vec<QueueOffset>,
+}
+
+/// `FETCH_OFFSETS` header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FetchOffsets {
+    /// Group name.
+    pub group: String,
+    /// Topic.
+    pub topic: String,
+}
+
+/// `FETCH_OFFSETS` response body: committed offsets (uncommitted queues are
+/// absent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommittedOffsets {
+    /// One entry per committed queue.
+    pub offsets: Vec<QueueOffset>,
+}
+
+/// `LIST_GROUPS` response body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupList {
+    /// Groups with live members or committed offsets, sorted.
+    pub groups: Vec<String>,
+}
+
+/// `DESCRIBE_GROUP` and `RESET_OFFSETS` target group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupRef {
+    /// Group name.
+    pub group: String,
+}
+
+/// One member in a [`GroupDescription`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberInfo {
+    /// Member id.
+    pub member_id: String,
+    /// Client id.
+    pub client_id: String,
+    /// Subscribed topics.
+    pub topics: Vec<String>,
+    /// Milliseconds since its last heartbeat.
+    pub last_heartbeat_age_ms: u64,
+    /// Queues it owns.
+    pub assignment: Vec<AssignedQueue>,
+}
+
+/// `DESCRIBE_GROUP` response body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupDescription {
+    /// Group name.
+    pub group: String,
+    /// `Empty`, `PreparingRebalance` or `Stable`.
+    pub state: String,
+    /// Current generation.
+    pub generation: u64,
+    /// Assignment strategy.
+    pub strategy: String,
+    /// `clustering` or `broadcasting`.
+    pub mode: String,
+    /// Live members.
+    pub members: Vec<MemberInfo>,
+    /// Every committed offset of the group.
+    pub offsets: Vec<QueueOffset>,
+}
+
+/// Where `RESET_OFFSETS` moves a group's offsets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum ResetTarget {
+    /// Each queue's smallest stored offset.
+    Earliest,
+    /// Each queue's end (skip everything stored).
+    Latest,
+    /// The first message stored at or after this time (ms since the epoch).
+    Timestamp(u64),
+    /// This offset, clamped into each queue's range.
+    Offset(u64),
+}
+
+/// `RESET_OFFSETS` header; refused with `GROUP_NOT_EMPTY` while the group
+/// has live members.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResetOffsets {
+    /// Group name.
+    pub group: String,
+    /// Topic whose queues (on this broker) are reset.
+    pub topic: String,
+    /// Target.
+    pub to: ResetTarget,
+}
+
+/// `RESET_OFFSETS` response body: the new offsets.
+pub type ResetResult = CommittedOffsets;
+
+/// `SEARCH_OFFSET` header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchOffset {
+    /// Topic.
+    pub topic: String,
+    /// Queue id.
+    pub queue: u32,
+    /// Time, ms since the epoch.
+    pub timestamp: u64,
+}
+
+/// `SEARCH_OFFSET` response body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OffsetAt {
+    /// First offset stored at or after the time (the queue's end if none).
+    pub offset: u64,
+}
+
+/// Header of a `NOTIFY_REBALANCE` push.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RebalanceNotice {
+    /// The group that started rebalancing.
+    pub group: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::control::{from_json, to_json};
+
+    #[test]
+    fn reset_targets_have_a_readable_json_form() {
+        assert_eq!(&to_json(&ResetTarget::Earliest)[..], br#""earliest""#);
+        assert_eq!(&to_json(&ResetTarget::Offset(5))[..], br#"{"offset":5}"#);
+        let r: ResetOffsets = from_json(br#"{"group":"g","topic":"t","to":{"timestamp":17}}"#, "h").unwrap();
+        assert_eq!(r.to, ResetTarget::Timestamp(17));
+        let j: JoinGroup =
+            from_json(br#"{"group":"g","client_id":"c","topics":["t"],"session_timeout_ms":3000}"#, "h").unwrap();
+        assert_eq!((j.member_id, j.strategy, j.mode), (None, None, None));
+        assert!(from_json::<JoinGroup>(br#"{"group":"g","client_id":"c","topics":[],"session_timeout_ms":1,"x":1}"#, "h").is_err());
+    }
+}
