@@ -18,6 +18,33 @@ pub struct Config {
     pub store: StoreSection,
     /// `[namesrv]`: the (embedded or standalone) name server.
     pub namesrv: NamesrvSection,
+    /// `[group]`: consumer-group coordination.
+    pub group: GroupSection,
+}
+
+/// `[group]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupSection {
+    /// Longest a rebalance waits for members to rejoin.
+    pub rebalance_timeout_ms: u64,
+    /// A group's first rebalance waits this long for more members.
+    pub initial_rebalance_delay_ms: u64,
+    /// Smallest session timeout a member may ask for.
+    pub min_session_timeout_ms: u64,
+    /// Largest session timeout a member may ask for.
+    pub max_session_timeout_ms: u64,
+}
+
+impl Default for GroupSection {
+    fn default() -> Self {
+        GroupSection {
+            rebalance_timeout_ms: 3_000,
+            initial_rebalance_delay_ms: 0,
+            min_session_timeout_ms: 1_000,
+            max_session_timeout_ms: 300_000,
+        }
+    }
 }
 
 /// `[broker]` section.

@@ -11,6 +11,8 @@
 
 pub mod commitlog_writer;
 pub mod dispatcher;
+pub mod group_coordinator;
+pub mod group_registry;
 pub mod long_poll;
 pub mod namesrv;
 pub mod namesrv_client;

@@ -13,7 +13,7 @@ use crate::actors::namesrv_client::{NameServerClient, RegisterNow};
 use crate::actors::queue_actor::Pull;
 use crate::actors::queue_registry::QueueRegistry;
 use crate::config::BrokerSection;
-use crate::server::RequestHandler;
+use crate::server::{ConnectionHandle, RequestHandler};
 use crate::store::record::MessageId;
 use crate::store::topics::TopicConfig;
 use crate::store::Store;
@@ -32,6 +32,10 @@ pub const MAX_QUEUES_PER_TOPIC: u32 = 1024;
 
 /// Everything a request may need; shared by every connection.
 pub struct BrokerHandler {
+    /// Consumer-group coordinators.
+    pub groups: Arc<crate::actors::group_registry::GroupRegistry>,
+    /// Route lookups (group assignments span every broker of a topic).
+    pub routes: Arc<crate::client::core::ClientCore>,
     /// `[broker]` settings.
     pub cfg: BrokerSection,
     /// The store.
@@ -46,32 +50,49 @@ pub struct BrokerHandler {
     pub store_host: SocketAddr,
 }
 
-type Reply = Result<Frame, (Status, String)>;
+/// A command's answer: a success frame or an error status and message.
+pub type Reply = Result<Frame, (Status, String)>;
 
-fn ok(body: Bytes) -> Reply {
+/// A success frame with `body`.
+pub fn ok(body: Bytes) -> Reply {
     Ok(Frame::ok(0, Bytes::new(), body))
 }
 
-fn malformed(e: DecodeError) -> (Status, String) {
+/// A decoding failure as `MALFORMED_FRAME`.
+pub fn malformed(e: DecodeError) -> (Status, String) {
     (Status::MalformedFrame, e.to_string())
 }
 
-fn invalid(e: DecodeError) -> (Status, String) {
+/// A bad field as `INVALID_ARGUMENT`.
+pub fn invalid(e: DecodeError) -> (Status, String) {
     (Status::InvalidArgument, e.to_string())
 }
 
-fn mailbox(e: actix::MailboxError) -> (Status, String) {
+/// An unreachable actor as `SERVICE_UNAVAILABLE`.
+pub fn mailbox(e: actix::MailboxError) -> (Status, String) {
     (Status::ServiceUnavailable, format!("broker component unavailable: {e}"))
 }
 
-fn io_err(e: std::io::Error) -> (Status, String) {
+/// A store failure as `STORE_ERROR`.
+pub fn io_err(e: std::io::Error) -> (Status, String) {
     (Status::StoreError, e.to_string())
 }
 
 impl RequestHandler for BrokerHandler {
-    fn handle(self: Arc<Self>, peer: SocketAddr, cmd: Command, frame: Frame) -> LocalBoxFuture<'static, Frame> {
+    fn handle(self: Arc<Self>, conn: ConnectionHandle, cmd: Command, frame: Frame) -> LocalBoxFuture<'static, Frame> {
+        let peer = conn.peer;
         Box::pin(async move {
             let result = match cmd {
+                Command::JoinGroup
+                | Command::SyncGroup
+                | Command::Heartbeat
+                | Command::LeaveGroup
+                | Command::CommitOffsets
+                | Command::FetchOffsets
+                | Command::ListGroups
+                | Command::DescribeGroup
+                | Command::ResetOffsets
+                | Command::SearchOffset => self.group_request(conn, cmd, &frame.header).await,
                 Command::Ping => ok(Bytes::new()),
                 Command::SendMessage => self.send(peer, frame.body).await,
                 Command::PullMessage => self.pull(frame.body).await,

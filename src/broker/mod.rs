@@ -6,6 +6,7 @@
 //! one store arbiter (CommitLogWriter, Dispatcher), one network arbiter per
 //! core (connections, queue actors), and the flusher thread.
 
+pub mod groups;
 pub mod handler;
 
 use std::io::{self, Write};
@@ -19,6 +20,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::actors::commitlog_writer::CommitLogWriter;
 use crate::actors::dispatcher::Dispatcher;
+use crate::actors::group_registry::GroupRegistry;
 use crate::actors::namesrv_client::{BrokerIdentity, IsRegistered, NameServerClient, RegisterNow, Unregister};
 use crate::actors::queue_registry::QueueRegistry;
 use crate::config::Config;
@@ -132,6 +134,8 @@ async fn serve_until_signal(
         let store = store.clone();
         Arc::new(move || store.topics.snapshot())
     };
+    let routes = crate::client::core::ClientCore::new(crate::client::ClientConfig::new(namesrv_addrs.clone()));
+    let groups = Arc::new(GroupRegistry::new(cfg.group.clone(), network.clone()));
     let registrar = Supervisor::start(move |_| {
         NameServerClient::new(
             namesrv_addrs,
@@ -145,6 +149,8 @@ async fn serve_until_signal(
     }
 
     let handler = Arc::new(BrokerHandler {
+        groups,
+        routes,
         cfg: cfg.broker.clone(),
         store: store.clone(),
         writer,

@@ -10,7 +10,7 @@ use futures::future::{FutureExt, LocalBoxFuture};
 use serde::de::DeserializeOwned;
 
 use crate::actors::namesrv::{GetAllTopics, GetClusterInfo, GetRoute, NameServer, Register, Unregister};
-use crate::server::RequestHandler;
+use crate::server::{ConnectionHandle, RequestHandler};
 use crate::wire::control::{from_json, to_json, validate_topic_name, RegisterBroker, TopicRef, UnregisterBroker};
 use crate::wire::{Command, Frame, Status};
 
@@ -77,9 +77,9 @@ impl NamesrvHandler {
 }
 
 impl RequestHandler for NamesrvHandler {
-    fn handle(self: Arc<Self>, peer: SocketAddr, cmd: Command, frame: Frame) -> LocalBoxFuture<'static, Frame> {
+    fn handle(self: Arc<Self>, conn: ConnectionHandle, cmd: Command, frame: Frame) -> LocalBoxFuture<'static, Frame> {
         async move {
-            match self.respond(peer, cmd, frame).await {
+            match self.respond(conn.peer, cmd, frame).await {
                 Ok(frame) | Err(frame) => frame,
             }
         }

@@ -8,6 +8,7 @@
 //! responses eventually stops being read from, instead of growing a buffer.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -18,12 +19,39 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::wire::{Command, Frame, FrameKind, Status};
 
+/// The connection a request arrived on: who sent it, and a way to push
+/// frames to that client later (e.g. a rebalance notice).
+#[derive(Debug, Clone)]
+pub struct ConnectionHandle {
+    /// Unique per connection within the process.
+    pub id: u64,
+    /// The client's address.
+    pub peer: SocketAddr,
+    push: mpsc::Sender<Frame>,
+}
+
+impl ConnectionHandle {
+    /// Queues a `push` frame for the client; false when the connection is
+    /// gone or its outbox is full (the client learns the news another way).
+    pub fn push(&self, mut frame: Frame) -> bool {
+        frame.kind = FrameKind::Push;
+        self.push.try_send(frame).is_ok()
+    }
+
+    /// True once the connection has closed.
+    pub fn is_closed(&self) -> bool {
+        self.push.is_closed()
+    }
+}
+
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
+
 /// Answers requests of one kind of server (broker or name server).
 pub trait RequestHandler: Send + Sync + 'static {
     /// Handles one request or oneway frame whose command code is known.
     /// The returned frame's correlation id is set by the caller; for oneway
     /// requests it is dropped.
-    fn handle(self: Arc<Self>, peer: SocketAddr, cmd: Command, frame: Frame) -> LocalBoxFuture<'static, Frame>;
+    fn handle(self: Arc<Self>, conn: ConnectionHandle, cmd: Command, frame: Frame) -> LocalBoxFuture<'static, Frame>;
 }
 
 /// Limits of every connection of one listener.
@@ -112,6 +140,11 @@ async fn run_session(stream: TcpStream, peer: SocketAddr, handler: Arc<dyn Reque
     };
     actix_rt::spawn(write_loop);
 
+    let conn = ConnectionHandle {
+        id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
+        peer,
+        push: tx.clone(),
+    };
     let permits = Arc::new(Semaphore::new(opts.max_inflight.max(1)));
     let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
@@ -158,7 +191,7 @@ async fn run_session(stream: TcpStream, peer: SocketAddr, handler: Arc<dyn Reque
             break;
         };
         let tx = tx.clone();
-        let fut = handler.clone().handle(peer, cmd, frame);
+        let fut = handler.clone().handle(conn.clone(), cmd, frame);
         actix_rt::spawn(async move {
             let mut response = fut.await;
             drop(permit);

@@ -3,4 +3,4 @@
 
 pub mod connection;
 
-pub use connection::{serve, RequestHandler, ServeOptions};
+pub use connection::{serve, ConnectionHandle, RequestHandler, ServeOptions};

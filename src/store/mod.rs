@@ -41,6 +41,7 @@ use commitlog::{CommitLog, RecoveryReport};
 use consume_queue::{ConsumeQueues, CqEntry};
 use index::IndexStore;
 use lock::DirLock;
+use offsets::{decode_commits, OffsetTable, OFFSETS_TOPIC};
 use record::{MessageId, StoredRecord};
 use topics::TopicTable;
 
@@ -92,6 +93,8 @@ pub struct Store {
     pub index: Mutex<IndexStore>,
     /// Topic table.
     pub topics: TopicTable,
+    /// Committed consumer offsets.
+    pub offsets: OffsetTable,
     checkpoint: CheckpointFile,
     dispatched: AtomicU64,
     /// Next queue offset per (topic, queue); only the commitlog writer uses
@@ -116,18 +119,25 @@ impl Store {
         let started = Instant::now();
         let abort_marker = dir.join("abort");
         let crashed = abort_marker.exists();
+        let topics = TopicTable::open(dir)?;
+        // The offsets topic must exist before replay, or its records are
+        // skipped like those of a deleted topic.
+        topics.get_or_create(OFFSETS_TOPIC, topics::TopicConfig { queues: 1 })?;
+        let (offsets, _) = OffsetTable::open(dir)?;
         let store = Store {
             cfg: cfg.clone(),
             log: Arc::new(CommitLog::open(&dir.join("commitlog"), cfg.segment_bytes)?),
             queues: ConsumeQueues::open(&dir.join("consumequeue"), cfg.consume_queue_file_entries)?,
             index: Mutex::new(IndexStore::open(dir.join("index"), cfg.index_slots, cfg.index_entries)?),
-            topics: TopicTable::open(dir)?,
+            topics,
+            offsets,
             checkpoint: CheckpointFile::new(dir),
             dispatched: AtomicU64::new(0),
             queue_offsets: Mutex::new(HashMap::new()),
             _lock: lock,
         };
         let report = store.recover()?;
+        let replayed = store.replay_offset_commits()?;
         std::fs::write(&abort_marker, b"")?;
         tracing::info!(
             data_dir = %dir.display(),
@@ -136,6 +146,7 @@ impl Store {
             records_replayed = report.records,
             torn_bytes_erased = report.zeroed_bytes,
             segments_deleted = report.deleted_segments,
+            offset_commits_replayed = replayed,
             millis = started.elapsed().as_millis() as u64,
             "store recovered"
         );
@@ -186,6 +197,51 @@ impl Store {
         self.dispatched.store(report.end, Ordering::Release);
         self.flush_and_checkpoint()?;
         Ok(report)
+    }
+
+    /// Rebuilds the committed-offset table: the snapshot, then every commit
+    /// record after the position it covers. Returns the records replayed.
+    fn replay_offset_commits(&self) -> io::Result<u64> {
+        let Some(cq) = self.queues.get(OFFSETS_TOPIC, 0) else {
+            return Ok(0);
+        };
+        let from = self.offsets.snapshot_covers().max(cq.min_offset());
+        let mut replayed = 0;
+        for off in from..cq.max_offset() {
+            let Some(e) = cq.get(off) else { break };
+            let rec = self.log.record_at(e.phys_offset)?;
+            match decode_commits(rec.body) {
+                Ok(commits) => self.offsets.apply(&commits),
+                Err(err) => tracing::warn!(offset = off, error = %err, "skipping an unreadable offset commit"),
+            }
+            replayed += 1;
+        }
+        Ok(replayed)
+    }
+
+    /// The first offset of (topic, queue) whose record was stored at or
+    /// after `timestamp` (ms); the queue's end when none was. Binary search
+    /// over the consume queue, reading store timestamps from the commitlog.
+    pub fn offset_for_timestamp(&self, topic: &str, queue: u32, timestamp: u64) -> io::Result<u64> {
+        let Some(cq) = self.queues.get(topic, queue) else {
+            return Ok(0);
+        };
+        let (mut lo, mut hi) = (cq.min_offset(), cq.max_offset());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let e = cq
+                .get(mid)
+                .ok_or_else(|| io::Error::other(format!("{topic}/{queue}: entry {mid} missing")))?;
+            let mut head = BytesMut::with_capacity(52);
+            self.log.read_into(e.phys_offset, 52, &mut head)?;
+            let stored = u64::from_be_bytes(head[44..52].try_into().map_err(io::Error::other)?);
+            if stored < timestamp {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
     }
 
     /// Configuration.
@@ -268,6 +324,14 @@ impl Store {
     /// what they now durably cover.
     pub fn flush_and_checkpoint(&self) -> io::Result<()> {
         let dispatched = self.dispatched_offset();
+        // Commits are applied to the table before their record is appended,
+        // so a snapshot taken now includes every record below `covers`.
+        if let Some(cq) = self.queues.get(OFFSETS_TOPIC, 0) {
+            let covers = cq.max_offset();
+            if covers != self.offsets.snapshot_covers() {
+                self.offsets.snapshot(covers)?;
+            }
+        }
         for (_, cq) in self.queues.all() {
             cq.flush()?;
         }

@@ -243,9 +243,16 @@ mod tests {
         assert_eq!(&to_json(&ResetTarget::Offset(5))[..], br#"{"offset":5}"#);
         let r: ResetOffsets = from_json(br#"{"group":"g","topic":"t","to":{"timestamp":17}}"#, "h").unwrap();
         assert_eq!(r.to, ResetTarget::Timestamp(17));
-        let j: JoinGroup =
-            from_json(br#"{"group":"g","client_id":"c","topics":["t"],"session_timeout_ms":3000}"#, "h").unwrap();
+        let j: JoinGroup = from_json(
+            br#"{"group":"g","client_id":"c","topics":["t"],"session_timeout_ms":3000}"#,
+            "h",
+        )
+        .unwrap();
         assert_eq!((j.member_id, j.strategy, j.mode), (None, None, None));
-        assert!(from_json::<JoinGroup>(br#"{"group":"g","client_id":"c","topics":[],"session_timeout_ms":1,"x":1}"#, "h").is_err());
+        assert!(from_json::<JoinGroup>(
+            br#"{"group":"g","client_id":"c","topics":[],"session_timeout_ms":1,"x":1}"#,
+            "h"
+        )
+        .is_err());
     }
 }

@@ -1,0 +1,321 @@
+//! `GroupCoordinator`: one per consumer group. A thin shell over
+//! [`GroupState`]: it feeds requests and one timer (armed for the state's
+//! next deadline, not a periodic scan) into the state machine and carries
+//! out the effects: answering parked joins and pushing rebalance notices to
+//! members' connections.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use crate::groups::assignment::MessageQueue;
+use crate::groups::coordinator::GroupState;
+use crate::groups::types::{Effect, GroupConfig, GroupDescription, GroupError, HeartbeatOutcome, JoinRequest};
+use crate::server::ConnectionHandle;
+use crate::wire::control::to_json;
+use crate::wire::group::{AssignedQueue, GroupAssignment, RebalanceNotice};
+use crate::wire::{Command, Frame, Status};
+
+/// An error answer: status and message.
+pub type GroupFailure = (Status, String);
+
+/// Maps a state-machine error to its wire status.
+pub fn failure(e: GroupError) -> GroupFailure {
+    let status = match e {
+        GroupError::UnknownMember => Status::UnknownMember,
+        GroupError::IllegalGeneration { .. } => Status::IllegalGeneration,
+        GroupError::RebalanceInProgress => Status::RebalanceInProgress,
+        GroupError::InvalidRequest(_) => Status::InvalidArgument,
+    };
+    (status, e.to_string())
+}
+
+fn wire_queues(queues: Vec<MessageQueue>) -> Vec<AssignedQueue> {
+    queues
+        .into_iter()
+        .map(|q| AssignedQueue {
+            topic: q.topic,
+            broker_name: q.broker_name,
+            queue: q.queue_id,
+        })
+        .collect()
+}
+
+/// Join (or rejoin); answered when the rebalance completes.
+#[derive(Message)]
+#[rtype(result = "Result<GroupAssignment, GroupFailure>")]
+pub struct Join {
+    /// Member id (rejoin) or none (new member).
+    pub member_id: Option<String>,
+    /// Client id.
+    pub client_id: String,
+    /// Subscribed topics.
+    pub topics: BTreeSet<String>,
+    /// Session timeout.
+    pub session_timeout_ms: u64,
+    /// Current queues of every subscribed topic.
+    pub queues_by_topic: BTreeMap<String, Vec<MessageQueue>>,
+    /// Where rebalance notices go.
+    pub conn: ConnectionHandle,
+}
+
+/// Re-read an assignment.
+#[derive(Message)]
+#[rtype(result = "Result<GroupAssignment, GroupFailure>")]
+pub struct Sync {
+    /// Member id.
+    pub member_id: String,
+    /// Its generation.
+    pub generation: u64,
+}
+
+/// Keep a member alive.
+#[derive(Message)]
+#[rtype(result = "Result<bool, GroupFailure>")]
+pub struct Heartbeat {
+    /// Member id.
+    pub member_id: String,
+    /// Its generation.
+    pub generation: u64,
+    /// The connection it heartbeats on (notices go there from now on).
+    pub conn: ConnectionHandle,
+}
+
+/// Leave at once.
+#[derive(Message)]
+#[rtype(result = "Result<(), GroupFailure>")]
+pub struct Leave {
+    /// Member id.
+    pub member_id: String,
+}
+
+/// Describe the group.
+#[derive(Message)]
+#[rtype(result = "GroupDescription")]
+pub struct Describe;
+
+/// The coordinator of one group.
+pub struct GroupCoordinator {
+    state: GroupState,
+    epoch: Instant,
+    timer: Option<SpawnHandle>,
+    next_request: u64,
+    parked: HashMap<u64, (Option<String>, oneshot::Sender<Result<GroupAssignment, GroupFailure>>)>,
+    connections: HashMap<String, ConnectionHandle>,
+}
+
+impl GroupCoordinator {
+    /// A coordinator for `group`.
+    pub fn new(group: &str, config: GroupConfig) -> GroupCoordinator {
+        GroupCoordinator {
+            state: GroupState::new(group, config),
+            epoch: Instant::now(),
+            timer: None,
+            next_request: 1,
+            parked: HashMap::new(),
+            connections: HashMap::new(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn apply(&mut self, effects: Vec<Effect>, ctx: &mut Context<Self>) {
+        let group = self.state.name().to_string();
+        for effect in effects {
+            match effect {
+                Effect::JoinReply {
+                    request_id,
+                    member_id,
+                    generation,
+                    assignment,
+                } => {
+                    if let Some((_, reply)) = self.parked.remove(&request_id) {
+                        let _ = reply.send(Ok(GroupAssignment {
+                            member_id,
+                            generation,
+                            assignment: wire_queues(assignment),
+                        }));
+                    }
+                }
+                Effect::JoinFailed { request_id, error, .. } => {
+                    if let Some((_, reply)) = self.parked.remove(&request_id) {
+                        let _ = reply.send(Err(failure(error)));
+                    }
+                }
+                Effect::NotifyRebalance { member_id } => {
+                    if let Some(conn) = self.connections.get(&member_id) {
+                        let header = to_json(&RebalanceNotice { group: group.clone() });
+                        let frame = Frame::request(Command::NotifyRebalance, 0, header, Bytes::new());
+                        if !conn.push(frame) {
+                            tracing::debug!(%group, %member_id, "rebalance notice not delivered; the heartbeat will tell");
+                        }
+                    }
+                }
+                Effect::MemberRemoved {
+                    member_id,
+                    client_id,
+                    reason,
+                } => {
+                    tracing::info!(%group, %member_id, %client_id, ?reason, "member removed");
+                    self.connections.remove(&member_id);
+                }
+                Effect::Rebalanced { generation, assignment } => {
+                    let sizes: Vec<String> = assignment.iter().map(|(m, q)| format!("{m}={}", q.len())).collect();
+                    tracing::info!(%group, generation, assignment = %sizes.join(" "), "rebalanced");
+                }
+            }
+        }
+        self.arm_timer(ctx);
+    }
+
+    fn arm_timer(&mut self, ctx: &mut Context<Self>) {
+        if let Some(h) = self.timer.take() {
+            ctx.cancel_future(h);
+        }
+        if let Some(deadline) = self.state.next_deadline() {
+            let wait = Duration::from_millis(deadline.saturating_sub(self.now()));
+            self.timer = Some(ctx.run_later(wait, |act, ctx| {
+                act.timer = None;
+                let effects = act.state.tick(act.now());
+                act.apply(effects, ctx);
+            }));
+        }
+    }
+}
+
+impl Actor for GroupCoordinator {
+    type Context = Context<Self>;
+}
+
+impl Supervised for GroupCoordinator {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        // Parked joins are failed (their senders drop); members rejoin.
+        self.parked.clear();
+        self.timer = None;
+    }
+}
+
+impl Handler<Join> for GroupCoordinator {
+    type Result = ResponseFuture<Result<GroupAssignment, GroupFailure>>;
+
+    fn handle(&mut self, msg: Join, ctx: &mut Context<Self>) -> Self::Result {
+        let now = self.now();
+        let mut effects = Vec::new();
+        for (topic, queues) in msg.queues_by_topic {
+            effects.extend(self.state.set_topic_queues(topic, queues, now));
+        }
+        let request_id = self.next_request;
+        self.next_request += 1;
+        let (tx, rx) = oneshot::channel();
+        self.parked.insert(request_id, (msg.member_id.clone(), tx));
+        let req = JoinRequest {
+            member_id: msg.member_id,
+            client_id: msg.client_id,
+            topics: msg.topics,
+            session_timeout_ms: msg.session_timeout_ms,
+            request_id,
+        };
+        match self.state.join(req, now) {
+            Ok(e) => effects.extend(e),
+            Err(e) => {
+                self.parked.remove(&request_id);
+                self.apply(effects, ctx);
+                return Box::pin(async move { Err(failure(e)) });
+            }
+        }
+        self.apply(effects, ctx);
+        // The member's id is known once answered: bind its connection then.
+        let pending_conn = msg.conn;
+        let registered = ctx.address();
+        Box::pin(async move {
+            let result = rx.await.unwrap_or_else(|_| {
+                Err((
+                    Status::ServiceUnavailable,
+                    "group coordinator restarted; join again".to_string(),
+                ))
+            });
+            if let Ok(a) = &result {
+                registered.do_send(BindConnection {
+                    member_id: a.member_id.clone(),
+                    conn: pending_conn,
+                });
+            }
+            result
+        })
+    }
+}
+
+/// Internal: remember which connection a member uses.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct BindConnection {
+    member_id: String,
+    conn: ConnectionHandle,
+}
+
+impl Handler<BindConnection> for GroupCoordinator {
+    type Result = ();
+
+    fn handle(&mut self, msg: BindConnection, _: &mut Context<Self>) {
+        if self
+            .state
+            .describe(self.now())
+            .members
+            .iter()
+            .any(|m| m.member_id == msg.member_id)
+        {
+            self.connections.insert(msg.member_id, msg.conn);
+        }
+    }
+}
+
+impl Handler<Sync> for GroupCoordinator {
+    type Result = Result<GroupAssignment, GroupFailure>;
+
+    fn handle(&mut self, msg: Sync, _: &mut Context<Self>) -> Self::Result {
+        let queues = self.state.sync(&msg.member_id, msg.generation).map_err(failure)?;
+        Ok(GroupAssignment {
+            member_id: msg.member_id,
+            generation: msg.generation,
+            assignment: wire_queues(queues),
+        })
+    }
+}
+
+impl Handler<Heartbeat> for GroupCoordinator {
+    type Result = Result<bool, GroupFailure>;
+
+    fn handle(&mut self, msg: Heartbeat, ctx: &mut Context<Self>) -> Self::Result {
+        let outcome = self
+            .state
+            .heartbeat(&msg.member_id, msg.generation, self.now())
+            .map_err(failure)?;
+        self.connections.insert(msg.member_id, msg.conn);
+        self.arm_timer(ctx);
+        Ok(outcome == HeartbeatOutcome::RebalanceInProgress)
+    }
+}
+
+impl Handler<Leave> for GroupCoordinator {
+    type Result = Result<(), GroupFailure>;
+
+    fn handle(&mut self, msg: Leave, ctx: &mut Context<Self>) -> Self::Result {
+        let effects = self.state.leave(&msg.member_id, self.now()).map_err(failure)?;
+        self.connections.remove(&msg.member_id);
+        self.apply(effects, ctx);
+        Ok(())
+    }
+}
+
+impl Handler<Describe> for GroupCoordinator {
+    type Result = MessageResult<Describe>;
+
+    fn handle(&mut self, _: Describe, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.state.describe(self.now()))
+    }
+}

@@ -1,0 +1,74 @@
+//! Finds (or starts) the `GroupCoordinator` of a group; coordinators are
+//! spread over the network arbiters.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::RwLock;
+
+use actix::prelude::*;
+
+use super::group_coordinator::GroupCoordinator;
+use crate::config::GroupSection;
+use crate::groups::types::GroupConfig;
+
+/// The live group coordinators, by group name.
+pub struct GroupRegistry {
+    cfg: GroupSection,
+    arbiters: Vec<ArbiterHandle>,
+    next: AtomicUsize,
+    groups: RwLock<BTreeMap<String, Addr<GroupCoordinator>>>,
+}
+
+impl GroupRegistry {
+    /// A registry starting coordinators on `arbiters` (current one if empty).
+    pub fn new(cfg: GroupSection, arbiters: Vec<ArbiterHandle>) -> GroupRegistry {
+        GroupRegistry {
+            cfg,
+            arbiters,
+            next: AtomicUsize::new(0),
+            groups: RwLock::new(BTreeMap::new()),
+        }
+    }
+
+    /// The coordinator of `group`, if started.
+    pub fn get(&self, group: &str) -> Option<Addr<GroupCoordinator>> {
+        self.groups.read().ok()?.get(group).cloned()
+    }
+
+    /// The coordinator of `group`, started when missing. `strategy` and
+    /// `mode` configure a new group; an existing one keeps its own.
+    pub fn get_or_start(&self, group: &str, base: GroupConfig) -> Option<Addr<GroupCoordinator>> {
+        if let Some(a) = self.get(group) {
+            return Some(a);
+        }
+        let mut groups = self.groups.write().ok()?;
+        if let Some(a) = groups.get(group) {
+            return Some(a.clone());
+        }
+        let config = GroupConfig {
+            rebalance_timeout_ms: self.cfg.rebalance_timeout_ms,
+            initial_rebalance_delay_ms: self.cfg.initial_rebalance_delay_ms,
+            min_session_timeout_ms: self.cfg.min_session_timeout_ms,
+            max_session_timeout_ms: self.cfg.max_session_timeout_ms,
+            ..base
+        };
+        let name = group.to_string();
+        let make = move |_: &mut Context<GroupCoordinator>| GroupCoordinator::new(&name, config);
+        let addr = if self.arbiters.is_empty() {
+            Supervisor::start(make)
+        } else {
+            let i = self.next.fetch_add(1, Ordering::Relaxed) % self.arbiters.len();
+            Supervisor::start_in_arbiter(&self.arbiters[i], make)
+        };
+        groups.insert(group.to_string(), addr.clone());
+        Some(addr)
+    }
+
+    /// Names of the groups with a coordinator here.
+    pub fn names(&self) -> Vec<String> {
+        self.groups
+            .read()
+            .map(|g| g.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+}
