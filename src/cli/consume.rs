@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use super::output::{format_message, Format};
 use super::{CliResult, NamesrvOpt};
-use crate::client::{ClientError, MessageQueue, PullConsumer};
+use crate::client::{ClientError, GroupConsumer, GroupConsumerConfig, MessageQueue, PullConsumer, StartPosition};
 use crate::store::record::StoredRecord;
 
 /// Long-poll wait of each pull.
@@ -17,13 +17,34 @@ const PULL_WAIT: Duration = Duration::from_secs(1);
 /// Messages per pull.
 const PULL_BATCH: u32 = 32;
 
-/// Where consumption starts in each queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+/// Where consumption starts in each queue (for a group: each queue
+/// without a committed offset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartFrom {
     /// The oldest stored message.
     Earliest,
     /// Only messages sent from now on.
     Latest,
+    /// The first message stored at or after this time (ms since the epoch).
+    Timestamp(u64),
+}
+
+/// Parses `earliest`, `latest` or an RFC 3339 time.
+pub fn parse_start(s: &str) -> Result<StartFrom, String> {
+    match s {
+        "earliest" => Ok(StartFrom::Earliest),
+        "latest" => Ok(StartFrom::Latest),
+        other => super::group::parse_time_ms(other).map(StartFrom::Timestamp),
+    }
+}
+
+/// Group consumption mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Each queue to one member.
+    Clustering,
+    /// Every member gets every message.
+    Broadcasting,
 }
 
 /// `ferromq consume` flags.
@@ -35,9 +56,28 @@ pub struct ConsumeArgs {
     /// Tag expression: `*`, `a`, or `a || b`.
     #[arg(long, default_value = "*")]
     pub tag: String,
-    /// Start of each queue.
-    #[arg(long, value_enum, default_value_t = StartFrom::Latest)]
+    /// Start of each queue: `earliest`, `latest` or an RFC 3339 time.
+    #[arg(long, value_parser = parse_start, default_value = "latest")]
     pub from: StartFrom,
+    /// Join this consumer group (queues are shared, offsets committed).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Group mode.
+    #[arg(long, value_enum, default_value_t = Mode::Clustering)]
+    pub mode: Mode,
+    /// Assignment strategy if this member creates the group: range,
+    /// round-robin or sticky.
+    #[arg(long, default_value = "range")]
+    pub strategy: String,
+    /// Group session timeout.
+    #[arg(long, default_value_t = 30_000)]
+    pub session_timeout_ms: u64,
+    /// Group heartbeat period.
+    #[arg(long, default_value_t = 3_000)]
+    pub heartbeat_ms: u64,
+    /// Client id within the group (default: client@<pid>).
+    #[arg(long)]
+    pub client_id: Option<String>,
     /// Exit after this many messages.
     #[arg(long)]
     pub count: Option<u64>,
@@ -63,6 +103,7 @@ async fn follow(
         Ok(o) => match from {
             StartFrom::Earliest => o.min_offset,
             StartFrom::Latest => o.max_offset,
+            StartFrom::Timestamp(_) => o.min_offset,
         },
         Err(e) => {
             let _ = tx.send(Err(e)).await;
@@ -95,6 +136,12 @@ async fn follow(
 
 /// Runs `consume`.
 pub async fn run(a: ConsumeArgs) -> CliResult {
+    if a.group.is_some() {
+        return run_group(a).await;
+    }
+    if let StartFrom::Timestamp(_) = a.from {
+        return Err("--from <time> needs --group (it resolves per-queue offsets on the broker)".into());
+    }
     let consumer = PullConsumer::new(a.ns.client_config());
     let queues = consumer.queues(&a.topic).await?;
     let (tx, mut rx) = mpsc::channel(queues.len() * 2);
@@ -140,5 +187,62 @@ pub async fn run(a: ConsumeArgs) -> CliResult {
     for t in tasks {
         t.abort();
     }
+    result
+}
+
+/// `consume --group`: a group member; leaves the group (after committing)
+/// on exit, SIGINT or SIGTERM.
+async fn run_group(a: ConsumeArgs) -> CliResult {
+    use tokio::signal::unix::{signal, SignalKind};
+    let group = a.group.clone().unwrap_or_default();
+    let mut cfg = GroupConsumerConfig::new(group, vec![a.topic.clone()]);
+    cfg.tag_expression = a.tag.clone();
+    cfg.strategy = a.strategy.clone();
+    cfg.mode = match a.mode {
+        Mode::Clustering => "clustering".into(),
+        Mode::Broadcasting => "broadcasting".into(),
+    };
+    cfg.session_timeout = Duration::from_millis(a.session_timeout_ms);
+    cfg.heartbeat_interval = Duration::from_millis(a.heartbeat_ms);
+    if let Some(id) = &a.client_id {
+        cfg.client_id = id.clone();
+    }
+    cfg.start = match a.from {
+        StartFrom::Earliest => StartPosition::Earliest,
+        StartFrom::Latest => StartPosition::Latest,
+        StartFrom::Timestamp(t) => StartPosition::Timestamp(t),
+    };
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut consumer = GroupConsumer::start(a.ns.client_config(), cfg);
+    let idle = a.idle_timeout.filter(|s| *s > 0.0).map(Duration::from_secs_f64);
+    let mut printed = 0u64;
+    let result: CliResult = loop {
+        if a.count.is_some_and(|c| printed >= c) {
+            break Ok(());
+        }
+        let next = async {
+            match idle {
+                Some(d) => consumer.next_timeout(d).await,
+                None => Some(consumer.next().await),
+            }
+        };
+        let rec = tokio::select! {
+            r = next => r,
+            _ = interrupt.recv() => break Ok(()),
+            _ = terminate.recv() => break Ok(()),
+        };
+        match rec {
+            None => break Ok(()),          // idle timeout
+            Some(None) => break Ok(()),    // consumer stopped
+            Some(Some(rec)) => {
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "{}", format_message(&rec, a.format))?;
+                out.flush()?;
+                printed += 1;
+            }
+        }
+    };
+    consumer.close().await;
     result
 }

@@ -51,7 +51,7 @@ pub async fn run(a: MessageArgs) -> CliResult {
     match a.command {
         MessageCmd::Get { msg_id, format, ns } => {
             let rec = Admin::new(ns.client_config()).get_message(&msg_id).await?;
-            println!("{}", format_message(&rec, format));
+            outln!("{}", format_message(&rec, format));
         }
         MessageCmd::Find {
             topic,
@@ -65,7 +65,7 @@ pub async fn run(a: MessageArgs) -> CliResult {
                 return Err("message not found".into());
             }
             for rec in &found {
-                println!("{}", format_message(rec, format));
+                outln!("{}", format_message(rec, format));
             }
         }
     }

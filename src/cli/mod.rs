@@ -2,7 +2,17 @@
 //! client commands (`topic`, `produce`, `consume`, `message`). The command
 //! names, flags and output formats here are a contract scripts rely on.
 
+/// `println!` that reports a closed stdout (`| head`) as an error instead of
+/// panicking; only for functions returning [`CliResult`].
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
 pub mod consume;
+pub mod group;
 pub mod message;
 pub mod output;
 pub mod produce;
@@ -37,6 +47,8 @@ pub enum Cmd {
     Consume(consume::ConsumeArgs),
     /// Look messages up by id or key.
     Message(message::MessageArgs),
+    /// List, describe and reset consumer groups.
+    Group(group::GroupArgs),
 }
 
 /// Where the name servers are; every client command takes it.
@@ -104,6 +116,7 @@ pub fn main() -> i32 {
                     Cmd::Produce(a) => produce::run(a).await,
                     Cmd::Consume(a) => consume::run(a).await,
                     Cmd::Message(a) => message::run(a).await,
+                    Cmd::Group(a) => group::run(a).await,
                     Cmd::Broker(_) | Cmd::Namesrv(_) => Ok(()),
                 }
             });
@@ -140,6 +153,10 @@ mod tests {
             "ferromq consume --topic t --tag a||b --from earliest --count 3 --idle-timeout 2 --format json",
             "ferromq message get 7f0000012a9f0000000000000000",
             "ferromq message find --topic t --key k --format json",
+            "ferromq consume --topic t --group g --mode broadcasting --strategy sticky",
+            "ferromq group list",
+            "ferromq group describe g --format json",
+            "ferromq group reset-offsets g --topic t --to 2026-01-01T00:00:00Z",
         ];
         for line in ok {
             Cli::try_parse_from(line.split(' ')).unwrap_or_else(|e| panic!("{line}: {e}"));

@@ -114,7 +114,7 @@ async fn generated(a: &ProduceArgs, producer: &Producer, count: u64, size: usize
     }
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     let bytes = acked * size as u64;
-    println!(
+    outln!(
         "sent {acked} messages ({bytes} bytes) in {secs:.3} s: {:.0} msg/s, {:.1} MiB/s",
         acked as f64 / secs,
         bytes as f64 / secs / (1u64 << 20) as f64

@@ -57,21 +57,21 @@ pub async fn run(a: TopicArgs) -> CliResult {
     match a.command {
         TopicCmd::Create { name, queues, ns } => {
             Admin::new(ns.client_config()).create_topic(&name, queues).await?;
-            println!("created topic {name} with {queues} queues per broker");
+            outln!("created topic {name} with {queues} queues per broker");
         }
         TopicCmd::List { ns } => {
             for t in Admin::new(ns.client_config()).list_topics().await? {
-                println!("{t}");
+                outln!("{t}");
             }
         }
         TopicCmd::Describe { name, format, ns } => {
             let stats = Admin::new(ns.client_config()).describe_topic(&name).await?;
             match format {
                 Format::Text => {
-                    println!("broker queue min_offset max_offset");
+                    outln!("broker queue min_offset max_offset");
                     for (broker, s) in &stats {
                         for q in &s.queues {
-                            println!("{broker} {} {} {}", q.queue, q.min_offset, q.max_offset);
+                            outln!("{broker} {} {} {}", q.queue, q.min_offset, q.max_offset);
                         }
                     }
                 }
@@ -84,13 +84,13 @@ pub async fn run(a: TopicArgs) -> CliResult {
                             })
                         })
                         .collect();
-                    println!("{}", json!({"topic": name, "queues": queues}));
+                    outln!("{}", json!({"topic": name, "queues": queues}));
                 }
             }
         }
         TopicCmd::Delete { name, ns } => {
             Admin::new(ns.client_config()).delete_topic(&name).await?;
-            println!("deleted topic {name}");
+            outln!("deleted topic {name}");
         }
     }
     Ok(())

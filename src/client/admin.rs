@@ -8,8 +8,9 @@ use super::core::{ClientConfig, ClientCore};
 use super::error::{ClientError, ClientResult};
 use crate::store::record::{MessageId, StoredRecord};
 use crate::wire::control::{
-    from_json, to_json, AllTopics, ClusterInfo, CreateTopic, QueryById, QueryByKey, TopicRef, TopicStats,
+    from_json, to_json, AllTopics, ClusterInfo, CreateTopic, QueryById, QueryByKey, QueueOffsets, TopicRef, TopicStats,
 };
+use crate::wire::group::{CommittedOffsets, GroupDescription, GroupList, GroupRef, QueueOffset, ResetOffsets, ResetTarget};
 use crate::wire::{Command, DecodeError};
 
 /// Admin operations.
@@ -122,6 +123,59 @@ impl Admin {
             }
             let count = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
             out.extend(StoredRecord::decode_all(body.slice(4..), count)?);
+        }
+        Ok(out)
+    }
+
+    /// Address of the broker coordinating `group`.
+    pub async fn coordinator(&self, group: &str) -> ClientResult<String> {
+        let mut masters: Vec<(String, String)> = self
+            .cluster_info()
+            .await?
+            .brokers
+            .into_iter()
+            .filter(|b| b.broker_id == 0)
+            .map(|b| (b.broker_name, b.addr))
+            .collect();
+        masters.sort();
+        masters
+            .get(super::group::coordinator_index(group, masters.len()))
+            .map(|(_, a)| a.clone())
+            .ok_or_else(|| ClientError::NoRoute("no live master broker".into()))
+    }
+
+    /// Every group any master broker coordinates or stores offsets for.
+    pub async fn list_groups(&self) -> ClientResult<Vec<String>> {
+        let mut all = std::collections::BTreeSet::new();
+        for b in self.cluster_info().await?.brokers.into_iter().filter(|b| b.broker_id == 0) {
+            let body = self.broker(&b.addr, Command::ListGroups, Bytes::new()).await?;
+            all.extend(from_json::<GroupList>(&body, "groups")?.groups);
+        }
+        Ok(all.into_iter().collect())
+    }
+
+    /// Members, generation, assignment and committed offsets of a group.
+    pub async fn describe_group(&self, group: &str) -> ClientResult<GroupDescription> {
+        let addr = self.coordinator(group).await?;
+        let body = self.broker(&addr, Command::DescribeGroup, to_json(&GroupRef { group: group.to_string() })).await?;
+        Ok(from_json(&body, "group")?)
+    }
+
+    /// Moves a stopped group's offsets of `topic`; returns the new ones.
+    pub async fn reset_offsets(&self, group: &str, topic: &str, to: ResetTarget) -> ClientResult<Vec<QueueOffset>> {
+        let addr = self.coordinator(group).await?;
+        let req = ResetOffsets { group: group.to_string(), topic: topic.to_string(), to };
+        let body = self.broker(&addr, Command::ResetOffsets, to_json(&req)).await?;
+        Ok(from_json::<CommittedOffsets>(&body, "offsets")?.offsets)
+    }
+
+    /// Smallest and next offset of every queue of `topic`.
+    pub async fn queue_offsets(&self, topic: &str) -> ClientResult<Vec<(super::MessageQueue, QueueOffsets)>> {
+        let consumer = super::consumer::PullConsumer::from_core(self.core.clone());
+        let mut out = Vec::new();
+        for mq in self.core.queues(topic).await? {
+            let o = consumer.offsets(&mq).await?;
+            out.push((mq, o));
         }
         Ok(out)
     }

@@ -41,6 +41,11 @@ impl PullConsumer {
         }
     }
 
+    /// A consumer sharing another client's connections and routes.
+    pub fn from_core(core: Arc<ClientCore>) -> PullConsumer {
+        PullConsumer { core }
+    }
+
     /// Every queue of `topic`.
     pub async fn queues(&self, topic: &str) -> ClientResult<Vec<MessageQueue>> {
         self.core.queues(topic).await

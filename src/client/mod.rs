@@ -3,6 +3,8 @@
 //! * [`Producer`] — sync, async, oneway and batch sends; round-robin or by
 //!   sharding key; retries on another queue/broker.
 //! * [`PullConsumer`] — read any queue from any offset, with long polling.
+//! * [`GroupConsumer`] — a consumer-group member: broker-coordinated
+//!   assignment, heartbeats, rebalancing, committed offsets.
 //! * [`Admin`] — topics, message lookup by id or key, cluster view.
 //!
 //! All start from name-server addresses ([`ClientConfig`]) and work inside a
@@ -12,6 +14,7 @@ pub mod admin;
 pub mod consumer;
 pub mod core;
 pub mod error;
+pub mod group;
 pub mod producer;
 pub mod remoting;
 
@@ -19,5 +22,6 @@ pub use admin::Admin;
 pub use consumer::{PullConsumer, PullResult};
 pub use core::{ClientConfig, MessageQueue};
 pub use error::{ClientError, ClientResult};
+pub use group::{GroupConsumer, GroupConsumerConfig, StartPosition};
 pub use producer::{Producer, SendResult};
 pub use remoting::RemotingConnection;

@@ -1,0 +1,444 @@
+//! A group-aware consumer: joins a consumer group on its coordinator broker,
+//! keeps the membership alive, pulls the queues the coordinator assigns, and
+//! commits what the application has processed.
+//!
+//! Delivery is at least once. [`GroupConsumer::next`] returns messages one
+//! by one; calling it again marks the previous message processed (its
+//! offset is committed every `commit_interval`, before a rebalance and on
+//! close). On a rebalance notice (pushed by the coordinator or learnt from a
+//! heartbeat) the member stops pulling, drops deliveries it had not handed
+//! out yet, commits, and only then rejoins. The coordinator hands a queue to
+//! its new owner only when every member has rejoined, so a queue is never
+//! delivered by two members at once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::core::{ClientConfig, ClientCore, MessageQueue};
+use super::error::{ClientError, ClientResult};
+use super::remoting::RemotingConnection;
+use crate::store::record::StoredRecord;
+use crate::wire::control::{from_json, to_json};
+use crate::wire::group::{
+    CommitOffsets, CommittedOffsets, FetchOffsets, GroupAssignment, HeartbeatReply, JoinGroup, LeaveGroup, MemberRef,
+    OffsetAt, QueueOffset, SearchOffset,
+};
+use crate::wire::{Command, Status};
+
+/// Where a queue without a committed offset starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartPosition {
+    /// The oldest stored message.
+    Earliest,
+    /// Only messages stored from now on.
+    Latest,
+    /// The first message stored at or after this time (ms since the epoch).
+    Timestamp(u64),
+}
+
+/// Group membership settings.
+#[derive(Debug, Clone)]
+pub struct GroupConsumerConfig {
+    /// Group name.
+    pub group: String,
+    /// Stable client name; defaults to `<hostname-ish>@<pid>`.
+    pub client_id: String,
+    /// Subscribed topics.
+    pub topics: Vec<String>,
+    /// Tag expression applied to every topic.
+    pub tag_expression: String,
+    /// `range`, `round-robin` or `sticky` (used if this member creates the group).
+    pub strategy: String,
+    /// `clustering` or `broadcasting`.
+    pub mode: String,
+    /// Silence after which the coordinator drops this member.
+    pub session_timeout: Duration,
+    /// Heartbeat period (well under the session timeout).
+    pub heartbeat_interval: Duration,
+    /// How often processed offsets are committed.
+    pub commit_interval: Duration,
+    /// Start of queues with no committed offset.
+    pub start: StartPosition,
+}
+
+impl GroupConsumerConfig {
+    /// Defaults: range, clustering, 30 s session, 3 s heartbeat, 1 s
+    /// commits, new queues from the latest offset.
+    pub fn new(group: impl Into<String>, topics: Vec<String>) -> GroupConsumerConfig {
+        GroupConsumerConfig {
+            group: group.into(),
+            client_id: format!("client@{}", std::process::id()),
+            topics,
+            tag_expression: "*".into(),
+            strategy: "range".into(),
+            mode: "clustering".into(),
+            session_timeout: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(3),
+            commit_interval: Duration::from_secs(1),
+            start: StartPosition::Latest,
+        }
+    }
+
+    /// The group name offsets are kept under: broadcasting members keep
+    /// their own progress.
+    pub fn offsets_group(&self) -> String {
+        if self.mode == "broadcasting" {
+            format!("{}%{}", self.group, self.client_id)
+        } else {
+            self.group.clone()
+        }
+    }
+}
+
+type QueueKey = (String, String, u32);
+
+struct Delivery {
+    generation: u64,
+    key: QueueKey,
+    record: StoredRecord,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// The generation whose deliveries are valid; 0 while rebalancing.
+    generation: u64,
+    /// Next offset to commit per owned queue (processed + 1).
+    processed: HashMap<QueueKey, u64>,
+    /// Current assignment, for `assignment()`.
+    assignment: Vec<MessageQueue>,
+}
+
+/// A consumer-group member. See the module docs for the delivery contract.
+pub struct GroupConsumer {
+    rx: mpsc::Receiver<Delivery>,
+    shared: Arc<Mutex<Shared>>,
+    last: Option<(u64, QueueKey, u64)>,
+    stop: Option<oneshot::Sender<()>>,
+    driver: Option<JoinHandle<()>>,
+}
+
+impl GroupConsumer {
+    /// Starts a member; it joins in the background.
+    pub fn start(client: ClientConfig, cfg: GroupConsumerConfig) -> GroupConsumer {
+        let (tx, rx) = mpsc::channel(256);
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let driver = Driver { core: ClientCore::new(client), cfg, shared: shared.clone(), out: tx };
+        let handle = tokio::spawn(driver.run(stop_rx));
+        GroupConsumer { rx, shared, last: None, stop: Some(stop_tx), driver: Some(handle) }
+    }
+
+    fn mark_last_processed(&mut self) {
+        if let Some((generation, key, offset)) = self.last.take() {
+            if let Ok(mut s) = self.shared.lock() {
+                // A message of a revoked generation is not ours to commit.
+                if s.generation == generation {
+                    s.processed.insert(key, offset + 1);
+                }
+            }
+        }
+    }
+
+    /// The next message of an owned queue; marks the previous one processed.
+    /// `None` once the consumer has stopped for good.
+    pub async fn next(&mut self) -> Option<StoredRecord> {
+        self.mark_last_processed();
+        loop {
+            let d = self.rx.recv().await?;
+            let current = self.shared.lock().map(|s| s.generation).unwrap_or(0);
+            if d.generation != current {
+                continue; // revoked before it was handed out: the new owner redelivers it
+            }
+            self.last = Some((d.generation, d.key, d.record.queue_offset));
+            return Some(d.record);
+        }
+    }
+
+    /// Like [`GroupConsumer::next`] but gives up after `wait`.
+    pub async fn next_timeout(&mut self, wait: Duration) -> Option<Option<StoredRecord>> {
+        tokio::time::timeout(wait, self.next()).await.ok()
+    }
+
+    /// Queues owned in the current generation.
+    pub fn assignment(&self) -> Vec<MessageQueue> {
+        self.shared.lock().map(|s| s.assignment.clone()).unwrap_or_default()
+    }
+
+    /// Commits what was processed (the last message returned included) and
+    /// leaves the group at once, so its queues move without waiting for the
+    /// session timeout.
+    pub async fn close(mut self) {
+        self.mark_last_processed();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(d) = self.driver.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), d).await;
+        }
+    }
+}
+
+impl Drop for GroupConsumer {
+    fn drop(&mut self) {
+        if let Some(d) = self.driver.take() {
+            d.abort();
+        }
+    }
+}
+
+/// Why a generation ended.
+enum End {
+    Rebalance,
+    Rejoin,
+    Stop,
+}
+
+struct Driver {
+    core: Arc<ClientCore>,
+    cfg: GroupConsumerConfig,
+    shared: Arc<Mutex<Shared>>,
+    out: mpsc::Sender<Delivery>,
+}
+
+/// FNV-1a of the group name picks its coordinator among the masters.
+pub fn coordinator_index(group: &str, masters: usize) -> usize {
+    (crate::message::tag_hash(group) % masters.max(1) as u64) as usize
+}
+
+impl Driver {
+    async fn run(self, mut stop: oneshot::Receiver<()>) {
+        let mut member_id: Option<String> = None;
+        loop {
+            let session = self.session(&mut member_id, &mut stop).await;
+            match session {
+                Ok(End::Stop) => return,
+                Ok(End::Rebalance) => {}
+                Ok(End::Rejoin) => member_id = None,
+                Err(e) => {
+                    tracing::warn!(group = %self.cfg.group, error = %e, "group session failed; rejoining");
+                    if matches!(e.status(), Some(Status::UnknownMember) | Some(Status::IllegalGeneration)) {
+                        member_id = None;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = &mut stop => return,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn coordinator(&self) -> ClientResult<(String, RemotingConnection, mpsc::UnboundedReceiver<crate::wire::Frame>)> {
+        let info = self.core.cluster_info().await?;
+        let mut masters: Vec<(String, String)> =
+            info.brokers.into_iter().filter(|b| b.broker_id == 0).map(|b| (b.broker_name, b.addr)).collect();
+        masters.sort();
+        let (_, addr) = masters
+            .get(coordinator_index(&self.cfg.group, masters.len()))
+            .cloned()
+            .ok_or_else(|| ClientError::NoRoute("no live master broker to coordinate the group".into()))?;
+        let (push_tx, push_rx) = mpsc::unbounded_channel();
+        let conn = RemotingConnection::connect(&addr, self.core.cfg.request_timeout, Some(push_tx)).await?;
+        Ok((addr, conn, push_rx))
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(&self, conn: &RemotingConnection, cmd: Command, header: Bytes, timeout: Duration) -> ClientResult<T> {
+        let (_, body) = conn.request(cmd, header, Bytes::new(), timeout).await?;
+        Ok(from_json(&body, "group response")?)
+    }
+
+    /// One generation: join, consume, heartbeat, until something ends it.
+    async fn session(&self, member_id: &mut Option<String>, stop: &mut oneshot::Receiver<()>) -> ClientResult<End> {
+        let (_, conn, mut pushes) = self.coordinator().await?;
+        let join = JoinGroup {
+            group: self.cfg.group.clone(),
+            member_id: member_id.clone(),
+            client_id: self.cfg.client_id.clone(),
+            topics: self.cfg.topics.clone(),
+            session_timeout_ms: self.cfg.session_timeout.as_millis() as u64,
+            strategy: Some(self.cfg.strategy.clone()),
+            mode: Some(self.cfg.mode.clone()),
+        };
+        // A join waits for the whole rebalance.
+        let join_timeout = self.cfg.session_timeout + Duration::from_secs(10);
+        let assigned: GroupAssignment = tokio::select! {
+            r = self.call(&conn, Command::JoinGroup, to_json(&join), join_timeout) => r?,
+            _ = &mut *stop => return Ok(End::Stop),
+        };
+        *member_id = Some(assigned.member_id.clone());
+        let generation = assigned.generation;
+        tracing::info!(group = %self.cfg.group, member = %assigned.member_id, generation, queues = assigned.assignment.len(), "joined");
+
+        let queues = self.resolve(&assigned).await?;
+        let starts = self.start_offsets(&conn, &queues).await?;
+        if let Ok(mut s) = self.shared.lock() {
+            s.generation = generation;
+            s.processed.clear();
+            s.assignment = queues.clone();
+        }
+        let pullers: Vec<JoinHandle<()>> = queues
+            .iter()
+            .zip(starts)
+            .map(|(mq, start)| tokio::spawn(pull_loop(self.core.clone(), mq.clone(), start, self.cfg.tag_expression.clone(), generation, self.out.clone())))
+            .collect();
+
+        let me = MemberRef { group: self.cfg.group.clone(), member_id: assigned.member_id.clone(), generation };
+        let mut heartbeat = tokio::time::interval(self.cfg.heartbeat_interval);
+        heartbeat.tick().await;
+        let mut commit = tokio::time::interval(self.cfg.commit_interval);
+        commit.tick().await;
+        let timeout = self.core.cfg.request_timeout;
+        let end = loop {
+            tokio::select! {
+                _ = &mut *stop => break Ok(End::Stop),
+                push = pushes.recv() => match push {
+                    Some(f) if f.code == Command::NotifyRebalance.code() => break Ok(End::Rebalance),
+                    Some(_) => {}
+                    None => break Err(ClientError::Closed("group coordinator".into())),
+                },
+                _ = heartbeat.tick() => {
+                    match self.call::<HeartbeatReply>(&conn, Command::Heartbeat, to_json(&me), timeout).await {
+                        Ok(r) if r.rebalance => break Ok(End::Rebalance),
+                        Ok(_) => {}
+                        Err(e) if matches!(e.status(), Some(Status::UnknownMember)) => break Ok(End::Rejoin),
+                        Err(e) if matches!(e.status(), Some(Status::IllegalGeneration) | Some(Status::RebalanceInProgress)) => break Ok(End::Rebalance),
+                        Err(e) => break Err(e),
+                    }
+                }
+                _ = commit.tick() => {
+                    if let Err(e) = self.commit(&conn).await {
+                        tracing::warn!(error = %e, "offset commit failed");
+                    }
+                }
+            }
+        };
+        // Revoke first: nothing of this generation is handed out any more.
+        for p in &pullers {
+            p.abort();
+        }
+        if let Ok(mut s) = self.shared.lock() {
+            s.generation = 0;
+        }
+        let committed = self.commit(&conn).await;
+        if let Ok(mut s) = self.shared.lock() {
+            s.processed.clear();
+            s.assignment.clear();
+        }
+        match end {
+            Ok(End::Stop) => {
+                if let Err(e) = committed {
+                    tracing::warn!(error = %e, "final offset commit failed");
+                }
+                let leave = LeaveGroup { group: self.cfg.group.clone(), member_id: assigned.member_id };
+                let _ = conn.request(Command::LeaveGroup, to_json(&leave), Bytes::new(), timeout).await;
+                Ok(End::Stop)
+            }
+            other => other,
+        }
+    }
+
+    /// Broker addresses of the assigned queues.
+    async fn resolve(&self, a: &GroupAssignment) -> ClientResult<Vec<MessageQueue>> {
+        let mut by_topic: BTreeMap<String, Vec<MessageQueue>> = BTreeMap::new();
+        let mut out = Vec::new();
+        for q in &a.assignment {
+            if !by_topic.contains_key(&q.topic) {
+                self.core.invalidate(&q.topic);
+                by_topic.insert(q.topic.clone(), self.core.queues(&q.topic).await?);
+            }
+            let found = by_topic[&q.topic].iter().find(|m| m.broker_name == q.broker_name && m.queue_id == q.queue).cloned();
+            match found {
+                Some(mq) => out.push(mq),
+                None => tracing::warn!(topic = %q.topic, broker = %q.broker_name, queue = q.queue, "assigned queue has no live master"),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn start_offsets(&self, conn: &RemotingConnection, queues: &[MessageQueue]) -> ClientResult<Vec<u64>> {
+        let timeout = self.core.cfg.request_timeout;
+        let mut committed: HashMap<(String, u32), u64> = HashMap::new();
+        let topics: std::collections::BTreeSet<&String> = queues.iter().map(|q| &q.topic).collect();
+        for topic in topics {
+            let f = FetchOffsets { group: self.cfg.offsets_group(), topic: topic.clone() };
+            let c: CommittedOffsets = self.call(conn, Command::FetchOffsets, to_json(&f), timeout).await?;
+            committed.extend(c.offsets.into_iter().map(|o| ((o.topic, o.queue), o.offset)));
+        }
+        let mut out = Vec::with_capacity(queues.len());
+        for mq in queues {
+            if let Some(o) = committed.get(&(mq.topic.clone(), mq.queue_id)) {
+                out.push(*o);
+                continue;
+            }
+            let header = to_json(&crate::wire::control::QueueRef { topic: mq.topic.clone(), queue: mq.queue_id });
+            let (_, body) = self.core.request(&mq.broker_addr, Command::GetOffsets, header, Bytes::new(), timeout).await?;
+            let range: crate::wire::control::QueueOffsets = from_json(&body, "offsets")?;
+            out.push(match self.cfg.start {
+                StartPosition::Earliest => range.min_offset,
+                StartPosition::Latest => range.max_offset,
+                StartPosition::Timestamp(t) => {
+                    let s = SearchOffset { topic: mq.topic.clone(), queue: mq.queue_id, timestamp: t };
+                    let (_, body) = self.core.request(&mq.broker_addr, Command::SearchOffset, to_json(&s), Bytes::new(), timeout).await?;
+                    from_json::<OffsetAt>(&body, "offset")?.offset
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    async fn commit(&self, conn: &RemotingConnection) -> ClientResult<()> {
+        let offsets: Vec<QueueOffset> = match self.shared.lock() {
+            Ok(s) => s.processed.iter().map(|((topic, _, queue), o)| QueueOffset { topic: topic.clone(), queue: *queue, offset: *o }).collect(),
+            Err(_) => return Ok(()),
+        };
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let c = CommitOffsets { group: self.cfg.offsets_group(), offsets };
+        conn.request(Command::CommitOffsets, to_json(&c), Bytes::new(), self.core.cfg.request_timeout).await?;
+        Ok(())
+    }
+}
+
+async fn pull_loop(core: Arc<ClientCore>, mq: MessageQueue, start: u64, tags: String, generation: u64, out: mpsc::Sender<Delivery>) {
+    let consumer = super::consumer::PullConsumer::from_core(core);
+    let key: QueueKey = (mq.topic.clone(), mq.broker_name.clone(), mq.queue_id);
+    let mut offset = start;
+    loop {
+        match consumer.pull(&mq, offset, 32, Duration::from_secs(1), &tags).await {
+            Ok(r) => {
+                offset = r.next_offset;
+                for record in r.messages {
+                    if out.send(Delivery { generation, key: key.clone(), record }).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(queue = %mq, error = %e, "pull failed");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coordinator_choice_is_stable_and_in_range() {
+        for n in 1..5 {
+            assert!(coordinator_index("g", n) < n);
+            assert_eq!(coordinator_index("g", n), coordinator_index("g", n));
+        }
+        let cfg = GroupConsumerConfig { mode: "broadcasting".into(), client_id: "c1".into(), ..GroupConsumerConfig::new("g", vec![]) };
+        assert_eq!(cfg.offsets_group(), "g%c1");
+        assert_eq!(GroupConsumerConfig::new("g", vec![]).offsets_group(), "g");
+    }
+}
