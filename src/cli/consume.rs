@@ -233,8 +233,8 @@ async fn run_group(a: ConsumeArgs) -> CliResult {
             _ = terminate.recv() => break Ok(()),
         };
         match rec {
-            None => break Ok(()),          // idle timeout
-            Some(None) => break Ok(()),    // consumer stopped
+            None => break Ok(()),       // idle timeout
+            Some(None) => break Ok(()), // consumer stopped
             Some(Some(rec)) => {
                 let mut out = std::io::stdout().lock();
                 writeln!(out, "{}", format_message(&rec, a.format))?;

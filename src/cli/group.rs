@@ -66,8 +66,11 @@ pub fn parse_reset_target(s: &str) -> Result<ResetTarget, String> {
 
 /// Milliseconds since the epoch of an RFC 3339 time.
 pub fn parse_time_ms(s: &str) -> Result<u64, String> {
-    let t = humantime::parse_rfc3339_weak(s).map_err(|e| format!("{s:?} is not earliest, latest, an offset or an RFC 3339 time: {e}"))?;
-    t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).map_err(|e| e.to_string())
+    let t = humantime::parse_rfc3339_weak(s)
+        .map_err(|e| format!("{s:?} is not earliest, latest, an offset or an RFC 3339 time: {e}"))?;
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .map_err(|e| e.to_string())
 }
 
 /// Runs a group command.
@@ -90,7 +93,11 @@ pub async fn run(a: GroupArgs) -> CliResult {
 
 async fn describe(admin: &Admin, group: &str, format: Format) -> CliResult {
     let d = admin.describe_group(group).await?;
-    let committed: HashMap<(String, u32), u64> = d.offsets.iter().map(|o| ((o.topic.clone(), o.queue), o.offset)).collect();
+    let committed: HashMap<(String, u32), u64> = d
+        .offsets
+        .iter()
+        .map(|o| ((o.topic.clone(), o.queue), o.offset))
+        .collect();
     let mut owners: HashMap<(String, String, u32), String> = HashMap::new();
     for m in &d.members {
         for q in &m.assignment {
@@ -103,11 +110,15 @@ async fn describe(admin: &Admin, group: &str, format: Format) -> CliResult {
     topics.dedup();
     let mut queues = Vec::new();
     for topic in &topics {
-        let Ok(ranges) = admin.queue_offsets(topic).await else { continue };
+        let Ok(ranges) = admin.queue_offsets(topic).await else {
+            continue;
+        };
         for (mq, range) in ranges {
             let c = committed.get(&(topic.clone(), mq.queue_id)).copied();
             let lag = range.max_offset.saturating_sub(c.unwrap_or(range.min_offset));
-            let owner = owners.get(&(topic.clone(), mq.broker_name.clone(), mq.queue_id)).cloned();
+            let owner = owners
+                .get(&(topic.clone(), mq.broker_name.clone(), mq.queue_id))
+                .cloned();
             queues.push(json!({"topic": topic, "broker": mq.broker_name, "queue": mq.queue_id,
                 "committed_offset": c, "max_offset": range.max_offset, "lag": lag, "owner": owner}));
         }
@@ -121,15 +132,46 @@ async fn describe(admin: &Admin, group: &str, format: Format) -> CliResult {
             outln!("{v}");
         }
         Format::Text => {
-            outln!("group {} state {} generation {} strategy {} mode {}", d.group, d.state, d.generation, d.strategy, d.mode);
+            outln!(
+                "group {} state {} generation {} strategy {} mode {}",
+                d.group,
+                d.state,
+                d.generation,
+                d.strategy,
+                d.mode
+            );
             for m in &d.members {
-                let qs: Vec<String> = m.assignment.iter().map(|q| format!("{}/{}/{}", q.topic, q.broker_name, q.queue)).collect();
-                outln!("member {} client {} queues [{}]", m.member_id, m.client_id, qs.join(" "));
+                let qs: Vec<String> = m
+                    .assignment
+                    .iter()
+                    .map(|q| format!("{}/{}/{}", q.topic, q.broker_name, q.queue))
+                    .collect();
+                outln!(
+                    "member {} client {} queues [{}]",
+                    m.member_id,
+                    m.client_id,
+                    qs.join(" ")
+                );
             }
             outln!("topic broker queue committed max lag owner");
             for q in &queues {
-                let opt = |v: &serde_json::Value| if v.is_null() { "-".to_string() } else { v.to_string().trim_matches('"').to_string() };
-                outln!("{} {} {} {} {} {} {}", opt(&q["topic"]), opt(&q["broker"]), q["queue"], opt(&q["committed_offset"]), q["max_offset"], q["lag"], opt(&q["owner"]));
+                let opt = |v: &serde_json::Value| {
+                    if v.is_null() {
+                        "-".to_string()
+                    } else {
+                        v.to_string().trim_matches('"').to_string()
+                    }
+                };
+                outln!(
+                    "{} {} {} {} {} {} {}",
+                    opt(&q["topic"]),
+                    opt(&q["broker"]),
+                    q["queue"],
+                    opt(&q["committed_offset"]),
+                    q["max_offset"],
+                    q["lag"],
+                    opt(&q["owner"])
+                );
             }
         }
     }
@@ -145,7 +187,10 @@ mod tests {
         assert_eq!(parse_reset_target("earliest").unwrap(), ResetTarget::Earliest);
         assert_eq!(parse_reset_target("latest").unwrap(), ResetTarget::Latest);
         assert_eq!(parse_reset_target("42").unwrap(), ResetTarget::Offset(42));
-        assert_eq!(parse_reset_target("1970-01-01T00:00:01Z").unwrap(), ResetTarget::Timestamp(1000));
+        assert_eq!(
+            parse_reset_target("1970-01-01T00:00:01Z").unwrap(),
+            ResetTarget::Timestamp(1000)
+        );
         assert!(parse_reset_target("yesterday").is_err());
     }
 }

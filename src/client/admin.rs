@@ -10,7 +10,9 @@ use crate::store::record::{MessageId, StoredRecord};
 use crate::wire::control::{
     from_json, to_json, AllTopics, ClusterInfo, CreateTopic, QueryById, QueryByKey, QueueOffsets, TopicRef, TopicStats,
 };
-use crate::wire::group::{CommittedOffsets, GroupDescription, GroupList, GroupRef, QueueOffset, ResetOffsets, ResetTarget};
+use crate::wire::group::{
+    CommittedOffsets, GroupDescription, GroupList, GroupRef, QueueOffset, ResetOffsets, ResetTarget,
+};
 use crate::wire::{Command, DecodeError};
 
 /// Admin operations.
@@ -147,7 +149,13 @@ impl Admin {
     /// Every group any master broker coordinates or stores offsets for.
     pub async fn list_groups(&self) -> ClientResult<Vec<String>> {
         let mut all = std::collections::BTreeSet::new();
-        for b in self.cluster_info().await?.brokers.into_iter().filter(|b| b.broker_id == 0) {
+        for b in self
+            .cluster_info()
+            .await?
+            .brokers
+            .into_iter()
+            .filter(|b| b.broker_id == 0)
+        {
             let body = self.broker(&b.addr, Command::ListGroups, Bytes::new()).await?;
             all.extend(from_json::<GroupList>(&body, "groups")?.groups);
         }
@@ -157,14 +165,26 @@ impl Admin {
     /// Members, generation, assignment and committed offsets of a group.
     pub async fn describe_group(&self, group: &str) -> ClientResult<GroupDescription> {
         let addr = self.coordinator(group).await?;
-        let body = self.broker(&addr, Command::DescribeGroup, to_json(&GroupRef { group: group.to_string() })).await?;
+        let body = self
+            .broker(
+                &addr,
+                Command::DescribeGroup,
+                to_json(&GroupRef {
+                    group: group.to_string(),
+                }),
+            )
+            .await?;
         Ok(from_json(&body, "group")?)
     }
 
     /// Moves a stopped group's offsets of `topic`; returns the new ones.
     pub async fn reset_offsets(&self, group: &str, topic: &str, to: ResetTarget) -> ClientResult<Vec<QueueOffset>> {
         let addr = self.coordinator(group).await?;
-        let req = ResetOffsets { group: group.to_string(), topic: topic.to_string(), to };
+        let req = ResetOffsets {
+            group: group.to_string(),
+            topic: topic.to_string(),
+            to,
+        };
         let body = self.broker(&addr, Command::ResetOffsets, to_json(&req)).await?;
         Ok(from_json::<CommittedOffsets>(&body, "offsets")?.offsets)
     }

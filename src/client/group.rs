@@ -58,7 +58,7 @@ pub struct GroupConsumerConfig {
     pub mode: String,
     /// Silence after which the coordinator drops this member.
     pub session_timeout: Duration,
-    /// Heartbeat period (well under the session timeout).
+    /// Heartbeat period; capped at a third of the session timeout.
     pub heartbeat_interval: Duration,
     /// How often processed offsets are committed.
     pub commit_interval: Duration,
@@ -128,9 +128,20 @@ impl GroupConsumer {
         let (tx, rx) = mpsc::channel(256);
         let shared = Arc::new(Mutex::new(Shared::default()));
         let (stop_tx, stop_rx) = oneshot::channel();
-        let driver = Driver { core: ClientCore::new(client), cfg, shared: shared.clone(), out: tx };
+        let driver = Driver {
+            core: ClientCore::new(client),
+            cfg,
+            shared: shared.clone(),
+            out: tx,
+        };
         let handle = tokio::spawn(driver.run(stop_rx));
-        GroupConsumer { rx, shared, last: None, stop: Some(stop_tx), driver: Some(handle) }
+        GroupConsumer {
+            rx,
+            shared,
+            last: None,
+            stop: Some(stop_tx),
+            driver: Some(handle),
+        }
     }
 
     fn mark_last_processed(&mut self) {
@@ -221,7 +232,10 @@ impl Driver {
                 Ok(End::Rejoin) => member_id = None,
                 Err(e) => {
                     tracing::warn!(group = %self.cfg.group, error = %e, "group session failed; rejoining");
-                    if matches!(e.status(), Some(Status::UnknownMember) | Some(Status::IllegalGeneration)) {
+                    if matches!(
+                        e.status(),
+                        Some(Status::UnknownMember) | Some(Status::IllegalGeneration)
+                    ) {
                         member_id = None;
                     }
                     tokio::select! {
@@ -233,10 +247,16 @@ impl Driver {
         }
     }
 
-    async fn coordinator(&self) -> ClientResult<(String, RemotingConnection, mpsc::UnboundedReceiver<crate::wire::Frame>)> {
+    async fn coordinator(
+        &self,
+    ) -> ClientResult<(String, RemotingConnection, mpsc::UnboundedReceiver<crate::wire::Frame>)> {
         let info = self.core.cluster_info().await?;
-        let mut masters: Vec<(String, String)> =
-            info.brokers.into_iter().filter(|b| b.broker_id == 0).map(|b| (b.broker_name, b.addr)).collect();
+        let mut masters: Vec<(String, String)> = info
+            .brokers
+            .into_iter()
+            .filter(|b| b.broker_id == 0)
+            .map(|b| (b.broker_name, b.addr))
+            .collect();
         masters.sort();
         let (_, addr) = masters
             .get(coordinator_index(&self.cfg.group, masters.len()))
@@ -247,7 +267,13 @@ impl Driver {
         Ok((addr, conn, push_rx))
     }
 
-    async fn call<T: serde::de::DeserializeOwned>(&self, conn: &RemotingConnection, cmd: Command, header: Bytes, timeout: Duration) -> ClientResult<T> {
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        conn: &RemotingConnection,
+        cmd: Command,
+        header: Bytes,
+        timeout: Duration,
+    ) -> ClientResult<T> {
         let (_, body) = conn.request(cmd, header, Bytes::new(), timeout).await?;
         Ok(from_json(&body, "group response")?)
     }
@@ -266,9 +292,19 @@ impl Driver {
         };
         // A join waits for the whole rebalance.
         let join_timeout = self.cfg.session_timeout + Duration::from_secs(10);
+        let join_call = self.call::<GroupAssignment>(&conn, Command::JoinGroup, to_json(&join), join_timeout);
+        tokio::pin!(join_call);
         let assigned: GroupAssignment = tokio::select! {
-            r = self.call(&conn, Command::JoinGroup, to_json(&join), join_timeout) => r?,
-            _ = &mut *stop => return Ok(End::Stop),
+            r = &mut join_call => r?,
+            _ = &mut *stop => {
+                // Finish the join briefly so the member can leave at once
+                // instead of lingering until its session expires.
+                if let Ok(Ok(a)) = tokio::time::timeout(Duration::from_secs(3), join_call).await {
+                    let leave = LeaveGroup { group: self.cfg.group.clone(), member_id: a.member_id };
+                    let _ = conn.request(Command::LeaveGroup, to_json(&leave), Bytes::new(), self.core.cfg.request_timeout).await;
+                }
+                return Ok(End::Stop);
+            }
         };
         *member_id = Some(assigned.member_id.clone());
         let generation = assigned.generation;
@@ -284,11 +320,30 @@ impl Driver {
         let pullers: Vec<JoinHandle<()>> = queues
             .iter()
             .zip(starts)
-            .map(|(mq, start)| tokio::spawn(pull_loop(self.core.clone(), mq.clone(), start, self.cfg.tag_expression.clone(), generation, self.out.clone())))
+            .map(|(mq, start)| {
+                tokio::spawn(pull_loop(
+                    self.core.clone(),
+                    mq.clone(),
+                    start,
+                    self.cfg.tag_expression.clone(),
+                    generation,
+                    self.out.clone(),
+                ))
+            })
             .collect();
 
-        let me = MemberRef { group: self.cfg.group.clone(), member_id: assigned.member_id.clone(), generation };
-        let mut heartbeat = tokio::time::interval(self.cfg.heartbeat_interval);
+        let me = MemberRef {
+            group: self.cfg.group.clone(),
+            member_id: assigned.member_id.clone(),
+            generation,
+        };
+        // At least three heartbeats per session, whatever was configured.
+        let period = self
+            .cfg
+            .heartbeat_interval
+            .min(self.cfg.session_timeout / 3)
+            .max(Duration::from_millis(10));
+        let mut heartbeat = tokio::time::interval(period);
         heartbeat.tick().await;
         let mut commit = tokio::time::interval(self.cfg.commit_interval);
         commit.tick().await;
@@ -334,8 +389,13 @@ impl Driver {
                 if let Err(e) = committed {
                     tracing::warn!(error = %e, "final offset commit failed");
                 }
-                let leave = LeaveGroup { group: self.cfg.group.clone(), member_id: assigned.member_id };
-                let _ = conn.request(Command::LeaveGroup, to_json(&leave), Bytes::new(), timeout).await;
+                let leave = LeaveGroup {
+                    group: self.cfg.group.clone(),
+                    member_id: assigned.member_id,
+                };
+                let _ = conn
+                    .request(Command::LeaveGroup, to_json(&leave), Bytes::new(), timeout)
+                    .await;
                 Ok(End::Stop)
             }
             other => other,
@@ -351,10 +411,15 @@ impl Driver {
                 self.core.invalidate(&q.topic);
                 by_topic.insert(q.topic.clone(), self.core.queues(&q.topic).await?);
             }
-            let found = by_topic[&q.topic].iter().find(|m| m.broker_name == q.broker_name && m.queue_id == q.queue).cloned();
+            let found = by_topic[&q.topic]
+                .iter()
+                .find(|m| m.broker_name == q.broker_name && m.queue_id == q.queue)
+                .cloned();
             match found {
                 Some(mq) => out.push(mq),
-                None => tracing::warn!(topic = %q.topic, broker = %q.broker_name, queue = q.queue, "assigned queue has no live master"),
+                None => {
+                    tracing::warn!(topic = %q.topic, broker = %q.broker_name, queue = q.queue, "assigned queue has no live master")
+                }
             }
         }
         Ok(out)
@@ -365,7 +430,10 @@ impl Driver {
         let mut committed: HashMap<(String, u32), u64> = HashMap::new();
         let topics: std::collections::BTreeSet<&String> = queues.iter().map(|q| &q.topic).collect();
         for topic in topics {
-            let f = FetchOffsets { group: self.cfg.offsets_group(), topic: topic.clone() };
+            let f = FetchOffsets {
+                group: self.cfg.offsets_group(),
+                topic: topic.clone(),
+            };
             let c: CommittedOffsets = self.call(conn, Command::FetchOffsets, to_json(&f), timeout).await?;
             committed.extend(c.offsets.into_iter().map(|o| ((o.topic, o.queue), o.offset)));
         }
@@ -375,15 +443,34 @@ impl Driver {
                 out.push(*o);
                 continue;
             }
-            let header = to_json(&crate::wire::control::QueueRef { topic: mq.topic.clone(), queue: mq.queue_id });
-            let (_, body) = self.core.request(&mq.broker_addr, Command::GetOffsets, header, Bytes::new(), timeout).await?;
+            let header = to_json(&crate::wire::control::QueueRef {
+                topic: mq.topic.clone(),
+                queue: mq.queue_id,
+            });
+            let (_, body) = self
+                .core
+                .request(&mq.broker_addr, Command::GetOffsets, header, Bytes::new(), timeout)
+                .await?;
             let range: crate::wire::control::QueueOffsets = from_json(&body, "offsets")?;
             out.push(match self.cfg.start {
                 StartPosition::Earliest => range.min_offset,
                 StartPosition::Latest => range.max_offset,
                 StartPosition::Timestamp(t) => {
-                    let s = SearchOffset { topic: mq.topic.clone(), queue: mq.queue_id, timestamp: t };
-                    let (_, body) = self.core.request(&mq.broker_addr, Command::SearchOffset, to_json(&s), Bytes::new(), timeout).await?;
+                    let s = SearchOffset {
+                        topic: mq.topic.clone(),
+                        queue: mq.queue_id,
+                        timestamp: t,
+                    };
+                    let (_, body) = self
+                        .core
+                        .request(
+                            &mq.broker_addr,
+                            Command::SearchOffset,
+                            to_json(&s),
+                            Bytes::new(),
+                            timeout,
+                        )
+                        .await?;
                     from_json::<OffsetAt>(&body, "offset")?.offset
                 }
             });
@@ -393,19 +480,43 @@ impl Driver {
 
     async fn commit(&self, conn: &RemotingConnection) -> ClientResult<()> {
         let offsets: Vec<QueueOffset> = match self.shared.lock() {
-            Ok(s) => s.processed.iter().map(|((topic, _, queue), o)| QueueOffset { topic: topic.clone(), queue: *queue, offset: *o }).collect(),
+            Ok(s) => s
+                .processed
+                .iter()
+                .map(|((topic, _, queue), o)| QueueOffset {
+                    topic: topic.clone(),
+                    queue: *queue,
+                    offset: *o,
+                })
+                .collect(),
             Err(_) => return Ok(()),
         };
         if offsets.is_empty() {
             return Ok(());
         }
-        let c = CommitOffsets { group: self.cfg.offsets_group(), offsets };
-        conn.request(Command::CommitOffsets, to_json(&c), Bytes::new(), self.core.cfg.request_timeout).await?;
+        let c = CommitOffsets {
+            group: self.cfg.offsets_group(),
+            offsets,
+        };
+        conn.request(
+            Command::CommitOffsets,
+            to_json(&c),
+            Bytes::new(),
+            self.core.cfg.request_timeout,
+        )
+        .await?;
         Ok(())
     }
 }
 
-async fn pull_loop(core: Arc<ClientCore>, mq: MessageQueue, start: u64, tags: String, generation: u64, out: mpsc::Sender<Delivery>) {
+async fn pull_loop(
+    core: Arc<ClientCore>,
+    mq: MessageQueue,
+    start: u64,
+    tags: String,
+    generation: u64,
+    out: mpsc::Sender<Delivery>,
+) {
     let consumer = super::consumer::PullConsumer::from_core(core);
     let key: QueueKey = (mq.topic.clone(), mq.broker_name.clone(), mq.queue_id);
     let mut offset = start;
@@ -414,7 +525,15 @@ async fn pull_loop(core: Arc<ClientCore>, mq: MessageQueue, start: u64, tags: St
             Ok(r) => {
                 offset = r.next_offset;
                 for record in r.messages {
-                    if out.send(Delivery { generation, key: key.clone(), record }).await.is_err() {
+                    if out
+                        .send(Delivery {
+                            generation,
+                            key: key.clone(),
+                            record,
+                        })
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -437,7 +556,11 @@ mod tests {
             assert!(coordinator_index("g", n) < n);
             assert_eq!(coordinator_index("g", n), coordinator_index("g", n));
         }
-        let cfg = GroupConsumerConfig { mode: "broadcasting".into(), client_id: "c1".into(), ..GroupConsumerConfig::new("g", vec![]) };
+        let cfg = GroupConsumerConfig {
+            mode: "broadcasting".into(),
+            client_id: "c1".into(),
+            ..GroupConsumerConfig::new("g", vec![])
+        };
         assert_eq!(cfg.offsets_group(), "g%c1");
         assert_eq!(GroupConsumerConfig::new("g", vec![]).offsets_group(), "g");
     }
