@@ -180,3 +180,57 @@ async fn sends_fail_over_to_another_broker_then_fail_clearly() {
         .to_string();
     assert!(err.contains("after 3 attempts"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_consumer_processes_each_message_once_and_commits() {
+    use ferromq::client::{GroupConsumerConfig, PushConsumer, StartPosition};
+    use std::sync::{Arc, Mutex};
+
+    let dir = tempfile::tempdir().unwrap();
+    let broker = ServerProcess::broker(dir.path(), &[], &small_store_env());
+    let cfg = ClientConfig::new([broker.namesrv_addr.clone()]);
+    Admin::new(cfg.clone()).create_topic("push", 8).await.unwrap();
+    let producer = Producer::new(cfg.clone());
+    for i in 0..200 {
+        producer.send(Message::new("push", format!("p{i}"))).await.unwrap();
+    }
+    let group_cfg = || {
+        let mut g = GroupConsumerConfig::new("pg", vec!["push".to_string()]);
+        g.session_timeout = Duration::from_secs(3);
+        g.start = StartPosition::Earliest;
+        g
+    };
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let listener: ferromq::client::Listener = Arc::new(move |r| {
+        std::thread::sleep(Duration::from_millis(2));
+        sink.lock().unwrap().push(String::from_utf8(r.body.to_vec()).unwrap());
+    });
+    let push = PushConsumer::start(cfg.clone(), group_cfg(), 4, listener);
+    assert!(wait_until(Duration::from_secs(20), || seen.lock().unwrap().len() >= 200));
+    push.shutdown().await;
+    let mut got = seen.lock().unwrap().clone();
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), 200, "every message, once");
+    assert_eq!(seen.lock().unwrap().len(), 200, "no duplicates");
+
+    // Offsets were committed: a new member of the group sees only new messages.
+    for i in 0..10 {
+        producer.send(Message::new("push", format!("late{i}"))).await.unwrap();
+    }
+    let later = Arc::new(Mutex::new(Vec::new()));
+    let sink = later.clone();
+    let push = PushConsumer::start(
+        cfg,
+        group_cfg(),
+        2,
+        Arc::new(move |r| sink.lock().unwrap().push(String::from_utf8(r.body.to_vec()).unwrap())),
+    );
+    assert!(wait_until(Duration::from_secs(20), || later.lock().unwrap().len() >= 10));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    push.shutdown().await;
+    let mut late = later.lock().unwrap().clone();
+    late.sort();
+    assert_eq!(late, (0..10).map(|i| format!("late{i}")).collect::<Vec<_>>());
+}

@@ -97,13 +97,16 @@ pub struct Leave {
 #[rtype(result = "GroupDescription")]
 pub struct Describe;
 
+/// Where a parked join's answer goes.
+type JoinReplyTx = oneshot::Sender<Result<GroupAssignment, GroupFailure>>;
+
 /// The coordinator of one group.
 pub struct GroupCoordinator {
     state: GroupState,
     epoch: Instant,
     timer: Option<SpawnHandle>,
     next_request: u64,
-    parked: HashMap<u64, (Option<String>, oneshot::Sender<Result<GroupAssignment, GroupFailure>>)>,
+    parked: HashMap<u64, JoinReplyTx>,
     connections: HashMap<String, ConnectionHandle>,
 }
 
@@ -134,7 +137,7 @@ impl GroupCoordinator {
                     generation,
                     assignment,
                 } => {
-                    if let Some((_, reply)) = self.parked.remove(&request_id) {
+                    if let Some(reply) = self.parked.remove(&request_id) {
                         let _ = reply.send(Ok(GroupAssignment {
                             member_id,
                             generation,
@@ -143,7 +146,7 @@ impl GroupCoordinator {
                     }
                 }
                 Effect::JoinFailed { request_id, error, .. } => {
-                    if let Some((_, reply)) = self.parked.remove(&request_id) {
+                    if let Some(reply) = self.parked.remove(&request_id) {
                         let _ = reply.send(Err(failure(error)));
                     }
                 }
@@ -212,7 +215,7 @@ impl Handler<Join> for GroupCoordinator {
         let request_id = self.next_request;
         self.next_request += 1;
         let (tx, rx) = oneshot::channel();
-        self.parked.insert(request_id, (msg.member_id.clone(), tx));
+        self.parked.insert(request_id, tx);
         let req = JoinRequest {
             member_id: msg.member_id,
             client_id: msg.client_id,

@@ -103,14 +103,65 @@ struct Delivery {
     record: StoredRecord,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Shared {
     /// The generation whose deliveries are valid; 0 while rebalancing.
     generation: u64,
-    /// Next offset to commit per owned queue (processed + 1).
+    /// Next offset to commit per owned queue: below the oldest message
+    /// handed out and not yet acknowledged.
     processed: HashMap<QueueKey, u64>,
+    /// Offsets handed out and not yet acknowledged, per queue.
+    outstanding: HashMap<QueueKey, std::collections::BTreeSet<u64>>,
+    /// One past the highest acknowledged offset, per queue.
+    acked_high: HashMap<QueueKey, u64>,
     /// Current assignment, for `assignment()`.
     assignment: Vec<MessageQueue>,
+}
+
+impl Shared {
+    fn hand_out(&mut self, key: &QueueKey, offset: u64) {
+        self.outstanding.entry(key.clone()).or_default().insert(offset);
+    }
+
+    fn ack(&mut self, generation: u64, key: &QueueKey, offset: u64) {
+        // An acknowledgement from a revoked generation is not ours to commit.
+        if generation != self.generation {
+            return;
+        }
+        let outstanding = self.outstanding.entry(key.clone()).or_default();
+        outstanding.remove(&offset);
+        let high = self.acked_high.entry(key.clone()).or_insert(0);
+        *high = (*high).max(offset + 1);
+        let next = outstanding.first().copied().unwrap_or(*high);
+        self.processed.insert(key.clone(), next);
+    }
+
+    fn reset(&mut self, generation: u64) {
+        self.generation = generation;
+        self.processed.clear();
+        self.outstanding.clear();
+        self.acked_high.clear();
+    }
+}
+
+/// A message handed out by [`GroupConsumer::next_delivery`]; acknowledge it
+/// once processed so its offset can be committed.
+#[derive(Debug)]
+pub struct Delivered {
+    /// The message.
+    pub record: StoredRecord,
+    generation: u64,
+    key: QueueKey,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl Delivered {
+    /// Marks the message processed.
+    pub fn ack(self) {
+        if let Ok(mut s) = self.shared.lock() {
+            s.ack(self.generation, &self.key, self.record.queue_offset);
+        }
+    }
 }
 
 /// A consumer-group member. See the module docs for the delivery contract.
@@ -147,11 +198,28 @@ impl GroupConsumer {
     fn mark_last_processed(&mut self) {
         if let Some((generation, key, offset)) = self.last.take() {
             if let Ok(mut s) = self.shared.lock() {
-                // A message of a revoked generation is not ours to commit.
-                if s.generation == generation {
-                    s.processed.insert(key, offset + 1);
-                }
+                s.ack(generation, &key, offset);
             }
+        }
+    }
+
+    /// The next message of an owned queue, to be acknowledged explicitly
+    /// (for concurrent processing). `None` once the consumer has stopped.
+    pub async fn next_delivery(&mut self) -> Option<Delivered> {
+        loop {
+            let d = self.rx.recv().await?;
+            let Ok(mut s) = self.shared.lock() else { return None };
+            if d.generation != s.generation {
+                continue; // revoked before it was handed out: the new owner redelivers it
+            }
+            s.hand_out(&d.key, d.record.queue_offset);
+            drop(s);
+            return Some(Delivered {
+                record: d.record,
+                generation: d.generation,
+                key: d.key,
+                shared: self.shared.clone(),
+            });
         }
     }
 
@@ -159,15 +227,9 @@ impl GroupConsumer {
     /// `None` once the consumer has stopped for good.
     pub async fn next(&mut self) -> Option<StoredRecord> {
         self.mark_last_processed();
-        loop {
-            let d = self.rx.recv().await?;
-            let current = self.shared.lock().map(|s| s.generation).unwrap_or(0);
-            if d.generation != current {
-                continue; // revoked before it was handed out: the new owner redelivers it
-            }
-            self.last = Some((d.generation, d.key, d.record.queue_offset));
-            return Some(d.record);
-        }
+        let d = self.next_delivery().await?;
+        self.last = Some((d.generation, d.key.clone(), d.record.queue_offset));
+        Some(d.record)
     }
 
     /// Like [`GroupConsumer::next`] but gives up after `wait`.
@@ -313,8 +375,7 @@ impl Driver {
         let queues = self.resolve(&assigned).await?;
         let starts = self.start_offsets(&conn, &queues).await?;
         if let Ok(mut s) = self.shared.lock() {
-            s.generation = generation;
-            s.processed.clear();
+            s.reset(generation);
             s.assignment = queues.clone();
         }
         let pullers: Vec<JoinHandle<()>> = queues
@@ -381,7 +442,7 @@ impl Driver {
         }
         let committed = self.commit(&conn).await;
         if let Ok(mut s) = self.shared.lock() {
-            s.processed.clear();
+            s.reset(0);
             s.assignment.clear();
         }
         match end {
@@ -549,6 +610,26 @@ async fn pull_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commits_stop_below_the_oldest_unacknowledged_message() {
+        let mut s = Shared::default();
+        s.reset(3);
+        let k: QueueKey = ("t".into(), "b".into(), 0);
+        for o in 10..15 {
+            s.hand_out(&k, o);
+        }
+        s.ack(3, &k, 12);
+        s.ack(3, &k, 10);
+        assert_eq!(s.processed[&k], 11, "11 is still being processed");
+        s.ack(3, &k, 11);
+        assert_eq!(s.processed[&k], 13);
+        s.ack(3, &k, 13);
+        s.ack(3, &k, 14);
+        assert_eq!(s.processed[&k], 15);
+        s.ack(2, &k, 99); // a stale generation changes nothing
+        assert_eq!(s.processed[&k], 15);
+    }
 
     #[test]
     fn coordinator_choice_is_stable_and_in_range() {

@@ -5,6 +5,8 @@
 //! * [`PullConsumer`] — read any queue from any offset, with long polling.
 //! * [`GroupConsumer`] — a consumer-group member: broker-coordinated
 //!   assignment, heartbeats, rebalancing, committed offsets.
+//! * [`PushConsumer`] — a group member calling a listener per message with
+//!   bounded concurrency, committing what the listener finished.
 //! * [`Admin`] — topics, message lookup by id or key, cluster view.
 //!
 //! All start from name-server addresses ([`ClientConfig`]) and work inside a
@@ -16,12 +18,14 @@ pub mod core;
 pub mod error;
 pub mod group;
 pub mod producer;
+pub mod push;
 pub mod remoting;
 
 pub use admin::Admin;
 pub use consumer::{PullConsumer, PullResult};
 pub use core::{ClientConfig, MessageQueue};
 pub use error::{ClientError, ClientResult};
-pub use group::{GroupConsumer, GroupConsumerConfig, StartPosition};
+pub use group::{Delivered, GroupConsumer, GroupConsumerConfig, StartPosition};
 pub use producer::{Producer, SendResult};
+pub use push::{Listener, PushConsumer};
 pub use remoting::RemotingConnection;
