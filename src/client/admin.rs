@@ -131,19 +131,7 @@ impl Admin {
 
     /// Address of the broker coordinating `group`.
     pub async fn coordinator(&self, group: &str) -> ClientResult<String> {
-        let mut masters: Vec<(String, String)> = self
-            .cluster_info()
-            .await?
-            .brokers
-            .into_iter()
-            .filter(|b| b.broker_id == 0)
-            .map(|b| (b.broker_name, b.addr))
-            .collect();
-        masters.sort();
-        masters
-            .get(super::group::coordinator_index(group, masters.len()))
-            .map(|(_, a)| a.clone())
-            .ok_or_else(|| ClientError::NoRoute("no live master broker".into()))
+        self.core.group_coordinator(group).await
     }
 
     /// Every group any master broker coordinates or stores offsets for.

@@ -192,6 +192,25 @@ impl ClientCore {
         Ok(from_json(&body, "cluster info")?)
     }
 
+    /// Address of the master coordinating `group`: the one at
+    /// `fnv1a64(group) % masters` in the name-sorted list of live masters.
+    pub async fn group_coordinator(&self, group: &str) -> ClientResult<String> {
+        let mut masters: Vec<(String, String)> = self
+            .cluster_info()
+            .await?
+            .brokers
+            .into_iter()
+            .filter(|b| b.broker_id == 0)
+            .map(|b| (b.broker_name, b.addr))
+            .collect();
+        masters.sort();
+        let index = (crate::message::tag_hash(group) % masters.len().max(1) as u64) as usize;
+        masters
+            .get(index)
+            .map(|(_, addr)| addr.clone())
+            .ok_or_else(|| ClientError::NoRoute("no live master broker to coordinate the group".into()))
+    }
+
     /// The queues of a topic; a topic no broker serves is `NoRoute`.
     pub async fn queues(&self, topic: &str) -> ClientResult<Vec<MessageQueue>> {
         let route = match self.route(topic, false).await {

@@ -278,11 +278,6 @@ struct Driver {
     out: mpsc::Sender<Delivery>,
 }
 
-/// FNV-1a of the group name picks its coordinator among the masters.
-pub fn coordinator_index(group: &str, masters: usize) -> usize {
-    (crate::message::tag_hash(group) % masters.max(1) as u64) as usize
-}
-
 impl Driver {
     async fn run(self, mut stop: oneshot::Receiver<()>) {
         let mut member_id: Option<String> = None;
@@ -312,18 +307,7 @@ impl Driver {
     async fn coordinator(
         &self,
     ) -> ClientResult<(String, RemotingConnection, mpsc::UnboundedReceiver<crate::wire::Frame>)> {
-        let info = self.core.cluster_info().await?;
-        let mut masters: Vec<(String, String)> = info
-            .brokers
-            .into_iter()
-            .filter(|b| b.broker_id == 0)
-            .map(|b| (b.broker_name, b.addr))
-            .collect();
-        masters.sort();
-        let (_, addr) = masters
-            .get(coordinator_index(&self.cfg.group, masters.len()))
-            .cloned()
-            .ok_or_else(|| ClientError::NoRoute("no live master broker to coordinate the group".into()))?;
+        let addr = self.core.group_coordinator(&self.cfg.group).await?;
         let (push_tx, push_rx) = mpsc::unbounded_channel();
         let conn = RemotingConnection::connect(&addr, self.core.cfg.request_timeout, Some(push_tx)).await?;
         Ok((addr, conn, push_rx))
@@ -632,11 +616,7 @@ mod tests {
     }
 
     #[test]
-    fn coordinator_choice_is_stable_and_in_range() {
-        for n in 1..5 {
-            assert!(coordinator_index("g", n) < n);
-            assert_eq!(coordinator_index("g", n), coordinator_index("g", n));
-        }
+    fn broadcasting_members_keep_their_own_offsets() {
         let cfg = GroupConsumerConfig {
             mode: "broadcasting".into(),
             client_id: "c1".into(),
