@@ -49,6 +49,8 @@ pub enum Cmd {
     Message(message::MessageArgs),
     /// List, describe and reset consumer groups.
     Group(group::GroupArgs),
+    /// Load generators and the disk's own limits.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Where the name servers are; every client command takes it.
@@ -117,6 +119,7 @@ pub fn main() -> i32 {
                     Cmd::Consume(a) => consume::run(a).await,
                     Cmd::Message(a) => message::run(a).await,
                     Cmd::Group(a) => group::run(a).await,
+                    Cmd::Bench(a) => crate::bench::run(a).await,
                     Cmd::Broker(_) | Cmd::Namesrv(_) => Ok(()),
                 }
             });

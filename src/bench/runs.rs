@@ -1,0 +1,264 @@
+//! The broker benchmarks: produce, consume, e2e, latency.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::task::JoinSet;
+
+use super::report::{print_summary, Meter};
+use super::LoadOpts;
+use crate::cli::CliResult;
+use crate::client::{Admin, ClientConfig, MessageQueue, Producer, PullConsumer};
+use crate::message::Message;
+
+/// Batches one producer keeps in flight.
+const PIPELINE: usize = 4;
+
+async fn ensure_topic(o: &LoadOpts, cfg: &ClientConfig) -> CliResult {
+    let admin = Admin::new(cfg.clone());
+    if !admin.list_topics().await?.contains(&o.topic) {
+        admin.create_topic(&o.topic, o.queues).await?;
+    }
+    Ok(())
+}
+
+fn deadline(o: &LoadOpts) -> Option<Instant> {
+    o.duration.map(|s| Instant::now() + Duration::from_secs(s))
+}
+
+fn expired(d: Option<Instant>) -> bool {
+    d.is_some_and(|d| Instant::now() >= d)
+}
+
+/// Batched, pipelined sends from `--producers` producers.
+pub async fn produce(o: LoadOpts) -> CliResult {
+    let cfg = o.ns.client_config();
+    ensure_topic(&o, &cfg).await?;
+    let meter = Meter::new();
+    let progress = meter.spawn_progress("produce");
+    let until = deadline(&o);
+    let body = Bytes::from(vec![b'x'; o.size]);
+    let remaining = Arc::new(AtomicU64::new(o.messages));
+    let mut workers = JoinSet::new();
+    for _ in 0..o.producers.max(1) {
+        let (producer, meter, body, remaining, topic) = (
+            Producer::new(cfg.clone()),
+            meter.clone(),
+            body.clone(),
+            remaining.clone(),
+            o.topic.clone(),
+        );
+        let batch = o.batch.max(1) as u64;
+        let size = o.size as u64;
+        workers.spawn(async move {
+            let mut in_flight = JoinSet::new();
+            loop {
+                while in_flight.len() < PIPELINE && !expired(until) {
+                    let take = remaining.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                        r.checked_sub(r.min(batch)).filter(|_| r > 0)
+                    });
+                    let Ok(before) = take else { break };
+                    let n = before.min(batch);
+                    let msgs: Vec<Message> = (0..n).map(|_| Message::new(topic.clone(), body.clone())).collect();
+                    let (p, m) = (producer.clone(), meter.clone());
+                    in_flight.spawn(async move {
+                        let t = Instant::now();
+                        let sent = p.send_batch(msgs).await?;
+                        m.record(t.elapsed());
+                        m.add(sent.len() as u64, sent.len() as u64 * size);
+                        Ok::<usize, crate::client::ClientError>(sent.len())
+                    });
+                }
+                match in_flight.join_next().await {
+                    Some(r) => {
+                        r??;
+                    }
+                    None => return Ok::<(), Box<dyn std::error::Error + Send + Sync>>(()),
+                }
+            }
+        });
+    }
+    while let Some(r) = workers.join_next().await {
+        r??;
+    }
+    progress.abort();
+    print_summary(&meter.summary("produce", "one batch send"), o.json);
+    Ok(())
+}
+
+/// Splits the topic's queues between `--consumers` tasks.
+fn split(queues: Vec<MessageQueue>, n: usize) -> Vec<Vec<MessageQueue>> {
+    let mut out = vec![Vec::new(); n.max(1)];
+    let len = out.len();
+    for (i, q) in queues.into_iter().enumerate() {
+        out[i % len].push(q);
+    }
+    out
+}
+
+/// Pulls the topic from its start until `--messages` or 2 s without data.
+pub async fn consume(o: LoadOpts) -> CliResult {
+    let cfg = o.ns.client_config();
+    let consumer = PullConsumer::new(cfg);
+    let queues = consumer.queues(&o.topic).await?;
+    let meter = Meter::new();
+    let progress = meter.spawn_progress("consume");
+    let until = deadline(&o);
+    let target = o.messages;
+    let mut workers = JoinSet::new();
+    for share in split(queues, o.consumers) {
+        let (c, m) = (consumer.clone(), meter.clone());
+        workers.spawn(async move {
+            let mut offsets = Vec::new();
+            for q in &share {
+                offsets.push(c.offsets(q).await?.min_offset);
+            }
+            let mut idle_since = Instant::now();
+            loop {
+                let mut got_any = false;
+                for (q, off) in share.iter().zip(offsets.iter_mut()) {
+                    let t = Instant::now();
+                    let r = c.pull(q, *off, 1024, Duration::ZERO, "*").await?;
+                    if !r.messages.is_empty() {
+                        m.record(t.elapsed());
+                        got_any = true;
+                        let bytes: u64 = r.messages.iter().map(|x| x.body.len() as u64).sum();
+                        m.add(r.messages.len() as u64, bytes);
+                    }
+                    *off = r.next_offset;
+                }
+                if got_any {
+                    idle_since = Instant::now();
+                }
+                if m.messages() >= target || expired(until) || idle_since.elapsed() > Duration::from_secs(2) {
+                    return Ok::<(), crate::client::ClientError>(());
+                }
+            }
+        });
+    }
+    while let Some(r) = workers.join_next().await {
+        r??;
+    }
+    progress.abort();
+    print_summary(&meter.summary("consume", "one pull of up to 1024"), o.json);
+    Ok(())
+}
+
+/// Single-message sync sends, one in flight.
+pub async fn latency(o: LoadOpts) -> CliResult {
+    let cfg = o.ns.client_config();
+    ensure_topic(&o, &cfg).await?;
+    let producer = Producer::new(cfg);
+    let body = Bytes::from(vec![b'x'; o.size]);
+    // Warm up connections and routes outside the measurement.
+    producer.send(Message::new(o.topic.clone(), body.clone())).await?;
+    let meter = Meter::new();
+    let progress = meter.spawn_progress("latency");
+    let until = deadline(&o);
+    for _ in 0..o.messages {
+        if expired(until) {
+            break;
+        }
+        let t = Instant::now();
+        producer.send(Message::new(o.topic.clone(), body.clone())).await?;
+        meter.record(t.elapsed());
+        meter.add(1, o.size as u64);
+    }
+    progress.abort();
+    print_summary(&meter.summary("latency", "one sync send"), o.json);
+    Ok(())
+}
+
+/// Produces at `--rate` while long-polling every queue; measures the time
+/// from send to receipt (the body carries the send time).
+pub async fn e2e(o: LoadOpts) -> CliResult {
+    let cfg = o.ns.client_config();
+    ensure_topic(&o, &cfg).await?;
+    let epoch = Instant::now();
+    let consumer = PullConsumer::new(cfg.clone());
+    let meter = Meter::new();
+    let mut pollers = JoinSet::new();
+    for q in consumer.queues(&o.topic).await? {
+        let (c, m) = (consumer.clone(), meter.clone());
+        pollers.spawn(async move {
+            let mut off = c.offsets(&q).await?.max_offset;
+            loop {
+                let r = c.pull(&q, off, 1024, Duration::from_secs(1), "*").await?;
+                let now = epoch.elapsed().as_nanos() as u64;
+                for msg in &r.messages {
+                    if let Some(sent) = msg
+                        .body
+                        .get(..8)
+                        .and_then(|b| b.try_into().ok())
+                        .map(u64::from_be_bytes)
+                    {
+                        m.record(Duration::from_nanos(now.saturating_sub(sent)));
+                        m.add(1, msg.body.len() as u64);
+                    }
+                }
+                off = r.next_offset;
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), crate::client::ClientError>(())
+        });
+    }
+    // Let every poller start waiting before the clock starts.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let progress = meter.spawn_progress("e2e");
+    let producer = Producer::new(cfg);
+    let until = deadline(&o);
+    let per_ms = (o.rate as f64 / 1000.0).max(0.001);
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let (mut sent, mut credit) = (0u64, 0.0f64);
+    let mut in_flight = JoinSet::new();
+    while sent < o.messages && !expired(until) {
+        tick.tick().await;
+        credit += per_ms;
+        while credit >= 1.0 && sent < o.messages {
+            credit -= 1.0;
+            sent += 1;
+            let mut body = BytesMut::with_capacity(o.size.max(8));
+            body.put_u64(epoch.elapsed().as_nanos() as u64);
+            body.resize(o.size.max(8), b'x');
+            let p = producer.clone();
+            let topic = o.topic.clone();
+            in_flight.spawn(async move { p.send(Message::new(topic, body.freeze())).await });
+            while in_flight.len() > 256 {
+                if let Some(r) = in_flight.join_next().await {
+                    r??;
+                }
+            }
+        }
+    }
+    while let Some(r) = in_flight.join_next().await {
+        r??;
+    }
+    let wait = Instant::now();
+    while meter.messages() < sent && wait.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pollers.abort_all();
+    progress.abort();
+    print_summary(&meter.summary("e2e", "send to receipt"), o.json);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queues_are_split_evenly() {
+        let q = |i| MessageQueue {
+            topic: "t".into(),
+            broker_name: "b".into(),
+            broker_addr: "a".into(),
+            queue_id: i,
+        };
+        let parts = split((0..8).map(q).collect(), 3);
+        assert_eq!(parts.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 2]);
+        assert_eq!(split(vec![q(0)], 0).len(), 1);
+    }
+}
