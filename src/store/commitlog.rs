@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock};
 use bytes::{Bytes, BytesMut};
 
 use super::fsutil::{list_offset_files, offset_file_name};
-use super::mmap_file::MappedFile;
+use super::mmap_file::{MappedFile, WriteMode};
 use super::record::{self, Probe, RecordFields, StoredRecord, BLANK_HEADER_LEN};
 
 /// One segment file.
@@ -68,7 +68,11 @@ impl CommitLog {
                     ),
                 ));
             }
-            let file = MappedFile::create_or_open(dir.join(offset_file_name(start)), segment_bytes as usize)?;
+            let file = MappedFile::create_or_open_with(
+                dir.join(offset_file_name(start)),
+                segment_bytes as usize,
+                WriteMode::Pwrite,
+            )?;
             segments.push(Arc::new(Segment { start, file }));
         }
         Ok(CommitLog {
@@ -157,8 +161,8 @@ impl CommitLog {
                 .ok_or_else(|| invalid(format!("no segment at {from}")))?;
             let seg_end = seg.start + self.segment_bytes;
             let upto = target.min(seg_end);
-            seg.file
-                .flush_range((from - seg.start) as usize, (upto - from) as usize)?;
+            // fdatasync: segments are written with pwrite (see WriteMode).
+            seg.file.sync_data()?;
             from = if upto == seg_end { upto } else { target };
         }
         self.flushed_pos.fetch_max(target, Ordering::AcqRel);
@@ -167,7 +171,7 @@ impl CommitLog {
 
     fn add_segment(&self, start: u64) -> io::Result<Arc<Segment>> {
         let path = self.dir.join(offset_file_name(start));
-        let file = MappedFile::create_or_open(&path, self.segment_bytes as usize)
+        let file = MappedFile::create_or_open_with(&path, self.segment_bytes as usize, WriteMode::Pwrite)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot create segment {}: {e}", path.display())))?;
         let seg = Arc::new(Segment { start, file });
         self.segments
@@ -278,15 +282,13 @@ fn zero_tail(file: &MappedFile, from: usize) -> io::Result<u64> {
     while pos < file.len() {
         let n = CHUNK.min(file.len() - pos);
         if file.read_at(pos, n)?.iter().any(|b| *b != 0) {
-            // SAFETY: only the commitlog's single writer (or recovery, before
-            // any reader exists) zeroes bytes, all past the published end.
-            unsafe { file.write_at_shared(pos, &zeros[..n])? };
+            file.pwrite_at(pos, &zeros[..n])?;
             zeroed += n as u64;
         }
         pos += n;
     }
     if zeroed > 0 {
-        file.flush()?;
+        file.sync_data()?;
     }
     Ok(zeroed)
 }
@@ -397,12 +399,8 @@ impl Appender {
                     self.scratch.resize(old + BLANK_HEADER_LEN, 0);
                     record::encode_blank(&mut self.scratch[old..], rest);
                 }
-                // SAFETY: the Appender is the only writer and these bytes lie
-                // past the published write position, so no reader sees them.
-                unsafe {
-                    seg.file
-                        .write_at_shared((batch_start - seg.start) as usize, &self.scratch)?
-                };
+                // Past the published write position: no reader looks here yet.
+                seg.file.pwrite_at((batch_start - seg.start) as usize, &self.scratch)?;
                 self.scratch.clear();
                 pos = seg_end;
                 batch_start = pos;
@@ -418,11 +416,8 @@ impl Appender {
             });
             pos += size as u64;
         }
-        // SAFETY: as above; the write position is published only after this.
-        unsafe {
-            seg.file
-                .write_at_shared((batch_start - seg.start) as usize, &self.scratch)?
-        };
+        // The write position is published only after this.
+        seg.file.pwrite_at((batch_start - seg.start) as usize, &self.scratch)?;
         self.log.write_pos.store(pos, Ordering::Release);
         Ok(out)
     }
