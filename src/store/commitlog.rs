@@ -1,10 +1,11 @@
 //! The commitlog: one append-only log per broker, split into pre-allocated,
-//! mmap'ed segments named by their start offset.
+//! pre-allocated segments named by their start offset, written with
+//! pwrite and read through read-only mappings.
 //!
 //! Concurrency contract: exactly one [`Appender`] (owned by the
 //! `CommitLogWriter` actor) writes; it publishes the end of the fully
 //! written records with a release store of `write_pos`; readers read only
-//! below an acquire load of it. The flusher thread msyncs below `write_pos`.
+//! below an acquire load of it. The flusher thread fdatasyncs below `write_pos`.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -150,7 +151,7 @@ impl CommitLog {
         Ok(rec)
     }
 
-    /// Makes everything below `target` durable (msync). Called by the
+    /// Makes everything below `target` durable (fdatasync). Called by the
     /// flusher thread only. Returns the new flushed position.
     pub fn flush_to(&self, target: u64) -> io::Result<u64> {
         let target = target.min(self.write_pos());

@@ -1,10 +1,10 @@
 //! The flusher thread: group commit for sync flush, periodic flush for async
 //! flush, and the checkpoint.
 //!
-//! msync blocks, so it never runs on an actor's arbiter. Producers waiting
+//! fdatasync blocks, so it never runs on an actor's arbiter. Producers waiting
 //! for durability queue [`FlushHandle::durable`] requests; the thread drains
 //! every queued request, makes the log durable up to the highest one with a
-//! single msync, and answers them all: one flush serves every append that
+//! single fdatasync, and answers them all: one flush serves every append that
 //! arrived while the previous flush ran.
 
 use std::sync::mpsc::{self, RecvTimeoutError};

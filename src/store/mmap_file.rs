@@ -471,10 +471,17 @@ mod tests {
         let path = dir.path().join("seg");
         let f = MappedFile::create_or_open_with(&path, 8192, WriteMode::Pwrite).unwrap();
         f.pwrite_at(4000, b"hello").unwrap();
-        assert_eq!(f.read_at(4000, 5).unwrap(), b"hello", "one page cache: the map sees pwrite");
+        assert_eq!(
+            f.read_at(4000, 5).unwrap(),
+            b"hello",
+            "one page cache: the map sees pwrite"
+        );
         assert!(f.pwrite_at(8190, b"xyz").is_err(), "bounds are checked");
         // SAFETY: nothing else touches the file; the call must refuse anyway.
-        assert!(unsafe { f.write_at_shared(0, b"x") }.is_err(), "the mapping is read-only");
+        assert!(
+            unsafe { f.write_at_shared(0, b"x") }.is_err(),
+            "the mapping is read-only"
+        );
         f.sync_data().unwrap();
         drop(f);
         assert_eq!(&std::fs::read(&path).unwrap()[4000..4005], b"hello");
