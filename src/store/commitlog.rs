@@ -1,6 +1,6 @@
-//! The commitlog: one append-only log per broker, split into pre-allocated,
-//! pre-allocated segments named by their start offset, written with
-//! pwrite and read through read-only mappings.
+//! The commitlog: one append-only log per broker, split into pre-allocated
+//! segments named by their start offset, written with pwrite and read
+//! through read-only mappings.
 //!
 //! Concurrency contract: exactly one [`Appender`] (owned by the
 //! `CommitLogWriter` actor) writes; it publishes the end of the fully
