@@ -1,6 +1,7 @@
 //! `Dispatcher`: turns appended records into consume-queue and index entries
-//! and tells queue actors what is new. Runs on the store arbiter, fed by the
-//! CommitLogWriter one batch per message.
+//! and tells queue actors what is new. Runs on its own arbiter (creating a
+//! consume-queue file must not stall appends), fed by the CommitLogWriter
+//! one batch per message.
 
 use std::sync::Arc;
 

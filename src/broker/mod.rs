@@ -3,7 +3,7 @@
 //! SIGTERM.
 //!
 //! Threads: the system arbiter (name server, registration, accept loops),
-//! one store arbiter (CommitLogWriter, Dispatcher), one network arbiter per
+//! one store arbiter (CommitLogWriter), one dispatch arbiter (Dispatcher), one network arbiter per
 //! core (connections, queue actors), and the flusher thread.
 
 pub mod groups;
@@ -44,6 +44,7 @@ pub fn run(cfg: Config) -> io::Result<()> {
     };
     let network: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
     let store_arbiter = Arbiter::new();
+    let dispatch_arbiter = Arbiter::new();
     let handles: Vec<ArbiterHandle> = network.iter().map(Arbiter::handle).collect();
     let result = system.block_on(serve_until_signal(
         cfg,
@@ -51,8 +52,9 @@ pub fn run(cfg: Config) -> io::Result<()> {
         flusher.handle(),
         handles,
         store_arbiter.handle(),
+        dispatch_arbiter.handle(),
     ));
-    for arbiter in network.into_iter().chain(std::iter::once(store_arbiter)) {
+    for arbiter in network.into_iter().chain([store_arbiter, dispatch_arbiter]) {
         arbiter.stop();
         let _ = arbiter.join();
     }
@@ -73,6 +75,7 @@ async fn serve_until_signal(
     flusher: FlushHandle,
     network: Vec<ArbiterHandle>,
     store_arbiter: ArbiterHandle,
+    dispatch_arbiter: ArbiterHandle,
 ) -> io::Result<()> {
     // Installed before the ready line so that a signal right after it is a
     // clean shutdown, not the default kill.
@@ -116,7 +119,7 @@ async fn serve_until_signal(
     let queues = Arc::new(QueueRegistry::new(store.clone(), network.clone()));
     let dispatcher = {
         let (store, queues) = (store.clone(), queues.clone());
-        Supervisor::start_in_arbiter(&store_arbiter, move |_| Dispatcher::new(store, queues))
+        Supervisor::start_in_arbiter(&dispatch_arbiter, move |_| Dispatcher::new(store, queues))
     };
     let writer = {
         let (store, dispatcher, mode) = (store.clone(), dispatcher.clone(), cfg.store.flush);
