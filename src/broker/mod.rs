@@ -3,8 +3,9 @@
 //! SIGTERM.
 //!
 //! Threads: the system arbiter (name server, registration, accept loops),
-//! one store arbiter (CommitLogWriter), one dispatch arbiter (Dispatcher), one network arbiter per
-//! core (connections, queue actors), and the flusher thread.
+//! a store arbiter (CommitLogWriter), a dispatch arbiter (Dispatcher), one
+//! network arbiter per core (connections, queue actors, group coordinators)
+//! and the flusher thread.
 
 pub mod groups;
 pub mod handler;
