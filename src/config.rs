@@ -132,7 +132,8 @@ pub struct StoreSection {
     pub data_dir: PathBuf,
     /// Size of one commitlog segment; also the largest record.
     pub segment_bytes: u64,
-    /// Entries in one consume-queue file (20 bytes each).
+    /// Entries in the largest consume-queue file (20 bytes each); a queue's
+    /// files start at 1024 entries and double up to this.
     pub consume_queue_file_entries: u64,
     /// Hash slots in one key-index file.
     pub index_slots: u32,

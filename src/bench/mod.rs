@@ -43,6 +43,10 @@ pub struct LoadOpts {
     /// Topic.
     #[arg(long, default_value = "bench")]
     pub topic: String,
+    /// `produce`: spread batches over this many topics `<topic>-<i>`, each
+    /// with --queues queues (e.g. 10 × 1000 = 10 000 queues).
+    #[arg(long, default_value_t = 1)]
+    pub topics: u32,
     /// Stop after this many seconds even if messages remain.
     #[arg(long)]
     pub duration: Option<u64>,

@@ -16,10 +16,22 @@ use crate::message::Message;
 /// Batches one producer keeps in flight.
 const PIPELINE: usize = 4;
 
+/// The topics a run uses: `--topic`, or `<topic>-0 …` with `--topics N`.
+fn topic_names(o: &LoadOpts) -> Vec<String> {
+    if o.topics <= 1 {
+        vec![o.topic.clone()]
+    } else {
+        (0..o.topics).map(|i| format!("{}-{i}", o.topic)).collect()
+    }
+}
+
 async fn ensure_topic(o: &LoadOpts, cfg: &ClientConfig) -> CliResult {
     let admin = Admin::new(cfg.clone());
-    if !admin.list_topics().await?.contains(&o.topic) {
-        admin.create_topic(&o.topic, o.queues).await?;
+    let existing = admin.list_topics().await?;
+    for t in topic_names(o) {
+        if !existing.contains(&t) {
+            admin.create_topic(&t, o.queues).await?;
+        }
     }
     Ok(())
 }
@@ -41,15 +53,17 @@ pub async fn produce(o: LoadOpts) -> CliResult {
     let until = deadline(&o);
     let body = Bytes::from(vec![b'x'; o.size]);
     let remaining = Arc::new(AtomicU64::new(o.messages));
+    let topics = Arc::new(topic_names(&o));
     let mut workers = JoinSet::new();
-    for _ in 0..o.producers.max(1) {
-        let (producer, meter, body, remaining, topic) = (
+    for p in 0..o.producers.max(1) {
+        let (producer, meter, body, remaining, topics) = (
             Producer::new(cfg.clone()),
             meter.clone(),
             body.clone(),
             remaining.clone(),
-            o.topic.clone(),
+            topics.clone(),
         );
+        let mut next_topic = p;
         let batch = o.batch.max(1) as u64;
         let size = o.size as u64;
         workers.spawn(async move {
@@ -61,6 +75,8 @@ pub async fn produce(o: LoadOpts) -> CliResult {
                     });
                     let Ok(before) = take else { break };
                     let n = before.min(batch);
+                    let topic = &topics[next_topic % topics.len()];
+                    next_topic += 1;
                     let msgs: Vec<Message> = (0..n).map(|_| Message::new(topic.clone(), body.clone())).collect();
                     let (p, m) = (producer.clone(), meter.clone());
                     in_flight.spawn(async move {

@@ -4,7 +4,10 @@
 //! Entry layout (20 bytes, big-endian): u64 physical offset, u32 record
 //! size, u64 tag hash. A size of 0 marks an unused entry. Files live in
 //! `consumequeue/<topic>/<queue>/<20-digit first queue offset>` and are
-//! created when their first entry is written. The Dispatcher is the only
+//! created when their first entry is written: the first holds
+//! [`FIRST_FILE_ENTRIES`] entries and each next one twice the previous, up to
+//! `store.consume_queue_file_entries`, so ten thousand mostly idle queues
+//! reserve megabytes, not gigabytes. The Dispatcher is the only
 //! writer; readers read below the published `max_offset`.
 
 use std::collections::HashMap;
@@ -18,6 +21,8 @@ use super::mmap_file::MappedFile;
 
 /// Bytes per entry.
 pub const CQ_ENTRY_LEN: usize = 20;
+/// Entries of a queue's first file (20 KiB).
+pub const FIRST_FILE_ENTRIES: u64 = 1024;
 
 /// One consume-queue entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +57,7 @@ impl CqEntry {
 #[derive(Debug)]
 struct CqFile {
     start: u64,
+    entries: u64,
     file: MappedFile,
 }
 
@@ -68,7 +74,8 @@ pub enum PutOutcome {
 #[derive(Debug)]
 pub struct ConsumeQueue {
     dir: PathBuf,
-    entries_per_file: u64,
+    /// Entries of the largest file.
+    max_file_entries: u64,
     files: RwLock<Vec<Arc<CqFile>>>,
     min_offset: AtomicU64,
     max_offset: AtomicU64,
@@ -81,25 +88,35 @@ fn invalid(msg: impl Into<String>) -> io::Error {
 
 impl ConsumeQueue {
     /// Opens the queue in `dir` (creating the directory), finding its end.
-    pub fn open(dir: &Path, entries_per_file: u64) -> io::Result<ConsumeQueue> {
+    pub fn open(dir: &Path, max_file_entries: u64) -> io::Result<ConsumeQueue> {
         std::fs::create_dir_all(dir)?;
-        let file_len = entries_per_file * CQ_ENTRY_LEN as u64;
-        let mut files = Vec::new();
+        let mut files: Vec<Arc<CqFile>> = Vec::new();
         for start in list_offset_files(dir)? {
-            if start % entries_per_file != 0 {
+            let path = dir.join(offset_file_name(start));
+            let file = MappedFile::open_existing(&path)?;
+            if file.len() % CQ_ENTRY_LEN != 0 {
                 return Err(invalid(format!(
-                    "{}: start {start} is not a multiple of {entries_per_file}; was store.consume_queue_file_entries changed?",
-                    dir.display()
+                    "{}: size {} is not a whole number of entries",
+                    path.display(),
+                    file.len()
                 )));
             }
-            let file = MappedFile::create_or_open(dir.join(offset_file_name(start)), file_len as usize)?;
-            files.push(Arc::new(CqFile { start, file }));
+            let entries = (file.len() / CQ_ENTRY_LEN) as u64;
+            if let Some(prev) = files.last() {
+                if prev.start + prev.entries != start {
+                    return Err(invalid(format!(
+                        "{}: does not follow the previous file",
+                        path.display()
+                    )));
+                }
+            }
+            files.push(Arc::new(CqFile { start, entries, file }));
         }
         let min = files.first().map_or(0, |f| f.start);
         let max = match files.last() {
             // Entries are written contiguously: binary-search the first unused one.
             Some(last) => {
-                let (mut lo, mut hi) = (0u64, entries_per_file);
+                let (mut lo, mut hi) = (0u64, last.entries);
                 while lo < hi {
                     let mid = (lo + hi) / 2;
                     let used = CqEntry::decode(last.file.read_at(mid as usize * CQ_ENTRY_LEN, CQ_ENTRY_LEN)?).is_some();
@@ -115,7 +132,7 @@ impl ConsumeQueue {
         };
         Ok(ConsumeQueue {
             dir: dir.to_path_buf(),
-            entries_per_file,
+            max_file_entries: max_file_entries.max(1),
             files: RwLock::new(files),
             min_offset: AtomicU64::new(min),
             max_offset: AtomicU64::new(max),
@@ -137,7 +154,7 @@ impl ConsumeQueue {
         let files = self.files.read().ok()?;
         let idx = files.partition_point(|f| f.start <= offset).checked_sub(1)?;
         let f = &files[idx];
-        (offset < f.start + self.entries_per_file).then(|| f.clone())
+        (offset < f.start + f.entries).then(|| f.clone())
     }
 
     fn slot(&self, f: &CqFile, offset: u64) -> usize {
@@ -174,7 +191,7 @@ impl ConsumeQueue {
         }
         let f = match self.file_for(offset) {
             Some(f) => f,
-            None => self.add_file(offset - offset % self.entries_per_file)?,
+            None => self.add_file(offset)?,
         };
         // SAFETY: the Dispatcher is the only writer; `offset` is at the
         // published end, so no reader reads this entry until it is published.
@@ -183,11 +200,17 @@ impl ConsumeQueue {
         Ok(PutOutcome::Appended)
     }
 
+    /// Adds the file starting at `start` (the current end): twice the size
+    /// of the previous one, up to the maximum.
     fn add_file(&self, start: u64) -> io::Result<Arc<CqFile>> {
-        let path = self.dir.join(offset_file_name(start));
-        let file = MappedFile::create_or_open(&path, self.entries_per_file as usize * CQ_ENTRY_LEN)?;
-        let f = Arc::new(CqFile { start, file });
         let mut files = self.files.write().map_err(|_| invalid("consume queue lock poisoned"))?;
+        let entries = files
+            .last()
+            .map_or(FIRST_FILE_ENTRIES, |f| f.entries.saturating_mul(2))
+            .min(self.max_file_entries);
+        let path = self.dir.join(offset_file_name(start));
+        let file = MappedFile::create_or_open(&path, entries as usize * CQ_ENTRY_LEN)?;
+        let f = Arc::new(CqFile { start, entries, file });
         if files.is_empty() {
             self.min_offset.store(start, Ordering::Release);
             self.max_offset.store(start, Ordering::Release);
@@ -232,7 +255,7 @@ impl ConsumeQueue {
         let mut from = self.flushed_offset.load(Ordering::Acquire);
         while from < max {
             let Some(f) = self.file_for(from) else { break };
-            let upto = max.min(f.start + self.entries_per_file);
+            let upto = max.min(f.start + f.entries);
             let pos = self.slot(&f, from);
             f.file.flush_range(pos, (upto - from) as usize * CQ_ENTRY_LEN)?;
             from = upto;
@@ -360,6 +383,28 @@ mod tests {
             assert_eq!(q.get(i), Some(entry(i)));
         }
         assert_eq!(q.get(30), None);
+    }
+
+    #[test]
+    fn files_start_small_and_double_up_to_the_maximum() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = ConsumeQueue::open(dir.path(), 3000).unwrap();
+        for i in 0..9000 {
+            q.put(i, entry(i)).unwrap();
+        }
+        let sizes: Vec<u64> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len() / CQ_ENTRY_LEN as u64)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(sizes, [1024, 2048, 3000], "1024, 2048, then capped at 3000");
+        drop(q);
+        let q = ConsumeQueue::open(dir.path(), 3000).unwrap();
+        assert_eq!(q.max_offset(), 9000);
+        for i in [0, 1023, 1024, 3071, 3072, 8999] {
+            assert_eq!(q.get(i), Some(entry(i)));
+        }
     }
 
     #[test]
