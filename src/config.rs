@@ -80,6 +80,10 @@ pub struct BrokerSection {
     /// Requests one connection may have outstanding before the broker stops
     /// reading from it (backpressure).
     pub max_inflight_per_connection: usize,
+    /// Pulls one connection may have being served or waiting to be sent;
+    /// bounds what a consumer that stops reading can make the broker hold
+    /// (each pull response is at most 8 MiB).
+    pub max_inflight_pulls_per_connection: usize,
 }
 
 impl Default for BrokerSection {
@@ -98,6 +102,7 @@ impl Default for BrokerSection {
             max_frame_bytes: 16 << 20,
             network_threads: 0,
             max_inflight_per_connection: 256,
+            max_inflight_pulls_per_connection: 8,
         }
     }
 }
@@ -274,8 +279,8 @@ impl Config {
         if !self.broker.embedded_namesrv && self.broker.namesrv_addrs.is_empty() {
             return bad("without an embedded name server, broker.namesrv_addrs (--namesrv) is required");
         }
-        if self.broker.max_inflight_per_connection == 0 {
-            return bad("broker.max_inflight_per_connection must be positive");
+        if self.broker.max_inflight_per_connection == 0 || self.broker.max_inflight_pulls_per_connection == 0 {
+            return bad("broker.max_inflight_per_connection and max_inflight_pulls_per_connection must be positive");
         }
         Ok(())
     }

@@ -85,6 +85,7 @@ async fn serve_until_signal(
     let opts = ServeOptions {
         max_frame_bytes: cfg.broker.max_frame_bytes,
         max_inflight: cfg.broker.max_inflight_per_connection,
+        max_inflight_pulls: cfg.broker.max_inflight_pulls_per_connection,
     };
     let listener = TcpListener::bind(&cfg.broker.listen)
         .await

@@ -69,6 +69,7 @@ pub fn run_standalone(cfg: Config) -> io::Result<()> {
     let opts = ServeOptions {
         max_frame_bytes: cfg.broker.max_frame_bytes,
         max_inflight: cfg.broker.max_inflight_per_connection,
+        max_inflight_pulls: cfg.broker.max_inflight_pulls_per_connection,
     };
     let result = system.block_on(async move {
         // Installed before "ready" so that a signal sent right after it is
@@ -119,6 +120,7 @@ mod tests {
         ServeOptions {
             max_frame_bytes: 1 << 20,
             max_inflight: 16,
+            max_inflight_pulls: 4,
         }
     }
 

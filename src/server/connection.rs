@@ -15,7 +15,7 @@ use bytes::BytesMut;
 use futures::future::LocalBoxFuture;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::wire::{Command, Frame, FrameKind, Status};
 
@@ -27,7 +27,16 @@ pub struct ConnectionHandle {
     pub id: u64,
     /// The client's address.
     pub peer: SocketAddr,
-    push: mpsc::Sender<Frame>,
+    push: mpsc::Sender<Outgoing>,
+}
+
+/// A frame on its way to the socket, with the permit (if any) that must be
+/// held until it has been written: a pull's permit stays taken while its
+/// response is queued, so a client that stops reading cannot make the
+/// broker hold more than `max_inflight_pulls` pull responses for it.
+struct Outgoing {
+    frame: Frame,
+    _hold: Option<OwnedSemaphorePermit>,
 }
 
 impl ConnectionHandle {
@@ -35,7 +44,7 @@ impl ConnectionHandle {
     /// gone or its outbox is full (the client learns the news another way).
     pub fn push(&self, mut frame: Frame) -> bool {
         frame.kind = FrameKind::Push;
-        self.push.try_send(frame).is_ok()
+        self.push.try_send(Outgoing { frame, _hold: None }).is_ok()
     }
 
     /// True once the connection has closed.
@@ -61,6 +70,9 @@ pub struct ServeOptions {
     pub max_frame_bytes: usize,
     /// Requests handled at once per connection.
     pub max_inflight: usize,
+    /// Pulls handled or awaiting transmission at once per connection: bounds
+    /// the memory a client that stops reading can pin.
+    pub max_inflight_pulls: usize,
 }
 
 /// Accepts connections on `listener` forever, starting each session on the
@@ -115,19 +127,34 @@ pub async fn serve(
     }
 }
 
+/// The response side of a session's outbox.
+#[derive(Clone)]
+struct Reply(mpsc::Sender<Outgoing>);
+
+impl Reply {
+    async fn send(&self, frame: Frame) -> Result<(), ()> {
+        self.0.send(Outgoing { frame, _hold: None }).await.map_err(|_| ())
+    }
+}
+
 async fn run_session(stream: TcpStream, peer: SocketAddr, handler: Arc<dyn RequestHandler>, opts: ServeOptions) {
     tracing::debug!(%peer, "connection opened");
     let (mut reader, mut writer) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<Frame>(opts.max_inflight.max(1));
+    let (out_tx, mut rx) = mpsc::channel::<Outgoing>(opts.max_inflight.max(1));
 
     let write_loop = async move {
         let mut out = BytesMut::with_capacity(64 * 1024);
-        while let Some(frame) = rx.recv().await {
-            frame.encode(&mut out);
+        let mut written = Vec::new();
+        while let Some(first) = rx.recv().await {
+            first.frame.encode(&mut out);
+            written.push(first);
             // Coalesce whatever else is ready into one write.
             while out.len() < 1 << 20 {
                 match rx.try_recv() {
-                    Ok(f) => f.encode(&mut out),
+                    Ok(next) => {
+                        next.frame.encode(&mut out);
+                        written.push(next);
+                    }
                     Err(_) => break,
                 }
             }
@@ -135,6 +162,7 @@ async fn run_session(stream: TcpStream, peer: SocketAddr, handler: Arc<dyn Reque
                 return;
             }
             out.clear();
+            written.clear(); // releases the pull permits of what was sent
         }
         let _ = writer.shutdown().await;
     };
@@ -143,9 +171,11 @@ async fn run_session(stream: TcpStream, peer: SocketAddr, handler: Arc<dyn Reque
     let conn = ConnectionHandle {
         id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
         peer,
-        push: tx.clone(),
+        push: out_tx.clone(),
     };
+    let tx = Reply(out_tx);
     let permits = Arc::new(Semaphore::new(opts.max_inflight.max(1)));
+    let pull_permits = Arc::new(Semaphore::new(opts.max_inflight_pulls.max(1)));
     let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
         let frame = match Frame::parse(&mut buf, opts.max_frame_bytes) {
@@ -190,6 +220,15 @@ async fn run_session(stream: TcpStream, peer: SocketAddr, handler: Arc<dyn Reque
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
+        // Pull responses are large: waiting here stops reading the socket.
+        let pull_permit = if cmd == Command::PullMessage {
+            match pull_permits.clone().acquire_owned().await {
+                Ok(p) => Some(p),
+                Err(_) => break,
+            }
+        } else {
+            None
+        };
         let tx = tx.clone();
         let fut = handler.clone().handle(conn.clone(), cmd, frame);
         actix_rt::spawn(async move {
@@ -198,7 +237,12 @@ async fn run_session(stream: TcpStream, peer: SocketAddr, handler: Arc<dyn Reque
             if wants_reply {
                 response.correlation_id = correlation_id;
                 response.kind = FrameKind::Response;
-                let _ = tx.send(response).await;
+                let _ =
+                    tx.0.send(Outgoing {
+                        frame: response,
+                        _hold: pull_permit,
+                    })
+                    .await;
             }
         });
     }
