@@ -8,7 +8,6 @@
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::time::Instant;
 
 const RECORD: usize = 1024;
@@ -22,11 +21,7 @@ fn preallocated(path: &std::path::Path, len: u64) -> std::io::Result<std::fs::Fi
         .create(true)
         .truncate(true)
         .open(path)?;
-    // SAFETY: plain syscall on an open descriptor.
-    let rc = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, len as libc::off_t) };
-    if rc != 0 {
-        return Err(std::io::Error::from_raw_os_error(rc));
-    }
+    ferromq::store::mmap_file::reserve_space(&f, len as usize)?;
     Ok(f)
 }
 

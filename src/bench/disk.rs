@@ -4,7 +4,6 @@
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -12,6 +11,7 @@ use clap::Args;
 use serde_json::json;
 
 use crate::cli::CliResult;
+use crate::store::mmap_file::reserve_space;
 
 /// `bench disk` flags.
 #[derive(Debug, Clone, Args)]
@@ -31,15 +31,6 @@ pub struct DiskOpts {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
-}
-
-fn preallocate(f: &std::fs::File, len: u64) -> std::io::Result<()> {
-    // SAFETY: plain syscall on an open descriptor.
-    let rc = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, len as libc::off_t) };
-    if rc != 0 {
-        return Err(std::io::Error::from_raw_os_error(rc));
-    }
-    Ok(())
 }
 
 /// Runs the disk benchmark.
@@ -75,7 +66,7 @@ fn measure(
         .create(true)
         .truncate(true)
         .open(path)?;
-    preallocate(&f, total + (o.syncs * 4096))?;
+    reserve_space(&f, (total + o.syncs * 4096) as usize)?;
     let chunk = vec![0xA5u8; o.chunk.max(4096)];
     let started = Instant::now();
     let mut pos = 0u64;

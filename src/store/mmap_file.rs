@@ -282,7 +282,7 @@ fn create_allocated(path: &Path, len: usize) -> io::Result<File> {
             .create(true)
             .truncate(true)
             .open(&tmp)?;
-        allocate(&file, len)?;
+        reserve_space(&file, len)?;
         file.sync_all()?;
         fs::rename(&tmp, path)?;
         sync_parent_dir(path)?;
@@ -295,8 +295,10 @@ fn create_allocated(path: &Path, len: usize) -> io::Result<File> {
     })
 }
 
-/// Reserves `len` bytes for `file` (which is empty).
-fn allocate(file: &File, len: usize) -> io::Result<()> {
+/// Reserves `len` bytes for the (empty) `file` for real: `posix_fallocate`,
+/// or written zeroes where the file system cannot preallocate. A full disk
+/// is an error here rather than a SIGBUS on a later write to a mapping.
+pub fn reserve_space(file: &File, len: usize) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let off_len = libc::off_t::try_from(len)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{len} bytes is too large")))?;
