@@ -36,7 +36,7 @@ pub struct ConnectionHandle {
 /// broker hold more than `max_inflight_pulls` pull responses for it.
 struct Outgoing {
     frame: Frame,
-    _hold: Option<OwnedSemaphorePermit>,
+    hold: Option<OwnedSemaphorePermit>,
 }
 
 impl ConnectionHandle {
@@ -44,7 +44,7 @@ impl ConnectionHandle {
     /// gone or its outbox is full (the client learns the news another way).
     pub fn push(&self, mut frame: Frame) -> bool {
         frame.kind = FrameKind::Push;
-        self.push.try_send(Outgoing { frame, _hold: None }).is_ok()
+        self.push.try_send(Outgoing { frame, hold: None }).is_ok()
     }
 
     /// True once the connection has closed.
@@ -133,7 +133,7 @@ struct Reply(mpsc::Sender<Outgoing>);
 
 impl Reply {
     async fn send(&self, frame: Frame) -> Result<(), ()> {
-        self.0.send(Outgoing { frame, _hold: None }).await.map_err(|_| ())
+        self.0.send(Outgoing { frame, hold: None }).await.map_err(|_| ())
     }
 }
 
@@ -144,16 +144,18 @@ async fn run_session(stream: TcpStream, peer: SocketAddr, handler: Arc<dyn Reque
 
     let write_loop = async move {
         let mut out = BytesMut::with_capacity(64 * 1024);
-        let mut written = Vec::new();
+        // Permits of frames encoded into `out` but not yet written; the
+        // frames themselves are dropped once encoded.
+        let mut holds = Vec::new();
         while let Some(first) = rx.recv().await {
             first.frame.encode(&mut out);
-            written.push(first);
+            holds.push(first.hold);
             // Coalesce whatever else is ready into one write.
             while out.len() < 1 << 20 {
                 match rx.try_recv() {
                     Ok(next) => {
                         next.frame.encode(&mut out);
-                        written.push(next);
+                        holds.push(next.hold);
                     }
                     Err(_) => break,
                 }
@@ -162,7 +164,7 @@ async fn run_session(stream: TcpStream, peer: SocketAddr, handler: Arc<dyn Reque
                 return;
             }
             out.clear();
-            written.clear(); // releases the pull permits of what was sent
+            holds.clear(); // releases the pull permits of what was sent
         }
         let _ = writer.shutdown().await;
     };
@@ -240,7 +242,7 @@ async fn run_session(stream: TcpStream, peer: SocketAddr, handler: Arc<dyn Reque
                 let _ =
                     tx.0.send(Outgoing {
                         frame: response,
-                        _hold: pull_permit,
+                        hold: pull_permit,
                     })
                     .await;
             }
