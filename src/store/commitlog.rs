@@ -34,6 +34,8 @@ pub struct CommitLog {
     segments: RwLock<Vec<Arc<Segment>>>,
     write_pos: AtomicU64,
     flushed_pos: AtomicU64,
+    /// End of what writeback was started for (flusher thread only).
+    writeback_pos: AtomicU64,
 }
 
 /// Why an append failed.
@@ -82,6 +84,7 @@ impl CommitLog {
             segments: RwLock::new(segments),
             write_pos: AtomicU64::new(0),
             flushed_pos: AtomicU64::new(0),
+            writeback_pos: AtomicU64::new(0),
         })
     }
 
@@ -168,6 +171,23 @@ impl CommitLog {
         }
         self.flushed_pos.fetch_max(target, Ordering::AcqRel);
         Ok(self.flushed_pos())
+    }
+
+    /// Starts (without waiting) writeback of everything written since the
+    /// last call, so dirty pages never pile up until the kernel throttles
+    /// the writer. Called by the flusher thread only.
+    pub fn start_writeback(&self) -> io::Result<()> {
+        let target = self.write_pos();
+        let mut from = self.writeback_pos.load(Ordering::Acquire).max(self.flushed_pos());
+        while from < target {
+            let Some(seg) = self.segment_for(from) else { break };
+            let upto = target.min(seg.start + self.segment_bytes);
+            seg.file
+                .start_writeback((from - seg.start) as usize, (upto - from) as usize)?;
+            from = upto;
+        }
+        self.writeback_pos.fetch_max(target, Ordering::AcqRel);
+        Ok(())
     }
 
     fn add_segment(&self, start: u64) -> io::Result<Arc<Segment>> {

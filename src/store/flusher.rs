@@ -90,12 +90,16 @@ impl Flusher {
     }
 }
 
+/// How often writeback of new commitlog bytes is started (not awaited).
+const WRITEBACK_INTERVAL: Duration = Duration::from_millis(20);
+
 fn run(store: Arc<Store>, rx: mpsc::Receiver<FlushCmd>, interval: Duration) {
     let mut next_tick = Instant::now() + interval;
+    let mut next_writeback = Instant::now() + WRITEBACK_INTERVAL;
     let mut waiters: Vec<(u64, oneshot::Sender<FlushResult>)> = Vec::new();
     let mut stopping = false;
     while !stopping {
-        let timeout = next_tick.saturating_duration_since(Instant::now());
+        let timeout = next_tick.min(next_writeback).saturating_duration_since(Instant::now());
         match rx.recv_timeout(timeout) {
             Ok(FlushCmd::Durable { upto, reply }) => {
                 waiters.push((upto, reply));
@@ -117,6 +121,12 @@ fn run(store: Arc<Store>, rx: mpsc::Receiver<FlushCmd>, interval: Duration) {
             }
             Ok(FlushCmd::Stop) | Err(RecvTimeoutError::Disconnected) => stopping = true,
             Err(RecvTimeoutError::Timeout) => {}
+        }
+        if Instant::now() >= next_writeback {
+            if let Err(e) = store.log.start_writeback() {
+                tracing::warn!(error = %e, "starting commitlog writeback failed");
+            }
+            next_writeback = Instant::now() + WRITEBACK_INTERVAL;
         }
         if stopping || Instant::now() >= next_tick {
             periodic(&store);

@@ -228,6 +228,27 @@ impl MappedFile {
             .map_err(|e| with_path(&self.path, e))
     }
 
+    /// Starts writing `pos..pos + len` back to disk without waiting
+    /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`); durability still needs
+    /// [`sync_data`](Self::sync_data).
+    pub fn start_writeback(&self, pos: usize, len: usize) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        self.check_range(pos, len)?;
+        // SAFETY: plain system call on a valid, open descriptor; in range.
+        let rc = unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                pos as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+        if rc != 0 {
+            return Err(with_path(&self.path, io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
     /// Makes every written byte durable (`fdatasync`).
     pub fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data().map_err(|e| with_path(&self.path, e))
