@@ -510,6 +510,8 @@ mod tests {
         }
         assert!(log.record_at(placed[1].phys_offset + 1).is_err());
         assert!(log.read_into(log.write_pos(), 1, &mut BytesMut::new()).is_err());
+        log.start_writeback().unwrap(); // across every segment written
+        log.start_writeback().unwrap(); // nothing new: a no-op
         assert_eq!(log.flush_to(u64::MAX).unwrap(), log.write_pos());
     }
 
