@@ -9,6 +9,15 @@ use std::time::Duration;
 use common::*;
 use ferromq::wire::{Frame, FrameKind, Status};
 
+fn vm_peak_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmPeak:"))
+        .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
 fn connect(addr: &str) -> TcpStream {
     let s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -96,17 +105,85 @@ fn malformed_frames_get_errors_and_harm_no_one() {
     assert_eq!((r.status(), r.correlation_id), (Status::MalformedFrame, 49));
     assert!(r.error_message().contains("truncated"), "{}", r.error_message());
 
+    let r = exchange(&mut s, &raw_frame(1, 77, 1, 52, b"", b"", None));
+    assert_eq!(
+        (r.status(), r.correlation_id),
+        (Status::MalformedFrame, 52),
+        "unknown frame kind"
+    );
+    let mut send = Vec::new();
+    send.extend_from_slice(&1u16.to_be_bytes());
+    send.extend_from_slice(b"t");
+    send.extend_from_slice(&0u32.to_be_bytes()); // queue
+    send.extend_from_slice(&1u32.to_be_bytes()); // one message
+    send.extend_from_slice(&0u32.to_be_bytes()); // flags
+    send.extend_from_slice(&1u64.to_be_bytes()); // born timestamp
+    send.extend_from_slice(&0u16.to_be_bytes()); // no properties
+    send.extend_from_slice(&1u32.to_be_bytes());
+    send.push(b'x'); // body
+    send.extend_from_slice(b"junk"); // trailing bytes
+    let r = exchange(&mut s, &request(10, 53, b"", &send));
+    assert_eq!(
+        (r.status(), r.correlation_id),
+        (Status::MalformedFrame, 53),
+        "trailing bytes"
+    );
+    assert!(r.error_message().contains("trailing"), "{}", r.error_message());
+
+    // Well-delimited frames with random contents: each is answered (or, if
+    // oneway, dropped) and the connection lives on.
+    let mut x = 0x9E37_79B9u32;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        x
+    };
+    for i in 0..200u32 {
+        let header: Vec<u8> = (0..rnd() % 40).map(|_| rnd() as u8).collect();
+        let body: Vec<u8> = (0..rnd() % 200).map(|_| rnd() as u8).collect();
+        let code = [1u16, 10, 11, 12, 13, 14, 20, 21, 22, 30, 34, 37, 999][(rnd() % 13) as usize];
+        let kind = [0u8, 2][(rnd() % 2) as usize];
+        s.write_all(&raw_frame(1, kind, code, 1000 + i, &header, &body, None))
+            .unwrap();
+    }
+    // Answers come in completion order: read until the ping's.
+    s.write_all(&request(1, 54, b"", b"")).unwrap();
+    let mut answered = 0;
+    loop {
+        let r = read_frame(&mut s).expect("the connection survives random frames");
+        if r.correlation_id == 54 {
+            assert_eq!(r.status(), Status::Success);
+            break;
+        }
+        assert!(
+            r.correlation_id >= 1000 && r.correlation_id < 1200,
+            "stray answer {}",
+            r.correlation_id
+        );
+        answered += 1;
+    }
+    assert!(answered > 0, "random requests get answers");
+    // Late answers to random frames may still follow: continue on a fresh connection.
+    let mut s = connect(&addr);
+
     let r = exchange(&mut s, &raw_frame(1, 1, 0, 50, b"", b"", None));
     assert_eq!(r.status(), Status::MalformedFrame, "clients may not send responses");
     assert_ping(&mut s, 51);
 
-    // An oversized length is refused without reading it, and closes only
-    // this connection.
+    // An oversized length is refused without reading it (or allocating
+    // for it), and closes only this connection.
+    let peak_before = vm_peak_kb(broker.pid());
     let mut big = connect(&addr);
     big.write_all(&0xFFFF_FFF0u32.to_be_bytes()).unwrap();
     let r = read_frame(&mut big).expect("an error before the close");
     assert_eq!((r.status(), r.correlation_id), (Status::FrameTooLarge, 0));
     assert!(read_frame(&mut big).is_none(), "then the connection is closed");
+    let grown_mb = vm_peak_kb(broker.pid()).saturating_sub(peak_before) / 1024;
+    assert!(
+        grown_mb < 1024,
+        "no allocation for the announced 4 GiB (peak grew {grown_mb} MiB)"
+    );
 
     // Lost framing (length shorter than a header) closes that connection too.
     let mut short = connect(&addr);
