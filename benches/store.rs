@@ -24,7 +24,7 @@ fn store(c: &mut Criterion) {
     let (store, _) = Store::open(&cfg).expect("store");
     store
         .topics
-        .get_or_create("bench", TopicConfig { queues: 8 })
+        .get_or_create("bench", TopicConfig::with_queues(8))
         .expect("topic");
     let topic: Arc<str> = Arc::from("bench");
     let entries: Vec<SendEntry> = (0..1000)

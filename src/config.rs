@@ -20,6 +20,48 @@ pub struct Config {
     pub namesrv: NamesrvSection,
     /// `[group]`: consumer-group coordination.
     pub group: GroupSection,
+    /// `[delivery]`: per-message acknowledgements, retries, delays.
+    pub delivery: DeliverySection,
+}
+
+/// `[delivery]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliverySection {
+    /// Wait before the 1st, 2nd, … redelivery of a NACKed message, ms.
+    pub retry_backoff_ms: Vec<u64>,
+    /// Redeliveries before a message goes to `%DLQ%<group>`.
+    pub max_retries: u32,
+    /// Most delivered-but-unsettled messages per group and queue.
+    pub max_unsettled: u64,
+    /// How often queue actors commit their groups' settled offsets.
+    pub commit_interval_ms: u64,
+    /// Furthest ahead a deliver-at time may be.
+    pub max_delay_ms: u64,
+}
+
+impl Default for DeliverySection {
+    fn default() -> Self {
+        let retry = crate::delivery::RetryPolicy::default();
+        DeliverySection {
+            retry_backoff_ms: retry.backoff_ms,
+            max_retries: retry.max_retries,
+            max_unsettled: retry.max_unsettled,
+            commit_interval_ms: 200,
+            max_delay_ms: 7 * 86_400_000,
+        }
+    }
+}
+
+impl DeliverySection {
+    /// The retry rules these settings describe.
+    pub fn retry_policy(&self) -> crate::delivery::RetryPolicy {
+        crate::delivery::RetryPolicy {
+            backoff_ms: self.retry_backoff_ms.clone(),
+            max_retries: self.max_retries,
+            max_unsettled: self.max_unsettled.max(1),
+        }
+    }
 }
 
 /// `[group]` section.
@@ -226,7 +268,8 @@ impl Config {
                 .separator("__")
                 .try_parsing(true)
                 .list_separator(",")
-                .with_list_parse_key("broker.namesrv_addrs"),
+                .with_list_parse_key("broker.namesrv_addrs")
+                .with_list_parse_key("delivery.retry_backoff_ms"),
         );
         let mut cfg: Config = builder.build().map_err(err)?.try_deserialize().map_err(err)?;
         cfg.apply(overrides);

@@ -13,6 +13,7 @@ pub mod broker;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod delivery;
 pub mod groups;
 pub mod message;
 pub mod namesrv;

@@ -56,6 +56,27 @@ impl Message {
         self
     }
 
+    /// Expires the message `ttl` after it is stored: it is then never
+    /// delivered and goes to each consuming group's dead-letter topic.
+    pub fn with_ttl(self, ttl: std::time::Duration) -> Message {
+        let ms = ttl.as_millis().min(u128::from(u64::MAX)) as u64;
+        self.with_property(crate::delivery::props::TTL, ms.to_string())
+    }
+
+    /// Delays delivery by one of the 18 delay levels (1 = 1 s … 18 = 2 h;
+    /// see [`crate::delivery::delay::DELAY_LEVELS_MS`]).
+    pub fn with_delay_level(self, level: u32) -> Message {
+        self.with_property(crate::delivery::props::DELAY_LEVEL, level.to_string())
+    }
+
+    /// Delays delivery until `at` (at most the broker's maximum delay ahead).
+    pub fn with_deliver_at(self, at: std::time::SystemTime) -> Message {
+        let ms = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.with_property(crate::delivery::props::DELIVER_AT, ms.to_string())
+    }
+
     /// The tag, if any.
     pub fn tag(&self) -> Option<&str> {
         self.properties.get(PROPERTY_TAGS).map(String::as_str)
@@ -78,48 +99,117 @@ pub fn tag_hash(tag: &str) -> u64 {
     h
 }
 
-/// A parsed tag expression: `*`/empty for all, else tags joined by `||`.
+/// A parsed tag expression: `*` or empty for every message, else terms
+/// joined by `||`. A term is an exact tag, or a RabbitMQ-style pattern over
+/// dotted tags when one of its words is `*` (exactly one word) or `#` (zero
+/// or more words): `order.*.created`, `log.#`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TagFilter {
     /// Every message matches.
     All,
-    /// Messages whose tag is one of these.
-    AnyOf(Vec<String>),
+    /// Messages whose tag matches one of these terms.
+    AnyOf(Vec<TagTerm>),
+}
+
+/// One term of a tag expression.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TagTerm {
+    /// The tag must equal this.
+    Exact(String),
+    /// The tag's dotted words must match these.
+    Pattern(Vec<PatternWord>),
+}
+
+/// A word of a tag pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PatternWord {
+    /// This word exactly.
+    Literal(String),
+    /// `*`: exactly one word.
+    One,
+    /// `#`: zero or more words.
+    Any,
+}
+
+impl TagTerm {
+    fn parse(term: &str) -> TagTerm {
+        let words: Vec<&str> = term.split('.').collect();
+        if !words.iter().any(|w| *w == "*" || *w == "#") {
+            return TagTerm::Exact(term.to_string());
+        }
+        TagTerm::Pattern(
+            words
+                .into_iter()
+                .map(|w| match w {
+                    "*" => PatternWord::One,
+                    "#" => PatternWord::Any,
+                    w => PatternWord::Literal(w.to_string()),
+                })
+                .collect(),
+        )
+    }
+
+    fn matches(&self, tag: Option<&str>) -> bool {
+        match self {
+            TagTerm::Exact(t) => tag == Some(t.as_str()),
+            TagTerm::Pattern(p) => {
+                // No tag is zero words: only `#` patterns match it.
+                let words: Vec<&str> = tag.map_or_else(Vec::new, |t| t.split('.').collect());
+                words_match(p, &words)
+            }
+        }
+    }
+}
+
+/// Dotted-word matching with `*` and `#` (AMQP topic-exchange rules).
+fn words_match(pattern: &[PatternWord], words: &[&str]) -> bool {
+    match pattern.split_first() {
+        None => words.is_empty(),
+        Some((PatternWord::Any, rest)) => (0..=words.len()).any(|skip| words_match(rest, &words[skip..])),
+        Some((PatternWord::One, rest)) => !words.is_empty() && words_match(rest, &words[1..]),
+        Some((PatternWord::Literal(l), rest)) => words.first() == Some(&l.as_str()) && words_match(rest, &words[1..]),
+    }
 }
 
 impl TagFilter {
-    /// Parses an expression such as `"a || b"`.
+    /// Parses an expression such as `"a || b"` or `"order.*.created || log.#"`.
     pub fn parse(expr: &str) -> TagFilter {
         let expr = expr.trim();
         if expr.is_empty() || expr == "*" {
             return TagFilter::All;
         }
-        let tags: Vec<String> = expr
-            .split("||")
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(str::to_string)
-            .collect();
-        if tags.iter().any(|t| t == "*") || tags.is_empty() {
-            TagFilter::All
-        } else {
-            TagFilter::AnyOf(tags)
+        let terms: Vec<&str> = expr.split("||").map(str::trim).filter(|t| !t.is_empty()).collect();
+        if terms.contains(&"*") || terms.is_empty() {
+            return TagFilter::All;
         }
+        TagFilter::AnyOf(terms.into_iter().map(TagTerm::parse).collect())
     }
 
-    /// Tag hashes a consume-queue entry may carry to be worth reading.
+    /// Tag hashes a consume-queue entry may carry to be worth reading;
+    /// `None` when every entry must be read (no filter, or a pattern).
     pub fn hashes(&self) -> Option<Vec<u64>> {
         match self {
             TagFilter::All => None,
-            TagFilter::AnyOf(tags) => Some(tags.iter().map(|t| tag_hash(t)).collect()),
+            TagFilter::AnyOf(terms) => terms
+                .iter()
+                .map(|t| match t {
+                    TagTerm::Exact(tag) => Some(tag_hash(tag)),
+                    TagTerm::Pattern(_) => None,
+                })
+                .collect(),
         }
+    }
+
+    /// True when the filter lets every message through.
+    pub fn is_all(&self) -> bool {
+        matches!(self, TagFilter::All)
     }
 
     /// Whether a message with this tag matches.
     pub fn matches(&self, tag: Option<&str>) -> bool {
         match self {
             TagFilter::All => true,
-            TagFilter::AnyOf(tags) => tag.is_some_and(|t| tags.iter().any(|x| x == t)),
+            TagFilter::AnyOf(terms) => terms.iter().any(|t| t.matches(tag)),
         }
     }
 }
@@ -150,5 +240,48 @@ mod tests {
         assert!(!f.matches(Some("ab")) && !f.matches(None));
         assert_eq!(f.hashes().unwrap(), vec![tag_hash("a"), tag_hash("b")]);
         assert_ne!(tag_hash("a"), tag_hash("b"));
+    }
+
+    /// The documented pattern cases (`docs/protocol.md` §5.3).
+    #[test]
+    fn dotted_patterns_match_words() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("order.*.created", "order.eu.created", true),
+            ("order.*.created", "order.created", false),
+            ("order.*.created", "order.eu.west.created", false),
+            ("order.*.created", "order.eu.created.late", false),
+            ("log.#", "log", true),
+            ("log.#", "log.error", true),
+            ("log.#", "log.error.disk", true),
+            ("log.#", "logs.error", false),
+            ("log.#", "audit.log", false),
+            ("#.error", "error", true),
+            ("#.error", "log.disk.error", true),
+            ("#.error", "log.errors", false),
+            ("*.*", "a.b", true),
+            ("*.*", "a", false),
+            ("a.#.z", "a.z", true),
+            ("a.#.z", "a.b.c.z", true),
+            ("a.#.z", "a.b.c", false),
+            ("#", "anything.at.all", true),
+            ("order.created", "order.created", true),
+            ("order.created", "order.deleted", false),
+            ("a*b", "a*b", true),
+            ("a*b", "axb", false),
+            ("log.# || order.*", "order.paid", true),
+            ("log.# || order.*", "order.paid.twice", false),
+            ("x || log.#", "log", true),
+        ];
+        for (expr, tag, want) in cases {
+            assert_eq!(TagFilter::parse(expr).matches(Some(tag)), *want, "{expr} vs {tag}");
+        }
+        assert!(TagFilter::parse("#").matches(None), "no tag is zero words");
+        assert!(!TagFilter::parse("*.x").matches(None));
+        assert_eq!(
+            TagFilter::parse("a || log.#").hashes(),
+            None,
+            "patterns need every entry read"
+        );
+        assert!(TagFilter::parse("x || * ").is_all());
     }
 }

@@ -3,72 +3,11 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
-
-struct Consumer {
-    child: Child,
-    out: PathBuf,
-}
-
-impl Consumer {
-    fn start(ns: &str, dir: &Path, name: &str, args: &[&str]) -> Consumer {
-        let out = dir.join(format!("{name}.out"));
-        let child = Command::new(bin())
-            .args([
-                "consume",
-                "-n",
-                ns,
-                "--format",
-                "json",
-                "--client-id",
-                name,
-                "--heartbeat-ms",
-                "300",
-            ])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(File::create(&out).unwrap()))
-            .stderr(Stdio::from(File::create(dir.join(format!("{name}.err"))).unwrap()))
-            .spawn()
-            .unwrap();
-        Consumer { child, out }
-    }
-
-    fn messages(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.out)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    fn terminate(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.kill9();
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Consumer {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
 
 fn describe(ns: &str, group: &str) -> Value {
     serde_json::from_str(cli_ok(ns, &["group", "describe", group, "--format", "json"]).trim()).unwrap()

@@ -116,6 +116,7 @@ async fn batch_send_pull_long_poll_and_queries() {
     let create = to_json(&CreateTopic {
         topic: "smoke".into(),
         queues: 2,
+        ttl_ms: None,
     });
     conn.request(Cmd::CreateTopic, create, Bytes::new(), T).await.unwrap();
 

@@ -63,14 +63,26 @@ impl Handler<Dispatch> for Dispatcher {
             return;
         }
         self.store.mark_dispatched(msg.end);
-        // A batch usually targets one queue: notify once per queue.
-        let mut last: Option<(&Arc<str>, u32)> = None;
-        for e in msg.entries.iter().rev() {
-            if last == Some((&e.topic, e.queue_id)) {
-                continue;
+        // A batch usually targets one queue: notify once per queue run,
+        // with the TTL deadlines of that run.
+        let mut i = 0;
+        while i < msg.entries.len() {
+            let first = &msg.entries[i];
+            let mut j = i;
+            let mut expiring = Vec::new();
+            while j < msg.entries.len()
+                && msg.entries[j].topic == first.topic
+                && msg.entries[j].queue_id == first.queue_id
+            {
+                if let Some(at) = msg.entries[j].expire_at {
+                    expiring.push((msg.entries[j].queue_offset, at));
+                }
+                j += 1;
             }
-            last = Some((&e.topic, e.queue_id));
-            self.queues.notify(&e.topic, e.queue_id, e.queue_offset + 1);
+            let last = &msg.entries[j - 1];
+            self.queues
+                .notify(&last.topic, last.queue_id, last.queue_offset + 1, expiring);
+            i = j;
         }
     }
 }

@@ -6,10 +6,15 @@
 //! * [`dispatcher`] — consume-queue and index entries for appended records.
 //! * [`queue_actor`] — one per topic-queue: pulls and long polling
 //!   ([`long_poll`], [`pull`] hold its pure logic; [`queue_registry`] finds it).
+//!   [`queue_delivery`] adds per-message delivery (ack/nack, retries, dead
+//!   letters, TTL) on top.
+//! * [`delay_scheduler`] — releases delayed messages when due.
+//! * [`services`] — appends, offset commits and internal topics for actors.
 //! * [`namesrv`] — the name server's registry of live brokers and routes.
 //! * [`namesrv_client`] — a broker's registration with its name servers.
 
 pub mod commitlog_writer;
+pub mod delay_scheduler;
 pub mod dispatcher;
 pub mod group_coordinator;
 pub mod group_registry;
@@ -18,4 +23,6 @@ pub mod namesrv;
 pub mod namesrv_client;
 pub mod pull;
 pub mod queue_actor;
+pub mod queue_delivery;
 pub mod queue_registry;
+pub mod services;

@@ -3,6 +3,7 @@
 
 use bytes::BytesMut;
 
+use crate::delivery::expiry::raw_expire_at;
 use crate::message::TagFilter;
 use crate::store::record::StoredRecord;
 use crate::store::Store;
@@ -59,6 +60,8 @@ pub fn serve_pull(
         return Ok(respond(PullStatus::OffsetMoved, next, min, max, 0, BytesMut::new()));
     }
     let hashes = filter.hashes();
+    let topic_ttl = store.topics.get(topic).and_then(|t| t.ttl_ms);
+    let now = crate::actors::commitlog_writer::now_millis();
     let mut records = BytesMut::new();
     let mut count = 0u32;
     let mut next = offset;
@@ -81,8 +84,13 @@ pub fn serve_pull(
                 format!("reading {topic}/{queue_id} offset {}: {e}", next - 1),
             ));
         }
-        if hashes.is_some() {
-            // Hashes collide: confirm the real tag.
+        // An expired message is never delivered.
+        if raw_expire_at(&records[start..], topic_ttl).is_some_and(|at| at <= now) {
+            records.truncate(start);
+            continue;
+        }
+        if hashes.is_some() || !filter.is_all() {
+            // Hashes collide, and patterns have none: confirm the real tag.
             let rec = StoredRecord::decode(records.clone().split_off(start).freeze());
             if !rec.is_ok_and(|r| filter.matches(r.tag())) {
                 records.truncate(start);

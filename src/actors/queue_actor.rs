@@ -1,6 +1,9 @@
 //! `QueueActor`: one per topic-queue. Serves pulls from the consume queue and
 //! parks long-polling pulls until the Dispatcher reports new messages or
 //! their wait expires. A thin shell over [`serve_pull`] and [`LongPolls`].
+//! It also tracks per-message delivery for groups that receive with
+//! acknowledgements (in-flight table, retries, dead letters, TTL expiry):
+//! see [`super::queue_delivery`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,6 +14,8 @@ use tokio::sync::oneshot;
 
 use super::long_poll::LongPolls;
 use super::pull::serve_pull;
+use super::queue_delivery::Deliveries;
+use super::services::BrokerServices;
 use crate::message::TagFilter;
 use crate::store::Store;
 use crate::wire::pull::{PullRequest, PullResponse, PullStatus};
@@ -30,6 +35,8 @@ pub struct Pull(pub PullRequest);
 pub struct NewMessages {
     /// One past the newest entry.
     pub max_offset: u64,
+    /// New messages with a TTL: (queue offset, expiry time in ms).
+    pub expiring: Vec<(u64, u64)>,
 }
 
 /// The queue's topic was deleted: answer parked pulls and stop.
@@ -45,9 +52,11 @@ struct Waiter {
 
 /// The actor serving one topic-queue.
 pub struct QueueActor {
-    store: Arc<Store>,
-    topic: Arc<str>,
-    queue_id: u32,
+    pub(super) services: Arc<BrokerServices>,
+    pub(super) store: Arc<Store>,
+    pub(super) topic: Arc<str>,
+    pub(super) queue_id: u32,
+    pub(super) deliveries: Deliveries,
     polls: LongPolls<Waiter>,
     epoch: Instant,
     timer: Option<SpawnHandle>,
@@ -55,11 +64,13 @@ pub struct QueueActor {
 
 impl QueueActor {
     /// An actor for (topic, queue).
-    pub fn new(store: Arc<Store>, topic: Arc<str>, queue_id: u32) -> QueueActor {
+    pub fn new(services: Arc<BrokerServices>, topic: Arc<str>, queue_id: u32) -> QueueActor {
         QueueActor {
-            store,
+            store: services.store.clone(),
+            services,
             topic,
             queue_id,
+            deliveries: Deliveries::default(),
             polls: LongPolls::default(),
             epoch: Instant::now(),
             timer: None,
@@ -122,6 +133,7 @@ impl Actor for QueueActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         // Pulls are answered quickly; a deeper mailbox only adds latency.
         ctx.set_mailbox_capacity(1024);
+        self.resume_deliveries(ctx);
     }
 }
 
@@ -131,6 +143,7 @@ impl Supervised for QueueActor {
         // answer SERVICE_UNAVAILABLE, and the clients simply pull again.
         self.polls.take_all();
         self.timer = None;
+        self.drop_deliveries(None);
     }
 }
 
@@ -169,6 +182,11 @@ impl Handler<NewMessages> for QueueActor {
     type Result = ();
 
     fn handle(&mut self, msg: NewMessages, ctx: &mut Context<Self>) {
+        self.deliveries.add_expiries(&msg.expiring);
+        self.serve_parked(ctx);
+        if !msg.expiring.is_empty() {
+            self.arm_delivery_timer(ctx);
+        }
         let ready = self.polls.take_ready(msg.max_offset);
         if ready.is_empty() {
             return;
@@ -199,6 +217,10 @@ impl Handler<Retire> for QueueActor {
                 format!("topic {} was deleted", self.topic),
             )));
         }
+        self.drop_deliveries(Some((
+            Status::TopicNotExist,
+            format!("topic {} was deleted", self.topic),
+        )));
         ctx.stop();
     }
 }
@@ -229,15 +251,24 @@ mod tests {
         let (store, _) = Store::open(&small_config(dir.path())).unwrap();
         let store = Arc::new(store);
         append(&store, "t", 0, &[entry("first", None, None)]);
-        let s = store.clone();
-        let addr = Supervisor::start(move |_| QueueActor::new(s, Arc::from("t"), 0));
+        let services = Arc::new(BrokerServices::new(
+            store.clone(),
+            "127.0.0.1:1".parse().unwrap(),
+            Default::default(),
+        ));
+        let addr = Supervisor::start(move |_| QueueActor::new(services.clone(), Arc::from("t"), 0));
 
         // Nothing at offset 1 yet: the pull parks until NewMessages.
         let parked = addr.send(Pull(pull_req(1, 10_000)));
         let parked = actix_rt::spawn(parked);
         actix_rt::time::sleep(Duration::from_millis(50)).await;
         append(&store, "t", 0, &[entry("second", None, None)]);
-        addr.send(NewMessages { max_offset: 2 }).await.unwrap();
+        addr.send(NewMessages {
+            max_offset: 2,
+            expiring: vec![],
+        })
+        .await
+        .unwrap();
         let woken = tokio::time::timeout(Duration::from_secs(2), parked)
             .await
             .unwrap()

@@ -8,14 +8,14 @@ use std::sync::{Arc, RwLock};
 use actix::prelude::*;
 
 use super::queue_actor::{NewMessages, QueueActor, Retire};
-use crate::store::Store;
+use super::services::BrokerServices;
 
 /// A topic-queue: (topic, queue id).
 type QueueKey = (Arc<str>, u32);
 
 /// The live queue actors, by (topic, queue id).
 pub struct QueueRegistry {
-    store: Arc<Store>,
+    services: Arc<BrokerServices>,
     arbiters: Vec<ArbiterHandle>,
     next: AtomicUsize,
     actors: RwLock<HashMap<QueueKey, Addr<QueueActor>>>,
@@ -23,9 +23,9 @@ pub struct QueueRegistry {
 
 impl QueueRegistry {
     /// A registry starting actors on `arbiters` (the current one if empty).
-    pub fn new(store: Arc<Store>, arbiters: Vec<ArbiterHandle>) -> QueueRegistry {
+    pub fn new(services: Arc<BrokerServices>, arbiters: Vec<ArbiterHandle>) -> QueueRegistry {
         QueueRegistry {
-            store,
+            services,
             arbiters,
             next: AtomicUsize::new(0),
             actors: RwLock::new(HashMap::new()),
@@ -47,9 +47,9 @@ impl QueueRegistry {
         if let Some(a) = actors.get(&key) {
             return Some(a.clone());
         }
-        let store = self.store.clone();
+        let services = self.services.clone();
         let t = key.0.clone();
-        let make = move |_: &mut Context<QueueActor>| QueueActor::new(store, t, queue_id);
+        let make = move |_: &mut Context<QueueActor>| QueueActor::new(services.clone(), t.clone(), queue_id);
         let addr = if self.arbiters.is_empty() {
             Supervisor::start(make)
         } else {
@@ -60,8 +60,16 @@ impl QueueRegistry {
         Some(addr)
     }
 
-    /// Tells the queue's actor (if any) that the queue grew.
-    pub fn notify(&self, topic: &Arc<str>, queue_id: u32, max_offset: u64) {
+    /// Tells the queue's actor (if any) that the queue grew. Messages with
+    /// a TTL start the actor, whose timer expires them with no consumer.
+    pub fn notify(&self, topic: &Arc<str>, queue_id: u32, max_offset: u64, expiring: Vec<(u64, u64)>) {
+        if !expiring.is_empty() {
+            if let Some(addr) = self.get_or_start(topic, queue_id) {
+                // Expiry notices must not be dropped; one per batch.
+                addr.do_send(NewMessages { max_offset, expiring });
+            }
+            return;
+        }
         let addr = self
             .actors
             .read()
@@ -70,7 +78,7 @@ impl QueueRegistry {
         if let Some(addr) = addr {
             // Cannot block the dispatcher; a full mailbox means pulls are
             // already queued and will see the data anyway.
-            let _ = addr.try_send(NewMessages { max_offset });
+            let _ = addr.try_send(NewMessages { max_offset, expiring });
         }
     }
 

@@ -2,26 +2,23 @@
 //! decodes its JSON header and asks the group's coordinator or the store.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::handler::{io_err, mailbox, malformed, ok, BrokerHandler, Reply};
-use crate::actors::commitlog_writer::{now_millis, Append};
 use crate::actors::group_coordinator::{self as gc};
 use crate::client::core::route_queues;
 use crate::client::ClientError;
 use crate::groups::assignment::{MessageQueue, Strategy};
 use crate::groups::types::{ConsumeMode, GroupConfig, GroupDescription};
 use crate::server::ConnectionHandle;
-use crate::store::offsets::{encode_commits, OffsetKey, OFFSETS_TOPIC};
+use crate::store::offsets::OffsetKey;
 use crate::wire::control::{from_json, to_json, validate_topic_name};
 use crate::wire::group::{
     AssignedQueue, CommitOffsets, CommittedOffsets, FetchOffsets, GroupDescription as WireDescription, GroupList,
     GroupRef, HeartbeatReply, JoinGroup, LeaveGroup, MemberInfo, MemberRef, OffsetAt, QueueOffset, ResetOffsets,
     ResetTarget, SearchOffset,
 };
-use crate::wire::send::SendEntry;
 use crate::wire::{Command, Status};
 
 fn bad(msg: impl Into<String>) -> (Status, String) {
@@ -241,30 +238,12 @@ impl BrokerHandler {
             .collect()
     }
 
-    /// Applies commits, then appends them to the offsets topic (applying
-    /// first keeps every appended commit inside any later snapshot).
+    /// Checks and stores commits (see [`crate::actors::services`]).
     async fn commit(&self, commits: Vec<(OffsetKey, u64)>) -> Result<(), (Status, String)> {
-        if commits.is_empty() {
-            return Ok(());
-        }
         for (k, _) in &commits {
             check_name("topic", &k.topic)?;
         }
-        self.store.offsets.apply(&commits);
-        let entry = SendEntry {
-            flags: 0,
-            born_timestamp: now_millis(),
-            properties: BTreeMap::new(),
-            body: encode_commits(&commits),
-        };
-        let append = Append {
-            topic: Arc::from(OFFSETS_TOPIC),
-            queue_id: 0,
-            entries: vec![entry],
-            born_host: self.store_host,
-        };
-        self.writer.send(append).await.map_err(mailbox)??;
-        Ok(())
+        self.services.commit_offsets(commits).await
     }
 
     async fn describe(&self, group: &str) -> Result<WireDescription, (Status, String)> {
@@ -317,6 +296,16 @@ impl BrokerHandler {
             ));
         }
         self.commit(commits.clone()).await?;
+        // Queue actors tracking this group's deliveries restart from the
+        // new offsets.
+        for queue in 0..cfg.queues {
+            if let Some(actor) = self.queues.get(&r.topic, queue) {
+                actor
+                    .send(crate::actors::queue_delivery::ForgetGroup(r.group.clone()))
+                    .await
+                    .map_err(mailbox)?;
+            }
+        }
         let offsets = commits
             .into_iter()
             .map(|(k, offset)| QueueOffset {

@@ -11,8 +11,10 @@ use futures::future::LocalBoxFuture;
 use crate::actors::commitlog_writer::{Append, CommitLogWriter, DeleteTopicData};
 use crate::actors::namesrv_client::{NameServerClient, RegisterNow};
 use crate::actors::queue_actor::Pull;
+use crate::actors::queue_delivery::{Receive, Settle};
 use crate::actors::queue_registry::QueueRegistry;
 use crate::config::BrokerSection;
+use crate::delivery::props;
 use crate::server::{ConnectionHandle, RequestHandler};
 use crate::store::record::MessageId;
 use crate::store::topics::TopicConfig;
@@ -21,6 +23,7 @@ use crate::wire::control::{
     self, validate_topic_name, CreateTopic, QueryById, QueryByKey, QueueOffsets, QueueRef, QueueStats, TopicRef,
     TopicStats,
 };
+use crate::wire::delivery::{encode_settled, ReceiveRequest, SettleRequest};
 use crate::wire::pull::PullRequest;
 use crate::wire::send::SendRequest;
 use crate::wire::{Command, DecodeError, Frame, Status};
@@ -48,6 +51,10 @@ pub struct BrokerHandler {
     pub registrar: Addr<NameServerClient>,
     /// This broker's advertised address.
     pub store_host: SocketAddr,
+    /// Appends, commits and internal topics shared with the actors.
+    pub services: Arc<crate::actors::services::BrokerServices>,
+    /// Holds delayed messages until due.
+    pub delays: Addr<crate::actors::delay_scheduler::DelayScheduler>,
 }
 
 /// A command's answer: a success frame or an error status and message.
@@ -96,6 +103,9 @@ impl RequestHandler for BrokerHandler {
                 Command::Ping => ok(Bytes::new()),
                 Command::SendMessage => self.send(peer, frame.body).await,
                 Command::PullMessage => self.pull(frame.body).await,
+                Command::ReceiveMessage => self.receive(frame.body).await,
+                Command::AckMessage => self.settle(frame.body, false).await,
+                Command::NackMessage => self.settle(frame.body, true).await,
                 Command::GetOffsets => self.offsets(&frame.header),
                 Command::QueryMessageById => self.query_by_id(&frame.header),
                 Command::QueryMessageByKey => self.query_by_key(&frame.header),
@@ -127,12 +137,7 @@ impl BrokerHandler {
         let (cfg, created) = self
             .store
             .topics
-            .get_or_create(
-                topic,
-                TopicConfig {
-                    queues: self.cfg.default_topic_queues,
-                },
-            )
+            .get_or_create(topic, TopicConfig::with_queues(self.cfg.default_topic_queues))
             .map_err(io_err)?;
         if created {
             tracing::info!(topic, queues = cfg.queues, "auto-created topic");
@@ -154,6 +159,26 @@ impl BrokerHandler {
         let req = SendRequest::decode(body).map_err(malformed)?;
         let cfg = self.topic_for_send(&req.topic).await?;
         check_queue(&req.topic, req.queue_id, cfg)?;
+        if let Some(bad) = req
+            .entries
+            .iter()
+            .find_map(|e| e.properties.get(props::TTL).filter(|v| v.parse::<u64>().is_err()))
+        {
+            return Err((
+                Status::InvalidArgument,
+                format!("TTL {bad:?} is not a number of milliseconds"),
+            ));
+        }
+        if req
+            .entries
+            .iter()
+            .any(|e| e.properties.contains_key(props::DELAY_LEVEL) || e.properties.contains_key(props::DELIVER_AT))
+        {
+            let delays = super::delayed::delays_of(&req, self.services.delivery.max_delay_ms)?;
+            if delays.iter().any(Option::is_some) {
+                return self.send_with_delays(req, delays).await;
+            }
+        }
         let append = Append {
             topic: Arc::from(req.topic.as_str()),
             queue_id: req.queue_id,
@@ -173,6 +198,29 @@ impl BrokerHandler {
             .ok_or_else(|| (Status::SystemError, "queue registry unavailable".to_string()))?;
         let body = actor.send(Pull(req)).await.map_err(mailbox)??;
         ok(body)
+    }
+
+    async fn receive(&self, body: Bytes) -> Reply {
+        let req = ReceiveRequest::decode(body).map_err(malformed)?;
+        self.existing_queue(&req.topic, req.queue_id)?;
+        let actor = self
+            .queues
+            .get_or_start(&req.topic, req.queue_id)
+            .ok_or_else(|| (Status::SystemError, "queue registry unavailable".to_string()))?;
+        let body = actor.send(Receive(req)).await.map_err(mailbox)??;
+        ok(body)
+    }
+
+    async fn settle(&self, body: Bytes, nack: bool) -> Reply {
+        let req = SettleRequest::decode(body).map_err(malformed)?;
+        self.existing_queue(&req.topic, req.queue_id)?;
+        let Some(actor) = self.queues.get(&req.topic, req.queue_id) else {
+            // No actor: nothing is in flight (the broker restarted); the
+            // messages will be delivered again.
+            return ok(encode_settled(0));
+        };
+        let n = actor.send(Settle { req, nack }).await.map_err(mailbox)??;
+        ok(encode_settled(n))
     }
 
     fn queue_offsets(&self, topic: &str, queue: u32) -> QueueOffsets {
@@ -237,7 +285,13 @@ impl BrokerHandler {
         let prev = self
             .store
             .topics
-            .upsert(&req.topic, TopicConfig { queues: req.queues })
+            .upsert(
+                &req.topic,
+                TopicConfig {
+                    queues: req.queues,
+                    ttl_ms: req.ttl_ms,
+                },
+            )
             .map_err(io_err)?;
         tracing::info!(topic = %req.topic, queues = req.queues, previous = ?prev.map(|p| p.queues), "topic created");
         self.publish_routes().await;
@@ -249,6 +303,7 @@ impl BrokerHandler {
         if self.store.topics.remove(&req.topic).map_err(io_err)?.is_none() {
             return Err((Status::TopicNotExist, format!("topic {} does not exist", req.topic)));
         }
+        self.store.subscriptions.remove_topic(&req.topic).map_err(io_err)?;
         self.writer
             .send(DeleteTopicData(req.topic.clone()))
             .await

@@ -7,6 +7,7 @@
 //! network arbiter per core (connections, queue actors, group coordinators)
 //! and the flusher thread.
 
+pub mod delayed;
 pub mod groups;
 pub mod handler;
 
@@ -20,10 +21,12 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::actors::commitlog_writer::CommitLogWriter;
+use crate::actors::delay_scheduler::DelayScheduler;
 use crate::actors::dispatcher::Dispatcher;
 use crate::actors::group_registry::GroupRegistry;
 use crate::actors::namesrv_client::{BrokerIdentity, IsRegistered, NameServerClient, RegisterNow, Unregister};
 use crate::actors::queue_registry::QueueRegistry;
+use crate::actors::services::BrokerServices;
 use crate::config::Config;
 use crate::server::{serve, ServeOptions};
 use crate::store::flusher::{FlushHandle, Flusher};
@@ -118,7 +121,8 @@ async fn serve_until_signal(
         _ => cfg.broker.namesrv_addrs.clone(),
     };
 
-    let queues = Arc::new(QueueRegistry::new(store.clone(), network.clone()));
+    let services = Arc::new(BrokerServices::new(store.clone(), store_host, cfg.delivery.clone()));
+    let queues = Arc::new(QueueRegistry::new(services.clone(), network.clone()));
     let dispatcher = {
         let (store, queues) = (store.clone(), queues.clone());
         Supervisor::start_in_arbiter(&dispatch_arbiter, move |_| Dispatcher::new(store, queues))
@@ -129,6 +133,7 @@ async fn serve_until_signal(
             CommitLogWriter::new(store, dispatcher, flusher, mode, store_host)
         })
     };
+    services.set_writer(writer.clone());
     let identity = BrokerIdentity {
         cluster: cfg.broker.cluster.clone(),
         broker_name: cfg.broker.name.clone(),
@@ -149,6 +154,18 @@ async fn serve_until_signal(
             topics,
         )
     });
+    services.set_registrar(registrar.clone());
+    let delays = {
+        let services = services.clone();
+        Supervisor::start(move |_| DelayScheduler::new(services.clone()))
+    };
+    // Queues that groups receive with acknowledgements come back at once,
+    // so TTL expiry runs before any consumer reconnects.
+    for topic in store.subscriptions.topics() {
+        for queue in 0..store.topics.get(&topic).map_or(0, |t| t.queues) {
+            queues.get_or_start(&topic, queue);
+        }
+    }
     if !registrar.send(RegisterNow).await.unwrap_or(false) {
         tracing::warn!("no name server acknowledged the first registration; retrying every register_interval_ms");
     }
@@ -162,6 +179,8 @@ async fn serve_until_signal(
         queues,
         registrar: registrar.clone(),
         store_host,
+        services,
+        delays,
     });
     actix_rt::spawn(serve(listener, network, handler, opts));
 

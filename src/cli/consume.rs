@@ -78,6 +78,18 @@ pub struct ConsumeArgs {
     /// Client id within the group (default: client@<pid>).
     #[arg(long)]
     pub client_id: Option<String>,
+    /// Per-message acknowledgements with this ack timeout (e.g. `30s`): a
+    /// message not acknowledged in time is redelivered (needs --group).
+    #[arg(long, value_parser = humantime::parse_duration, requires = "group")]
+    pub ack_timeout: Option<Duration>,
+    /// NACK (requeue) every Nth delivered message instead of acknowledging
+    /// it, to watch redelivery; implies per-message acknowledgements.
+    #[arg(long, requires = "group", value_parser = clap::value_parser!(u64).range(1..))]
+    pub nack_every: Option<u64>,
+    /// Orderly consumption: each queue's messages one at a time, in offset
+    /// order (implies per-message acknowledgements).
+    #[arg(long, requires = "group")]
+    pub orderly: bool,
     /// Exit after this many messages.
     #[arg(long)]
     pub count: Option<u64>,
@@ -207,6 +219,10 @@ async fn run_group(a: ConsumeArgs) -> CliResult {
     if let Some(id) = &a.client_id {
         cfg.client_id = id.clone();
     }
+    cfg.orderly = a.orderly;
+    cfg.ack_timeout = a
+        .ack_timeout
+        .or_else(|| a.nack_every.map(|_| crate::client::group::DEFAULT_ACK_TIMEOUT));
     cfg.start = match a.from {
         StartFrom::Earliest => StartPosition::Earliest,
         StartFrom::Latest => StartPosition::Latest,
@@ -240,6 +256,9 @@ async fn run_group(a: ConsumeArgs) -> CliResult {
                 writeln!(out, "{}", format_message(&rec, a.format))?;
                 out.flush()?;
                 printed += 1;
+                if a.nack_every.is_some_and(|n| printed % n == 0) {
+                    consumer.nack_last(true)?;
+                }
             }
         }
     };

@@ -12,6 +12,7 @@ macro_rules! outln {
 }
 
 pub mod consume;
+pub mod dlq;
 pub mod group;
 pub mod message;
 pub mod output;
@@ -49,6 +50,8 @@ pub enum Cmd {
     Message(message::MessageArgs),
     /// List, describe and reset consumer groups.
     Group(group::GroupArgs),
+    /// List and resend a group's dead letters.
+    Dlq(dlq::DlqArgs),
     /// Load generators and the disk's own limits.
     Bench(crate::bench::BenchArgs),
 }
@@ -119,6 +122,7 @@ pub fn main() -> i32 {
                     Cmd::Consume(a) => consume::run(a).await,
                     Cmd::Message(a) => message::run(a).await,
                     Cmd::Group(a) => group::run(a).await,
+                    Cmd::Dlq(a) => dlq::run(a).await,
                     Cmd::Bench(a) => crate::bench::run(a).await,
                     Cmd::Broker(_) | Cmd::Namesrv(_) => Ok(()),
                 }
@@ -160,6 +164,14 @@ mod tests {
             "ferromq group list",
             "ferromq group describe g --format json",
             "ferromq group reset-offsets g --topic t --to 2026-01-01T00:00:00Z",
+            "ferromq produce --topic t --ttl 30s --delay-level 3",
+            "ferromq produce --topic t --deliver-at +90s",
+            "ferromq produce --topic t --deliver-at 2026-11-23T10:00:00Z",
+            "ferromq consume --topic t --group g --ack-timeout 5s --nack-every 3 --orderly",
+            "ferromq dlq list g --format json",
+            "ferromq dlq resend g --all",
+            "ferromq dlq resend g --msg-id 7f0000012a9f0000000000000000",
+            "ferromq topic create t --queues 2 --ttl 10m",
         ];
         for line in ok {
             Cli::try_parse_from(line.split(' ')).unwrap_or_else(|e| panic!("{line}: {e}"));
@@ -168,6 +180,10 @@ mod tests {
             "ferromq produce",
             "ferromq consume --topic t --from yesterday",
             "ferromq broker --flush maybe",
+            "ferromq produce --topic t --delay-level 19",
+            "ferromq produce --topic t --delay-level 2 --deliver-at +1s",
+            "ferromq consume --topic t --ack-timeout 5s",
+            "ferromq dlq resend g",
         ] {
             assert!(Cli::try_parse_from(bad.split(' ')).is_err(), "{bad}");
         }

@@ -38,6 +38,7 @@ pub fn message_json(r: &StoredRecord) -> Value {
         "born_timestamp": r.born_timestamp,
         "store_timestamp": r.store_timestamp,
         "reconsume_times": r.reconsume_times,
+        "delivery": r.reconsume_times + 1,
     });
     if let Value::Object(map) = &mut obj {
         match std::str::from_utf8(&r.body) {

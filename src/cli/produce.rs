@@ -40,8 +40,31 @@ pub struct ProduceArgs {
     /// Messages per send request with --count.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
+    /// Time to live (e.g. `30s`): an expired message is never delivered and
+    /// goes to each consuming group's dead-letter topic.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub ttl: Option<std::time::Duration>,
+    /// Delay level 1–18 (1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m
+    /// 30m 1h 2h).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=18), conflicts_with = "deliver_at")]
+    pub delay_level: Option<u32>,
+    /// Deliver at this time: RFC 3339 (`2026-11-23T10:00:00Z`), or `+DURATION`
+    /// from now (`+90s`).
+    #[arg(long, value_parser = parse_deliver_at)]
+    pub deliver_at: Option<u64>,
     #[command(flatten)]
     pub ns: NamesrvOpt,
+}
+
+/// Parses an RFC 3339 time or `+DURATION` into ms since the epoch.
+pub fn parse_deliver_at(s: &str) -> Result<u64, String> {
+    match s.strip_prefix('+') {
+        Some(d) => {
+            let d = humantime::parse_duration(d).map_err(|e| format!("{s:?}: {e}"))?;
+            Ok(crate::actors::commitlog_writer::now_millis() + d.as_millis() as u64)
+        }
+        None => super::group::parse_time_ms(s),
+    }
 }
 
 /// Parses `K=V`.
@@ -63,6 +86,15 @@ impl ProduceArgs {
         }
         for (k, v) in &self.properties {
             m = m.with_property(k.clone(), v.clone());
+        }
+        if let Some(ttl) = self.ttl {
+            m = m.with_ttl(ttl);
+        }
+        if let Some(level) = self.delay_level {
+            m = m.with_delay_level(level);
+        }
+        if let Some(at) = self.deliver_at {
+            m = m.with_property(crate::delivery::props::DELIVER_AT, at.to_string());
         }
         m
     }
@@ -132,5 +164,10 @@ mod tests {
         assert_eq!(parse_property("a=").unwrap(), ("a".to_string(), String::new()));
         assert!(parse_property("=x").is_err());
         assert!(parse_property("novalue").is_err());
+        let soon = parse_deliver_at("+2s").unwrap();
+        let now = crate::actors::commitlog_writer::now_millis();
+        assert!(soon > now && soon <= now + 2_000);
+        assert_eq!(parse_deliver_at("2026-01-01T00:00:00Z").unwrap(), 1_767_225_600_000);
+        assert!(parse_deliver_at("+soon").is_err());
     }
 }

@@ -25,6 +25,10 @@ pub enum TopicCmd {
         /// Queues per broker.
         #[arg(long, default_value_t = 8)]
         queues: u32,
+        /// Default time to live of its messages (e.g. `30s`, `10m`); an
+        /// expired message is never delivered and is dead-lettered.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
         #[command(flatten)]
         ns: NamesrvOpt,
     },
@@ -55,8 +59,10 @@ pub enum TopicCmd {
 /// Runs a topic command.
 pub async fn run(a: TopicArgs) -> CliResult {
     match a.command {
-        TopicCmd::Create { name, queues, ns } => {
-            Admin::new(ns.client_config()).create_topic(&name, queues).await?;
+        TopicCmd::Create { name, queues, ttl, ns } => {
+            Admin::new(ns.client_config())
+                .create_topic_with_ttl(&name, queues, ttl)
+                .await?;
             outln!("created topic {name} with {queues} queues per broker");
         }
         TopicCmd::List { ns } => {

@@ -34,8 +34,33 @@ impl Admin {
         Ok(self.core.request(addr, cmd, header, Bytes::new(), timeout).await?.1)
     }
 
+    /// Every dead letter of `group` (see [`super::dlq`]).
+    pub async fn dlq_list(&self, group: &str) -> ClientResult<Vec<(super::MessageQueue, super::dlq::DeadLetterEntry)>> {
+        super::dlq::dlq_list(&self.core, group).await
+    }
+
+    /// Sends dead letters of `group` back to their original topics.
+    pub async fn dlq_resend(
+        &self,
+        group: &str,
+        which: &super::dlq::ResendSelection,
+    ) -> ClientResult<Vec<(StoredRecord, super::SendResult)>> {
+        super::dlq::dlq_resend(&self.core, group, which).await
+    }
+
     /// Creates `topic` with `queues` queues on every master broker.
     pub async fn create_topic(&self, topic: &str, queues: u32) -> ClientResult<()> {
+        self.create_topic_with_ttl(topic, queues, None).await
+    }
+
+    /// Creates `topic` whose messages expire `ttl` after they are stored
+    /// unless they carry their own TTL.
+    pub async fn create_topic_with_ttl(
+        &self,
+        topic: &str,
+        queues: u32,
+        ttl: Option<std::time::Duration>,
+    ) -> ClientResult<()> {
         let masters: Vec<String> = self
             .cluster_info()
             .await?
@@ -52,6 +77,7 @@ impl Admin {
         let header = to_json(&CreateTopic {
             topic: topic.to_string(),
             queues,
+            ttl_ms: ttl.map(|t| t.as_millis() as u64),
         });
         for addr in masters {
             self.broker(&addr, Command::CreateTopic, header.clone()).await?;

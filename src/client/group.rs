@@ -24,11 +24,15 @@ use super::error::{ClientError, ClientResult};
 use super::remoting::RemotingConnection;
 use crate::store::record::StoredRecord;
 use crate::wire::control::{from_json, to_json};
+use crate::wire::delivery::{ReceiveRequest, ReceiveResponse, SettleRequest, MAX_ACK_TIMEOUT_MS, RECEIVE_ORDERLY};
 use crate::wire::group::{
     CommitOffsets, CommittedOffsets, FetchOffsets, GroupAssignment, HeartbeatReply, JoinGroup, LeaveGroup, MemberRef,
     OffsetAt, QueueOffset, SearchOffset,
 };
 use crate::wire::{Command, Status};
+
+/// Ack timeout of orderly consumers that set none.
+pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where a queue without a committed offset starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +68,15 @@ pub struct GroupConsumerConfig {
     pub commit_interval: Duration,
     /// Start of queues with no committed offset.
     pub start: StartPosition,
+    /// Per-message acknowledgements tracked by the broker: a delivered
+    /// message is redelivered unless acknowledged within this time, and
+    /// [`Delivered::nack`] works. `None`: offsets are committed by the
+    /// client (at-least-once, no per-message redelivery).
+    pub ack_timeout: Option<Duration>,
+    /// Orderly consumption (needs per-message acknowledgements; 60 s ack
+    /// timeout when none is set): each queue delivers one message at a time
+    /// and the next only after the current one is acknowledged.
+    pub orderly: bool,
 }
 
 impl GroupConsumerConfig {
@@ -81,6 +94,18 @@ impl GroupConsumerConfig {
             heartbeat_interval: Duration::from_secs(3),
             commit_interval: Duration::from_secs(1),
             start: StartPosition::Latest,
+            ack_timeout: None,
+            orderly: false,
+        }
+    }
+
+    /// The broker-side ack timeout in effect, if acknowledgements are
+    /// per message.
+    pub fn effective_ack_timeout(&self) -> Option<Duration> {
+        match (self.ack_timeout, self.orderly) {
+            (Some(t), _) => Some(t),
+            (None, true) => Some(DEFAULT_ACK_TIMEOUT),
+            (None, false) => None,
         }
     }
 
@@ -101,6 +126,8 @@ struct Delivery {
     generation: u64,
     key: QueueKey,
     record: StoredRecord,
+    /// Broker address of the queue (per-message acknowledgements).
+    broker_addr: String,
 }
 
 #[derive(Debug, Default)]
@@ -144,23 +171,80 @@ impl Shared {
     }
 }
 
+/// How a delivered message is settled.
+#[derive(Debug, Clone)]
+enum Settler {
+    /// Client-side offsets: acknowledging lets the commit move past it.
+    Offsets(Arc<Mutex<Shared>>),
+    /// Broker-side in-flight tracking: ACK/NACK go to the broker.
+    Broker(mpsc::UnboundedSender<SettleOp>),
+}
+
+/// An ACK or NACK on its way to a broker (batched by the settler task).
+#[derive(Debug)]
+enum SettleOp {
+    Settle {
+        broker_addr: String,
+        topic: String,
+        queue: u32,
+        offset: u64,
+        /// None: ACK; Some(requeue): NACK.
+        nack: Option<bool>,
+    },
+    Flush(oneshot::Sender<()>),
+}
+
 /// A message handed out by [`GroupConsumer::next_delivery`]; acknowledge it
-/// once processed so its offset can be committed.
+/// once processed (or reject it with [`Delivered::nack`]).
 #[derive(Debug)]
 pub struct Delivered {
-    /// The message.
+    /// The message (`reconsume_times` is its delivery number minus one).
     pub record: StoredRecord,
+    /// 1 for the first delivery, 2 for the first redelivery, …
+    pub delivery: u32,
     generation: u64,
     key: QueueKey,
-    shared: Arc<Mutex<Shared>>,
+    broker_addr: String,
+    settler: Settler,
 }
 
 impl Delivered {
+    fn settle(self, nack: Option<bool>) -> ClientResult<()> {
+        match self.settler {
+            Settler::Offsets(shared) => {
+                if nack.is_some() {
+                    return Err(ClientError::Invalid(
+                        "nack needs per-message acknowledgements: set an ack timeout".into(),
+                    ));
+                }
+                if let Ok(mut s) = shared.lock() {
+                    s.ack(self.generation, &self.key, self.record.queue_offset);
+                }
+                Ok(())
+            }
+            Settler::Broker(tx) => tx
+                .send(SettleOp::Settle {
+                    broker_addr: self.broker_addr,
+                    topic: self.key.0,
+                    queue: self.key.2,
+                    offset: self.record.queue_offset,
+                    nack,
+                })
+                .map_err(|_| ClientError::Closed("consumer".into())),
+        }
+    }
+
     /// Marks the message processed.
     pub fn ack(self) {
-        if let Ok(mut s) = self.shared.lock() {
-            s.ack(self.generation, &self.key, self.record.queue_offset);
-        }
+        let _ = self.settle(None);
+    }
+
+    /// Rejects the message: with `requeue` it is redelivered after the
+    /// broker's retry backoff (and dead-lettered once out of retries);
+    /// without, it goes to the group's dead-letter topic at once. Needs
+    /// per-message acknowledgements ([`GroupConsumerConfig::ack_timeout`]).
+    pub fn nack(self, requeue: bool) -> ClientResult<()> {
+        self.settle(Some(requeue))
     }
 }
 
@@ -168,7 +252,8 @@ impl Delivered {
 pub struct GroupConsumer {
     rx: mpsc::Receiver<Delivery>,
     shared: Arc<Mutex<Shared>>,
-    last: Option<(u64, QueueKey, u64)>,
+    settle_tx: Option<mpsc::UnboundedSender<SettleOp>>,
+    last: Option<Delivered>,
     stop: Option<oneshot::Sender<()>>,
     driver: Option<JoinHandle<()>>,
 }
@@ -179,8 +264,14 @@ impl GroupConsumer {
         let (tx, rx) = mpsc::channel(256);
         let shared = Arc::new(Mutex::new(Shared::default()));
         let (stop_tx, stop_rx) = oneshot::channel();
+        let core = ClientCore::new(client);
+        let settle_tx = cfg.effective_ack_timeout().map(|_| {
+            let (settle_tx, settle_rx) = mpsc::unbounded_channel();
+            tokio::spawn(settle_loop(core.clone(), cfg.offsets_group(), settle_rx));
+            settle_tx
+        });
         let driver = Driver {
-            core: ClientCore::new(client),
+            core,
             cfg,
             shared: shared.clone(),
             out: tx,
@@ -189,6 +280,7 @@ impl GroupConsumer {
         GroupConsumer {
             rx,
             shared,
+            settle_tx,
             last: None,
             stop: Some(stop_tx),
             driver: Some(handle),
@@ -196,10 +288,8 @@ impl GroupConsumer {
     }
 
     fn mark_last_processed(&mut self) {
-        if let Some((generation, key, offset)) = self.last.take() {
-            if let Ok(mut s) = self.shared.lock() {
-                s.ack(generation, &key, offset);
-            }
+        if let Some(d) = self.last.take() {
+            d.ack();
         }
     }
 
@@ -208,17 +298,24 @@ impl GroupConsumer {
     pub async fn next_delivery(&mut self) -> Option<Delivered> {
         loop {
             let d = self.rx.recv().await?;
-            let Ok(mut s) = self.shared.lock() else { return None };
-            if d.generation != s.generation {
-                continue; // revoked before it was handed out: the new owner redelivers it
-            }
-            s.hand_out(&d.key, d.record.queue_offset);
-            drop(s);
+            let settler = match &self.settle_tx {
+                Some(tx) => Settler::Broker(tx.clone()),
+                None => {
+                    let Ok(mut s) = self.shared.lock() else { return None };
+                    if d.generation != s.generation {
+                        continue; // revoked before it was handed out: the new owner redelivers it
+                    }
+                    s.hand_out(&d.key, d.record.queue_offset);
+                    Settler::Offsets(self.shared.clone())
+                }
+            };
             return Some(Delivered {
+                delivery: d.record.reconsume_times + 1,
                 record: d.record,
                 generation: d.generation,
                 key: d.key,
-                shared: self.shared.clone(),
+                broker_addr: d.broker_addr,
+                settler,
             });
         }
     }
@@ -228,8 +325,9 @@ impl GroupConsumer {
     pub async fn next(&mut self) -> Option<StoredRecord> {
         self.mark_last_processed();
         let d = self.next_delivery().await?;
-        self.last = Some((d.generation, d.key.clone(), d.record.queue_offset));
-        Some(d.record)
+        let record = d.record.clone();
+        self.last = Some(d);
+        Some(record)
     }
 
     /// Like [`GroupConsumer::next`] but gives up after `wait`.
@@ -237,16 +335,31 @@ impl GroupConsumer {
         tokio::time::timeout(wait, self.next()).await.ok()
     }
 
+    /// Rejects the message last returned by [`GroupConsumer::next`] instead
+    /// of acknowledging it (see [`Delivered::nack`]).
+    pub fn nack_last(&mut self, requeue: bool) -> ClientResult<()> {
+        match self.last.take() {
+            Some(d) => d.nack(requeue),
+            None => Err(ClientError::Invalid("no message to nack".into())),
+        }
+    }
+
     /// Queues owned in the current generation.
     pub fn assignment(&self) -> Vec<MessageQueue> {
         self.shared.lock().map(|s| s.assignment.clone()).unwrap_or_default()
     }
 
-    /// Commits what was processed (the last message returned included) and
-    /// leaves the group at once, so its queues move without waiting for the
-    /// session timeout.
+    /// Commits what was processed (the last message returned included),
+    /// sends pending acknowledgements, and leaves the group at once, so its
+    /// queues move without waiting for the session timeout.
     pub async fn close(mut self) {
         self.mark_last_processed();
+        if let Some(tx) = self.settle_tx.take() {
+            let (done_tx, done) = oneshot::channel();
+            if tx.send(SettleOp::Flush(done_tx)).is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(5), done).await;
+            }
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -260,6 +373,54 @@ impl Drop for GroupConsumer {
     fn drop(&mut self) {
         if let Some(d) = self.driver.take() {
             d.abort();
+        }
+    }
+}
+
+/// Sends ACKs and NACKs, batched per queue: whatever accumulated while the
+/// previous request was on the wire goes in the next one.
+async fn settle_loop(core: Arc<ClientCore>, group: String, mut rx: mpsc::UnboundedReceiver<SettleOp>) {
+    type Batch = BTreeMap<(String, String, u32, Option<bool>), Vec<u64>>;
+    while let Some(first) = rx.recv().await {
+        let mut batch: Batch = BTreeMap::new();
+        let mut flushes = Vec::new();
+        let mut op = Some(first);
+        while let Some(o) = op {
+            match o {
+                SettleOp::Settle {
+                    broker_addr,
+                    topic,
+                    queue,
+                    offset,
+                    nack,
+                } => batch.entry((broker_addr, topic, queue, nack)).or_default().push(offset),
+                SettleOp::Flush(done) => flushes.push(done),
+            }
+            op = rx.try_recv().ok();
+        }
+        for ((addr, topic, queue, nack), offsets) in batch {
+            for chunk in offsets.chunks(crate::wire::delivery::MAX_SETTLE_COUNT as usize) {
+                let req = SettleRequest {
+                    group: group.clone(),
+                    topic: topic.clone(),
+                    queue_id: queue,
+                    requeue: nack.unwrap_or(false),
+                    offsets: chunk.to_vec(),
+                };
+                let cmd = if nack.is_some() {
+                    Command::NackMessage
+                } else {
+                    Command::AckMessage
+                };
+                let timeout = core.cfg.request_timeout;
+                if let Err(e) = core.request(&addr, cmd, Bytes::new(), req.encode(), timeout).await {
+                    // The ack timeout redelivers what could not be settled.
+                    tracing::warn!(%topic, queue, error = %e, "settling messages failed");
+                }
+            }
+        }
+        for done in flushes {
+            let _ = done.send(());
         }
     }
 }
@@ -366,14 +527,20 @@ impl Driver {
             .iter()
             .zip(starts)
             .map(|(mq, start)| {
-                tokio::spawn(pull_loop(
-                    self.core.clone(),
-                    mq.clone(),
+                let feed = Feed {
+                    core: self.core.clone(),
+                    mq: mq.clone(),
                     start,
-                    self.cfg.tag_expression.clone(),
+                    tags: self.cfg.tag_expression.clone(),
                     generation,
-                    self.out.clone(),
-                ))
+                    out: self.out.clone(),
+                };
+                match self.cfg.effective_ack_timeout() {
+                    Some(ack_timeout) => {
+                        tokio::spawn(feed.receive_loop(self.cfg.offsets_group(), ack_timeout, self.cfg.orderly))
+                    }
+                    None => tokio::spawn(feed.pull_loop()),
+                }
             })
             .collect();
 
@@ -524,6 +691,9 @@ impl Driver {
     }
 
     async fn commit(&self, conn: &RemotingConnection) -> ClientResult<()> {
+        if self.cfg.effective_ack_timeout().is_some() {
+            return Ok(()); // the broker commits what was acknowledged
+        }
         let offsets: Vec<QueueOffset> = match self.shared.lock() {
             Ok(s) => s
                 .processed
@@ -554,38 +724,99 @@ impl Driver {
     }
 }
 
-async fn pull_loop(
+/// What one queue's feeder task needs.
+struct Feed {
     core: Arc<ClientCore>,
     mq: MessageQueue,
     start: u64,
     tags: String,
     generation: u64,
     out: mpsc::Sender<Delivery>,
-) {
-    let consumer = super::consumer::PullConsumer::from_core(core);
-    let key: QueueKey = (mq.topic.clone(), mq.broker_name.clone(), mq.queue_id);
-    let mut offset = start;
-    loop {
-        match consumer.pull(&mq, offset, 32, Duration::from_secs(1), &tags).await {
-            Ok(r) => {
-                offset = r.next_offset;
-                for record in r.messages {
-                    if out
-                        .send(Delivery {
-                            generation,
-                            key: key.clone(),
-                            record,
-                        })
-                        .await
-                        .is_err()
-                    {
-                        return;
+}
+
+impl Feed {
+    async fn deliver(&self, record: StoredRecord) -> bool {
+        let d = Delivery {
+            generation: self.generation,
+            key: (self.mq.topic.clone(), self.mq.broker_name.clone(), self.mq.queue_id),
+            record,
+            broker_addr: self.mq.broker_addr.clone(),
+        };
+        self.out.send(d).await.is_ok()
+    }
+
+    /// Offset-committing consumption: pull from a client-kept offset.
+    async fn pull_loop(self) {
+        let consumer = super::consumer::PullConsumer::from_core(self.core.clone());
+        let mut offset = self.start;
+        loop {
+            match consumer
+                .pull(&self.mq, offset, 32, Duration::from_secs(1), &self.tags)
+                .await
+            {
+                Ok(r) => {
+                    offset = r.next_offset;
+                    for record in r.messages {
+                        if !self.deliver(record).await {
+                            return;
+                        }
                     }
                 }
+                Err(e) => {
+                    tracing::warn!(queue = %self.mq, error = %e, "pull failed");
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
             }
-            Err(e) => {
-                tracing::warn!(queue = %mq, error = %e, "pull failed");
-                tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// Per-message acknowledgements: the broker tracks what is in flight.
+    async fn receive_loop(self, group: String, ack_timeout: Duration, orderly: bool) {
+        let req = ReceiveRequest {
+            group,
+            topic: self.mq.topic.clone(),
+            queue_id: self.mq.queue_id,
+            start_offset: self.start,
+            max_count: if orderly { 1 } else { 32 },
+            max_wait_ms: 1_000,
+            ack_timeout_ms: ack_timeout.as_millis().clamp(1, u128::from(MAX_ACK_TIMEOUT_MS)) as u32,
+            flags: if orderly { RECEIVE_ORDERLY } else { 0 },
+            tag_expression: self.tags.clone(),
+        };
+        let body = req.encode();
+        let timeout = self.core.cfg.request_timeout + Duration::from_secs(1);
+        loop {
+            let answer = self
+                .core
+                .request(
+                    &self.mq.broker_addr,
+                    Command::ReceiveMessage,
+                    Bytes::new(),
+                    body.clone(),
+                    timeout,
+                )
+                .await;
+            let resp = answer.and_then(|(_, b)| Ok(ReceiveResponse::decode(b)?));
+            match resp {
+                Ok(r) => {
+                    for (delivery, raw) in r.deliveries {
+                        let mut record = match StoredRecord::decode(raw) {
+                            Ok(rec) => rec,
+                            Err(e) => {
+                                tracing::warn!(queue = %self.mq, error = %e, "undecodable record; the ack timeout redelivers it");
+                                continue;
+                            }
+                        };
+                        record.reconsume_times = delivery.saturating_sub(1);
+                        if !self.deliver(record).await {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(queue = %self.mq, error = %e, "receive failed");
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
             }
         }
     }

@@ -15,6 +15,7 @@
 pub mod admin;
 pub mod consumer;
 pub mod core;
+pub mod dlq;
 pub mod error;
 pub mod group;
 pub mod producer;

@@ -97,6 +97,14 @@ impl Producer {
         }
     }
 
+    /// A producer sharing `core`'s connections and routes.
+    pub fn from_core(core: Arc<ClientCore>) -> Producer {
+        Producer {
+            core,
+            next: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
     /// Sends one message; round-robin over the topic's queues.
     pub async fn send(&self, msg: Message) -> ClientResult<SendResult> {
         let topic = msg.topic.clone();

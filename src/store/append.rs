@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::commitlog::{AppendError, Appender};
 use super::record::RecordFields;
 use super::{DispatchEntry, Store};
+use crate::delivery::expiry::expire_at;
 use crate::message::{tag_hash, PROPERTY_KEYS, PROPERTY_TAGS};
 use crate::wire::send::{SendEntry, StoredAt};
 
@@ -77,6 +78,7 @@ pub fn append_batch(
             phys_offset: p.phys_offset,
         })
         .collect();
+    let topic_ttl = store.topics.get(topic).and_then(|t| t.ttl_ms);
     let dispatch = entries
         .iter()
         .zip(&placed)
@@ -90,6 +92,7 @@ pub fn append_batch(
             tag_hash: e.properties.get(PROPERTY_TAGS).map_or(0, |t| tag_hash(t)),
             keys: e.properties.get(PROPERTY_KEYS).cloned(),
             store_timestamp: ctx.now_ms,
+            expire_at: expire_at(ctx.now_ms, &e.properties, topic_ttl),
         })
         .collect();
     Ok(AppendedBatch {

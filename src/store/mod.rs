@@ -10,6 +10,8 @@
 //!   consumequeue/<topic>/<queue>/<20-digit first queue offset>
 //!   index/                       message-key index files
 //!   config/topics.json           the topic table
+//!   config/offsets.json          committed offsets (snapshot)
+//!   config/subscriptions.json    groups receiving with per-message acks
 //! ```
 
 pub mod append;
@@ -23,6 +25,7 @@ pub mod lock;
 pub mod mmap_file;
 pub mod offsets;
 pub mod record;
+pub mod subscriptions;
 pub mod topics;
 
 use std::collections::HashMap;
@@ -64,6 +67,8 @@ pub struct DispatchEntry {
     pub keys: Option<String>,
     /// Broker store time, ms.
     pub store_timestamp: u64,
+    /// When the message's TTL passes, ms since the epoch (None: never).
+    pub expire_at: Option<u64>,
 }
 
 impl DispatchEntry {
@@ -77,6 +82,8 @@ impl DispatchEntry {
             tag_hash: rec.tag().map_or(0, tag_hash),
             keys: rec.keys().map(str::to_string),
             store_timestamp: rec.store_timestamp,
+            // Recovery needs no expiry notices: queue actors rescan.
+            expire_at: None,
         }
     }
 }
@@ -95,6 +102,8 @@ pub struct Store {
     pub topics: TopicTable,
     /// Committed consumer offsets.
     pub offsets: OffsetTable,
+    /// Groups consuming topics with per-message acknowledgements.
+    pub subscriptions: subscriptions::SubscriptionTable,
     checkpoint: CheckpointFile,
     dispatched: AtomicU64,
     /// Next queue offset per (topic, queue); only the commitlog writer uses
@@ -122,7 +131,12 @@ impl Store {
         let topics = TopicTable::open(dir)?;
         // The offsets topic must exist before replay, or its records are
         // skipped like those of a deleted topic.
-        topics.get_or_create(OFFSETS_TOPIC, topics::TopicConfig { queues: 1 })?;
+        topics.get_or_create(OFFSETS_TOPIC, topics::TopicConfig::with_queues(1))?;
+        topics.get_or_create(
+            crate::delivery::delay::DELAY_TOPIC,
+            topics::TopicConfig::with_queues(crate::delivery::delay::DELAY_QUEUES),
+        )?;
+        let subscriptions = subscriptions::SubscriptionTable::open(dir)?;
         let (offsets, _) = OffsetTable::open(dir)?;
         let store = Store {
             cfg: cfg.clone(),
@@ -131,6 +145,7 @@ impl Store {
             index: Mutex::new(IndexStore::open(dir.join("index"), cfg.index_slots, cfg.index_entries)?),
             topics,
             offsets,
+            subscriptions,
             checkpoint: CheckpointFile::new(dir),
             dispatched: AtomicU64::new(0),
             queue_offsets: Mutex::new(HashMap::new()),
@@ -433,7 +448,7 @@ pub mod testing {
 
     /// Creates `topic` and appends + dispatches `entries` to `queue`.
     pub fn append(store: &Store, topic: &str, queue: u32, entries: &[SendEntry]) -> Vec<StoredAt> {
-        store.topics.get_or_create(topic, TopicConfig { queues: 4 }).unwrap();
+        store.topics.get_or_create(topic, TopicConfig::with_queues(4)).unwrap();
         let mut appender = Appender::new(store.log.clone());
         let ctx = AppendContext {
             born_host: "127.0.0.1:1".parse().unwrap(),

@@ -126,6 +126,19 @@ impl OffsetTable {
             .unwrap_or_default()
     }
 
+    /// Every group's committed offset on one queue.
+    pub fn for_queue(&self, topic: &str, queue: u32) -> Vec<(String, u64)> {
+        self.offsets
+            .read()
+            .map(|t| {
+                t.iter()
+                    .filter(|(k, _)| k.topic == topic && k.queue == queue)
+                    .map(|(k, v)| (k.group.clone(), *v))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Every group with a committed offset.
     pub fn groups(&self) -> Vec<String> {
         let mut out: Vec<String> = self

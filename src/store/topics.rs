@@ -11,11 +11,22 @@ use super::fsutil::write_atomic;
 use crate::wire::control::TopicInfo;
 
 /// One topic's settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopicConfig {
     /// Queues on this broker.
     pub queues: u32,
+    /// Default time to live of its messages, ms (a message's own `TTL`
+    /// property wins). `None`: messages do not expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+}
+
+impl TopicConfig {
+    /// A topic with `queues` queues and no default TTL.
+    pub fn with_queues(queues: u32) -> TopicConfig {
+        TopicConfig { queues, ttl_ms: None }
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -129,15 +140,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t = TopicTable::open(dir.path()).unwrap();
         assert_eq!(
-            t.get_or_create("a", TopicConfig { queues: 4 }).unwrap(),
-            (TopicConfig { queues: 4 }, true)
+            t.get_or_create("a", TopicConfig::with_queues(4)).unwrap(),
+            (TopicConfig::with_queues(4), true)
         );
-        assert!(!t.get_or_create("a", TopicConfig { queues: 9 }).unwrap().1);
-        t.upsert("b", TopicConfig { queues: 2 }).unwrap();
+        assert!(!t.get_or_create("a", TopicConfig::with_queues(9)).unwrap().1);
+        t.upsert("b", TopicConfig::with_queues(2)).unwrap();
         t.remove("a").unwrap();
         let t = TopicTable::open(dir.path()).unwrap();
         assert_eq!(t.get("a"), None);
-        assert_eq!(t.get("b"), Some(TopicConfig { queues: 2 }));
+        assert_eq!(t.get("b"), Some(TopicConfig::with_queues(2)));
         assert_eq!(t.snapshot().len(), 1);
     }
 }

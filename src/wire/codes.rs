@@ -42,6 +42,12 @@ pub enum Command {
     ResetOffsets = 38,
     /// First queue offset stored at or after a time.
     SearchOffset = 39,
+    /// Take messages of one queue for a group, tracked until acknowledged.
+    ReceiveMessage = 40,
+    /// Settle delivered messages.
+    AckMessage = 41,
+    /// Reject delivered messages: redeliver after backoff, or dead-letter.
+    NackMessage = 42,
     /// Server push: the member's group is rebalancing; rejoin now.
     NotifyRebalance = 500,
     /// A broker announces itself and its topics to a name server.
@@ -80,6 +86,9 @@ impl Command {
             37 => DescribeGroup,
             38 => ResetOffsets,
             39 => SearchOffset,
+            40 => ReceiveMessage,
+            41 => AckMessage,
+            42 => NackMessage,
             500 => NotifyRebalance,
             100 => RegisterBroker,
             101 => UnregisterBroker,

@@ -97,6 +97,9 @@ pub struct CreateTopic {
     pub topic: String,
     /// Queues on this broker.
     pub queues: u32,
+    /// Default message TTL, ms; absent for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
 }
 
 /// `DELETE_TOPIC` and `TOPIC_STATS` request header; `GET_ROUTE` too.

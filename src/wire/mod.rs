@@ -8,6 +8,7 @@
 pub mod buf;
 pub mod codes;
 pub mod control;
+pub mod delivery;
 pub mod frame;
 pub mod group;
 pub mod pull;

@@ -73,7 +73,8 @@ pub enum PullStatus {
 }
 
 impl PullStatus {
-    fn from_u8(v: u8) -> Result<PullStatus, DecodeError> {
+    /// The status for a wire byte.
+    pub fn from_u8(v: u8) -> Result<PullStatus, DecodeError> {
         Ok(match v {
             0 => PullStatus::Found,
             1 => PullStatus::NoNewMessage,

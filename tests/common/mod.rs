@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -290,4 +291,69 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     cond()
+}
+
+/// A `ferromq consume --format json` process writing to a file.
+pub struct Consumer {
+    child: Child,
+    /// The file its stdout goes to.
+    pub out: PathBuf,
+}
+
+impl Consumer {
+    /// Starts `consume -n NS --format json --client-id NAME --heartbeat-ms 300 ARGS`.
+    pub fn start(ns: &str, dir: &Path, name: &str, args: &[&str]) -> Consumer {
+        let out = dir.join(format!("{name}.out"));
+        let child = Command::new(bin())
+            .args([
+                "consume",
+                "-n",
+                ns,
+                "--format",
+                "json",
+                "--client-id",
+                name,
+                "--heartbeat-ms",
+                "300",
+            ])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(File::create(&out).unwrap()))
+            .stderr(Stdio::from(File::create(dir.join(format!("{name}.err"))).unwrap()))
+            .spawn()
+            .unwrap();
+        Consumer { child, out }
+    }
+
+    /// The JSON lines printed so far.
+    pub fn messages(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// SIGTERM, then SIGKILL after 10 s.
+    pub fn terminate(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill9();
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
 }
