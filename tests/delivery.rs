@@ -474,3 +474,33 @@ fn tag_patterns_route_dotted_tags() {
     );
     assert_eq!(member.iter().map(body).collect::<BTreeSet<_>>(), want);
 }
+
+#[test]
+fn ttl_expiry_resumes_after_a_broker_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let listen = free_addr();
+    let mut broker = ServerProcess::broker_at(&data, &listen, &["--flush", "sync"], &delivery_env());
+    let ns = broker.namesrv_addr.clone();
+    cli_ok(&ns, &["topic", "create", "perishable", "--queues", "1"]);
+    cli_ok(
+        &ns,
+        &[
+            "consume", "--topic", "perishable", "--group", "eaters", "--ack-timeout", "5s", "--from", "earliest",
+            "--idle-timeout", "0.5",
+        ],
+    );
+    let lines: Vec<String> = (0..5).map(|i| format!("milk-{i}")).collect();
+    produce(&ns, "perishable", &["--ttl", "2s"], &lines);
+    broker.kill9();
+    // No consumer reconnects: the restarted broker finds the backlog's TTLs.
+    let broker = ServerProcess::broker_at(&data, &listen, &[], &delivery_env());
+    let ns = broker.namesrv_addr.clone();
+    assert!(
+        wait_until(Duration::from_secs(10), || dlq(&ns, "eaters").len() == 5),
+        "dead letters: {:?}",
+        dlq(&ns, "eaters")
+    );
+    let dead: BTreeSet<String> = dlq(&ns, "eaters").iter().map(|v| body(v).to_string()).collect();
+    assert_eq!(dead, lines.iter().cloned().collect());
+}

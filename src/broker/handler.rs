@@ -10,7 +10,7 @@ use futures::future::LocalBoxFuture;
 
 use crate::actors::commitlog_writer::{Append, CommitLogWriter, DeleteTopicData};
 use crate::actors::namesrv_client::{NameServerClient, RegisterNow};
-use crate::actors::queue_actor::Pull;
+use crate::actors::queue_actor::{Pull, QueueActor};
 use crate::actors::queue_delivery::{Receive, Settle};
 use crate::actors::queue_registry::QueueRegistry;
 use crate::config::BrokerSection;
@@ -189,13 +189,16 @@ impl BrokerHandler {
         ok(response.encode())
     }
 
+    fn queue_actor(&self, topic: &str, queue_id: u32) -> Result<Addr<QueueActor>, (Status, String)> {
+        self.queues
+            .get_or_start(topic, queue_id)
+            .ok_or_else(|| (Status::SystemError, "queue registry unavailable".to_string()))
+    }
+
     async fn pull(&self, body: Bytes) -> Reply {
         let req = PullRequest::decode(body).map_err(malformed)?;
         self.existing_queue(&req.topic, req.queue_id)?;
-        let actor = self
-            .queues
-            .get_or_start(&req.topic, req.queue_id)
-            .ok_or_else(|| (Status::SystemError, "queue registry unavailable".to_string()))?;
+        let actor = self.queue_actor(&req.topic, req.queue_id)?;
         let body = actor.send(Pull(req)).await.map_err(mailbox)??;
         ok(body)
     }
@@ -203,10 +206,7 @@ impl BrokerHandler {
     async fn receive(&self, body: Bytes) -> Reply {
         let req = ReceiveRequest::decode(body).map_err(malformed)?;
         self.existing_queue(&req.topic, req.queue_id)?;
-        let actor = self
-            .queues
-            .get_or_start(&req.topic, req.queue_id)
-            .ok_or_else(|| (Status::SystemError, "queue registry unavailable".to_string()))?;
+        let actor = self.queue_actor(&req.topic, req.queue_id)?;
         let body = actor.send(Receive(req)).await.map_err(mailbox)??;
         ok(body)
     }

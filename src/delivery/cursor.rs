@@ -119,17 +119,7 @@ impl Cursor {
                 // The head of the line is unsettled: only it may go, when due.
                 if let Slot::Waiting { due, deliveries } = slot {
                     if due <= now && limit > 0 {
-                        self.put(
-                            offset,
-                            Slot::InFlight {
-                                deadline,
-                                deliveries: deliveries + 1,
-                            },
-                        );
-                        out.push(Claim {
-                            offset,
-                            delivery: deliveries + 1,
-                        });
+                        out.push(self.redeliver(offset, deliveries, deadline));
                     }
                 }
                 return out;
@@ -141,17 +131,7 @@ impl Cursor {
             due.sort_unstable();
             for offset in due {
                 if let Some(Slot::Waiting { deliveries, .. }) = self.slots.get(&offset).copied() {
-                    self.put(
-                        offset,
-                        Slot::InFlight {
-                            deadline,
-                            deliveries: deliveries + 1,
-                        },
-                    );
-                    out.push(Claim {
-                        offset,
-                        delivery: deliveries + 1,
-                    });
+                    out.push(self.redeliver(offset, deliveries, deadline));
                 }
             }
         }
@@ -304,6 +284,18 @@ impl Cursor {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    fn redeliver(&mut self, offset: u64, deliveries: u32, deadline: u64) -> Claim {
+        let delivery = deliveries + 1;
+        self.put(
+            offset,
+            Slot::InFlight {
+                deadline,
+                deliveries: delivery,
+            },
+        );
+        Claim { offset, delivery }
     }
 
     fn fail(
