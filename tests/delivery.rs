@@ -486,8 +486,17 @@ fn ttl_expiry_resumes_after_a_broker_restart() {
     cli_ok(
         &ns,
         &[
-            "consume", "--topic", "perishable", "--group", "eaters", "--ack-timeout", "5s", "--from", "earliest",
-            "--idle-timeout", "0.5",
+            "consume",
+            "--topic",
+            "perishable",
+            "--group",
+            "eaters",
+            "--ack-timeout",
+            "5s",
+            "--from",
+            "earliest",
+            "--idle-timeout",
+            "0.5",
         ],
     );
     let lines: Vec<String> = (0..5).map(|i| format!("milk-{i}")).collect();
