@@ -211,6 +211,10 @@ fn broadcasting_gives_every_member_every_message() {
         "broadcasting",
         "--session-timeout-ms",
         "3000",
+        // Each member resolves its start after joining; from the (empty)
+        // beginning, none can miss a message produced meanwhile.
+        "--from",
+        "earliest",
     ];
     let members: Vec<Consumer> = (1..=3)
         .map(|i| Consumer::start(&ns, dir.path(), &format!("b{i}"), &args))

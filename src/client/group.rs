@@ -113,7 +113,20 @@ impl GroupConsumerConfig {
     /// their own progress.
     pub fn offsets_group(&self) -> String {
         if self.mode == "broadcasting" {
-            format!("{}%{}", self.group, self.client_id)
+            // Group names follow topic-name rules; client ids (`client@pid`)
+            // may not.
+            let id: String = self
+                .client_id
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            format!("{}%{id}", self.group)
         } else {
             self.group.clone()
         }
@@ -854,6 +867,12 @@ mod tests {
             ..GroupConsumerConfig::new("g", vec![])
         };
         assert_eq!(cfg.offsets_group(), "g%c1");
+        let default_id = GroupConsumerConfig {
+            mode: "broadcasting".into(),
+            client_id: "client@42".into(),
+            ..GroupConsumerConfig::new("g", vec![])
+        };
+        assert_eq!(default_id.offsets_group(), "g%client_42");
         assert_eq!(GroupConsumerConfig::new("g", vec![]).offsets_group(), "g");
     }
 }
