@@ -22,6 +22,37 @@ pub struct Config {
     pub group: GroupSection,
     /// `[delivery]`: per-message acknowledgements, retries, delays.
     pub delivery: DeliverySection,
+    /// `[http]`: metrics, actor tree, health, console.
+    pub http: HttpSection,
+}
+
+/// `[http]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// Address of the HTTP endpoint; `0` (or empty) disables it.
+    pub listen: String,
+    /// Serve `POST /api/debug/fail` (makes an actor fail; for tests).
+    pub debug: bool,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            listen: "127.0.0.1:8080".into(),
+            debug: false,
+        }
+    }
+}
+
+impl HttpSection {
+    /// The address to serve on, unless disabled.
+    pub fn enabled(&self) -> Option<&str> {
+        match self.listen.trim() {
+            "" | "0" => None,
+            a => Some(a),
+        }
+    }
 }
 
 /// `[delivery]` section.
@@ -243,6 +274,8 @@ pub struct Overrides {
     pub namesrv_addrs: Option<Vec<String>>,
     /// `--flush`.
     pub flush: Option<FlushMode>,
+    /// `--http`.
+    pub http: Option<String>,
 }
 
 /// Why the configuration could not be loaded.
@@ -283,6 +316,9 @@ impl Config {
         }
         if let Some(l) = &o.listen {
             self.broker.listen = l.clone();
+        }
+        if let Some(h) = &o.http {
+            self.http.listen = h.clone();
         }
         if let Some(l) = &o.namesrv_listen {
             self.namesrv.listen = l.clone();

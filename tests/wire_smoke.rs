@@ -36,6 +36,8 @@ fn start_broker(extra_env: &[(&str, &str)]) -> Broker {
         "127.0.0.1:0",
         "--namesrv-listen",
         "127.0.0.1:0",
+        "--http",
+        "0",
         "--data-dir",
     ])
     .arg(dir.path())

@@ -4,6 +4,7 @@
 //! Runs on its own arbiter; with sync flush it waits on the flusher thread
 //! without blocking, so later batches keep appending (group commit).
 
+use crate::observe::{kind, ActorStats, Fail, Tracked};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -41,25 +42,33 @@ pub struct DeleteTopicData(pub String);
 
 /// The writer actor.
 pub struct CommitLogWriter {
+    stats: Arc<ActorStats>,
     store: Arc<Store>,
     appender: Appender,
-    dispatcher: Addr<Dispatcher>,
+    dispatcher: Tracked<Dispatcher>,
     flusher: FlushHandle,
     mode: FlushMode,
     store_host: SocketAddr,
 }
 
 impl CommitLogWriter {
+    /// Reports into `stats` (from the broker's actor tree).
+    pub fn with_stats(mut self, stats: Arc<ActorStats>) -> Self {
+        self.stats = stats;
+        self
+    }
+
     /// A writer for `store`'s commitlog.
     pub fn new(
         store: Arc<Store>,
-        dispatcher: Addr<Dispatcher>,
+        dispatcher: Tracked<Dispatcher>,
         flusher: FlushHandle,
         mode: FlushMode,
         store_host: SocketAddr,
     ) -> CommitLogWriter {
         let appender = Appender::new(store.log.clone());
         CommitLogWriter {
+            stats: ActorStats::detached(kind::COMMITLOG_WRITER, "0"),
             store,
             appender,
             dispatcher,
@@ -81,12 +90,14 @@ impl Actor for CommitLogWriter {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.stats.started();
         ctx.set_mailbox_capacity(256);
     }
 }
 
 impl Supervised for CommitLogWriter {
     fn restarting(&mut self, _: &mut Context<Self>) {
+        self.stats.restarting();
         // All durable state (write position, queue offsets) lives in the
         // store; only the scratch buffer is renewed.
         self.appender = Appender::new(self.store.log.clone());
@@ -97,6 +108,7 @@ impl Handler<Append> for CommitLogWriter {
     type Result = ResponseFuture<Result<SendResponse, (Status, String)>>;
 
     fn handle(&mut self, msg: Append, ctx: &mut Context<Self>) -> Self::Result {
+        let _timer = self.stats.handling();
         let actx = AppendContext {
             born_host: msg.born_host,
             store_host: self.store_host,
@@ -125,6 +137,10 @@ impl Handler<Append> for CommitLogWriter {
             }
         };
         let end = batch.end;
+        let labels = [("topic", msg.topic.to_string()), ("queue", msg.queue_id.to_string())];
+        metrics::counter!("ferromq_queue_messages_in_total", &labels).increment(batch.dispatch.len() as u64);
+        let bytes: u64 = batch.dispatch.iter().map(|d| u64::from(d.size)).sum();
+        metrics::counter!("ferromq_queue_bytes_in_total", &labels).increment(bytes);
         self.dispatcher.do_send(Dispatch {
             entries: batch.dispatch,
             end,
@@ -154,10 +170,22 @@ impl Handler<DeleteTopicData> for CommitLogWriter {
     type Result = ResponseFuture<std::io::Result<()>>;
 
     fn handle(&mut self, DeleteTopicData(topic): DeleteTopicData, _: &mut Context<Self>) -> Self::Result {
+        let _timer = self.stats.handling();
         if let Err(e) = self.store.forget_topic_offsets(&topic) {
             return Box::pin(async move { Err(e) });
         }
         let forget = self.dispatcher.send(ForgetTopic(topic));
         Box::pin(async move { forget.await.map_err(std::io::Error::other)? })
+    }
+}
+
+impl Handler<Fail> for CommitLogWriter {
+    type Result = ();
+
+    fn handle(&mut self, Fail(reason): Fail, ctx: &mut Context<Self>) {
+        let _timer = self.stats.handling();
+        tracing::warn!(kind = self.stats.kind, id = %self.stats.id, %reason, "failing on request");
+        self.stats.failed(reason);
+        ctx.stop();
     }
 }

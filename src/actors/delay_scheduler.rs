@@ -9,6 +9,7 @@
 //! pending delays survive a restart or `kill -9`. One timer is armed for the
 //! earliest due time.
 
+use crate::observe::{kind, ActorStats, Fail};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,15 +43,23 @@ pub struct PendingDelays;
 
 /// The delay scheduler actor.
 pub struct DelayScheduler {
+    stats: Arc<ActorStats>,
     services: Arc<BrokerServices>,
     table: DelayTable,
     timer: Option<SpawnHandle>,
 }
 
 impl DelayScheduler {
+    /// Reports into `stats` (from the broker's actor tree).
+    pub fn with_stats(mut self, stats: Arc<ActorStats>) -> Self {
+        self.stats = stats;
+        self
+    }
+
     /// A scheduler writing through `services`.
     pub fn new(services: Arc<BrokerServices>) -> DelayScheduler {
         DelayScheduler {
+            stats: ActorStats::detached(kind::DELAY_SCHEDULER, "0"),
             services,
             table: DelayTable::default(),
             timer: None,
@@ -205,6 +214,7 @@ impl Actor for DelayScheduler {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.stats.started();
         self.reload();
         self.arm(ctx);
     }
@@ -212,6 +222,7 @@ impl Actor for DelayScheduler {
 
 impl Supervised for DelayScheduler {
     fn restarting(&mut self, _: &mut Context<Self>) {
+        self.stats.restarting();
         // Rebuilt from the delay topic in `started`.
         self.table = DelayTable::default();
         self.timer = None;
@@ -222,6 +233,7 @@ impl Handler<Scheduled> for DelayScheduler {
     type Result = ();
 
     fn handle(&mut self, Scheduled(items): Scheduled, ctx: &mut Context<Self>) {
+        let _timer = self.stats.handling();
         for (queue, offset, due) in items {
             self.table.add(queue, offset, due);
         }
@@ -233,6 +245,18 @@ impl Handler<PendingDelays> for DelayScheduler {
     type Result = usize;
 
     fn handle(&mut self, _: PendingDelays, _: &mut Context<Self>) -> usize {
+        let _timer = self.stats.handling();
         self.table.pending()
+    }
+}
+
+impl Handler<Fail> for DelayScheduler {
+    type Result = ();
+
+    fn handle(&mut self, Fail(reason): Fail, ctx: &mut Context<Self>) {
+        let _timer = self.stats.handling();
+        tracing::warn!(kind = self.stats.kind, id = %self.stats.id, %reason, "failing on request");
+        self.stats.failed(reason);
+        ctx.stop();
     }
 }

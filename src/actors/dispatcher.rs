@@ -3,6 +3,7 @@
 //! consume-queue file must not stall appends), fed by the CommitLogWriter
 //! one batch per message.
 
+use crate::observe::{kind, ActorStats, Fail};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -28,27 +29,47 @@ pub struct ForgetTopic(pub String);
 
 /// The dispatcher actor.
 pub struct Dispatcher {
+    stats: Arc<ActorStats>,
     store: Arc<Store>,
     queues: Arc<QueueRegistry>,
 }
 
 impl Dispatcher {
+    /// Reports into `stats` (from the broker's actor tree).
+    pub fn with_stats(mut self, stats: Arc<ActorStats>) -> Self {
+        self.stats = stats;
+        self
+    }
+
     /// A dispatcher writing into `store` and notifying `queues`.
     pub fn new(store: Arc<Store>, queues: Arc<QueueRegistry>) -> Dispatcher {
-        Dispatcher { store, queues }
+        Dispatcher {
+            stats: ActorStats::detached(kind::DISPATCHER, "0"),
+            store,
+            queues,
+        }
     }
 }
 
 impl Actor for Dispatcher {
     type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Context<Self>) {
+        self.stats.started();
+    }
 }
 
-impl Supervised for Dispatcher {}
+impl Supervised for Dispatcher {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.stats.restarting();
+    }
+}
 
 impl Handler<Dispatch> for Dispatcher {
     type Result = ();
 
     fn handle(&mut self, msg: Dispatch, ctx: &mut Context<Self>) {
+        let _timer = self.stats.handling();
         let mut failed = false;
         for e in &msg.entries {
             if let Err(err) = self.store.dispatch(e) {
@@ -91,7 +112,19 @@ impl Handler<ForgetTopic> for Dispatcher {
     type Result = std::io::Result<()>;
 
     fn handle(&mut self, ForgetTopic(topic): ForgetTopic, _: &mut Context<Self>) -> Self::Result {
+        let _timer = self.stats.handling();
         self.queues.retire_topic(&topic);
         self.store.queues.remove_topic(&topic)
+    }
+}
+
+impl Handler<Fail> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, Fail(reason): Fail, ctx: &mut Context<Self>) {
+        let _timer = self.stats.handling();
+        tracing::warn!(kind = self.stats.kind, id = %self.stats.id, %reason, "failing on request");
+        self.stats.failed(reason);
+        ctx.stop();
     }
 }

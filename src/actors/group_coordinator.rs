@@ -4,6 +4,9 @@
 //! out the effects: answering parked joins and pushing rebalance notices to
 //! members' connections.
 
+use std::sync::Arc;
+
+use crate::observe::{kind, ActorStats, Fail};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
@@ -102,6 +105,7 @@ type JoinReplyTx = oneshot::Sender<Result<GroupAssignment, GroupFailure>>;
 
 /// The coordinator of one group.
 pub struct GroupCoordinator {
+    stats: Arc<ActorStats>,
     state: GroupState,
     epoch: Instant,
     timer: Option<SpawnHandle>,
@@ -111,9 +115,16 @@ pub struct GroupCoordinator {
 }
 
 impl GroupCoordinator {
+    /// Reports into `stats` (from the broker's actor tree).
+    pub fn with_stats(mut self, stats: Arc<ActorStats>) -> Self {
+        self.stats = stats;
+        self
+    }
+
     /// A coordinator for `group`.
     pub fn new(group: &str, config: GroupConfig) -> GroupCoordinator {
         GroupCoordinator {
+            stats: ActorStats::detached(kind::GROUP_COORDINATOR, group),
             state: GroupState::new(group, config),
             epoch: Instant::now(),
             timer: None,
@@ -193,10 +204,15 @@ impl GroupCoordinator {
 
 impl Actor for GroupCoordinator {
     type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Context<Self>) {
+        self.stats.started();
+    }
 }
 
 impl Supervised for GroupCoordinator {
     fn restarting(&mut self, _: &mut Context<Self>) {
+        self.stats.restarting();
         // Parked joins are failed (their senders drop); members rejoin.
         self.parked.clear();
         self.timer = None;
@@ -207,6 +223,7 @@ impl Handler<Join> for GroupCoordinator {
     type Result = ResponseFuture<Result<GroupAssignment, GroupFailure>>;
 
     fn handle(&mut self, msg: Join, ctx: &mut Context<Self>) -> Self::Result {
+        let _timer = self.stats.handling();
         let now = self.now();
         let mut effects = Vec::new();
         for (topic, queues) in msg.queues_by_topic {
@@ -265,6 +282,7 @@ impl Handler<BindConnection> for GroupCoordinator {
     type Result = ();
 
     fn handle(&mut self, msg: BindConnection, _: &mut Context<Self>) {
+        let _timer = self.stats.handling();
         if self
             .state
             .describe(self.now())
@@ -281,6 +299,7 @@ impl Handler<Sync> for GroupCoordinator {
     type Result = Result<GroupAssignment, GroupFailure>;
 
     fn handle(&mut self, msg: Sync, _: &mut Context<Self>) -> Self::Result {
+        let _timer = self.stats.handling();
         let queues = self.state.sync(&msg.member_id, msg.generation).map_err(failure)?;
         Ok(GroupAssignment {
             member_id: msg.member_id,
@@ -294,6 +313,7 @@ impl Handler<Heartbeat> for GroupCoordinator {
     type Result = Result<bool, GroupFailure>;
 
     fn handle(&mut self, msg: Heartbeat, ctx: &mut Context<Self>) -> Self::Result {
+        let _timer = self.stats.handling();
         let outcome = self
             .state
             .heartbeat(&msg.member_id, msg.generation, self.now())
@@ -308,6 +328,7 @@ impl Handler<Leave> for GroupCoordinator {
     type Result = Result<(), GroupFailure>;
 
     fn handle(&mut self, msg: Leave, ctx: &mut Context<Self>) -> Self::Result {
+        let _timer = self.stats.handling();
         let effects = self.state.leave(&msg.member_id, self.now()).map_err(failure)?;
         self.connections.remove(&msg.member_id);
         self.apply(effects, ctx);
@@ -319,6 +340,18 @@ impl Handler<Describe> for GroupCoordinator {
     type Result = MessageResult<Describe>;
 
     fn handle(&mut self, _: Describe, _: &mut Context<Self>) -> Self::Result {
+        let _timer = self.stats.handling();
         MessageResult(self.state.describe(self.now()))
+    }
+}
+
+impl Handler<Fail> for GroupCoordinator {
+    type Result = ();
+
+    fn handle(&mut self, Fail(reason): Fail, ctx: &mut Context<Self>) {
+        let _timer = self.stats.handling();
+        tracing::warn!(kind = self.stats.kind, id = %self.stats.id, %reason, "failing on request");
+        self.stats.failed(reason);
+        ctx.stop();
     }
 }

@@ -3,27 +3,30 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use actix::prelude::*;
 
 use super::group_coordinator::GroupCoordinator;
 use crate::config::GroupSection;
 use crate::groups::types::GroupConfig;
+use crate::observe::{kind, ActorTree, Tracked};
 
 /// The live group coordinators, by group name.
 pub struct GroupRegistry {
     cfg: GroupSection,
+    tree: Arc<ActorTree>,
     arbiters: Vec<ArbiterHandle>,
     next: AtomicUsize,
-    groups: RwLock<BTreeMap<String, Addr<GroupCoordinator>>>,
+    groups: RwLock<BTreeMap<String, Tracked<GroupCoordinator>>>,
 }
 
 impl GroupRegistry {
     /// A registry starting coordinators on `arbiters` (current one if empty).
-    pub fn new(cfg: GroupSection, arbiters: Vec<ArbiterHandle>) -> GroupRegistry {
+    pub fn new(cfg: GroupSection, arbiters: Vec<ArbiterHandle>, tree: Arc<ActorTree>) -> GroupRegistry {
         GroupRegistry {
             cfg,
+            tree,
             arbiters,
             next: AtomicUsize::new(0),
             groups: RwLock::new(BTreeMap::new()),
@@ -31,13 +34,13 @@ impl GroupRegistry {
     }
 
     /// The coordinator of `group`, if started.
-    pub fn get(&self, group: &str) -> Option<Addr<GroupCoordinator>> {
+    pub fn get(&self, group: &str) -> Option<Tracked<GroupCoordinator>> {
         self.groups.read().ok()?.get(group).cloned()
     }
 
     /// The coordinator of `group`, started when missing. `strategy` and
     /// `mode` configure a new group; an existing one keeps its own.
-    pub fn get_or_start(&self, group: &str, base: GroupConfig) -> Option<Addr<GroupCoordinator>> {
+    pub fn get_or_start(&self, group: &str, base: GroupConfig) -> Option<Tracked<GroupCoordinator>> {
         if let Some(a) = self.get(group) {
             return Some(a);
         }
@@ -53,13 +56,18 @@ impl GroupRegistry {
             ..base
         };
         let name = group.to_string();
-        let make = move |_: &mut Context<GroupCoordinator>| GroupCoordinator::new(&name, config);
+        let stats = self.tree.register(kind::GROUP_COORDINATOR, group, kind::BROKER);
+        let s = stats.clone();
+        let make = move |_: &mut Context<GroupCoordinator>| GroupCoordinator::new(&name, config).with_stats(s.clone());
         let addr = if self.arbiters.is_empty() {
             Supervisor::start(make)
         } else {
             let i = self.next.fetch_add(1, Ordering::Relaxed) % self.arbiters.len();
             Supervisor::start_in_arbiter(&self.arbiters[i], make)
         };
+        self.tree
+            .set_failable(kind::GROUP_COORDINATOR, group, addr.clone().recipient());
+        let addr = Tracked::new(addr, stats);
         groups.insert(group.to_string(), addr.clone());
         Some(addr)
     }

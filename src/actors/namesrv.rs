@@ -6,6 +6,9 @@
 //! actor is ever re-created from scratch the registry starts empty, which is
 //! harmless: every broker re-registers within its register interval.
 
+use std::sync::Arc;
+
+use crate::observe::{kind, ActorStats, Fail};
 use std::time::{Duration, Instant};
 
 use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult, Supervised};
@@ -15,6 +18,7 @@ use crate::wire::control::{AllTopics, ClusterInfo, RegisterBroker, TopicRoute, U
 
 /// The name server's registry of live brokers.
 pub struct NameServer {
+    stats: Arc<ActorStats>,
     state: NamesrvState,
     expiry_ms: u64,
     scan_interval: Duration,
@@ -24,10 +28,17 @@ pub struct NameServer {
 }
 
 impl NameServer {
+    /// Reports into `stats` (from the broker's actor tree).
+    pub fn with_stats(mut self, stats: Arc<ActorStats>) -> Self {
+        self.stats = stats;
+        self
+    }
+
     /// A name server dropping brokers silent for more than `expiry_ms`,
     /// checked every `scan_interval` (at least 1 ms).
     pub fn new(expiry_ms: u64, scan_interval: Duration) -> NameServer {
         NameServer {
+            stats: ActorStats::detached(kind::NAME_SERVER, "0"),
             state: NamesrvState::new(),
             expiry_ms,
             scan_interval: scan_interval.max(Duration::from_millis(1)),
@@ -54,6 +65,7 @@ impl Actor for NameServer {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.stats.started();
         // Also runs after a supervised restart, with the new context.
         ctx.run_interval(self.scan_interval, |act, _| act.expire());
     }
@@ -61,6 +73,7 @@ impl Actor for NameServer {
 
 impl Supervised for NameServer {
     fn restarting(&mut self, _: &mut Context<Self>) {
+        self.stats.restarting();
         tracing::warn!(brokers = self.state.len(), "name server actor restarting");
     }
 }
@@ -94,6 +107,7 @@ impl Handler<Register> for NameServer {
     type Result = ();
 
     fn handle(&mut self, msg: Register, _: &mut Context<Self>) {
+        let _timer = self.stats.handling();
         let req = msg.0;
         let (cluster, name, id, addr) = (
             req.cluster.clone(),
@@ -115,6 +129,7 @@ impl Handler<Unregister> for NameServer {
     type Result = ();
 
     fn handle(&mut self, msg: Unregister, _: &mut Context<Self>) {
+        let _timer = self.stats.handling();
         let req = msg.0;
         if self.state.unregister(&req) {
             tracing::info!(
@@ -131,6 +146,7 @@ impl Handler<GetRoute> for NameServer {
     type Result = Option<TopicRoute>;
 
     fn handle(&mut self, msg: GetRoute, _: &mut Context<Self>) -> Option<TopicRoute> {
+        let _timer = self.stats.handling();
         self.state.route(&msg.0)
     }
 }
@@ -139,6 +155,7 @@ impl Handler<GetAllTopics> for NameServer {
     type Result = MessageResult<GetAllTopics>;
 
     fn handle(&mut self, _: GetAllTopics, _: &mut Context<Self>) -> Self::Result {
+        let _timer = self.stats.handling();
         MessageResult(self.state.all_topics())
     }
 }
@@ -147,6 +164,18 @@ impl Handler<GetClusterInfo> for NameServer {
     type Result = MessageResult<GetClusterInfo>;
 
     fn handle(&mut self, _: GetClusterInfo, _: &mut Context<Self>) -> Self::Result {
+        let _timer = self.stats.handling();
         MessageResult(self.state.cluster_info(self.now_ms()))
+    }
+}
+
+impl Handler<Fail> for NameServer {
+    type Result = ();
+
+    fn handle(&mut self, Fail(reason): Fail, ctx: &mut Context<Self>) {
+        let _timer = self.stats.handling();
+        tracing::warn!(kind = self.stats.kind, id = %self.stats.id, %reason, "failing on request");
+        self.stats.failed(reason);
+        actix::ActorContext::stop(ctx);
     }
 }

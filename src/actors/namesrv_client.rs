@@ -6,6 +6,7 @@
 //! costs a logged warning. All network I/O runs in spawned futures; the
 //! actor's own handlers return at once.
 
+use crate::observe::{kind, ActorStats, Fail};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -47,6 +48,7 @@ pub type TopicsFn = Arc<dyn Fn() -> BTreeMap<String, TopicInfo> + Send + Sync>;
 
 /// Registers one broker with its name servers.
 pub struct NameServerClient {
+    stats: Arc<ActorStats>,
     links: Vec<Arc<NamesrvLink>>,
     identity: BrokerIdentity,
     interval: Duration,
@@ -59,6 +61,12 @@ pub struct NameServerClient {
 }
 
 impl NameServerClient {
+    /// Reports into `stats` (from the broker's actor tree).
+    pub fn with_stats(mut self, stats: Arc<ActorStats>) -> Self {
+        self.stats = stats;
+        self
+    }
+
     /// A client registering `identity` with every address of
     /// `namesrv_addrs` every `interval` (at least 1 ms), announcing the
     /// topics `topics` returns at the time of each registration.
@@ -69,6 +77,7 @@ impl NameServerClient {
         topics: TopicsFn,
     ) -> NameServerClient {
         NameServerClient {
+            stats: ActorStats::detached(kind::NAME_SERVER_CLIENT, "0"),
             links: namesrv_addrs.into_iter().map(NamesrvLink::new).map(Arc::new).collect(),
             identity,
             interval: interval.max(Duration::from_millis(1)),
@@ -135,6 +144,7 @@ impl Actor for NameServerClient {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.stats.started();
         if self.links.is_empty() {
             tracing::warn!("no name server configured; the broker will not be routable");
         }
@@ -145,6 +155,7 @@ impl Actor for NameServerClient {
 
 impl actix::Supervised for NameServerClient {
     fn restarting(&mut self, _: &mut Context<Self>) {
+        self.stats.restarting();
         // `started` runs again and re-arms the timer; the old handle is dead.
         self.timer = None;
     }
@@ -173,6 +184,7 @@ impl Handler<RegisterNow> for NameServerClient {
     type Result = ResponseFuture<bool>;
 
     fn handle(&mut self, _: RegisterNow, ctx: &mut Context<Self>) -> Self::Result {
+        let _timer = self.stats.handling();
         self.start_timer(ctx);
         let mut outcomes = self.start_round(ctx);
         Box::pin(async move {
@@ -195,6 +207,7 @@ impl Handler<Unregister> for NameServerClient {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _: Unregister, ctx: &mut Context<Self>) -> Self::Result {
+        let _timer = self.stats.handling();
         // Stop first, so no periodic round re-registers us afterwards.
         if let Some(timer) = self.timer.take() {
             ctx.cancel_future(timer);
@@ -227,6 +240,7 @@ impl Handler<IsRegistered> for NameServerClient {
     type Result = bool;
 
     fn handle(&mut self, _: IsRegistered, _: &mut Context<Self>) -> bool {
+        let _timer = self.stats.handling();
         self.registered.load(Ordering::Acquire)
     }
 }
@@ -275,5 +289,16 @@ impl NamesrvLink {
             *slot = None;
         }
         result.map(|_| ())
+    }
+}
+
+impl Handler<Fail> for NameServerClient {
+    type Result = ();
+
+    fn handle(&mut self, Fail(reason): Fail, ctx: &mut Context<Self>) {
+        let _timer = self.stats.handling();
+        tracing::warn!(kind = self.stats.kind, id = %self.stats.id, %reason, "failing on request");
+        self.stats.failed(reason);
+        actix::ActorContext::stop(ctx);
     }
 }

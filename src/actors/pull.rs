@@ -99,6 +99,10 @@ pub fn serve_pull(
         }
         count += 1;
     }
+    if count > 0 {
+        metrics::counter!("ferromq_queue_messages_out_total", "topic" => topic.to_string(), "queue" => queue_id.to_string())
+            .increment(u64::from(count));
+    }
     let status = if count > 0 {
         PullStatus::Found
     } else if next == offset {

@@ -5,6 +5,7 @@
 //! acknowledgements (in-flight table, retries, dead letters, TTL expiry):
 //! see [`super::queue_delivery`].
 
+use crate::observe::{kind, ActorStats, Fail};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,6 +53,7 @@ struct Waiter {
 
 /// The actor serving one topic-queue.
 pub struct QueueActor {
+    pub(super) stats: Arc<ActorStats>,
     pub(super) services: Arc<BrokerServices>,
     pub(super) store: Arc<Store>,
     pub(super) topic: Arc<str>,
@@ -63,9 +65,16 @@ pub struct QueueActor {
 }
 
 impl QueueActor {
+    /// Reports into `stats` (from the broker's actor tree).
+    pub fn with_stats(mut self, stats: Arc<ActorStats>) -> Self {
+        self.stats = stats;
+        self
+    }
+
     /// An actor for (topic, queue).
     pub fn new(services: Arc<BrokerServices>, topic: Arc<str>, queue_id: u32) -> QueueActor {
         QueueActor {
+            stats: ActorStats::detached(kind::QUEUE, format!("{topic}/{queue_id}")),
             store: services.store.clone(),
             services,
             topic,
@@ -131,6 +140,7 @@ impl Actor for QueueActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.stats.started();
         // Pulls are answered quickly; a deeper mailbox only adds latency.
         ctx.set_mailbox_capacity(1024);
         self.resume_deliveries(ctx);
@@ -139,6 +149,7 @@ impl Actor for QueueActor {
 
 impl Supervised for QueueActor {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        self.stats.restarting();
         // Parked pulls are dropped; their senders see a closed reply and
         // answer SERVICE_UNAVAILABLE, and the clients simply pull again.
         self.polls.take_all();
@@ -151,6 +162,7 @@ impl Handler<Pull> for QueueActor {
     type Result = ResponseFuture<PullReply>;
 
     fn handle(&mut self, Pull(req): Pull, ctx: &mut Context<Self>) -> Self::Result {
+        let _timer = self.stats.handling();
         let filter = TagFilter::parse(&req.tag_expression);
         let served = match self.serve(req.offset, req.max_count, &filter) {
             Ok(s) => s,
@@ -182,6 +194,7 @@ impl Handler<NewMessages> for QueueActor {
     type Result = ();
 
     fn handle(&mut self, msg: NewMessages, ctx: &mut Context<Self>) {
+        let _timer = self.stats.handling();
         self.deliveries.add_expiries(&msg.expiring);
         self.serve_parked(ctx);
         if !msg.expiring.is_empty() {
@@ -211,6 +224,7 @@ impl Handler<Retire> for QueueActor {
     type Result = ();
 
     fn handle(&mut self, _: Retire, ctx: &mut Context<Self>) {
+        let _timer = self.stats.handling();
         for p in self.polls.take_all() {
             let _ = p.waiter.reply.send(Err((
                 Status::TopicNotExist,
@@ -225,6 +239,16 @@ impl Handler<Retire> for QueueActor {
     }
 }
 
+impl Handler<Fail> for QueueActor {
+    type Result = ();
+
+    fn handle(&mut self, Fail(reason): Fail, ctx: &mut Context<Self>) {
+        let _timer = self.stats.handling();
+        tracing::warn!(kind = self.stats.kind, id = %self.stats.id, %reason, "failing on request");
+        self.stats.failed(reason);
+        ctx.stop();
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +278,7 @@ mod tests {
         let services = Arc::new(BrokerServices::new(
             store.clone(),
             "127.0.0.1:1".parse().unwrap(),
+            Default::default(),
             Default::default(),
         ));
         let addr = Supervisor::start(move |_| QueueActor::new(services.clone(), Arc::from("t"), 0));

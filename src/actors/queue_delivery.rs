@@ -285,14 +285,20 @@ impl QueueActor {
         if found.is_empty() {
             return (None, dead);
         }
+        let committed = g.cursor.committed();
+        let labels = [("topic", self.topic.to_string()), ("queue", self.queue_id.to_string())];
+        metrics::counter!("ferromq_queue_messages_out_total", &labels).increment(found.len() as u64);
+        let redelivered = found.iter().filter(|(d, _)| *d > 1).count() as u64;
+        if redelivered > 0 {
+            let labels = [
+                ("group", req.group.clone()),
+                ("topic", self.topic.to_string()),
+                ("queue", self.queue_id.to_string()),
+            ];
+            metrics::counter!("ferromq_group_redeliveries_total", &labels).increment(redelivered);
+        }
         let mut body = BytesMut::new();
-        ReceiveResponse::put_head(
-            &mut body,
-            PullStatus::Found,
-            g.cursor.committed(),
-            max_offset,
-            found.len() as u32,
-        );
+        ReceiveResponse::put_head(&mut body, PullStatus::Found, committed, max_offset, found.len() as u32);
         for (delivery, raw) in &found {
             body.extend_from_slice(&delivery.to_be_bytes());
             body.extend_from_slice(raw);
@@ -387,6 +393,15 @@ impl QueueActor {
     /// Re-arms the timer and schedules a commit when a committed offset moved.
     fn after_change(&mut self, ctx: &mut Context<Self>) {
         self.arm_delivery_timer(ctx);
+        for (name, g) in &self.deliveries.groups {
+            let s = g.cursor.stats();
+            let labels = [
+                ("group", name.clone()),
+                ("topic", self.topic.to_string()),
+                ("queue", self.queue_id.to_string()),
+            ];
+            metrics::gauge!("ferromq_group_in_flight", &labels).set(s.in_flight as f64);
+        }
         let dirty = self
             .deliveries
             .groups
@@ -455,6 +470,11 @@ impl QueueActor {
         let services = self.services.clone();
         let topic = dlq_topic(group);
         let group = group.to_string();
+        let origin = [
+            ("group", group.clone()),
+            ("topic", self.topic.to_string()),
+            ("queue", self.queue_id.to_string()),
+        ];
         let fut = async move {
             services.ensure_topic(&topic, 1)?;
             services.append(&topic, 0, entries).await
@@ -467,6 +487,12 @@ impl QueueActor {
                 Ok(_) => {
                     for dl in &stored {
                         g.cursor.dead_lettered(dl.offset);
+                        let mut labels = origin.to_vec();
+                        labels.push(("reason", dl.reason.as_str().to_string()));
+                        metrics::counter!("ferromq_group_dead_lettered_total", &labels).increment(1);
+                        if dl.reason == DeadLetterReason::Expired {
+                            metrics::counter!("ferromq_group_expired_total", &origin).increment(1);
+                        }
                     }
                 }
                 Err((status, msg)) => {
@@ -528,6 +554,7 @@ impl Handler<Receive> for QueueActor {
     type Result = ResponseFuture<ReceiveReply>;
 
     fn handle(&mut self, Receive(req): Receive, ctx: &mut Context<Self>) -> Self::Result {
+        let _timer = self.stats.handling();
         let now = now_millis();
         let (found, dead) = self.serve_receive(&req, now);
         self.dead_letter(&req.group, dead, ctx);
@@ -567,6 +594,7 @@ impl Handler<Settle> for QueueActor {
     type Result = Result<u32, (Status, String)>;
 
     fn handle(&mut self, Settle { req, nack }: Settle, ctx: &mut Context<Self>) -> Self::Result {
+        let _timer = self.stats.handling();
         let now = now_millis();
         let retry = self.services.retry.clone();
         let Some(g) = self.deliveries.groups.get_mut(&req.group) else {
@@ -601,6 +629,7 @@ impl Handler<ForgetGroup> for QueueActor {
     type Result = ();
 
     fn handle(&mut self, ForgetGroup(group): ForgetGroup, ctx: &mut Context<Self>) {
+        let _timer = self.stats.handling();
         self.deliveries.groups.remove(&group);
         self.arm_delivery_timer(ctx);
     }
@@ -610,6 +639,7 @@ impl Handler<DeliveryStats> for QueueActor {
     type Result = MessageResult<DeliveryStats>;
 
     fn handle(&mut self, _: DeliveryStats, _: &mut Context<Self>) -> Self::Result {
+        let _timer = self.stats.handling();
         MessageResult(
             self.deliveries
                 .groups

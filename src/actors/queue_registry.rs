@@ -9,6 +9,7 @@ use actix::prelude::*;
 
 use super::queue_actor::{NewMessages, QueueActor, Retire};
 use super::services::BrokerServices;
+use crate::observe::{kind, Tracked};
 
 /// A topic-queue: (topic, queue id).
 type QueueKey = (Arc<str>, u32);
@@ -18,7 +19,7 @@ pub struct QueueRegistry {
     services: Arc<BrokerServices>,
     arbiters: Vec<ArbiterHandle>,
     next: AtomicUsize,
-    actors: RwLock<HashMap<QueueKey, Addr<QueueActor>>>,
+    actors: RwLock<HashMap<QueueKey, Tracked<QueueActor>>>,
 }
 
 impl QueueRegistry {
@@ -33,12 +34,12 @@ impl QueueRegistry {
     }
 
     /// The actor of (topic, queue), if started.
-    pub fn get(&self, topic: &str, queue_id: u32) -> Option<Addr<QueueActor>> {
+    pub fn get(&self, topic: &str, queue_id: u32) -> Option<Tracked<QueueActor>> {
         self.actors.read().ok()?.get(&(Arc::from(topic), queue_id)).cloned()
     }
 
     /// The actor of (topic, queue), started (supervised) when missing.
-    pub fn get_or_start(&self, topic: &str, queue_id: u32) -> Option<Addr<QueueActor>> {
+    pub fn get_or_start(&self, topic: &str, queue_id: u32) -> Option<Tracked<QueueActor>> {
         if let Some(a) = self.get(topic, queue_id) {
             return Some(a);
         }
@@ -49,13 +50,22 @@ impl QueueRegistry {
         }
         let services = self.services.clone();
         let t = key.0.clone();
-        let make = move |_: &mut Context<QueueActor>| QueueActor::new(services.clone(), t.clone(), queue_id);
+        let id = format!("{topic}/{queue_id}");
+        let stats = self.services.tree.register(kind::QUEUE, id.clone(), kind::BROKER);
+        let s = stats.clone();
+        let make = move |_: &mut Context<QueueActor>| {
+            QueueActor::new(services.clone(), t.clone(), queue_id).with_stats(s.clone())
+        };
         let addr = if self.arbiters.is_empty() {
             Supervisor::start(make)
         } else {
             let i = self.next.fetch_add(1, Ordering::Relaxed) % self.arbiters.len();
             Supervisor::start_in_arbiter(&self.arbiters[i], make)
         };
+        self.services
+            .tree
+            .set_failable(kind::QUEUE, &id, addr.clone().recipient());
+        let addr = Tracked::new(addr, stats);
         actors.insert(key, addr.clone());
         Some(addr)
     }
@@ -88,6 +98,8 @@ impl QueueRegistry {
         actors.retain(|(t, _), addr| {
             if &**t == topic {
                 addr.do_send(Retire);
+                addr.stats().stopped();
+                self.services.tree.remove(kind::QUEUE, &addr.stats().id);
                 false
             } else {
                 true

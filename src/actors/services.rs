@@ -13,6 +13,7 @@ use super::commitlog_writer::{now_millis, Append, CommitLogWriter};
 use super::namesrv_client::{NameServerClient, RegisterNow};
 use crate::config::DeliverySection;
 use crate::delivery::RetryPolicy;
+use crate::observe::{ActorTree, Tracked};
 use crate::store::offsets::{encode_commits, OffsetKey, OFFSETS_TOPIC};
 use crate::store::topics::TopicConfig;
 use crate::store::Store;
@@ -29,7 +30,9 @@ pub struct BrokerServices {
     pub delivery: DeliverySection,
     /// Retry rules derived from `delivery`.
     pub retry: RetryPolicy,
-    writer: OnceLock<Addr<CommitLogWriter>>,
+    /// The live actor tree (for `/actors` and `/metrics`).
+    pub tree: Arc<ActorTree>,
+    writer: OnceLock<Tracked<CommitLogWriter>>,
     registrar: OnceLock<Addr<NameServerClient>>,
 }
 
@@ -38,9 +41,15 @@ pub type ServiceError = (Status, String);
 
 impl BrokerServices {
     /// Services over `store`; set the writer and registrar once started.
-    pub fn new(store: Arc<Store>, store_host: SocketAddr, delivery: DeliverySection) -> BrokerServices {
+    pub fn new(
+        store: Arc<Store>,
+        store_host: SocketAddr,
+        delivery: DeliverySection,
+        tree: Arc<ActorTree>,
+    ) -> BrokerServices {
         BrokerServices {
             store,
+            tree,
             store_host,
             retry: delivery.retry_policy(),
             delivery,
@@ -50,7 +59,7 @@ impl BrokerServices {
     }
 
     /// Sets the commitlog writer (once).
-    pub fn set_writer(&self, writer: Addr<CommitLogWriter>) {
+    pub fn set_writer(&self, writer: Tracked<CommitLogWriter>) {
         let _ = self.writer.set(writer);
     }
 

@@ -11,6 +11,7 @@ use crate::client::core::route_queues;
 use crate::client::ClientError;
 use crate::groups::assignment::{MessageQueue, Strategy};
 use crate::groups::types::{ConsumeMode, GroupConfig, GroupDescription};
+use crate::observe::Tracked;
 use crate::server::ConnectionHandle;
 use crate::store::offsets::OffsetKey;
 use crate::wire::control::{from_json, to_json, validate_topic_name};
@@ -157,7 +158,7 @@ impl BrokerHandler {
         }
     }
 
-    fn coordinator(&self, group: &str) -> Result<actix::Addr<gc::GroupCoordinator>, (Status, String)> {
+    fn coordinator(&self, group: &str) -> Result<Tracked<gc::GroupCoordinator>, (Status, String)> {
         self.groups.get(group).ok_or_else(|| {
             (
                 Status::UnknownMember,

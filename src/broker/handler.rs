@@ -15,6 +15,7 @@ use crate::actors::queue_delivery::{Receive, Settle};
 use crate::actors::queue_registry::QueueRegistry;
 use crate::config::BrokerSection;
 use crate::delivery::props;
+use crate::observe::Tracked;
 use crate::server::{ConnectionHandle, RequestHandler};
 use crate::store::record::MessageId;
 use crate::store::topics::TopicConfig;
@@ -44,7 +45,7 @@ pub struct BrokerHandler {
     /// The store.
     pub store: Arc<Store>,
     /// The commitlog writer.
-    pub writer: Addr<CommitLogWriter>,
+    pub writer: Tracked<CommitLogWriter>,
     /// Queue actors.
     pub queues: Arc<QueueRegistry>,
     /// Registration with the name servers.
@@ -54,7 +55,7 @@ pub struct BrokerHandler {
     /// Appends, commits and internal topics shared with the actors.
     pub services: Arc<crate::actors::services::BrokerServices>,
     /// Holds delayed messages until due.
-    pub delays: Addr<crate::actors::delay_scheduler::DelayScheduler>,
+    pub delays: Tracked<crate::actors::delay_scheduler::DelayScheduler>,
 }
 
 /// A command's answer: a success frame or an error status and message.
@@ -189,7 +190,7 @@ impl BrokerHandler {
         ok(response.encode())
     }
 
-    fn queue_actor(&self, topic: &str, queue_id: u32) -> Result<Addr<QueueActor>, (Status, String)> {
+    fn queue_actor(&self, topic: &str, queue_id: u32) -> Result<Tracked<QueueActor>, (Status, String)> {
         self.queues
             .get_or_start(topic, queue_id)
             .ok_or_else(|| (Status::SystemError, "queue registry unavailable".to_string()))

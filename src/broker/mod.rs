@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Arbiter, ArbiterHandle, Supervisor};
+use actix::{Arbiter, ArbiterHandle};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -28,6 +28,7 @@ use crate::actors::namesrv_client::{BrokerIdentity, IsRegistered, NameServerClie
 use crate::actors::queue_registry::QueueRegistry;
 use crate::actors::services::BrokerServices;
 use crate::config::Config;
+use crate::observe::{kind, ActorTree};
 use crate::server::{serve, ServeOptions};
 use crate::store::flusher::{FlushHandle, Flusher};
 use crate::store::Store;
@@ -89,6 +90,7 @@ async fn serve_until_signal(
         max_frame_bytes: cfg.broker.max_frame_bytes,
         max_inflight: cfg.broker.max_inflight_per_connection,
         max_inflight_pulls: cfg.broker.max_inflight_pulls_per_connection,
+        role: "broker",
     };
     let listener = TcpListener::bind(&cfg.broker.listen)
         .await
@@ -107,9 +109,11 @@ async fn serve_until_signal(
         tracing::warn!(%store_host, "advertising an unspecified address; set broker.advertise");
     }
 
+    let metrics = crate::observe::metrics::install();
+    let tree = Arc::new(ActorTree::default());
     let embedded = if cfg.broker.embedded_namesrv {
         Some(
-            crate::namesrv::start_embedded(&cfg.namesrv, opts, network.clone())
+            crate::namesrv::start_embedded(&cfg.namesrv, opts, network.clone(), &tree)
                 .await?
                 .0,
         )
@@ -121,16 +125,23 @@ async fn serve_until_signal(
         _ => cfg.broker.namesrv_addrs.clone(),
     };
 
-    let services = Arc::new(BrokerServices::new(store.clone(), store_host, cfg.delivery.clone()));
+    let services = Arc::new(BrokerServices::new(
+        store.clone(),
+        store_host,
+        cfg.delivery.clone(),
+        tree.clone(),
+    ));
     let queues = Arc::new(QueueRegistry::new(services.clone(), network.clone()));
     let dispatcher = {
         let (store, queues) = (store.clone(), queues.clone());
-        Supervisor::start_in_arbiter(&dispatch_arbiter, move |_| Dispatcher::new(store, queues))
+        tree.start(kind::DISPATCHER, "0", Some(&dispatch_arbiter), move |stats| {
+            Dispatcher::new(store, queues).with_stats(stats)
+        })
     };
     let writer = {
         let (store, dispatcher, mode) = (store.clone(), dispatcher.clone(), cfg.store.flush);
-        Supervisor::start_in_arbiter(&store_arbiter, move |_| {
-            CommitLogWriter::new(store, dispatcher, flusher, mode, store_host)
+        tree.start(kind::COMMITLOG_WRITER, "0", Some(&store_arbiter), move |stats| {
+            CommitLogWriter::new(store, dispatcher, flusher, mode, store_host).with_stats(stats)
         })
     };
     services.set_writer(writer.clone());
@@ -145,19 +156,17 @@ async fn serve_until_signal(
         Arc::new(move || store.topics.snapshot())
     };
     let routes = crate::client::core::ClientCore::new(crate::client::ClientConfig::new(namesrv_addrs.clone()));
-    let groups = Arc::new(GroupRegistry::new(cfg.group.clone(), network.clone()));
-    let registrar = Supervisor::start(move |_| {
-        NameServerClient::new(
-            namesrv_addrs,
-            identity,
-            Duration::from_millis(cfg.broker.register_interval_ms),
-            topics,
-        )
+    let groups = Arc::new(GroupRegistry::new(cfg.group.clone(), network.clone(), tree.clone()));
+    let register_interval = Duration::from_millis(cfg.broker.register_interval_ms);
+    let registrar = tree.start(kind::NAME_SERVER_CLIENT, "0", None, move |stats| {
+        NameServerClient::new(namesrv_addrs, identity, register_interval, topics).with_stats(stats)
     });
-    services.set_registrar(registrar.clone());
+    services.set_registrar(registrar.addr().clone());
     let delays = {
         let services = services.clone();
-        Supervisor::start(move |_| DelayScheduler::new(services.clone()))
+        tree.start(kind::DELAY_SCHEDULER, "0", None, move |stats| {
+            DelayScheduler::new(services).with_stats(stats)
+        })
     };
     // Queues that groups receive with acknowledgements come back at once,
     // so TTL expiry runs before any consumer reconnects.
@@ -177,12 +186,25 @@ async fn serve_until_signal(
         store: store.clone(),
         writer,
         queues,
-        registrar: registrar.clone(),
+        registrar: registrar.addr().clone(),
         store_host,
         services,
         delays,
     });
     actix_rt::spawn(serve(listener, network, handler, opts));
+    let http_text = match cfg.http.enabled() {
+        Some(addr) => {
+            let state = crate::http::HttpState {
+                tree: tree.clone(),
+                store: store.clone(),
+                metrics,
+                registrar: registrar.addr().clone(),
+                debug: cfg.http.debug,
+            };
+            crate::http::start(addr, state)?.to_string()
+        }
+        None => "-".to_string(),
+    };
 
     let namesrv_text = embedded.map_or_else(|| "-".to_string(), |a| a.to_string());
     tracing::info!(broker = %bound, namesrv = %namesrv_text, flush = ?cfg.store.flush, "broker ready");
@@ -190,7 +212,7 @@ async fn serve_until_signal(
         let mut out = io::stdout().lock();
         writeln!(
             out,
-            "ferromq broker ready: broker={bound} namesrv={namesrv_text} data_dir={}",
+            "ferromq broker ready: broker={bound} namesrv={namesrv_text} http={http_text} data_dir={}",
             cfg.store.data_dir.display()
         )?;
         out.flush()?;

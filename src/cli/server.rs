@@ -31,6 +31,10 @@ pub struct BrokerArgs {
     /// `sync`: acknowledge after the disk flush; `async`: after the page cache.
     #[arg(long)]
     pub flush: Option<FlushMode>,
+    /// HTTP endpoint (metrics, actors, health, console) address; `0`
+    /// disables it (http.listen, default 127.0.0.1:8080).
+    #[arg(long)]
+    pub http: Option<String>,
 }
 
 /// `ferromq namesrv` flags.
@@ -60,6 +64,7 @@ pub fn run_broker(a: BrokerArgs) -> i32 {
         no_embedded_namesrv: a.no_embedded_namesrv,
         namesrv_addrs: a.namesrv.as_deref().map(split_addrs),
         flush: a.flush,
+        http: a.http,
     };
     let cfg = match load(a.config.as_ref(), &overrides) {
         Ok(c) => c,

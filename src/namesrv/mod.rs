@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Addr, Arbiter, ArbiterHandle, Supervisor};
+use actix::{Addr, Arbiter, ArbiterHandle};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -35,6 +35,7 @@ pub async fn start_embedded(
     cfg: &NamesrvSection,
     opts: ServeOptions,
     arbiters: Vec<ArbiterHandle>,
+    tree: &crate::observe::ActorTree,
 ) -> io::Result<(SocketAddr, Addr<NameServer>)> {
     if cfg.broker_expiry_ms == 0 || cfg.scan_interval_ms == 0 {
         return Err(io::Error::new(
@@ -48,8 +49,17 @@ pub async fn start_embedded(
     let local = listener.local_addr()?;
     let expiry_ms = cfg.broker_expiry_ms;
     let scan = Duration::from_millis(cfg.scan_interval_ms);
-    let addr = Supervisor::start(move |_| NameServer::new(expiry_ms, scan));
+    let addr = tree
+        .start(crate::observe::kind::NAME_SERVER, "0", None, move |stats| {
+            NameServer::new(expiry_ms, scan).with_stats(stats)
+        })
+        .addr()
+        .clone();
     let handler = Arc::new(NamesrvHandler::new(addr.clone()));
+    let opts = ServeOptions {
+        role: "namesrv",
+        ..opts
+    };
     actix_rt::spawn(serve(listener, arbiters, handler, opts));
     tracing::info!(listen = %local, expiry_ms, "name server started");
     Ok((local, addr))
@@ -70,13 +80,14 @@ pub fn run_standalone(cfg: Config) -> io::Result<()> {
         max_frame_bytes: cfg.broker.max_frame_bytes,
         max_inflight: cfg.broker.max_inflight_per_connection,
         max_inflight_pulls: cfg.broker.max_inflight_pulls_per_connection,
+        role: "namesrv",
     };
     let result = system.block_on(async move {
         // Installed before "ready" so that a signal sent right after it is
         // a clean shutdown rather than the default kill.
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
-        let (addr, _actor) = start_embedded(&cfg.namesrv, opts, handles).await?;
+        let (addr, _actor) = start_embedded(&cfg.namesrv, opts, handles, &crate::observe::ActorTree::default()).await?;
         let mut stdout = io::stdout().lock();
         writeln!(stdout, "ferromq namesrv ready: namesrv={addr}")?;
         stdout.flush()?;
@@ -121,6 +132,7 @@ mod tests {
             max_frame_bytes: 1 << 20,
             max_inflight: 16,
             max_inflight_pulls: 4,
+            role: "namesrv",
         }
     }
 
@@ -159,7 +171,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn broker_registers_and_clients_read_routes() {
-        let (ns_addr, _ns) = start_embedded(&section(60_000, 1_000), opts(), Vec::new())
+        let (ns_addr, _ns) = start_embedded(&section(60_000, 1_000), opts(), Vec::new(), &Default::default())
             .await
             .unwrap();
         let client = NameServerClient::new(
@@ -233,7 +245,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn bad_requests_are_answered_not_dropped() {
-        let (ns_addr, _ns) = start_embedded(&section(60_000, 1_000), opts(), Vec::new())
+        let (ns_addr, _ns) = start_embedded(&section(60_000, 1_000), opts(), Vec::new(), &Default::default())
             .await
             .unwrap();
         let conn = connect(ns_addr).await;
@@ -288,7 +300,9 @@ mod tests {
 
     #[actix_rt::test]
     async fn silent_broker_expires() {
-        let (_, ns) = start_embedded(&section(300, 50), opts(), Vec::new()).await.unwrap();
+        let (_, ns) = start_embedded(&section(300, 50), opts(), Vec::new(), &Default::default())
+            .await
+            .unwrap();
         let reg = RegisterBroker {
             cluster: "c".into(),
             broker_name: "b".into(),
@@ -309,7 +323,9 @@ mod tests {
 
     #[actix_rt::test]
     async fn periodic_registration_keeps_broker_alive() {
-        let (ns_addr, ns) = start_embedded(&section(300, 50), opts(), Vec::new()).await.unwrap();
+        let (ns_addr, ns) = start_embedded(&section(300, 50), opts(), Vec::new(), &Default::default())
+            .await
+            .unwrap();
         let client = NameServerClient::new(
             vec![ns_addr.to_string()],
             identity(),
@@ -362,7 +378,7 @@ mod tests {
         assert!(!acked);
         assert!(!lonely.send(IsRegistered).await.unwrap());
 
-        let (ns_addr, _ns) = start_embedded(&section(60_000, 1_000), opts(), Vec::new())
+        let (ns_addr, _ns) = start_embedded(&section(60_000, 1_000), opts(), Vec::new(), &Default::default())
             .await
             .unwrap();
         let client = NameServerClient::new(
@@ -383,7 +399,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn register_now_publishes_topic_changes() {
-        let (ns_addr, _ns) = start_embedded(&section(60_000, 1_000), opts(), Vec::new())
+        let (ns_addr, _ns) = start_embedded(&section(60_000, 1_000), opts(), Vec::new(), &Default::default())
             .await
             .unwrap();
         let topics = Arc::new(std::sync::Mutex::new(BTreeMap::from([(
@@ -425,7 +441,9 @@ mod tests {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut cfg = section(1_000, 100);
         cfg.listen = taken.local_addr().unwrap().to_string();
-        let err = start_embedded(&cfg, opts(), Vec::new()).await.unwrap_err();
+        let err = start_embedded(&cfg, opts(), Vec::new(), &Default::default())
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains(&cfg.listen), "{err}");
     }
 }

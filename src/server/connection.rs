@@ -73,6 +73,9 @@ pub struct ServeOptions {
     /// Pulls handled or awaiting transmission at once per connection: bounds
     /// the memory a client that stops reading can pin.
     pub max_inflight_pulls: usize,
+    /// Listener role for the `ferromq_connections{role}` gauge: `broker`
+    /// or `namesrv`.
+    pub role: &'static str,
 }
 
 /// Accepts connections on `listener` forever, starting each session on the
@@ -108,7 +111,12 @@ pub async fn serve(
         let session = async move {
             match TcpStream::from_std(stream) {
                 Ok(stream) => {
-                    actix_rt::spawn(run_session(stream, peer, handler, opts));
+                    actix_rt::spawn(async move {
+                        let open = metrics::gauge!("ferromq_connections", "role" => opts.role);
+                        open.increment(1.0);
+                        run_session(stream, peer, handler, opts).await;
+                        open.decrement(1.0);
+                    });
                 }
                 Err(e) => tracing::warn!(%peer, error = %e, "could not register socket"),
             }

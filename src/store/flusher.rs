@@ -111,7 +111,11 @@ fn run(store: Arc<Store>, rx: mpsc::Receiver<FlushCmd>, interval: Duration) {
                     }
                 }
                 let target = waiters.iter().map(|(u, _)| *u).max().unwrap_or(0);
-                let result = store.log.flush_to(target).map(|_| ()).map_err(|e| {
+                metrics::histogram!("ferromq_store_group_commit_batch").record(waiters.len() as f64);
+                let started = Instant::now();
+                let flushed = store.log.flush_to(target);
+                metrics::histogram!("ferromq_store_flush_seconds").record(started.elapsed().as_secs_f64());
+                let result = flushed.map(|_| ()).map_err(|e| {
                     tracing::error!(error = %e, "commitlog flush failed");
                     e.to_string()
                 });
@@ -136,7 +140,10 @@ fn run(store: Arc<Store>, rx: mpsc::Receiver<FlushCmd>, interval: Duration) {
 }
 
 fn periodic(store: &Store) {
-    if let Err(e) = store.log.flush_to(u64::MAX) {
+    let started = Instant::now();
+    let flushed = store.log.flush_to(u64::MAX);
+    metrics::histogram!("ferromq_store_flush_seconds").record(started.elapsed().as_secs_f64());
+    if let Err(e) = flushed {
         tracing::error!(error = %e, "commitlog flush failed");
     }
     if let Err(e) = store.flush_and_checkpoint() {

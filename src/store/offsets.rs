@@ -139,6 +139,14 @@ impl OffsetTable {
             .unwrap_or_default()
     }
 
+    /// Every committed offset.
+    pub fn all(&self) -> Vec<(OffsetKey, u64)> {
+        self.offsets
+            .read()
+            .map(|t| t.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default()
+    }
+
     /// Every group with a committed offset.
     pub fn groups(&self) -> Vec<String> {
         let mut out: Vec<String> = self

@@ -72,6 +72,14 @@ impl TopicTable {
         self.topics.read().ok()?.get(topic).copied()
     }
 
+    /// Every topic with its settings (internal ones included).
+    pub fn all(&self) -> Vec<(String, TopicConfig)> {
+        self.topics
+            .read()
+            .map(|t| t.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default()
+    }
+
     /// Every topic, for name-server registration.
     pub fn snapshot(&self) -> BTreeMap<String, TopicInfo> {
         self.topics

@@ -34,6 +34,8 @@ pub struct ServerProcess {
     pub broker_addr: String,
     /// `namesrv=` of the ready line (`-` without one).
     pub namesrv_addr: String,
+    /// `http=` of the ready line (brokers only; `-` when disabled).
+    pub http_addr: String,
     /// Data directory (brokers only).
     pub data_dir: PathBuf,
     stderr: Arc<Mutex<String>>,
@@ -105,12 +107,16 @@ impl ServerProcess {
         if !extra_args.contains(&"--no-embedded-namesrv") {
             args.extend(["--namesrv-listen", "127.0.0.1:0"]);
         }
+        if !extra_args.contains(&"--http") {
+            args.extend(["--http", "127.0.0.1:0"]);
+        }
         args.extend_from_slice(extra_args);
         let (child, line, stderr) = spawn_server(&args, env);
         ServerProcess {
             child,
             broker_addr: field(&line, "broker="),
             namesrv_addr: field(&line, "namesrv="),
+            http_addr: field(&line, "http="),
             data_dir: data_dir.to_path_buf(),
             stderr,
         }
@@ -123,6 +129,7 @@ impl ServerProcess {
             child,
             broker_addr: String::new(),
             namesrv_addr: field(&line, "namesrv="),
+            http_addr: String::new(),
             data_dir: PathBuf::new(),
             stderr,
         }
@@ -356,4 +363,54 @@ impl Drop for Consumer {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// A plain HTTP/1.0 request to `addr`; returns (status, body).
+pub fn http(addr: &str, method: &str, path: &str, json_body: Option<&str>) -> (u16, String) {
+    use std::net::TcpStream;
+    let mut s = TcpStream::connect(addr).expect("connect to the HTTP endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = json_body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("HTTP response");
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad HTTP response {head:?}"));
+    (status, body.to_string())
+}
+
+/// `GET path`, which must answer 200; returns the body.
+pub fn http_get(addr: &str, path: &str) -> String {
+    let (status, body) = http(addr, "GET", path, None);
+    assert_eq!(status, 200, "GET {path}: {body}");
+    body
+}
+
+/// Sum of the samples of a Prometheus metric whose labels contain every
+/// `k="v"` of `labels`.
+pub fn metric_sum(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            if n != name {
+                return None;
+            }
+            labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
 }

@@ -1,0 +1,113 @@
+//! The broker's HTTP endpoint (actix-web): Prometheus `/metrics`, the live
+//! actor tree `/actors`, `/health`, `/ready`, and (when enabled) the debug
+//! command that makes an actor fail. Every endpoint is documented in
+//! `docs/http.md`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix::Addr;
+use actix_web::{web, App, HttpResponse, HttpServer};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::actors::namesrv_client::{IsRegistered, NameServerClient};
+use crate::observe::{kind, metrics, ActorTree};
+use crate::store::Store;
+
+/// What the handlers read.
+pub struct HttpState {
+    /// The live actors.
+    pub tree: Arc<ActorTree>,
+    /// The store (offsets, topics, disk figures).
+    pub store: Arc<Store>,
+    /// The Prometheus recorder's handle (`None`: metrics unavailable).
+    pub metrics: Option<PrometheusHandle>,
+    /// Registration state for `/ready`.
+    pub registrar: Addr<NameServerClient>,
+    /// Serve the debug command.
+    pub debug: bool,
+}
+
+/// Binds `addr` and serves in the background (one worker thread); returns
+/// the bound address.
+pub fn start(addr: &str, state: HttpState) -> io::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("HTTP endpoint cannot listen on {addr}: {e} (set --http to another address, or 0 to disable it)"),
+        )
+    })?;
+    let bound = listener.local_addr()?;
+    let state = web::Data::new(state);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .route("/health", web::get().to(health))
+            .route("/ready", web::get().to(ready))
+            .route("/metrics", web::get().to(prometheus))
+            .route("/actors", web::get().to(actors))
+            .route("/api/debug/fail", web::post().to(fail))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    actix_rt::spawn(server);
+    Ok(bound)
+}
+
+async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+async fn ready(state: web::Data<HttpState>) -> HttpResponse {
+    // The store is recovered before the endpoint starts.
+    let registered = state.registrar.send(IsRegistered).await.unwrap_or(false);
+    let body = json!({"ready": registered, "store_recovered": true, "namesrv_registered": registered});
+    if registered {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+async fn prometheus(state: web::Data<HttpState>) -> HttpResponse {
+    let Some(handle) = &state.metrics else {
+        return HttpResponse::ServiceUnavailable().body("metrics recorder unavailable in this process\n");
+    };
+    metrics::refresh(&state.tree, &state.store);
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(handle.render())
+}
+
+async fn actors(state: web::Data<HttpState>) -> HttpResponse {
+    let actors = state.tree.snapshot();
+    HttpResponse::Ok().json(json!({
+        "root": kind::BROKER,
+        "actors": actors,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FailRequest {
+    kind: String,
+    id: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn fail(state: web::Data<HttpState>, req: web::Json<FailRequest>) -> HttpResponse {
+    if !state.debug {
+        return HttpResponse::Forbidden().json(json!({"error": "debug commands are off (set http.debug = true)"}));
+    }
+    let reason = req.reason.clone().unwrap_or_else(|| "failed on request".into());
+    match state.tree.fail(&req.kind, &req.id, &reason) {
+        Ok(()) => HttpResponse::Ok().json(json!({"failed": format!("{}/{}", req.kind, req.id)})),
+        Err(e) => HttpResponse::NotFound().json(json!({"error": e})),
+    }
+}

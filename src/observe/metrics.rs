@@ -1,0 +1,87 @@
+//! The Prometheus exposition (`/metrics`), through the `metrics` facade and
+//! `metrics-exporter-prometheus`. Counters and histograms are recorded
+//! where things happen (appends, flushes, deliveries, handlers); gauges that
+//! are cheaper to read than to maintain (offsets, lag, actor figures, RSS,
+//! disk usage) are set from their sources at scrape time. Every name is
+//! documented in `docs/http.md`.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use super::ActorTree;
+use crate::store::offsets::OffsetKey;
+use crate::store::Store;
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide recorder (once); `None` when another recorder
+/// was installed first.
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
+                ])
+                .ok()?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            Some(handle)
+        })
+        .clone()
+}
+
+/// Resident set size of this process, bytes (Linux).
+pub fn process_rss_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * u64::try_from(page).unwrap_or(4096)
+}
+
+/// Bytes the files under `dir` occupy on disk.
+pub fn disk_usage_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => disk_usage_bytes(&e.path()),
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Sets the scrape-time gauges from the actor tree and the store.
+pub fn refresh(tree: &ActorTree, store: &Store) {
+    for a in tree.snapshot() {
+        let labels = [("kind", a.kind.to_string()), ("id", a.id.clone())];
+        metrics::gauge!("ferromq_actor_mailbox_depth", &labels).set(a.mailbox_depth as f64);
+        metrics::counter!("ferromq_actor_messages_handled_total", &labels).absolute(a.handled);
+        metrics::counter!("ferromq_actor_restarts_total", &labels).absolute(a.restarts);
+    }
+    for (topic, cfg) in store.topics.all() {
+        for queue in 0..cfg.queues {
+            let max = store.queues.get(&topic, queue).map_or(0, |q| q.max_offset());
+            metrics::gauge!("ferromq_queue_max_offset", "topic" => topic.clone(), "queue" => queue.to_string())
+                .set(max as f64);
+        }
+    }
+    for (OffsetKey { group, topic, queue }, committed) in store.offsets.all() {
+        let max = store.queues.get(&topic, queue).map_or(0, |q| q.max_offset());
+        let labels = [("group", group), ("topic", topic), ("queue", queue.to_string())];
+        metrics::gauge!("ferromq_group_committed_offset", &labels).set(committed as f64);
+        metrics::gauge!("ferromq_group_lag", &labels).set(max.saturating_sub(committed) as f64);
+    }
+    metrics::gauge!("ferromq_store_commitlog_bytes").set(store.log.write_pos() as f64);
+    metrics::gauge!("ferromq_store_segments").set(store.log.segment_count() as f64);
+    metrics::gauge!("ferromq_store_disk_usage_bytes").set(disk_usage_bytes(&store.data_dir()) as f64);
+    metrics::gauge!("ferromq_process_rss_bytes").set(process_rss_bytes() as f64);
+}

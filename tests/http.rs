@@ -1,0 +1,241 @@
+//! The HTTP endpoint of a real broker: metrics that follow what was sent and
+//! consumed, the live actor tree, health and readiness, and supervision that
+//! really restarts failed actors without losing acknowledged messages.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::*;
+use ferromq::client::{Admin, ClientConfig, GroupConsumer, GroupConsumerConfig, Producer, StartPosition};
+use ferromq::message::Message;
+use serde_json::Value;
+
+fn debug_env() -> Vec<(&'static str, &'static str)> {
+    let mut env = small_store_env();
+    env.push(("FERROMQ__HTTP__DEBUG", "true"));
+    env.push(("FERROMQ__DELIVERY__COMMIT_INTERVAL_MS", "50"));
+    env
+}
+
+fn actors(http: &str) -> Vec<Value> {
+    let v: Value = serde_json::from_str(&http_get(http, "/actors")).unwrap();
+    v["actors"].as_array().unwrap().clone()
+}
+
+fn actor<'a>(list: &'a [Value], kind: &str, id: &str) -> Option<&'a Value> {
+    list.iter().find(|a| a["kind"] == kind && a["id"] == id)
+}
+
+#[test]
+fn metrics_follow_what_is_sent_and_consumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = ServerProcess::broker(dir.path(), &[], &debug_env());
+    let (ns, web) = (broker.namesrv_addr.as_str(), broker.http_addr.as_str());
+    assert_eq!(http_get(web, "/health").trim(), r#"{"status":"ok"}"#);
+    assert!(wait_until(Duration::from_secs(10), || http(web, "GET", "/ready", None)
+        .0
+        == 200));
+
+    cli_ok(ns, &["topic", "create", "m", "--queues", "4"]);
+    let before = http_get(web, "/metrics");
+    assert_eq!(
+        metric_sum(&before, "ferromq_queue_messages_in_total", &[("topic", "m")]),
+        0.0
+    );
+    cli_ok(
+        ns,
+        &[
+            "produce", "--topic", "m", "--count", "400", "--size", "100", "--batch", "50",
+        ],
+    );
+    let lines: Vec<String> = (0..100).map(|i| format!("line-{i}")).collect();
+    produce(ns, "m", &[], &lines);
+    let sent = http_get(web, "/metrics");
+    assert_eq!(
+        metric_sum(&sent, "ferromq_queue_messages_in_total", &[("topic", "m")]),
+        500.0
+    );
+    assert_eq!(metric_sum(&sent, "ferromq_queue_max_offset", &[("topic", "m")]), 500.0);
+    let bytes = metric_sum(&sent, "ferromq_queue_bytes_in_total", &[("topic", "m")]);
+    assert!(bytes > 500.0 * 100.0, "records are bigger than their bodies: {bytes}");
+    assert!(metric_sum(&sent, "ferromq_store_commitlog_bytes", &[]) >= bytes);
+    assert!(metric_sum(&sent, "ferromq_store_segments", &[]) >= 1.0);
+    assert!(metric_sum(&sent, "ferromq_store_disk_usage_bytes", &[]) > 0.0);
+    assert!(metric_sum(&sent, "ferromq_process_rss_bytes", &[]) > 1e6);
+    assert!(metric_sum(&sent, "ferromq_store_flush_seconds_count", &[]) > 0.0);
+    assert!(
+        metric_sum(
+            &sent,
+            "ferromq_actor_messages_handled_total",
+            &[("kind", "commitlog_writer")]
+        ) >= 10.0
+    );
+    assert!(
+        metric_sum(
+            &sent,
+            "ferromq_actor_handler_seconds_count",
+            &[("kind", "commitlog_writer")]
+        ) >= 10.0
+    );
+
+    // A group consumes everything with acknowledgements: out follows in,
+    // the committed offsets reach the end and the lag falls to 0.
+    let got = consume_json(
+        ns,
+        "m",
+        &[
+            "--group",
+            "readers",
+            "--ack-timeout",
+            "10s",
+            "--count",
+            "500",
+            "--idle-timeout",
+            "5",
+        ],
+    );
+    assert_eq!(got.len(), 500);
+    assert!(wait_until(Duration::from_secs(10), || {
+        let m = http_get(web, "/metrics");
+        metric_sum(
+            &m,
+            "ferromq_group_committed_offset",
+            &[("group", "readers"), ("topic", "m")],
+        ) == 500.0
+            && metric_sum(&m, "ferromq_group_lag", &[("group", "readers"), ("topic", "m")]) == 0.0
+    }));
+    let done = http_get(web, "/metrics");
+    assert_eq!(
+        metric_sum(&done, "ferromq_queue_messages_out_total", &[("topic", "m")]),
+        500.0
+    );
+    assert_eq!(
+        metric_sum(&done, "ferromq_group_in_flight", &[("group", "readers")]),
+        0.0
+    );
+    // The broker's own registration link is open; every CLI client has left.
+    assert!(metric_sum(&done, "ferromq_connections", &[("role", "namesrv")]) >= 1.0);
+    assert!(
+        done.contains("ferromq_connections{role=\"broker\"} 0"),
+        "closed connections are counted down"
+    );
+
+    let tree = actors(web);
+    for (kind, id) in [
+        ("commitlog_writer", "0"),
+        ("dispatcher", "0"),
+        ("delay_scheduler", "0"),
+        ("name_server", "0"),
+        ("name_server_client", "0"),
+        ("group_coordinator", "readers"),
+        ("queue", "m/0"),
+        ("queue", "m/3"),
+    ] {
+        let a = actor(&tree, kind, id).unwrap_or_else(|| panic!("{kind}/{id} missing from {tree:?}"));
+        assert_eq!(a["state"], "running", "{a}");
+        assert_eq!(a["parent"], "broker");
+        assert!(!a["thread"].as_str().unwrap().is_empty());
+        assert_eq!(a["restarts"], 0);
+    }
+    assert!(
+        actor(&tree, "commitlog_writer", "0").unwrap()["handled"]
+            .as_u64()
+            .unwrap()
+            >= 10
+    );
+
+    // Debug commands are refused unless switched on.
+    let plain = ServerProcess::broker(&dir.path().join("plain"), &[], &small_store_env());
+    let (status, body) = http(
+        &plain.http_addr,
+        "POST",
+        "/api/debug/fail",
+        Some(r#"{"kind":"dispatcher","id":"0"}"#),
+    );
+    assert_eq!(status, 403, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_actors_restart_and_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = ServerProcess::broker(dir.path(), &[], &debug_env());
+    let ns = broker.namesrv_addr.clone();
+    let http_addr = broker.http_addr.clone();
+    let cfg = ClientConfig::new([ns.clone()]);
+    Admin::new(cfg.clone()).create_topic("s", 2).await.unwrap();
+
+    let mut gc = GroupConsumerConfig::new("survivors", vec!["s".to_string()]);
+    gc.start = StartPosition::Earliest;
+    gc.ack_timeout = Some(Duration::from_secs(3));
+    gc.session_timeout = Duration::from_secs(3);
+    gc.heartbeat_interval = Duration::from_millis(300);
+    let mut consumer = GroupConsumer::start(cfg.clone(), gc);
+
+    // Produce in the background while actors fail.
+    let producer = Producer::new(cfg.clone());
+    let mut feeding = Some(tokio::spawn(async move {
+        let mut acked = BTreeSet::new();
+        for i in 0..600 {
+            let body = format!("m-{i}");
+            if producer.send(Message::new("s", body.clone())).await.is_ok() {
+                acked.insert(body);
+            }
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        acked
+    }));
+    let mut got = BTreeSet::new();
+    let mut failed = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut acked: Option<BTreeSet<String>> = None;
+    loop {
+        if feeding.as_ref().is_some_and(|f| f.is_finished()) {
+            acked = Some(feeding.take().unwrap().await.unwrap());
+        }
+        if let Some(a) = &acked {
+            if a.is_subset(&got) {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "stalled at {} messages", got.len());
+        if !failed && got.len() >= 100 {
+            failed = true;
+            let h = http_addr.clone();
+            tokio::task::spawn_blocking(move || {
+                for (kind, id) in [("queue", "s/0"), ("group_coordinator", "survivors")] {
+                    let body = format!(r#"{{"kind":"{kind}","id":"{id}","reason":"test"}}"#);
+                    let (status, resp) = http(&h, "POST", "/api/debug/fail", Some(&body));
+                    assert_eq!(status, 200, "{resp}");
+                }
+            })
+            .await
+            .unwrap();
+        }
+        if let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(500), consumer.next_delivery()).await {
+            got.insert(String::from_utf8_lossy(&d.record.body).to_string());
+            d.ack();
+        }
+    }
+    let acked = acked.unwrap();
+    assert!(acked.len() >= 590, "the producer kept going: {}", acked.len());
+    let h = http_addr.clone();
+    let tree = tokio::task::spawn_blocking(move || actors(&h)).await.unwrap();
+    for (kind, id) in [("queue", "s/0"), ("group_coordinator", "survivors")] {
+        let a = actor(&tree, kind, id).unwrap();
+        assert_eq!(a["restarts"], 1, "{a}");
+        assert_eq!(a["state"], "running", "{a}");
+        assert_eq!(a["last_error"], "test", "{a}");
+    }
+    assert_eq!(actor(&tree, "queue", "s/1").unwrap()["restarts"], 0);
+    let h = http_addr.clone();
+    let m = tokio::task::spawn_blocking(move || http_get(&h, "/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(
+        metric_sum(&m, "ferromq_actor_restarts_total", &[("kind", "queue"), ("id", "s/0")]),
+        1.0
+    );
+    consumer.close().await;
+}
