@@ -146,6 +146,34 @@ fn metrics_follow_what_is_sent_and_consumed() {
             >= 10
     );
 
+    // The CLI's views of the same API.
+    let cluster = cli_ok(ns, &["cluster", "--http", web]);
+    assert!(
+        cluster.contains(&format!("DefaultCluster broker-a 0 master {}", broker.broker_addr)),
+        "{cluster}"
+    );
+    assert!(cluster.contains(&format!("namesrv {ns}")), "{cluster}");
+    let stats = cli_ok(
+        ns,
+        &[
+            "stats",
+            "--http",
+            web,
+            "--interval",
+            "0.3",
+            "--count",
+            "2",
+            "--format",
+            "json",
+        ],
+    );
+    let lines: Vec<Value> = stats.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "{stats}");
+    assert_eq!(lines[1]["lag"]["readers"], 0, "{stats}");
+    let bad = cli(ns, &["cluster", "--http", "127.0.0.1:1"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("127.0.0.1:1"));
+
     // Debug commands are refused unless switched on.
     let plain = ServerProcess::broker(&dir.path().join("plain"), &[], &small_store_env());
     let (status, body) = http(

@@ -139,6 +139,7 @@ impl Handler<Append> for CommitLogWriter {
         let end = batch.end;
         let labels = [("topic", msg.topic.to_string()), ("queue", msg.queue_id.to_string())];
         metrics::counter!("ferromq_queue_messages_in_total", &labels).increment(batch.dispatch.len() as u64);
+        crate::observe::totals::add_in(batch.dispatch.len() as u64);
         let bytes: u64 = batch.dispatch.iter().map(|d| u64::from(d.size)).sum();
         metrics::counter!("ferromq_queue_bytes_in_total", &labels).increment(bytes);
         self.dispatcher.do_send(Dispatch {

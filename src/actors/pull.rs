@@ -102,6 +102,7 @@ pub fn serve_pull(
     if count > 0 {
         metrics::counter!("ferromq_queue_messages_out_total", "topic" => topic.to_string(), "queue" => queue_id.to_string())
             .increment(u64::from(count));
+        crate::observe::totals::add_out(u64::from(count));
     }
     let status = if count > 0 {
         PullStatus::Found

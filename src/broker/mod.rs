@@ -155,7 +155,9 @@ async fn serve_until_signal(
         let store = store.clone();
         Arc::new(move || store.topics.snapshot())
     };
-    let routes = crate::client::core::ClientCore::new(crate::client::ClientConfig::new(namesrv_addrs.clone()));
+    let client_cfg = crate::client::ClientConfig::new(namesrv_addrs.clone());
+    let http_namesrv = namesrv_addrs.clone();
+    let routes = crate::client::core::ClientCore::new(client_cfg.clone());
     let groups = Arc::new(GroupRegistry::new(cfg.group.clone(), network.clone(), tree.clone()));
     let register_interval = Duration::from_millis(cfg.broker.register_interval_ms);
     let registrar = tree.start(kind::NAME_SERVER_CLIENT, "0", None, move |stats| {
@@ -200,6 +202,11 @@ async fn serve_until_signal(
                 metrics,
                 registrar: registrar.addr().clone(),
                 debug: cfg.http.debug,
+                admin: crate::client::Admin::new(client_cfg.clone()),
+                producer: crate::client::Producer::new(client_cfg),
+                namesrv_addrs: http_namesrv,
+                broker_name: cfg.broker.name.clone(),
+                broker_addr: store_host.to_string(),
             };
             crate::http::start(addr, state)?.to_string()
         }

@@ -1,9 +1,6 @@
 //! `ferromq group list|describe|reset-offsets`.
 
-use std::collections::HashMap;
-
 use clap::{Args, Subcommand};
-use serde_json::json;
 
 use super::output::Format;
 use super::{CliResult, NamesrvOpt};
@@ -93,36 +90,12 @@ pub async fn run(a: GroupArgs) -> CliResult {
 
 async fn describe(admin: &Admin, group: &str, format: Format) -> CliResult {
     let d = admin.describe_group(group).await?;
-    let committed: HashMap<(String, u32), u64> = d
-        .offsets
-        .iter()
-        .map(|o| ((o.topic.clone(), o.queue), o.offset))
+    let queues: Vec<serde_json::Value> = admin
+        .group_queues(&d)
+        .await?
+        .into_iter()
+        .map(|q| serde_json::to_value(q).unwrap_or_default())
         .collect();
-    let mut owners: HashMap<(String, String, u32), String> = HashMap::new();
-    for m in &d.members {
-        for q in &m.assignment {
-            owners.insert((q.topic.clone(), q.broker_name.clone(), q.queue), m.member_id.clone());
-        }
-    }
-    let mut topics: Vec<String> = d.members.iter().flat_map(|m| m.topics.clone()).collect();
-    topics.extend(d.offsets.iter().map(|o| o.topic.clone()));
-    topics.sort();
-    topics.dedup();
-    let mut queues = Vec::new();
-    for topic in &topics {
-        let Ok(ranges) = admin.queue_offsets(topic).await else {
-            continue;
-        };
-        for (mq, range) in ranges {
-            let c = committed.get(&(topic.clone(), mq.queue_id)).copied();
-            let lag = range.max_offset.saturating_sub(c.unwrap_or(range.min_offset));
-            let owner = owners
-                .get(&(topic.clone(), mq.broker_name.clone(), mq.queue_id))
-                .cloned();
-            queues.push(json!({"topic": topic, "broker": mq.broker_name, "queue": mq.queue_id,
-                "committed_offset": c, "max_offset": range.max_offset, "lag": lag, "owner": owner}));
-        }
-    }
     match format {
         Format::Json => {
             let mut v = serde_json::to_value(&d)?;

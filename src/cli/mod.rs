@@ -18,6 +18,7 @@ pub mod message;
 pub mod output;
 pub mod produce;
 pub mod server;
+pub mod stats;
 pub mod topic;
 
 use clap::{Args, Parser, Subcommand};
@@ -52,6 +53,10 @@ pub enum Cmd {
     Group(group::GroupArgs),
     /// List and resend a group's dead letters.
     Dlq(dlq::DlqArgs),
+    /// Brokers and name servers (from a broker's HTTP API).
+    Cluster(stats::ClusterArgs),
+    /// A compact live view of rates, connections, memory and lag.
+    Stats(stats::StatsArgs),
     /// Load generators and the disk's own limits.
     Bench(crate::bench::BenchArgs),
 }
@@ -123,6 +128,8 @@ pub fn main() -> i32 {
                     Cmd::Message(a) => message::run(a).await,
                     Cmd::Group(a) => group::run(a).await,
                     Cmd::Dlq(a) => dlq::run(a).await,
+                    Cmd::Cluster(a) => stats::cluster(a).await,
+                    Cmd::Stats(a) => stats::stats(a).await,
                     Cmd::Bench(a) => crate::bench::run(a).await,
                     Cmd::Broker(_) | Cmd::Namesrv(_) => Ok(()),
                 }
@@ -172,6 +179,9 @@ mod tests {
             "ferromq dlq resend g --all",
             "ferromq dlq resend g --msg-id 7f0000012a9f0000000000000000",
             "ferromq topic create t --queues 2 --ttl 10m",
+            "ferromq cluster --http 127.0.0.1:8080 --format json",
+            "ferromq stats --interval 0.5 --count 3",
+            "ferromq broker --http 0",
         ];
         for line in ok {
             Cli::try_parse_from(line.split(' ')).unwrap_or_else(|e| panic!("{line}: {e}"));

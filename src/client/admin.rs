@@ -15,6 +15,26 @@ use crate::wire::group::{
 };
 use crate::wire::{Command, DecodeError};
 
+/// One queue of a group: progress and owner.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GroupQueueLag {
+    /// Topic.
+    pub topic: String,
+    /// Broker group serving the queue.
+    pub broker: String,
+    /// Queue id.
+    pub queue: u32,
+    /// Committed offset, if any.
+    pub committed_offset: Option<u64>,
+    /// One past the newest message.
+    pub max_offset: u64,
+    /// Messages not yet consumed (from the committed offset, or the oldest
+    /// stored message when nothing was committed).
+    pub lag: u64,
+    /// Member owning the queue now.
+    pub owner: Option<String>,
+}
+
 /// Admin operations.
 #[derive(Debug, Clone)]
 pub struct Admin {
@@ -32,6 +52,48 @@ impl Admin {
     async fn broker(&self, addr: &str, cmd: Command, header: Bytes) -> ClientResult<Bytes> {
         let timeout = self.core.cfg.request_timeout;
         Ok(self.core.request(addr, cmd, header, Bytes::new(), timeout).await?.1)
+    }
+
+    /// Per queue of the group's topics: committed offset, max offset, lag
+    /// and owning member.
+    pub async fn group_queues(&self, d: &GroupDescription) -> ClientResult<Vec<GroupQueueLag>> {
+        let committed: std::collections::HashMap<(String, u32), u64> = d
+            .offsets
+            .iter()
+            .map(|o| ((o.topic.clone(), o.queue), o.offset))
+            .collect();
+        let mut owners = std::collections::HashMap::new();
+        for m in &d.members {
+            for q in &m.assignment {
+                owners.insert((q.topic.clone(), q.broker_name.clone(), q.queue), m.member_id.clone());
+            }
+        }
+        let mut topics: Vec<String> = d.members.iter().flat_map(|m| m.topics.clone()).collect();
+        topics.extend(d.offsets.iter().map(|o| o.topic.clone()));
+        topics.sort();
+        topics.dedup();
+        let mut out = Vec::new();
+        for topic in topics {
+            // A topic deleted since its offsets were committed has no route.
+            let Ok(ranges) = self.queue_offsets(&topic).await else {
+                continue;
+            };
+            for (mq, range) in ranges {
+                let c = committed.get(&(topic.clone(), mq.queue_id)).copied();
+                out.push(GroupQueueLag {
+                    topic: topic.clone(),
+                    owner: owners
+                        .get(&(topic.clone(), mq.broker_name.clone(), mq.queue_id))
+                        .cloned(),
+                    broker: mq.broker_name,
+                    queue: mq.queue_id,
+                    committed_offset: c,
+                    max_offset: range.max_offset,
+                    lag: range.max_offset.saturating_sub(c.unwrap_or(range.min_offset)),
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Every dead letter of `group` (see [`super::dlq`]).

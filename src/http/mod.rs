@@ -1,7 +1,10 @@
 //! The broker's HTTP endpoint (actix-web): Prometheus `/metrics`, the live
-//! actor tree `/actors`, `/health`, `/ready`, and (when enabled) the debug
-//! command that makes an actor fail. Every endpoint is documented in
-//! `docs/http.md`.
+//! actor tree `/actors`, `/health`, `/ready`, the JSON API under `/api`
+//! ([`api`]), the web console at `/` (one page embedded in the binary), and
+//! (when enabled) the debug command that makes an actor fail. Every endpoint
+//! is documented in `docs/http.md`.
+
+pub mod api;
 
 use std::io;
 use std::net::SocketAddr;
@@ -29,7 +32,20 @@ pub struct HttpState {
     pub registrar: Addr<NameServerClient>,
     /// Serve the debug command.
     pub debug: bool,
+    /// Admin client of the cluster (for `/api`).
+    pub admin: crate::client::Admin,
+    /// Producer for `POST /api/messages`.
+    pub producer: crate::client::Producer,
+    /// Name servers this broker uses.
+    pub namesrv_addrs: Vec<String>,
+    /// This broker's group name.
+    pub broker_name: String,
+    /// This broker's client address.
+    pub broker_addr: String,
 }
+
+/// The console page (HTML, CSS and JS in one file, embedded at build time).
+const CONSOLE_HTML: &str = include_str!("console.html");
 
 /// Binds `addr` and serves in the background (one worker thread); returns
 /// the bound address.
@@ -50,6 +66,8 @@ pub fn start(addr: &str, state: HttpState) -> io::Result<SocketAddr> {
             .route("/metrics", web::get().to(prometheus))
             .route("/actors", web::get().to(actors))
             .route("/api/debug/fail", web::post().to(fail))
+            .route("/", web::get().to(console))
+            .configure(api::routes)
     })
     .workers(1)
     .disable_signals()
@@ -57,6 +75,12 @@ pub fn start(addr: &str, state: HttpState) -> io::Result<SocketAddr> {
     .run();
     actix_rt::spawn(server);
     Ok(bound)
+}
+
+async fn console() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(CONSOLE_HTML)
 }
 
 async fn health() -> HttpResponse {
@@ -84,7 +108,7 @@ async fn prometheus(state: web::Data<HttpState>) -> HttpResponse {
         .body(handle.render())
 }
 
-async fn actors(state: web::Data<HttpState>) -> HttpResponse {
+pub(crate) async fn actors(state: web::Data<HttpState>) -> HttpResponse {
     let actors = state.tree.snapshot();
     HttpResponse::Ok().json(json!({
         "root": kind::BROKER,

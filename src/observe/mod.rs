@@ -8,6 +8,7 @@
 //! finished.
 
 pub mod metrics;
+pub mod totals;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};

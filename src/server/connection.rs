@@ -114,8 +114,10 @@ pub async fn serve(
                     actix_rt::spawn(async move {
                         let open = metrics::gauge!("ferromq_connections", "role" => opts.role);
                         open.increment(1.0);
+                        crate::observe::totals::connections(opts.role, 1);
                         run_session(stream, peer, handler, opts).await;
                         open.decrement(1.0);
+                        crate::observe::totals::connections(opts.role, -1);
                     });
                 }
                 Err(e) => tracing::warn!(%peer, error = %e, "could not register socket"),

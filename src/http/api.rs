@@ -1,0 +1,266 @@
+//! The JSON API under `/api/…` that the web console and `ferromq
+//! cluster|stats` read (`docs/http.md`). Handlers go through the Rust client
+//! library, so what they show is what any client of the cluster sees.
+
+use actix_web::{web, HttpResponse};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::HttpState;
+use crate::client::dlq::ResendSelection;
+use crate::client::ClientError;
+use crate::message::Message;
+use crate::observe::{metrics, totals};
+use crate::wire::Status;
+
+/// Registers the routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/overview", web::get().to(overview))
+        .route("/api/cluster", web::get().to(cluster))
+        .route("/api/topics", web::get().to(list_topics))
+        .route("/api/topics", web::post().to(create_topic))
+        .route("/api/topics/{topic}", web::get().to(describe_topic))
+        .route("/api/topics/{topic}", web::delete().to(delete_topic))
+        .route("/api/groups", web::get().to(list_groups))
+        .route("/api/groups/{group}", web::get().to(describe_group))
+        .route("/api/messages", web::post().to(produce))
+        .route("/api/messages", web::get().to(find_messages))
+        .route("/api/messages/{id}", web::get().to(get_message))
+        .route("/api/dlq/{group}", web::get().to(list_dead_letters))
+        .route("/api/dlq/{group}/resend", web::post().to(resend_dead_letters))
+        .route("/api/actors", web::get().to(super::actors));
+}
+
+/// A client error as an HTTP answer: 404 for what does not exist, 400 for
+/// bad input, 502 for an unreachable cluster.
+fn error(e: ClientError) -> HttpResponse {
+    let body = json!({"error": e.to_string()});
+    match e.status() {
+        Some(Status::TopicNotExist | Status::MessageNotFound | Status::QueueNotExist) => {
+            HttpResponse::NotFound().json(body)
+        }
+        Some(Status::InvalidArgument | Status::MalformedFrame) => HttpResponse::BadRequest().json(body),
+        Some(_) => HttpResponse::InternalServerError().json(body),
+        None => match e {
+            ClientError::Invalid(_) | ClientError::Decode(_) => HttpResponse::BadRequest().json(body),
+            ClientError::NoRoute(_) => HttpResponse::NotFound().json(body),
+            _ => HttpResponse::BadGateway().json(body),
+        },
+    }
+}
+
+fn bad_request(msg: impl Into<String>) -> HttpResponse {
+    HttpResponse::BadRequest().json(json!({"error": msg.into()}))
+}
+
+async fn overview(state: web::Data<HttpState>) -> HttpResponse {
+    let (messages_in, messages_out, broker_conns, namesrv_conns) = totals::snapshot();
+    let cluster = state.admin.cluster_info().await.ok();
+    let topics = state.admin.list_topics().await.unwrap_or_default();
+    let groups = state.admin.list_groups().await.unwrap_or_default();
+    HttpResponse::Ok().json(json!({
+        "broker": {"name": state.broker_name, "addr": state.broker_addr},
+        "namesrv": state.namesrv_addrs,
+        "brokers": cluster.map(|c| c.brokers).unwrap_or_default(),
+        "topics": topics,
+        "groups": groups,
+        "connections": {"broker": broker_conns, "namesrv": namesrv_conns},
+        "messages_in_total": messages_in,
+        "messages_out_total": messages_out,
+        "rss_bytes": metrics::process_rss_bytes(),
+        "time_ms": crate::actors::commitlog_writer::now_millis(),
+    }))
+}
+
+async fn cluster(state: web::Data<HttpState>) -> HttpResponse {
+    match state.admin.cluster_info().await {
+        Ok(c) => HttpResponse::Ok().json(json!({
+            "namesrv": state.namesrv_addrs,
+            "brokers": c.brokers.iter().map(|b| json!({
+                "cluster": b.cluster,
+                "broker_name": b.broker_name,
+                "broker_id": b.broker_id,
+                "role": if b.broker_id == 0 { "master" } else { "slave" },
+                "addr": b.addr,
+            })).collect::<Vec<_>>(),
+        })),
+        Err(e) => error(e),
+    }
+}
+
+async fn list_topics(state: web::Data<HttpState>) -> HttpResponse {
+    match state.admin.list_topics().await {
+        Ok(t) => HttpResponse::Ok().json(json!({"topics": t})),
+        Err(e) => error(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTopic {
+    topic: String,
+    #[serde(default = "default_queues")]
+    queues: u32,
+    #[serde(default)]
+    ttl_ms: Option<u64>,
+}
+
+fn default_queues() -> u32 {
+    8
+}
+
+async fn create_topic(state: web::Data<HttpState>, req: web::Json<NewTopic>) -> HttpResponse {
+    let ttl = req.ttl_ms.map(std::time::Duration::from_millis);
+    match state.admin.create_topic_with_ttl(&req.topic, req.queues, ttl).await {
+        Ok(()) => HttpResponse::Created().json(json!({"topic": req.topic, "queues": req.queues})),
+        Err(e) => error(e),
+    }
+}
+
+async fn describe_topic(state: web::Data<HttpState>, topic: web::Path<String>) -> HttpResponse {
+    match state.admin.describe_topic(&topic).await {
+        Ok(per_broker) => {
+            let queues: Vec<_> = per_broker
+                .iter()
+                .flat_map(|(broker, stats)| {
+                    stats.queues.iter().map(move |q| {
+                        json!({"broker": broker, "queue": q.queue, "min_offset": q.min_offset, "max_offset": q.max_offset})
+                    })
+                })
+                .collect();
+            let messages: u64 = per_broker
+                .iter()
+                .flat_map(|(_, s)| s.queues.iter().map(|q| q.max_offset - q.min_offset))
+                .sum();
+            HttpResponse::Ok().json(json!({"topic": *topic, "messages": messages, "queues": queues}))
+        }
+        Err(e) => error(e),
+    }
+}
+
+async fn delete_topic(state: web::Data<HttpState>, topic: web::Path<String>) -> HttpResponse {
+    match state.admin.delete_topic(&topic).await {
+        Ok(()) => HttpResponse::Ok().json(json!({"deleted": *topic})),
+        Err(e) => error(e),
+    }
+}
+
+async fn list_groups(state: web::Data<HttpState>) -> HttpResponse {
+    match state.admin.list_groups().await {
+        Ok(g) => HttpResponse::Ok().json(json!({"groups": g})),
+        Err(e) => error(e),
+    }
+}
+
+async fn describe_group(state: web::Data<HttpState>, group: web::Path<String>) -> HttpResponse {
+    let d = match state.admin.describe_group(&group).await {
+        Ok(d) => d,
+        Err(e) => return error(e),
+    };
+    let queues = match state.admin.group_queues(&d).await {
+        Ok(q) => q,
+        Err(e) => return error(e),
+    };
+    let lag: u64 = queues.iter().map(|q| q.lag).sum();
+    let mut v = serde_json::to_value(&d).unwrap_or_default();
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("queues".into(), serde_json::to_value(&queues).unwrap_or_default());
+        obj.insert("lag".into(), lag.into());
+    }
+    HttpResponse::Ok().json(v)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewMessage {
+    topic: String,
+    body: String,
+    #[serde(default)]
+    tag: Option<String>,
+    #[serde(default)]
+    key: Option<String>,
+}
+
+async fn produce(state: web::Data<HttpState>, req: web::Json<NewMessage>) -> HttpResponse {
+    let req = req.into_inner();
+    let mut m = Message::new(req.topic, Bytes::from(req.body));
+    if let Some(t) = req.tag {
+        m = m.with_tag(t);
+    }
+    if let Some(k) = req.key {
+        m = m.with_key(k);
+    }
+    match state.producer.send(m).await {
+        Ok(r) => HttpResponse::Created().json(json!({
+            "queue": r.queue_id, "offset": r.queue_offset, "msg_id": r.msg_id.to_string(),
+        })),
+        Err(e) => error(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct FindQuery {
+    topic: String,
+    key: String,
+}
+
+async fn find_messages(state: web::Data<HttpState>, q: web::Query<FindQuery>) -> HttpResponse {
+    match state.admin.find_messages(&q.topic, &q.key, 32).await {
+        Ok(found) => HttpResponse::Ok().json(json!({
+            "messages": found.iter().map(crate::cli::output::message_json).collect::<Vec<_>>(),
+        })),
+        Err(e) => error(e),
+    }
+}
+
+async fn get_message(state: web::Data<HttpState>, id: web::Path<String>) -> HttpResponse {
+    match state.admin.get_message(&id).await {
+        Ok(r) => HttpResponse::Ok().json(crate::cli::output::message_json(&r)),
+        Err(e) => error(e),
+    }
+}
+
+async fn list_dead_letters(state: web::Data<HttpState>, group: web::Path<String>) -> HttpResponse {
+    match state.admin.dlq_list(&group).await {
+        Ok(list) => HttpResponse::Ok().json(json!({
+            "dead_letters": list.iter().map(|(_, e)| {
+                let mut v = crate::cli::output::message_json(&e.record);
+                if let Some(obj) = v.as_object_mut() {
+                    obj.insert("resent".into(), e.resent.into());
+                }
+                v
+            }).collect::<Vec<_>>(),
+        })),
+        Err(e) => error(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Resend {
+    #[serde(default)]
+    msg_id: Option<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+async fn resend_dead_letters(
+    state: web::Data<HttpState>,
+    group: web::Path<String>,
+    req: web::Json<Resend>,
+) -> HttpResponse {
+    let which = match (&req.msg_id, req.all) {
+        (Some(id), false) => ResendSelection::MessageId(id.clone()),
+        (None, true) => ResendSelection::AllNew,
+        _ => return bad_request("give either msg_id or all: true"),
+    };
+    match state.admin.dlq_resend(&group, &which).await {
+        Ok(sent) => HttpResponse::Ok().json(json!({
+            "resent": sent.iter().map(|(dead, r)| json!({
+                "dead_letter": dead.msg_id().to_string(), "msg_id": r.msg_id.to_string(),
+            })).collect::<Vec<_>>(),
+        })),
+        Err(e) => error(e),
+    }
+}
