@@ -4,7 +4,7 @@
 //! Runs on its own arbiter; with sync flush it waits on the flusher thread
 //! without blocking, so later batches keep appending (group commit).
 
-use crate::observe::{kind, ActorStats, Fail, Tracked};
+use crate::observe::{kind, ActorStats, Tracked};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -180,13 +180,4 @@ impl Handler<DeleteTopicData> for CommitLogWriter {
     }
 }
 
-impl Handler<Fail> for CommitLogWriter {
-    type Result = ();
-
-    fn handle(&mut self, Fail(reason): Fail, ctx: &mut Context<Self>) {
-        let _timer = self.stats.handling();
-        tracing::warn!(kind = self.stats.kind, id = %self.stats.id, %reason, "failing on request");
-        self.stats.failed(reason);
-        ctx.stop();
-    }
-}
+crate::observe::failable!(CommitLogWriter);

@@ -9,7 +9,7 @@
 //! pending delays survive a restart or `kill -9`. One timer is armed for the
 //! earliest due time.
 
-use crate::observe::{kind, ActorStats, Fail};
+use crate::observe::{kind, ActorStats};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -250,13 +250,4 @@ impl Handler<PendingDelays> for DelayScheduler {
     }
 }
 
-impl Handler<Fail> for DelayScheduler {
-    type Result = ();
-
-    fn handle(&mut self, Fail(reason): Fail, ctx: &mut Context<Self>) {
-        let _timer = self.stats.handling();
-        tracing::warn!(kind = self.stats.kind, id = %self.stats.id, %reason, "failing on request");
-        self.stats.failed(reason);
-        ctx.stop();
-    }
-}
+crate::observe::failable!(DelayScheduler);

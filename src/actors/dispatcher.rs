@@ -3,7 +3,7 @@
 //! consume-queue file must not stall appends), fed by the CommitLogWriter
 //! one batch per message.
 
-use crate::observe::{kind, ActorStats, Fail};
+use crate::observe::{kind, ActorStats};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -118,13 +118,4 @@ impl Handler<ForgetTopic> for Dispatcher {
     }
 }
 
-impl Handler<Fail> for Dispatcher {
-    type Result = ();
-
-    fn handle(&mut self, Fail(reason): Fail, ctx: &mut Context<Self>) {
-        let _timer = self.stats.handling();
-        tracing::warn!(kind = self.stats.kind, id = %self.stats.id, %reason, "failing on request");
-        self.stats.failed(reason);
-        ctx.stop();
-    }
-}
+crate::observe::failable!(Dispatcher);

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use crate::observe::{kind, ActorStats, Fail};
+use crate::observe::{kind, ActorStats};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
@@ -345,13 +345,4 @@ impl Handler<Describe> for GroupCoordinator {
     }
 }
 
-impl Handler<Fail> for GroupCoordinator {
-    type Result = ();
-
-    fn handle(&mut self, Fail(reason): Fail, ctx: &mut Context<Self>) {
-        let _timer = self.stats.handling();
-        tracing::warn!(kind = self.stats.kind, id = %self.stats.id, %reason, "failing on request");
-        self.stats.failed(reason);
-        ctx.stop();
-    }
-}
+crate::observe::failable!(GroupCoordinator);

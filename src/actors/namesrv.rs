@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use crate::observe::{kind, ActorStats, Fail};
+use crate::observe::{kind, ActorStats};
 use std::time::{Duration, Instant};
 
 use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult, Supervised};
@@ -169,13 +169,4 @@ impl Handler<GetClusterInfo> for NameServer {
     }
 }
 
-impl Handler<Fail> for NameServer {
-    type Result = ();
-
-    fn handle(&mut self, Fail(reason): Fail, ctx: &mut Context<Self>) {
-        let _timer = self.stats.handling();
-        tracing::warn!(kind = self.stats.kind, id = %self.stats.id, %reason, "failing on request");
-        self.stats.failed(reason);
-        actix::ActorContext::stop(ctx);
-    }
-}
+crate::observe::failable!(NameServer);

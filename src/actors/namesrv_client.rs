@@ -6,7 +6,7 @@
 //! costs a logged warning. All network I/O runs in spawned futures; the
 //! actor's own handlers return at once.
 
-use crate::observe::{kind, ActorStats, Fail};
+use crate::observe::{kind, ActorStats};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -292,13 +292,4 @@ impl NamesrvLink {
     }
 }
 
-impl Handler<Fail> for NameServerClient {
-    type Result = ();
-
-    fn handle(&mut self, Fail(reason): Fail, ctx: &mut Context<Self>) {
-        let _timer = self.stats.handling();
-        tracing::warn!(kind = self.stats.kind, id = %self.stats.id, %reason, "failing on request");
-        self.stats.failed(reason);
-        actix::ActorContext::stop(ctx);
-    }
-}
+crate::observe::failable!(NameServerClient);

@@ -5,7 +5,7 @@
 //! acknowledgements (in-flight table, retries, dead letters, TTL expiry):
 //! see [`super::queue_delivery`].
 
-use crate::observe::{kind, ActorStats, Fail};
+use crate::observe::{kind, ActorStats};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -239,16 +239,7 @@ impl Handler<Retire> for QueueActor {
     }
 }
 
-impl Handler<Fail> for QueueActor {
-    type Result = ();
-
-    fn handle(&mut self, Fail(reason): Fail, ctx: &mut Context<Self>) {
-        let _timer = self.stats.handling();
-        tracing::warn!(kind = self.stats.kind, id = %self.stats.id, %reason, "failing on request");
-        self.stats.failed(reason);
-        ctx.stop();
-    }
-}
+crate::observe::failable!(QueueActor);
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -219,6 +219,24 @@ pub struct ActorInfo {
 #[rtype(result = "()")]
 pub struct Fail(pub String);
 
+/// Implements [`Fail`] for an actor with a `stats: Arc<ActorStats>` field:
+/// record the reason, then stop so the supervisor restarts it.
+macro_rules! failable {
+    ($actor:ty) => {
+        impl actix::Handler<$crate::observe::Fail> for $actor {
+            type Result = ();
+
+            fn handle(&mut self, msg: $crate::observe::Fail, ctx: &mut actix::Context<Self>) {
+                let _timer = self.stats.handling();
+                tracing::warn!(kind = self.stats.kind, id = %self.stats.id, reason = %msg.0, "failing on request");
+                self.stats.failed(msg.0);
+                actix::ActorContext::stop(ctx);
+            }
+        }
+    };
+}
+pub(crate) use failable;
+
 struct Entry {
     stats: Arc<ActorStats>,
     fail: Option<Recipient<Fail>>,
