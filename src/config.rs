@@ -141,6 +141,8 @@ pub struct BrokerSection {
     pub namesrv_addrs: Vec<String>,
     /// How often the broker re-registers with the name servers.
     pub register_interval_ms: u64,
+    /// Clients silent this long are dropped from the client table.
+    pub client_expiry_ms: u64,
     /// Create unknown topics on first send (with `default_topic_queues`).
     pub auto_create_topics: bool,
     /// Queue count of auto-created topics and of `topic create` without
@@ -170,6 +172,7 @@ impl Default for BrokerSection {
             embedded_namesrv: true,
             namesrv_addrs: Vec::new(),
             register_interval_ms: 30_000,
+            client_expiry_ms: 120_000,
             auto_create_topics: true,
             default_topic_queues: 8,
             max_frame_bytes: 16 << 20,

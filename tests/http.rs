@@ -126,6 +126,7 @@ fn metrics_follow_what_is_sent_and_consumed() {
     for (kind, id) in [
         ("commitlog_writer", "0"),
         ("dispatcher", "0"),
+        ("heartbeat_scanner", "0"),
         ("delay_scheduler", "0"),
         ("name_server", "0"),
         ("name_server_client", "0"),
@@ -266,4 +267,57 @@ async fn failed_actors_restart_and_lose_nothing() {
         1.0
     );
     consumer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_are_counted_by_role_and_silent_ones_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = small_store_env();
+    env.push(("FERROMQ__BROKER__CLIENT_EXPIRY_MS", "400"));
+    let broker = ServerProcess::broker(dir.path(), &[], &env);
+    let web = broker.http_addr.clone();
+    let scrape = move || {
+        let web = web.clone();
+        async move {
+            tokio::task::spawn_blocking(move || http_get(&web, "/metrics"))
+                .await
+                .unwrap()
+        }
+    };
+    let t = Duration::from_secs(5);
+    let admin = ferromq::client::RemotingConnection::connect(&broker.broker_addr, t, None)
+        .await
+        .unwrap();
+    admin
+        .request(
+            ferromq::wire::Command::Ping,
+            bytes::Bytes::new(),
+            bytes::Bytes::new(),
+            t,
+        )
+        .await
+        .unwrap();
+    let producer = Producer::new(ClientConfig::new([broker.namesrv_addr.clone()]));
+    producer.send(Message::new("roles", "x")).await.unwrap();
+    let m = scrape().await;
+    assert_eq!(
+        metric_sum(&m, "ferromq_clients", &[("role", "admin")]),
+        1.0,
+        "the pinging connection"
+    );
+    assert_eq!(metric_sum(&m, "ferromq_clients", &[("role", "producer")]), 1.0);
+    // Both fall silent (connections still open) and expire.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let m = scrape().await;
+    assert_eq!(metric_sum(&m, "ferromq_clients", &[("role", "admin")]), 0.0, "{m}");
+    assert_eq!(metric_sum(&m, "ferromq_clients", &[("role", "producer")]), 0.0);
+    assert_eq!(
+        metric_sum(&m, "ferromq_clients_expired_total", &[("role", "admin")]),
+        1.0
+    );
+    assert_eq!(
+        metric_sum(&m, "ferromq_clients_expired_total", &[("role", "producer")]),
+        1.0
+    );
+    drop(admin);
 }

@@ -18,6 +18,7 @@ pub mod delay_scheduler;
 pub mod dispatcher;
 pub mod group_coordinator;
 pub mod group_registry;
+pub mod heartbeat_scanner;
 pub mod long_poll;
 pub mod namesrv;
 pub mod namesrv_client;

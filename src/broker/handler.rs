@@ -8,6 +8,7 @@ use actix::Addr;
 use bytes::{Bytes, BytesMut};
 use futures::future::LocalBoxFuture;
 
+use crate::actors::commitlog_writer::now_millis;
 use crate::actors::commitlog_writer::{Append, CommitLogWriter, DeleteTopicData};
 use crate::actors::namesrv_client::{NameServerClient, RegisterNow};
 use crate::actors::queue_actor::{Pull, QueueActor};
@@ -15,6 +16,7 @@ use crate::actors::queue_delivery::{Receive, Settle};
 use crate::actors::queue_registry::QueueRegistry;
 use crate::config::BrokerSection;
 use crate::delivery::props;
+use crate::observe::clients::ClientRole;
 use crate::observe::Tracked;
 use crate::server::{ConnectionHandle, RequestHandler};
 use crate::store::record::MessageId;
@@ -54,6 +56,8 @@ pub struct BrokerHandler {
     pub store_host: SocketAddr,
     /// Appends, commits and internal topics shared with the actors.
     pub services: Arc<crate::actors::services::BrokerServices>,
+    /// Connected clients and their roles (expired by the heartbeat scanner).
+    pub clients: Arc<std::sync::Mutex<crate::observe::clients::ClientTable>>,
     /// Holds delayed messages until due.
     pub delays: Tracked<crate::actors::delay_scheduler::DelayScheduler>,
 }
@@ -89,6 +93,9 @@ pub fn io_err(e: std::io::Error) -> (Status, String) {
 impl RequestHandler for BrokerHandler {
     fn handle(self: Arc<Self>, conn: ConnectionHandle, cmd: Command, frame: Frame) -> LocalBoxFuture<'static, Frame> {
         let peer = conn.peer;
+        if let Ok(mut t) = self.clients.lock() {
+            t.seen(conn.id, ClientRole::of(cmd), now_millis());
+        }
         Box::pin(async move {
             let result = match cmd {
                 Command::JoinGroup
@@ -121,9 +128,19 @@ impl RequestHandler for BrokerHandler {
             result.unwrap_or_else(|(status, msg)| Frame::error(0, status, msg))
         })
     }
+
+    fn closed(&self, id: u64) {
+        self.closed_connection(id);
+    }
 }
 
 impl BrokerHandler {
+    fn closed_connection(&self, id: u64) {
+        if let Ok(mut t) = self.clients.lock() {
+            t.closed(id);
+        }
+    }
+
     /// The topic's settings, creating it when auto-creation is on.
     async fn topic_for_send(&self, topic: &str) -> Result<TopicConfig, (Status, String)> {
         if let Some(cfg) = self.store.topics.get(topic) {

@@ -24,6 +24,7 @@ use crate::actors::commitlog_writer::CommitLogWriter;
 use crate::actors::delay_scheduler::DelayScheduler;
 use crate::actors::dispatcher::Dispatcher;
 use crate::actors::group_registry::GroupRegistry;
+use crate::actors::heartbeat_scanner::HeartbeatScanner;
 use crate::actors::namesrv_client::{BrokerIdentity, IsRegistered, NameServerClient, RegisterNow, Unregister};
 use crate::actors::queue_registry::QueueRegistry;
 use crate::actors::services::BrokerServices;
@@ -181,6 +182,14 @@ async fn serve_until_signal(
         tracing::warn!("no name server acknowledged the first registration; retrying every register_interval_ms");
     }
 
+    let clients = Arc::new(std::sync::Mutex::new(crate::observe::clients::ClientTable::default()));
+    {
+        let clients = clients.clone();
+        let expiry = cfg.broker.client_expiry_ms;
+        tree.start(kind::HEARTBEAT_SCANNER, "0", None, move |stats| {
+            HeartbeatScanner::new(clients, expiry).with_stats(stats)
+        });
+    }
     let handler = Arc::new(BrokerHandler {
         groups,
         routes,
@@ -192,6 +201,7 @@ async fn serve_until_signal(
         store_host,
         services,
         delays,
+        clients: clients.clone(),
     });
     actix_rt::spawn(serve(listener, network, handler, opts));
     let http_text = match cfg.http.enabled() {
@@ -207,6 +217,7 @@ async fn serve_until_signal(
                 namesrv_addrs: http_namesrv,
                 broker_name: cfg.broker.name.clone(),
                 broker_addr: store_host.to_string(),
+                clients,
             };
             crate::http::start(addr, state)?.to_string()
         }

@@ -59,6 +59,16 @@ async fn overview(state: web::Data<HttpState>) -> HttpResponse {
     let cluster = state.admin.cluster_info().await.ok();
     let topics = state.admin.list_topics().await.unwrap_or_default();
     let groups = state.admin.list_groups().await.unwrap_or_default();
+    let clients: serde_json::Map<String, serde_json::Value> = state
+        .clients
+        .lock()
+        .map(|t| {
+            t.by_role()
+                .into_iter()
+                .map(|(r, n)| (r.as_str().to_string(), n.into()))
+                .collect()
+        })
+        .unwrap_or_default();
     HttpResponse::Ok().json(json!({
         "broker": {"name": state.broker_name, "addr": state.broker_addr},
         "namesrv": state.namesrv_addrs,
@@ -66,6 +76,7 @@ async fn overview(state: web::Data<HttpState>) -> HttpResponse {
         "topics": topics,
         "groups": groups,
         "connections": {"broker": broker_conns, "namesrv": namesrv_conns},
+        "clients": clients,
         "messages_in_total": messages_in,
         "messages_out_total": messages_out,
         "rss_bytes": metrics::process_rss_bytes(),

@@ -42,6 +42,8 @@ pub struct HttpState {
     pub broker_name: String,
     /// This broker's client address.
     pub broker_addr: String,
+    /// Connected clients by role.
+    pub clients: Arc<std::sync::Mutex<crate::observe::clients::ClientTable>>,
 }
 
 /// The console page (HTML, CSS and JS in one file, embedded at build time).
@@ -103,6 +105,11 @@ async fn prometheus(state: web::Data<HttpState>) -> HttpResponse {
         return HttpResponse::ServiceUnavailable().body("metrics recorder unavailable in this process\n");
     };
     metrics::refresh(&state.tree, &state.store);
+    if let Ok(t) = state.clients.lock() {
+        for (role, n) in t.by_role() {
+            ::metrics::gauge!("ferromq_clients", "role" => role.as_str()).set(n as f64);
+        }
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(handle.render())

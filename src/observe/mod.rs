@@ -7,6 +7,7 @@
 //! what was sent through its [`Tracked`] address minus what its handlers
 //! finished.
 
+pub mod clients;
 pub mod metrics;
 pub mod totals;
 
@@ -31,6 +32,8 @@ pub mod kind {
     pub const GROUP_COORDINATOR: &str = "group_coordinator";
     /// The delay scheduler.
     pub const DELAY_SCHEDULER: &str = "delay_scheduler";
+    /// Expires silent clients.
+    pub const HEARTBEAT_SCANNER: &str = "heartbeat_scanner";
     /// The embedded name server.
     pub const NAME_SERVER: &str = "name_server";
     /// The broker's registration with name servers.

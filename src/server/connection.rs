@@ -61,6 +61,9 @@ pub trait RequestHandler: Send + Sync + 'static {
     /// The returned frame's correlation id is set by the caller; for oneway
     /// requests it is dropped.
     fn handle(self: Arc<Self>, conn: ConnectionHandle, cmd: Command, frame: Frame) -> LocalBoxFuture<'static, Frame>;
+
+    /// Connection `id` closed.
+    fn closed(&self, _id: u64) {}
 }
 
 /// Limits of every connection of one listener.
@@ -258,5 +261,6 @@ async fn run_session(stream: TcpStream, peer: SocketAddr, handler: Arc<dyn Reque
             }
         });
     }
+    handler.closed(conn.id);
     tracing::debug!(%peer, "connection closed");
 }

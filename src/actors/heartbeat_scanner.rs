@@ -1,0 +1,105 @@
+//! `HeartbeatScanner`: expires clients (producers, consumers, admins) that
+//! stopped talking to the broker, from the shared
+//! [`crate::observe::clients::ClientTable`] that every request updates.
+//! One timer armed for the next possible expiry, not a periodic scan.
+//! Consumer-group members are expired by their group coordinators (session
+//! timeouts); brokers by the name server.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use super::commitlog_writer::now_millis;
+use crate::observe::clients::ClientTable;
+use crate::observe::{kind, ActorStats};
+
+/// Re-arm the timer now (a client table changed shape, e.g. the first
+/// client connected).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Rescan;
+
+/// The scanner actor.
+pub struct HeartbeatScanner {
+    stats: Arc<ActorStats>,
+    clients: Arc<Mutex<ClientTable>>,
+    timeout_ms: u64,
+    timer: Option<SpawnHandle>,
+}
+
+impl HeartbeatScanner {
+    /// A scanner expiring clients of `clients` silent for `timeout_ms`.
+    pub fn new(clients: Arc<Mutex<ClientTable>>, timeout_ms: u64) -> HeartbeatScanner {
+        HeartbeatScanner {
+            stats: ActorStats::detached(kind::HEARTBEAT_SCANNER, "0"),
+            clients,
+            timeout_ms: timeout_ms.max(1),
+            timer: None,
+        }
+    }
+
+    /// Reports into `stats` (from the broker's actor tree).
+    pub fn with_stats(mut self, stats: Arc<ActorStats>) -> Self {
+        self.stats = stats;
+        self
+    }
+
+    fn scan(&mut self, ctx: &mut Context<Self>) {
+        let _timer = self.stats.handling();
+        let now = now_millis();
+        let (gone, next) = match self.clients.lock() {
+            Ok(mut t) => (t.expire(now, self.timeout_ms), t.next_expiry(self.timeout_ms)),
+            Err(_) => (Vec::new(), None),
+        };
+        for (id, role) in gone {
+            tracing::info!(
+                connection = id,
+                role = role.as_str(),
+                timeout_ms = self.timeout_ms,
+                "client silent; expired"
+            );
+            metrics::counter!("ferromq_clients_expired_total", "role" => role.as_str()).increment(1);
+        }
+        // With no client, look again after one timeout: a new one cannot
+        // expire sooner.
+        let at = next.unwrap_or(now + self.timeout_ms);
+        self.arm(ctx, at.saturating_sub(now));
+    }
+
+    fn arm(&mut self, ctx: &mut Context<Self>, wait_ms: u64) {
+        if let Some(h) = self.timer.take() {
+            ctx.cancel_future(h);
+        }
+        self.timer = Some(ctx.run_later(Duration::from_millis(wait_ms), |act, ctx| {
+            act.timer = None;
+            act.scan(ctx);
+        }));
+    }
+}
+
+impl Actor for HeartbeatScanner {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.stats.started();
+        self.scan(ctx);
+    }
+}
+
+impl Supervised for HeartbeatScanner {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.stats.restarting();
+        self.timer = None;
+    }
+}
+
+impl Handler<Rescan> for HeartbeatScanner {
+    type Result = ();
+
+    fn handle(&mut self, _: Rescan, ctx: &mut Context<Self>) {
+        self.scan(ctx);
+    }
+}
+
+crate::observe::failable!(HeartbeatScanner);
