@@ -233,8 +233,11 @@ async fn failed_actors_restart_and_lose_nothing() {
             failed = true;
             let h = http_addr.clone();
             tokio::task::spawn_blocking(move || {
-                for (kind, id) in [("queue", "s/0"), ("group_coordinator", "survivors")] {
-                    let body = format!(r#"{{"kind":"{kind}","id":"{id}","reason":"test"}}"#);
+                // A handler that panics (the actor's task dies; the registry
+                // re-creates it) and one that fails with an error (the
+                // supervisor restarts it).
+                for (kind, id, panic) in [("queue", "s/0", true), ("group_coordinator", "survivors", false)] {
+                    let body = format!(r#"{{"kind":"{kind}","id":"{id}","reason":"test","panic":{panic}}}"#);
                     let (status, resp) = http(&h, "POST", "/api/debug/fail", Some(&body));
                     assert_eq!(status, 200, "{resp}");
                 }
@@ -251,11 +254,14 @@ async fn failed_actors_restart_and_lose_nothing() {
     assert!(acked.len() >= 590, "the producer kept going: {}", acked.len());
     let h = http_addr.clone();
     let tree = tokio::task::spawn_blocking(move || actors(&h)).await.unwrap();
-    for (kind, id) in [("queue", "s/0"), ("group_coordinator", "survivors")] {
+    for (kind, id, error) in [
+        ("queue", "s/0", "panicked in a handler"),
+        ("group_coordinator", "survivors", "test"),
+    ] {
         let a = actor(&tree, kind, id).unwrap();
         assert_eq!(a["restarts"], 1, "{a}");
         assert_eq!(a["state"], "running", "{a}");
-        assert_eq!(a["last_error"], "test", "{a}");
+        assert_eq!(a["last_error"], error, "{a}");
     }
     assert_eq!(actor(&tree, "queue", "s/1").unwrap()["restarts"], 0);
     let h = http_addr.clone();

@@ -18,7 +18,9 @@ pub struct GroupRegistry {
     tree: Arc<ActorTree>,
     arbiters: Vec<ArbiterHandle>,
     next: AtomicUsize,
-    groups: RwLock<BTreeMap<String, Tracked<GroupCoordinator>>>,
+    /// Each coordinator with the settings it was started with (to re-create
+    /// it the same way).
+    groups: RwLock<BTreeMap<String, (Tracked<GroupCoordinator>, GroupConfig)>>,
 }
 
 impl GroupRegistry {
@@ -34,19 +36,35 @@ impl GroupRegistry {
     }
 
     /// The coordinator of `group`, if started.
+    /// A coordinator whose task died (a panic in a handler) is re-created
+    /// (empty: members rejoin).
     pub fn get(&self, group: &str) -> Option<Tracked<GroupCoordinator>> {
-        self.groups.read().ok()?.get(group).cloned()
+        let (found, config) = self.groups.read().ok()?.get(group).cloned()?;
+        if found.addr().connected() {
+            return Some(found);
+        }
+        self.get_or_start(group, config)
     }
 
     /// The coordinator of `group`, started when missing. `strategy` and
     /// `mode` configure a new group; an existing one keeps its own.
     pub fn get_or_start(&self, group: &str, base: GroupConfig) -> Option<Tracked<GroupCoordinator>> {
-        if let Some(a) = self.get(group) {
-            return Some(a);
+        if let Some((a, _)) = self.groups.read().ok()?.get(group) {
+            if a.addr().connected() {
+                return Some(a.clone());
+            }
         }
         let mut groups = self.groups.write().ok()?;
-        if let Some(a) = groups.get(group) {
-            return Some(a.clone());
+        let mut base = base;
+        if let Some((a, config)) = groups.get(group) {
+            if a.addr().connected() {
+                return Some(a.clone());
+            }
+            // Its task died with a panic: re-create it with its settings;
+            // members learn it forgot them and rejoin.
+            tracing::warn!(group, "group coordinator died; re-creating it");
+            a.stats().restarting();
+            base = config.clone();
         }
         let config = GroupConfig {
             rebalance_timeout_ms: self.cfg.rebalance_timeout_ms,
@@ -56,6 +74,7 @@ impl GroupRegistry {
             ..base
         };
         let name = group.to_string();
+        let kept = config.clone();
         let stats = self.tree.register(kind::GROUP_COORDINATOR, group, kind::BROKER);
         let s = stats.clone();
         let make = move |_: &mut Context<GroupCoordinator>| GroupCoordinator::new(&name, config).with_stats(s.clone());
@@ -68,7 +87,7 @@ impl GroupRegistry {
         self.tree
             .set_failable(kind::GROUP_COORDINATOR, group, addr.clone().recipient());
         let addr = Tracked::new(addr, stats);
-        groups.insert(group.to_string(), addr.clone());
+        groups.insert(group.to_string(), (addr.clone(), kept));
         Some(addr)
     }
 

@@ -34,19 +34,32 @@ impl QueueRegistry {
     }
 
     /// The actor of (topic, queue), if started.
+    /// An actor whose task died (a panic in a handler) is re-created.
     pub fn get(&self, topic: &str, queue_id: u32) -> Option<Tracked<QueueActor>> {
-        self.actors.read().ok()?.get(&(Arc::from(topic), queue_id)).cloned()
+        let found = self.actors.read().ok()?.get(&(Arc::from(topic), queue_id)).cloned()?;
+        if found.addr().connected() {
+            return Some(found);
+        }
+        self.get_or_start(topic, queue_id)
     }
 
     /// The actor of (topic, queue), started (supervised) when missing.
     pub fn get_or_start(&self, topic: &str, queue_id: u32) -> Option<Tracked<QueueActor>> {
-        if let Some(a) = self.get(topic, queue_id) {
-            return Some(a);
+        let key: (Arc<str>, u32) = (Arc::from(topic), queue_id);
+        if let Some(a) = self.actors.read().ok()?.get(&key) {
+            if a.addr().connected() {
+                return Some(a.clone());
+            }
         }
         let mut actors = self.actors.write().ok()?;
-        let key: (Arc<str>, u32) = (Arc::from(topic), queue_id);
         if let Some(a) = actors.get(&key) {
-            return Some(a.clone());
+            if a.addr().connected() {
+                return Some(a.clone());
+            }
+            // Its task died with a panic: the parent re-creates it, and the
+            // new actor rebuilds its state from the store.
+            tracing::warn!(topic, queue_id, "queue actor died; re-creating it");
+            a.stats().restarting();
         }
         let services = self.services.clone();
         let t = key.0.clone();

@@ -130,6 +130,9 @@ struct FailRequest {
     id: String,
     #[serde(default)]
     reason: Option<String>,
+    /// Panic in the handler instead of stopping.
+    #[serde(default)]
+    panic: bool,
 }
 
 async fn fail(state: web::Data<HttpState>, req: web::Json<FailRequest>) -> HttpResponse {
@@ -137,7 +140,7 @@ async fn fail(state: web::Data<HttpState>, req: web::Json<FailRequest>) -> HttpR
         return HttpResponse::Forbidden().json(json!({"error": "debug commands are off (set http.debug = true)"}));
     }
     let reason = req.reason.clone().unwrap_or_else(|| "failed on request".into());
-    match state.tree.fail(&req.kind, &req.id, &reason) {
+    match state.tree.fail(&req.kind, &req.id, &reason, req.panic) {
         Ok(()) => HttpResponse::Ok().json(json!({"failed": format!("{}/{}", req.kind, req.id)})),
         Err(e) => HttpResponse::NotFound().json(json!({"error": e})),
     }

@@ -177,6 +177,12 @@ pub struct HandlerTimer {
 
 impl Drop for HandlerTimer {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The handler is unwinding: the actor's task ends with it and
+            // its registry re-creates it on next use (a caught panic).
+            self.stats.failed("panicked in a handler");
+            self.stats.state.store(2, Ordering::Relaxed);
+        }
         let elapsed = self.started.elapsed();
         self.stats.handled.fetch_add(1, Ordering::Relaxed);
         self.stats
@@ -217,10 +223,16 @@ pub struct ActorInfo {
 }
 
 /// Ask an actor to fail (debug command): it records `reason` and stops, so
-/// its supervisor restarts it.
+/// its supervisor restarts it; with `panic`, its handler panics instead, so
+/// its task dies and its registry re-creates it.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
-pub struct Fail(pub String);
+pub struct Fail {
+    /// Recorded as the actor's last error.
+    pub reason: String,
+    /// Panic rather than stop.
+    pub panic: bool,
+}
 
 /// Implements [`Fail`] for an actor with a `stats: Arc<ActorStats>` field:
 /// record the reason, then stop so the supervisor restarts it.
@@ -231,8 +243,11 @@ macro_rules! failable {
 
             fn handle(&mut self, msg: $crate::observe::Fail, ctx: &mut actix::Context<Self>) {
                 let _timer = self.stats.handling();
-                tracing::warn!(kind = self.stats.kind, id = %self.stats.id, reason = %msg.0, "failing on request");
-                self.stats.failed(msg.0);
+                tracing::warn!(kind = self.stats.kind, id = %self.stats.id, reason = %msg.reason, panic = msg.panic, "failing on request");
+                if msg.panic {
+                    panic!("{}", msg.reason);
+                }
+                self.stats.failed(msg.reason);
                 actix::ActorContext::stop(ctx);
             }
         }
@@ -314,7 +329,7 @@ impl ActorTree {
 
     /// Makes the actor (kind, id) fail. Errors when it is unknown or cannot
     /// be failed.
-    pub fn fail(&self, kind: &str, id: &str, reason: &str) -> Result<(), String> {
+    pub fn fail(&self, kind: &str, id: &str, reason: &str, panic: bool) -> Result<(), String> {
         let actors = self.actors.read().map_err(|_| "actor tree poisoned".to_string())?;
         let entry = actors
             .iter()
@@ -326,8 +341,11 @@ impl ActorTree {
             .as_ref()
             .ok_or_else(|| format!("actor {kind}/{id} cannot be failed on request"))?;
         entry.stats.sent();
-        fail.try_send(Fail(reason.to_string()))
-            .map_err(|e| format!("actor {kind}/{id} did not take the request: {e}"))
+        fail.try_send(Fail {
+            reason: reason.to_string(),
+            panic,
+        })
+        .map_err(|e| format!("actor {kind}/{id} did not take the request: {e}"))
     }
 }
 
@@ -426,10 +444,13 @@ mod tests {
         assert_eq!(info.state, ActorState::Restarting);
         assert_eq!(info.last_error.as_deref(), Some("disk on fire"));
         assert!(tree
-            .fail(kind::QUEUE, "t/0", "x")
+            .fail(kind::QUEUE, "t/0", "x", false)
             .unwrap_err()
             .contains("cannot be failed"));
-        assert!(tree.fail(kind::QUEUE, "nope", "x").unwrap_err().contains("no actor"));
+        assert!(tree
+            .fail(kind::QUEUE, "nope", "x", false)
+            .unwrap_err()
+            .contains("no actor"));
         tree.remove(kind::QUEUE, "t/0");
         assert!(tree.snapshot().is_empty());
     }
