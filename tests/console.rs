@@ -9,6 +9,7 @@
 mod common;
 
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -41,7 +42,10 @@ struct Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // Chromium forks helpers (zygote, renderer, GPU): stop its whole
+        // process group so none outlives the test.
+        // SAFETY: signalling a process group this test created.
+        unsafe { libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL) };
         let _ = self.child.wait();
     }
 }
@@ -61,6 +65,7 @@ fn launch(chromium: &Path, url: &str) -> (Browser, u16) {
         ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(url)
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -339,6 +339,14 @@ async fn delayed_messages_arrive_on_time() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("most this broker allows"), "{err}");
+    let err = producer
+        .send(Message::new("later", "x").with_property("TTL", "soon"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("INVALID_ARGUMENT") && err.to_string().contains("TTL"),
+        "{err}"
+    );
 }
 
 #[test]

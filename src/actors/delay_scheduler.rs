@@ -36,11 +36,6 @@ const RELEASE_RETRY_MS: u64 = 1_000;
 #[rtype(result = "()")]
 pub struct Scheduled(pub Vec<(u32, u64, u64)>);
 
-/// Number of messages waiting for their due time.
-#[derive(Message)]
-#[rtype(result = "usize")]
-pub struct PendingDelays;
-
 /// The delay scheduler actor.
 pub struct DelayScheduler {
     stats: Arc<ActorStats>,
@@ -238,15 +233,6 @@ impl Handler<Scheduled> for DelayScheduler {
             self.table.add(queue, offset, due);
         }
         self.arm(ctx);
-    }
-}
-
-impl Handler<PendingDelays> for DelayScheduler {
-    type Result = usize;
-
-    fn handle(&mut self, _: PendingDelays, _: &mut Context<Self>) -> usize {
-        let _timer = self.stats.handling();
-        self.table.pending()
     }
 }
 

@@ -14,12 +14,6 @@ use super::commitlog_writer::now_millis;
 use crate::observe::clients::ClientTable;
 use crate::observe::{kind, ActorStats};
 
-/// Re-arm the timer now (a client table changed shape, e.g. the first
-/// client connected).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Rescan;
-
 /// The scanner actor.
 pub struct HeartbeatScanner {
     stats: Arc<ActorStats>,
@@ -91,14 +85,6 @@ impl Supervised for HeartbeatScanner {
     fn restarting(&mut self, _: &mut Context<Self>) {
         self.stats.restarting();
         self.timer = None;
-    }
-}
-
-impl Handler<Rescan> for HeartbeatScanner {
-    type Result = ();
-
-    fn handle(&mut self, _: Rescan, ctx: &mut Context<Self>) {
-        self.scan(ctx);
     }
 }
 

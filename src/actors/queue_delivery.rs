@@ -13,13 +13,15 @@ use tokio::sync::oneshot;
 
 use super::commitlog_writer::now_millis;
 use super::queue_actor::QueueActor;
-use crate::delivery::cursor::{Cursor, CursorStats, DeadLetter};
-use crate::delivery::expiry::{expire_at, ExpiryQueue};
+use crate::delivery::cursor::{Cursor, DeadLetter};
+use crate::delivery::expiry::{raw_expire_at, ExpiryQueue};
 use crate::delivery::props::{self, dlq_topic};
 use crate::delivery::DeadLetterReason;
 use crate::message::TagFilter;
+use crate::message::PROPERTY_TAGS;
+use crate::store::commitlog::read_raw;
 use crate::store::offsets::OffsetKey;
-use crate::store::record::StoredRecord;
+use crate::store::record::{RecordView, StoredRecord};
 use crate::wire::delivery::{ReceiveRequest, ReceiveResponse, SettleRequest};
 use crate::wire::pull::{PullStatus, MAX_PULL_COUNT};
 use crate::wire::send::SendEntry;
@@ -56,16 +58,15 @@ pub struct Settle {
 #[rtype(result = "()")]
 pub struct ForgetGroup(pub String);
 
-/// Each group's delivery figures on this queue.
-#[derive(Message)]
-#[rtype(result = "Vec<(String, CursorStats)>")]
-pub struct DeliveryStats;
-
 /// One group's delivery on this queue.
 struct GroupDelivery {
     cursor: Cursor,
     orderly: bool,
     filter: TagFilter,
+    /// The expression `filter` was parsed from.
+    tag_expression: String,
+    /// `ferromq_group_in_flight` last reported.
+    reported_in_flight: Option<usize>,
     /// Committed offset last written (None: never written).
     persisted: Option<u64>,
     /// Dead letters whose write failed, to try again.
@@ -78,6 +79,8 @@ impl GroupDelivery {
             cursor: Cursor::new(start),
             orderly: false,
             filter: TagFilter::All,
+            tag_expression: "*".to_string(),
+            reported_in_flight: None,
             persisted: None,
             failed_dead_letters: Vec::new(),
         }
@@ -142,6 +145,8 @@ impl QueueActor {
                     cursor: Cursor::new(committed),
                     orderly: false,
                     filter: TagFilter::All,
+                    tag_expression: "*".to_string(),
+                    reported_in_flight: None,
                     persisted: Some(committed),
                     failed_dead_letters: Vec::new(),
                 },
@@ -219,6 +224,8 @@ impl QueueActor {
                     cursor: Cursor::new(start),
                     orderly: req.orderly(),
                     filter: TagFilter::All,
+                    tag_expression: "*".to_string(),
+                    reported_in_flight: None,
                     // A group's starting point is committed at once, so a
                     // restart resumes from it (not from a new "latest").
                     persisted: committed.filter(|c| *c == start),
@@ -232,7 +239,10 @@ impl QueueActor {
             .entry(req.group.clone())
             .or_insert_with(|| GroupDelivery::fresh(req.start_offset));
         g.orderly = req.orderly();
-        g.filter = TagFilter::parse(&req.tag_expression);
+        if g.tag_expression != req.tag_expression {
+            g.filter = TagFilter::parse(&req.tag_expression);
+            g.tag_expression = req.tag_expression.clone();
+        }
         g
     }
 
@@ -266,16 +276,17 @@ impl QueueActor {
                 let record = cq
                     .as_ref()
                     .and_then(|q| q.get(claim.offset))
-                    .and_then(|e| read_record(&store, e.phys_offset, e.size));
-                let Some((raw, rec)) = record else {
+                    .and_then(|e| read_raw(&store.log, e.phys_offset, e.size).ok());
+                let Some(raw) = record else {
                     // Unreadable (a deleted topic's last moments): nothing to deliver.
                     tracing::warn!(topic = %rec_topic(req), offset = claim.offset, "cannot read a claimed record; skipping it");
                     g.cursor.skip(claim.offset);
                     continue;
                 };
-                if !g.filter.matches(rec.tag()) {
+                // Tag and TTL are read in place, as pulls do: no decoding.
+                if !g.filter.matches(RecordView(&raw).property(PROPERTY_TAGS)) {
                     g.cursor.skip(claim.offset);
-                } else if expire_at(rec.store_timestamp, &rec.properties, topic_ttl).is_some_and(|at| at <= now) {
+                } else if raw_expire_at(&raw, topic_ttl).is_some_and(|at| at <= now) {
                     dead.extend(g.cursor.reject_claim(claim.offset, DeadLetterReason::Expired));
                 } else {
                     found.push((claim.delivery, raw));
@@ -325,9 +336,20 @@ impl QueueActor {
         }
         let now = now_millis();
         let parked = std::mem::take(&mut self.deliveries.parked);
+        let max_offset = self.max_offset();
         let mut dead: Vec<(String, Vec<DeadLetter>)> = Vec::new();
         for p in parked {
             if p.reply.is_closed() {
+                continue;
+            }
+            // Most wake-ups serve nobody: ask the cursor before claiming.
+            let ready = self
+                .deliveries
+                .groups
+                .get(&p.req.group)
+                .is_none_or(|g| g.cursor.has_ready(now, max_offset, g.orderly, &self.services.retry));
+            if !ready && p.deadline > now {
+                self.deliveries.parked.push(p);
                 continue;
             }
             let (found, dls) = self.serve_receive(&p.req, now);
@@ -394,14 +416,18 @@ impl QueueActor {
     /// Re-arms the timer and schedules a commit when a committed offset moved.
     fn after_change(&mut self, ctx: &mut Context<Self>) {
         self.arm_delivery_timer(ctx);
-        for (name, g) in &self.deliveries.groups {
-            let s = g.cursor.stats();
+        for (name, g) in self.deliveries.groups.iter_mut() {
+            let in_flight = g.cursor.stats().in_flight;
+            if g.reported_in_flight == Some(in_flight) {
+                continue;
+            }
+            g.reported_in_flight = Some(in_flight);
             let labels = [
                 ("group", name.clone()),
                 ("topic", self.topic.to_string()),
                 ("queue", self.queue_id.to_string()),
             ];
-            metrics::gauge!("ferromq_group_in_flight", &labels).set(s.in_flight as f64);
+            metrics::gauge!("ferromq_group_in_flight", &labels).set(in_flight as f64);
         }
         let dirty = self
             .deliveries
@@ -518,7 +544,7 @@ impl QueueActor {
     fn dead_letter_entry(&self, group: &str, dl: &DeadLetter) -> Option<SendEntry> {
         let cq = self.store.queues.get(&self.topic, self.queue_id)?;
         let e = cq.get(dl.offset)?;
-        let (_, rec) = read_record(&self.store, e.phys_offset, e.size)?;
+        let rec = read_record(&self.store, e.phys_offset, e.size)?;
         let mut properties = rec.properties.clone();
         let mut set = |k: &str, v: String| {
             properties.insert(k.to_string(), v);
@@ -543,12 +569,9 @@ fn rec_topic(req: &ReceiveRequest) -> String {
     format!("{}/{}", req.topic, req.queue_id)
 }
 
-fn read_record(store: &crate::store::Store, phys: u64, size: u32) -> Option<(Bytes, StoredRecord)> {
-    let mut buf = BytesMut::with_capacity(size as usize);
-    store.log.read_into(phys, size as usize, &mut buf).ok()?;
-    let raw = buf.freeze();
-    let rec = StoredRecord::decode(raw.clone()).ok()?;
-    Some((raw, rec))
+/// The record at `phys`, decoded (dead letters need its properties).
+fn read_record(store: &crate::store::Store, phys: u64, size: u32) -> Option<StoredRecord> {
+    StoredRecord::decode(read_raw(&store.log, phys, size).ok()?).ok()
 }
 
 impl Handler<Receive> for QueueActor {
@@ -633,20 +656,5 @@ impl Handler<ForgetGroup> for QueueActor {
         let _timer = self.stats.handling();
         self.deliveries.groups.remove(&group);
         self.arm_delivery_timer(ctx);
-    }
-}
-
-impl Handler<DeliveryStats> for QueueActor {
-    type Result = MessageResult<DeliveryStats>;
-
-    fn handle(&mut self, _: DeliveryStats, _: &mut Context<Self>) -> Self::Result {
-        let _timer = self.stats.handling();
-        MessageResult(
-            self.deliveries
-                .groups
-                .iter()
-                .map(|(n, g)| (n.clone(), g.cursor.stats()))
-                .collect(),
-        )
     }
 }

@@ -12,8 +12,29 @@ use crate::delivery::props;
 use crate::wire::send::{SendEntry, SendRequest, SendResponse, StoredAt};
 use crate::wire::Status;
 
+/// Checks a batch's delivery properties in one pass: a `TTL` must be a
+/// number of milliseconds. Returns each entry's delay when any entry asks
+/// for one, `None` for an ordinary batch.
+pub fn check_batch(req: &SendRequest, max_delay_ms: u64) -> Result<Option<Vec<Option<Delayed>>>, (Status, String)> {
+    let mut asks_delay = false;
+    for e in &req.entries {
+        if let Some(bad) = e.properties.get(props::TTL).filter(|v| v.parse::<u64>().is_err()) {
+            return Err((
+                Status::InvalidArgument,
+                format!("TTL {bad:?} is not a number of milliseconds"),
+            ));
+        }
+        asks_delay |= e.properties.contains_key(props::DELAY_LEVEL) || e.properties.contains_key(props::DELIVER_AT);
+    }
+    if !asks_delay {
+        return Ok(None);
+    }
+    let delays = delays_of(req, max_delay_ms)?;
+    Ok(delays.iter().any(Option::is_some).then_some(delays))
+}
+
 /// The delay each entry of a batch asks for; errors name the bad property.
-pub fn delays_of(req: &SendRequest, max_delay_ms: u64) -> Result<Vec<Option<Delayed>>, (Status, String)> {
+fn delays_of(req: &SendRequest, max_delay_ms: u64) -> Result<Vec<Option<Delayed>>, (Status, String)> {
     let now = now_millis();
     req.entries
         .iter()

@@ -15,7 +15,6 @@ use crate::actors::queue_actor::{Pull, QueueActor};
 use crate::actors::queue_delivery::{Receive, Settle};
 use crate::actors::queue_registry::QueueRegistry;
 use crate::config::BrokerSection;
-use crate::delivery::props;
 use crate::observe::clients::ClientRole;
 use crate::observe::Tracked;
 use crate::server::{ConnectionHandle, RequestHandler};
@@ -177,25 +176,8 @@ impl BrokerHandler {
         let req = SendRequest::decode(body).map_err(malformed)?;
         let cfg = self.topic_for_send(&req.topic).await?;
         check_queue(&req.topic, req.queue_id, cfg)?;
-        if let Some(bad) = req
-            .entries
-            .iter()
-            .find_map(|e| e.properties.get(props::TTL).filter(|v| v.parse::<u64>().is_err()))
-        {
-            return Err((
-                Status::InvalidArgument,
-                format!("TTL {bad:?} is not a number of milliseconds"),
-            ));
-        }
-        if req
-            .entries
-            .iter()
-            .any(|e| e.properties.contains_key(props::DELAY_LEVEL) || e.properties.contains_key(props::DELIVER_AT))
-        {
-            let delays = super::delayed::delays_of(&req, self.services.delivery.max_delay_ms)?;
-            if delays.iter().any(Option::is_some) {
-                return self.send_with_delays(req, delays).await;
-            }
+        if let Some(delays) = super::delayed::check_batch(&req, self.services.delivery.max_delay_ms)? {
+            return self.send_with_delays(req, delays).await;
         }
         let append = Append {
             topic: Arc::from(req.topic.as_str()),

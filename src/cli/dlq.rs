@@ -2,7 +2,7 @@
 
 use clap::{Args, Subcommand};
 
-use super::output::{message_json, Format};
+use super::output::{dead_letter_json, Format};
 use super::{CliResult, NamesrvOpt};
 use crate::client::dlq::ResendSelection;
 use crate::client::Admin;
@@ -51,13 +51,7 @@ pub async fn run(a: DlqArgs) -> CliResult {
             for (_, entry) in Admin::new(ns.client_config()).dlq_list(&group).await? {
                 let r = &entry.record;
                 match format {
-                    Format::Json => {
-                        let mut v = message_json(r);
-                        if let serde_json::Value::Object(map) = &mut v {
-                            map.insert("resent".into(), entry.resent.into());
-                        }
-                        outln!("{v}");
-                    }
+                    Format::Json => outln!("{}", dead_letter_json(&entry)),
                     Format::Text => {
                         let p = |k: &str| r.properties.get(k).map_or("-", String::as_str);
                         outln!(

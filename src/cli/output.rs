@@ -52,6 +52,28 @@ pub fn message_json(r: &StoredRecord) -> Value {
     obj
 }
 
+/// A dead letter as [`message_json`] plus `resent`.
+pub fn dead_letter_json(entry: &crate::client::dlq::DeadLetterEntry) -> Value {
+    let mut v = message_json(&entry.record);
+    if let Value::Object(map) = &mut v {
+        map.insert("resent".into(), entry.resent.into());
+    }
+    v
+}
+
+/// Per-queue offsets of a topic, per broker, as JSON objects
+/// (`broker`, `queue`, `min_offset`, `max_offset`).
+pub fn topic_queues_json(per_broker: &[(String, crate::wire::control::TopicStats)]) -> Vec<Value> {
+    per_broker
+        .iter()
+        .flat_map(|(broker, s)| {
+            s.queues.iter().map(move |q| {
+                json!({"broker": broker, "queue": q.queue, "min_offset": q.min_offset, "max_offset": q.max_offset})
+            })
+        })
+        .collect()
+}
+
 /// One line for a message in `format`.
 pub fn format_message(r: &StoredRecord, format: Format) -> String {
     match format {

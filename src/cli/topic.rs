@@ -82,14 +82,7 @@ pub async fn run(a: TopicArgs) -> CliResult {
                     }
                 }
                 Format::Json => {
-                    let queues: Vec<_> = stats
-                        .iter()
-                        .flat_map(|(broker, s)| {
-                            s.queues.iter().map(move |q| {
-                                json!({"broker": broker, "queue": q.queue, "min_offset": q.min_offset, "max_offset": q.max_offset})
-                            })
-                        })
-                        .collect();
+                    let queues = super::output::topic_queues_json(&stats);
                     outln!("{}", json!({"topic": name, "queues": queues}));
                 }
             }

@@ -263,8 +263,8 @@ impl Cursor {
         }
     }
 
-    /// Messages whose dead-letter copy is still to be written (after a
-    /// failed write, to try again).
+    /// Messages whose dead-letter copy is still to be written.
+    #[cfg(test)]
     pub fn dead_lettering(&self) -> Vec<(u64, u32)> {
         self.slots
             .iter()

@@ -14,21 +14,22 @@ pub fn expire_at(
     properties: &BTreeMap<String, String>,
     topic_ttl_ms: Option<u64>,
 ) -> Option<u64> {
-    let ttl = properties
-        .get(props::TTL)
-        .and_then(|v| v.parse::<u64>().ok())
-        .or(topic_ttl_ms)?;
-    Some(store_timestamp.saturating_add(ttl))
+    deadline(
+        store_timestamp,
+        properties.get(props::TTL).map(String::as_str),
+        topic_ttl_ms,
+    )
 }
 
 /// [`expire_at`] of an encoded record, read without decoding it.
 pub fn raw_expire_at(record: &[u8], topic_ttl_ms: Option<u64>) -> Option<u64> {
     let view = crate::store::record::RecordView(record);
-    let ttl = view
-        .property(props::TTL)
-        .and_then(|v| v.parse::<u64>().ok())
-        .or(topic_ttl_ms)?;
-    Some(view.store_timestamp()?.saturating_add(ttl))
+    deadline(view.store_timestamp()?, view.property(props::TTL), topic_ttl_ms)
+}
+
+fn deadline(store_timestamp: u64, ttl_property: Option<&str>, topic_ttl_ms: Option<u64>) -> Option<u64> {
+    let ttl = ttl_property.and_then(|v| v.parse::<u64>().ok()).or(topic_ttl_ms)?;
+    Some(store_timestamp.saturating_add(ttl))
 }
 
 /// Pending expiries: (deadline, queue offset).

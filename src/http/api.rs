@@ -132,14 +132,7 @@ async fn create_topic(state: web::Data<HttpState>, req: web::Json<NewTopic>) -> 
 async fn describe_topic(state: web::Data<HttpState>, topic: web::Path<String>) -> HttpResponse {
     match state.admin.describe_topic(&topic).await {
         Ok(per_broker) => {
-            let queues: Vec<_> = per_broker
-                .iter()
-                .flat_map(|(broker, stats)| {
-                    stats.queues.iter().map(move |q| {
-                        json!({"broker": broker, "queue": q.queue, "min_offset": q.min_offset, "max_offset": q.max_offset})
-                    })
-                })
-                .collect();
+            let queues = crate::cli::output::topic_queues_json(&per_broker);
             let messages: u64 = per_broker
                 .iter()
                 .flat_map(|(_, s)| s.queues.iter().map(|q| q.max_offset - q.min_offset))
@@ -235,13 +228,7 @@ async fn get_message(state: web::Data<HttpState>, id: web::Path<String>) -> Http
 async fn list_dead_letters(state: web::Data<HttpState>, group: web::Path<String>) -> HttpResponse {
     match state.admin.dlq_list(&group).await {
         Ok(list) => HttpResponse::Ok().json(json!({
-            "dead_letters": list.iter().map(|(_, e)| {
-                let mut v = crate::cli::output::message_json(&e.record);
-                if let Some(obj) = v.as_object_mut() {
-                    obj.insert("resent".into(), e.resent.into());
-                }
-                v
-            }).collect::<Vec<_>>(),
+            "dead_letters": list.iter().map(|(_, e)| crate::cli::output::dead_letter_json(e)).collect::<Vec<_>>(),
         })),
         Err(e) => error(e),
     }

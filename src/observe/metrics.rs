@@ -84,4 +84,7 @@ pub fn refresh(tree: &ActorTree, store: &Store) {
     metrics::gauge!("ferromq_store_segments").set(store.log.segment_count() as f64);
     metrics::gauge!("ferromq_store_disk_usage_bytes").set(disk_usage_bytes(&store.data_dir()) as f64);
     metrics::gauge!("ferromq_process_rss_bytes").set(process_rss_bytes() as f64);
+    let (_, _, broker_conns, namesrv_conns) = super::totals::snapshot();
+    metrics::gauge!("ferromq_connections", "role" => "broker").set(broker_conns as f64);
+    metrics::gauge!("ferromq_connections", "role" => "namesrv").set(namesrv_conns as f64);
 }

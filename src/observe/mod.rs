@@ -83,11 +83,16 @@ pub struct ActorStats {
     handler_nanos: AtomicU64,
     restarts: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// `ferromq_actor_handler_seconds{kind,id}`, looked up once.
+    handler_seconds: ::metrics::Histogram,
 }
 
 impl ActorStats {
     fn new(kind: &'static str, id: String, parent: String) -> ActorStats {
+        let handler_seconds =
+            ::metrics::histogram!("ferromq_actor_handler_seconds", "kind" => kind, "id" => id.clone());
         ActorStats {
+            handler_seconds,
             kind,
             id,
             parent,
@@ -188,12 +193,7 @@ impl Drop for HandlerTimer {
         self.stats
             .handler_nanos
             .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
-        ::metrics::histogram!(
-            "ferromq_actor_handler_seconds",
-            "kind" => self.stats.kind,
-            "id" => self.stats.id.clone()
-        )
-        .record(elapsed.as_secs_f64());
+        self.stats.handler_seconds.record(elapsed.as_secs_f64());
     }
 }
 

@@ -76,8 +76,8 @@ pub struct ServeOptions {
     /// Pulls handled or awaiting transmission at once per connection: bounds
     /// the memory a client that stops reading can pin.
     pub max_inflight_pulls: usize,
-    /// Listener role for the `ferromq_connections{role}` gauge: `broker`
-    /// or `namesrv`.
+    /// Listener role for the connection counts (`ferromq_connections{role}`):
+    /// `broker` or `namesrv`.
     pub role: &'static str,
 }
 
@@ -115,11 +115,8 @@ pub async fn serve(
             match TcpStream::from_std(stream) {
                 Ok(stream) => {
                     actix_rt::spawn(async move {
-                        let open = metrics::gauge!("ferromq_connections", "role" => opts.role);
-                        open.increment(1.0);
                         crate::observe::totals::connections(opts.role, 1);
                         run_session(stream, peer, handler, opts).await;
-                        open.decrement(1.0);
                         crate::observe::totals::connections(opts.role, -1);
                     });
                 }

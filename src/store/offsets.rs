@@ -126,19 +126,6 @@ impl OffsetTable {
             .unwrap_or_default()
     }
 
-    /// Every group's committed offset on one queue.
-    pub fn for_queue(&self, topic: &str, queue: u32) -> Vec<(String, u64)> {
-        self.offsets
-            .read()
-            .map(|t| {
-                t.iter()
-                    .filter(|(k, _)| k.topic == topic && k.queue == queue)
-                    .map(|(k, v)| (k.group.clone(), *v))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
     /// Every committed offset.
     pub fn all(&self) -> Vec<(OffsetKey, u64)> {
         self.offsets

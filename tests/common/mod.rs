@@ -365,65 +365,23 @@ impl Drop for Consumer {
     }
 }
 
-/// One HTTP/1.1 request to `addr` (`Connection: close`); returns (status,
-/// body), or `None` when the server did not answer.
+/// One HTTP request to `addr` (through `ureq`, the CLI's HTTP client);
+/// returns (status, body), or `None` when the server did not answer.
 pub fn try_http(addr: &str, method: &str, path: &str, json_body: Option<&str>) -> Option<(u16, String)> {
-    use std::net::TcpStream;
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let body = json_body.unwrap_or("");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).ok()?;
-    // Read until the body is complete: some servers (Chromium's DevTools)
-    // keep the connection open whatever the request says.
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        let text = String::from_utf8_lossy(&raw);
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let lower = head.to_ascii_lowercase();
-            let length = lower
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok());
-            let done = match length {
-                Some(n) => body.len() >= n,
-                None if lower.contains("transfer-encoding: chunked") => body.ends_with("0\r\n\r\n"),
-                None => false,
-            };
-            if done {
-                break;
-            }
-        }
-        let n = s.read(&mut buf).ok()?;
-        if n == 0 {
-            break;
-        }
-        raw.extend_from_slice(&buf[..n]);
-    }
-    let raw = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = raw.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    // Chunked bodies (actix-web streams some): join the chunks.
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        let mut out = String::new();
-        let mut rest = body;
-        while let Some((size, tail)) = rest.split_once("\r\n") {
-            let n = usize::from_str_radix(size.trim(), 16).ok()?;
-            if n == 0 {
-                break;
-            }
-            out.push_str(tail.get(..n)?);
-            rest = tail.get(n + 2..)?;
-        }
-        out
-    } else {
-        body.to_string()
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
+    let req = agent.request(method, &format!("http://{addr}{path}"));
+    let res = match json_body {
+        Some(body) => req.set("Content-Type", "application/json").send_string(body),
+        None => req.call(),
     };
-    Some((status, body))
+    match res {
+        Ok(r) => {
+            let status = r.status();
+            Some((status, r.into_string().ok()?))
+        }
+        Err(ureq::Error::Status(code, r)) => Some((code, r.into_string().unwrap_or_default())),
+        Err(_) => None,
+    }
 }
 
 /// Like [`try_http`], failing the test when there is no answer.
