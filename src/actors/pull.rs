@@ -1,11 +1,12 @@
 //! Serving one pull from a consume queue and the commitlog: the pure part of
 //! the queue actor (no actor, no timers), unit-testable on a temp store.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use crate::delivery::expiry::raw_expire_at;
-use crate::message::TagFilter;
-use crate::store::record::StoredRecord;
+use crate::message::{TagFilter, PROPERTY_TAGS};
+use crate::store::commitlog::Gather;
+use crate::store::record::RecordView;
 use crate::store::Store;
 use crate::wire::pull::{PullResponse, PullStatus, MAX_PULL_COUNT, PULL_RESPONSE_HEAD_LEN};
 use crate::wire::Status;
@@ -15,11 +16,32 @@ const MAX_SCAN: u64 = 16 * 1024;
 /// Pulls stop adding records past this many bytes (but return at least one).
 const MAX_PULL_BYTES: usize = 8 << 20;
 
+/// A pull response body: the encoded head, then the records as chunks of
+/// the commitlog mapping (sent without copying, see `Frame::body_tail`).
+#[derive(Debug, Clone, Default)]
+pub struct PullPayload {
+    /// `PullResponse` head.
+    pub head: Bytes,
+    /// The records, back to back.
+    pub records: Vec<Bytes>,
+}
+
+impl PullPayload {
+    /// The body as one buffer (copies; for tests and small answers).
+    pub fn to_bytes(&self) -> Bytes {
+        let mut out = BytesMut::from(&self.head[..]);
+        for chunk in &self.records {
+            out.extend_from_slice(chunk);
+        }
+        out.freeze()
+    }
+}
+
 /// The answer to a pull, or why it may wait.
 #[derive(Debug, Clone)]
 pub struct PullServed {
-    /// Encoded response body.
-    pub body: bytes::Bytes,
+    /// The response body.
+    pub body: PullPayload,
     /// How the pull went.
     pub status: PullStatus,
     /// Where the next pull (or a parked retry) starts.
@@ -52,17 +74,17 @@ pub fn serve_pull(
         } else {
             PullStatus::OffsetMoved
         };
-        return Ok(respond(status, 0, 0, 0, 0, BytesMut::new()));
+        return Ok(respond(status, 0, 0, 0, 0, Vec::new()));
     };
     let (min, max) = (cq.min_offset(), cq.max_offset());
     if offset < min || offset > max {
         let next = if offset < min { min } else { max };
-        return Ok(respond(PullStatus::OffsetMoved, next, min, max, 0, BytesMut::new()));
+        return Ok(respond(PullStatus::OffsetMoved, next, min, max, 0, Vec::new()));
     }
     let hashes = filter.hashes();
     let topic_ttl = store.topics.get(topic).and_then(|t| t.ttl_ms);
     let now = crate::actors::commitlog_writer::now_millis();
-    let mut records = BytesMut::new();
+    let mut records = Gather::new(&store.log);
     let mut count = 0u32;
     let mut next = offset;
     let scan_end = max.min(offset.saturating_add(MAX_SCAN));
@@ -74,28 +96,25 @@ pub fn serve_pull(
                 continue;
             }
         }
-        let start = records.len();
-        if let Err(e) = store
-            .log
-            .read_into(entry.phys_offset, entry.size as usize, &mut records)
-        {
-            return Err((
-                Status::StoreError,
-                format!("reading {topic}/{queue_id} offset {}: {e}", next - 1),
-            ));
-        }
-        // An expired message is never delivered.
-        if raw_expire_at(&records[start..], topic_ttl).is_some_and(|at| at <= now) {
-            records.truncate(start);
-            continue;
-        }
-        if hashes.is_some() || !filter.is_all() {
-            // Hashes collide, and patterns have none: confirm the real tag.
-            let rec = StoredRecord::decode(records.clone().split_off(start).freeze());
-            if !rec.is_ok_and(|r| filter.matches(r.tag())) {
-                records.truncate(start);
-                continue;
+        let size = entry.size as usize;
+        let record = match records.push(entry.phys_offset, size) {
+            Ok(r) => r,
+            Err(e) => {
+                return Err((
+                    Status::StoreError,
+                    format!("reading {topic}/{queue_id} offset {}: {e}", next - 1),
+                ))
             }
+        };
+        // An expired message is never delivered.
+        let expired = raw_expire_at(record, topic_ttl).is_some_and(|at| at <= now);
+        // Hashes collide, and patterns have none: confirm the real tag.
+        let filtered = !expired
+            && (hashes.is_some() || !filter.is_all())
+            && !filter.matches(RecordView(record).property(PROPERTY_TAGS));
+        if expired || filtered {
+            records.pop(size);
+            continue;
         }
         count += 1;
     }
@@ -111,15 +130,17 @@ pub fn serve_pull(
     } else {
         PullStatus::NoMatched
     };
-    Ok(respond(status, next, min, max, count, records))
+    Ok(respond(status, next, min, max, count, records.finish()))
 }
 
-fn respond(status: PullStatus, next: u64, min: u64, max: u64, count: u32, records: BytesMut) -> PullServed {
-    let mut body = BytesMut::with_capacity(PULL_RESPONSE_HEAD_LEN + records.len());
-    PullResponse::put_head(&mut body, status, next, min, max, count);
-    body.extend_from_slice(&records);
+fn respond(status: PullStatus, next: u64, min: u64, max: u64, count: u32, records: Vec<Bytes>) -> PullServed {
+    let mut head = BytesMut::with_capacity(PULL_RESPONSE_HEAD_LEN);
+    PullResponse::put_head(&mut head, status, next, min, max, count);
     PullServed {
-        body: body.freeze(),
+        body: PullPayload {
+            head: head.freeze(),
+            records,
+        },
         status,
         next_offset: next,
     }
@@ -133,7 +154,7 @@ mod tests {
     use crate::wire::pull::PullResponse;
 
     fn offsets(served: &PullServed) -> Vec<u64> {
-        let resp = PullResponse::decode(served.body.clone()).unwrap();
+        let resp = PullResponse::decode(served.body.to_bytes()).unwrap();
         StoredRecord::decode_all(resp.records, resp.count)
             .unwrap()
             .iter()

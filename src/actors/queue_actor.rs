@@ -14,7 +14,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::long_poll::LongPolls;
-use super::pull::serve_pull;
+use super::pull::{serve_pull, PullPayload};
 use super::queue_delivery::Deliveries;
 use super::services::BrokerServices;
 use crate::message::TagFilter;
@@ -23,7 +23,7 @@ use crate::wire::pull::{PullRequest, PullResponse, PullStatus};
 use crate::wire::Status;
 
 /// A pull's answer: the encoded response body, or an error status.
-pub type PullReply = Result<Bytes, (Status, String)>;
+pub type PullReply = Result<PullPayload, (Status, String)>;
 
 /// Read messages (see `PULL_MESSAGE`).
 #[derive(Message)]
@@ -132,7 +132,10 @@ impl QueueActor {
             count: 0,
             records: Bytes::new(),
         };
-        Ok(resp.encode())
+        Ok(PullPayload {
+            head: resp.encode(),
+            records: Vec::new(),
+        })
     }
 }
 
@@ -257,7 +260,7 @@ mod tests {
     }
 
     fn status(reply: PullReply) -> PullStatus {
-        PullResponse::decode(reply.unwrap()).unwrap().status
+        PullResponse::decode(reply.unwrap().to_bytes()).unwrap().status
     }
 
     #[actix_rt::test]

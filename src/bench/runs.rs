@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::task::JoinSet;
 
 use super::report::{print_summary, Meter};
@@ -115,43 +116,40 @@ fn split(queues: Vec<MessageQueue>, n: usize) -> Vec<Vec<MessageQueue>> {
 }
 
 /// Pulls the topic from its start until `--messages` or 2 s without data.
+/// Like a RocketMQ push consumer, each consumer keeps one pull in flight
+/// per queue it owns, all over its one connection.
 pub async fn consume(o: LoadOpts) -> CliResult {
     let cfg = o.ns.client_config();
-    let consumer = PullConsumer::new(cfg);
-    let queues = consumer.queues(&o.topic).await?;
+    let probe = PullConsumer::new(cfg.clone());
+    let queues = probe.queues(&o.topic).await?;
     let meter = Meter::new();
     let progress = meter.spawn_progress("consume");
     let until = deadline(&o);
     let target = o.messages;
     let mut workers = JoinSet::new();
     for share in split(queues, o.consumers) {
-        let (c, m) = (consumer.clone(), meter.clone());
+        let (c, m) = (PullConsumer::new(cfg.clone()), meter.clone());
         workers.spawn(async move {
-            let mut offsets = Vec::new();
-            for q in &share {
-                offsets.push(c.offsets(q).await?.min_offset);
+            let mut pulls = FuturesUnordered::new();
+            for q in share {
+                let offset = c.offsets(&q).await?.min_offset;
+                pulls.push(pull_from(&c, q, offset));
             }
             let mut idle_since = Instant::now();
-            loop {
-                let mut got_any = false;
-                for (q, off) in share.iter().zip(offsets.iter_mut()) {
-                    let t = Instant::now();
-                    let r = c.pull(q, *off, 1024, Duration::ZERO, "*").await?;
-                    if !r.messages.is_empty() {
-                        m.record(t.elapsed());
-                        got_any = true;
-                        let bytes: u64 = r.messages.iter().map(|x| x.body.len() as u64).sum();
-                        m.add(r.messages.len() as u64, bytes);
-                    }
-                    *off = r.next_offset;
-                }
-                if got_any {
+            while let Some((q, t, r)) = pulls.next().await {
+                let r = r?;
+                if !r.messages.is_empty() {
+                    m.record(t.elapsed());
                     idle_since = Instant::now();
+                    let bytes: u64 = r.messages.iter().map(|x| x.body.len() as u64).sum();
+                    m.add(r.messages.len() as u64, bytes);
                 }
                 if m.messages() >= target || expired(until) || idle_since.elapsed() > Duration::from_secs(2) {
-                    return Ok::<(), crate::client::ClientError>(());
+                    break;
                 }
+                pulls.push(pull_from(&c, q, r.next_offset));
             }
+            Ok::<(), crate::client::ClientError>(())
         });
     }
     while let Some(r) = workers.join_next().await {
@@ -160,6 +158,22 @@ pub async fn consume(o: LoadOpts) -> CliResult {
     progress.abort();
     print_summary(&meter.summary("consume", "one pull of up to 1024"), o.json);
     Ok(())
+}
+
+/// One pull of up to 1024 from `offset`, returning the queue and the time
+/// it was issued along with the result.
+async fn pull_from(
+    c: &PullConsumer,
+    q: MessageQueue,
+    offset: u64,
+) -> (
+    MessageQueue,
+    Instant,
+    crate::client::ClientResult<crate::client::PullResult>,
+) {
+    let t = Instant::now();
+    let r = c.pull(&q, offset, 1024, Duration::ZERO, "*").await;
+    (q, t, r)
 }
 
 /// Single-message sync sends, one in flight.

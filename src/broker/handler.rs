@@ -199,8 +199,8 @@ impl BrokerHandler {
         let req = PullRequest::decode(body).map_err(malformed)?;
         self.existing_queue(&req.topic, req.queue_id)?;
         let actor = self.queue_actor(&req.topic, req.queue_id)?;
-        let body = actor.send(Pull(req)).await.map_err(mailbox)??;
-        ok(body)
+        let payload = actor.send(Pull(req)).await.map_err(mailbox)??;
+        Ok(Frame::ok(0, Bytes::new(), payload.head).with_body_tail(payload.records))
     }
 
     async fn receive(&self, body: Bytes) -> Reply {

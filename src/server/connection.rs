@@ -11,9 +11,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use std::io::IoSlice;
+
+use bytes::{Buf, Bytes, BytesMut};
 use futures::future::LocalBoxFuture;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
@@ -137,6 +140,43 @@ pub async fn serve(
     }
 }
 
+/// Most buffers handed to one `writev`.
+const MAX_IOVECS: usize = 256;
+
+/// Writes `chunks` in order with vectored writes, then empties it.
+async fn write_chunks(writer: &mut OwnedWriteHalf, chunks: &mut Vec<Bytes>) -> std::io::Result<()> {
+    let mut first = 0;
+    loop {
+        while chunks.get(first).is_some_and(Bytes::is_empty) {
+            first += 1;
+        }
+        if first >= chunks.len() {
+            break;
+        }
+        let slices: Vec<IoSlice<'_>> = chunks[first..]
+            .iter()
+            .take(MAX_IOVECS)
+            .map(|c| IoSlice::new(c))
+            .collect();
+        let mut written = writer.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 && first < chunks.len() {
+            let len = chunks[first].len();
+            if written >= len {
+                written -= len;
+                first += 1;
+            } else {
+                chunks[first].advance(written);
+                written = 0;
+            }
+        }
+    }
+    chunks.clear();
+    Ok(())
+}
+
 /// The response side of a session's outbox.
 #[derive(Clone)]
 struct Reply(mpsc::Sender<Outgoing>);
@@ -154,26 +194,34 @@ async fn run_session(stream: TcpStream, peer: SocketAddr, handler: Arc<dyn Reque
 
     let write_loop = async move {
         let mut out = BytesMut::with_capacity(64 * 1024);
-        // Permits of frames encoded into `out` but not yet written; the
+        // What to send, in order: encoded heads and small bodies coalesced
+        // in `out`, and frames' body tails (mapped records) as they are.
+        let mut chunks: Vec<Bytes> = Vec::new();
+        // Permits of frames queued in `chunks` but not yet written; the
         // frames themselves are dropped once encoded.
         let mut holds = Vec::new();
         while let Some(first) = rx.recv().await {
-            first.frame.encode(&mut out);
-            holds.push(first.hold);
-            // Coalesce whatever else is ready into one write.
-            while out.len() < 1 << 20 {
-                match rx.try_recv() {
-                    Ok(next) => {
-                        next.frame.encode(&mut out);
-                        holds.push(next.hold);
-                    }
-                    Err(_) => break,
+            let mut queued = 0usize;
+            let mut next = Some(first);
+            // Coalesce whatever else is ready into one (vectored) write.
+            while let Some(Outgoing { mut frame, hold }) = next.take() {
+                queued += frame.encoded_len();
+                frame.encode_head(&mut out);
+                if !frame.body_tail.is_empty() {
+                    chunks.push(out.split().freeze());
+                    chunks.append(&mut frame.body_tail);
+                }
+                holds.push(hold);
+                if queued < 1 << 20 {
+                    next = rx.try_recv().ok();
                 }
             }
-            if writer.write_all(&out).await.is_err() {
+            if !out.is_empty() {
+                chunks.push(out.split().freeze());
+            }
+            if write_chunks(&mut writer, &mut chunks).await.is_err() {
                 return;
             }
-            out.clear();
             holds.clear(); // releases the pull permits of what was sent
         }
         let _ = writer.shutdown().await;

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use bytes::{BufMut, Bytes};
+use bytes::{Buf, BufMut, Bytes};
 
 use crate::message::{PROPERTY_KEYS, PROPERTY_TAGS};
 use crate::wire::buf::{self, DecodeError, Reader};
@@ -188,21 +188,25 @@ impl StoredRecord {
 
     /// Decodes one record from the start of `data`, checking its CRC;
     /// returns it and the bytes it used.
-    pub fn decode(data: Bytes) -> Result<StoredRecord, DecodeError> {
-        let mut r = Reader::new(data.clone());
-        let size = r.u32("record size")? as usize;
-        let magic = r.u32("record magic")?;
+    pub fn decode(mut data: Bytes) -> Result<StoredRecord, DecodeError> {
+        // The fixed head is read from the slice and the record narrowed in
+        // place: no reference-count traffic until the body is sliced out.
+        let size = Self::peek_size(&data)?;
+        let field = |at: usize| u32::from_be_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]);
+        let magic = field(4);
         if magic != RECORD_MAGIC {
             return Err(DecodeError::invalid("record magic", format!("{magic:#x}")));
         }
         if size < FIXED_LEN || size > data.len() {
             return Err(DecodeError::invalid("record size", format!("{size}")));
         }
-        let crc = r.u32("record crc")?;
+        let crc = field(8);
         if crc32c::crc32c(&data[CRC_START..size]) != crc {
             return Err(DecodeError::invalid("record crc", "checksum mismatch"));
         }
-        let mut r = Reader::new(data.slice(CRC_START..size));
+        data.truncate(size);
+        data.advance(CRC_START);
+        let mut r = Reader::new(data);
         let rec = StoredRecord {
             queue_id: r.u32("queue id")?,
             flags: r.u32("flags")?,
@@ -222,13 +226,27 @@ impl StoredRecord {
         Ok(rec)
     }
 
+    /// The size field of the record at the start of `data`.
+    fn peek_size(data: &[u8]) -> Result<usize, DecodeError> {
+        match data.get(..8) {
+            Some(head) => Ok(u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize),
+            None => Err(DecodeError::Truncated {
+                field: "record head",
+                needed: 8,
+                available: data.len(),
+            }),
+        }
+    }
+
     /// Decodes `count` records laid back to back.
     pub fn decode_all(mut data: Bytes, count: u32) -> Result<Vec<StoredRecord>, DecodeError> {
         let mut out = Vec::with_capacity((count as usize).min(4096));
         for _ in 0..count {
-            let rec = StoredRecord::decode(data.clone())?;
-            data = data.slice(rec.size as usize..);
-            out.push(rec);
+            let size = Self::peek_size(&data)?;
+            if size < FIXED_LEN || size > data.len() {
+                return Err(DecodeError::invalid("record size", format!("{size}")));
+            }
+            out.push(StoredRecord::decode(data.split_to(size))?);
         }
         if !data.is_empty() {
             return Err(DecodeError::invalid("records", "trailing bytes"));

@@ -63,6 +63,11 @@ pub struct Frame {
     pub header: Bytes,
     /// Command-specific body.
     pub body: Bytes,
+    /// More body bytes, sent after `body` without being copied next to it:
+    /// a pull response's records straight from the commitlog mapping. On
+    /// the wire they are part of the body; [`Frame::parse`] puts the whole
+    /// body in `body` and leaves this empty.
+    pub body_tail: Vec<Bytes>,
 }
 
 /// Why bytes could not be read as a frame.
@@ -129,6 +134,7 @@ impl Frame {
             correlation_id,
             header,
             body,
+            body_tail: Vec::new(),
         }
     }
 
@@ -140,6 +146,7 @@ impl Frame {
             correlation_id,
             header,
             body,
+            body_tail: Vec::new(),
         }
     }
 
@@ -151,6 +158,7 @@ impl Frame {
             correlation_id,
             header: Bytes::new(),
             body: Bytes::from(message.into()),
+            body_tail: Vec::new(),
         }
     }
 
@@ -166,13 +174,33 @@ impl Frame {
 
     /// Bytes this frame occupies on the wire.
     pub fn encoded_len(&self) -> usize {
-        FRAME_PREFIX_LEN + self.header.len() + self.body.len()
+        FRAME_PREFIX_LEN + self.header.len() + self.body_len()
     }
 
-    /// Appends the encoded frame to `dst`.
+    /// Length of the body including its tail.
+    pub fn body_len(&self) -> usize {
+        self.body.len() + self.body_tail.iter().map(Bytes::len).sum::<usize>()
+    }
+
+    /// The frame with `tail` sent after its body (see [`Frame::body_tail`]).
+    pub fn with_body_tail(mut self, tail: Vec<Bytes>) -> Frame {
+        self.body_tail = tail;
+        self
+    }
+
+    /// Appends the encoded frame to `dst`, copying the body's tail too.
     pub fn encode(&self, dst: &mut BytesMut) {
         dst.reserve(self.encoded_len());
-        dst.put_u32((MIN_LENGTH_FIELD + self.header.len() + self.body.len()) as u32);
+        self.encode_head(dst);
+        for chunk in &self.body_tail {
+            dst.put_slice(chunk);
+        }
+    }
+
+    /// Appends everything but the body's tail to `dst`; a writer then sends
+    /// the tail's chunks as they are (vectored I/O, no copy).
+    pub fn encode_head(&self, dst: &mut BytesMut) {
+        dst.put_u32((MIN_LENGTH_FIELD + self.header.len() + self.body_len()) as u32);
         dst.put_u8(PROTOCOL_VERSION);
         dst.put_u8(self.kind as u8);
         dst.put_u16(self.code);
@@ -243,6 +271,7 @@ impl Frame {
             correlation_id,
             header,
             body: frame,
+            body_tail: Vec::new(),
         }))
     }
 }
@@ -270,8 +299,26 @@ mod tests {
                 correlation_id: 0,
                 header: Bytes::new(),
                 body: Bytes::from_static(b"x"),
+                body_tail: Vec::new(),
             },
         ]
+    }
+
+    #[test]
+    fn a_body_tail_is_sent_as_part_of_the_body() {
+        let whole = Frame::ok(9, Bytes::from_static(b"hdr"), Bytes::from_static(b"head+rec1rec2"));
+        let split = Frame::ok(9, Bytes::from_static(b"hdr"), Bytes::from_static(b"head+"))
+            .with_body_tail(vec![Bytes::from_static(b"rec1"), Bytes::from_static(b"rec2")]);
+        assert_eq!(split.encoded_len(), whole.encoded_len());
+        let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
+        whole.encode(&mut a);
+        split.encode(&mut b);
+        assert_eq!(a, b);
+        let mut head = BytesMut::new();
+        split.encode_head(&mut head);
+        assert_eq!(&a[..head.len()], &head[..]);
+        assert_eq!(&a[head.len()..], b"rec1rec2");
+        assert_eq!(Frame::parse(&mut b, MAX).unwrap(), Some(whole));
     }
 
     #[test]
