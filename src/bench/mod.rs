@@ -53,6 +53,11 @@ pub struct LoadOpts {
     /// Target rate for `e2e`, messages per second.
     #[arg(long, default_value_t = 10_000)]
     pub rate: u64,
+    /// `produce`: first run `bench disk` in this directory (the broker's
+    /// data disk) with as many MiB as the run writes, then report the
+    /// produce rate as a fraction of its page-cache and fdatasync limits.
+    #[arg(long)]
+    pub disk_dir: Option<std::path::PathBuf>,
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,

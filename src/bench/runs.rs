@@ -8,6 +8,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::task::JoinSet;
 
+use serde_json::json;
+
+use super::disk::{describe, measure_disk, DiskOpts};
 use super::report::{print_summary, Meter};
 use super::LoadOpts;
 use crate::cli::CliResult;
@@ -43,6 +46,58 @@ fn deadline(o: &LoadOpts) -> Option<Instant> {
 
 fn expired(d: Option<Instant>) -> bool {
     d.is_some_and(|d| Instant::now() >= d)
+}
+
+/// Commitlog bytes of one benchmark message: the record's fixed part and
+/// hosts (IPv4), topic and body (the benchmark sets no properties).
+fn record_bytes(o: &LoadOpts) -> u64 {
+    let topic = topic_names(o).first().map_or(0, String::len);
+    (56 + 2 * 7 + 2 + topic + 2 + 4 + o.size) as u64
+}
+
+/// `--disk-dir`: the machine's write limits, measured over as many MiB as
+/// the run wrote (at least 64).
+fn disk_limits(o: &LoadOpts) -> Result<Option<serde_json::Value>, Box<dyn std::error::Error + Send + Sync>> {
+    let Some(dir) = &o.disk_dir else { return Ok(None) };
+    let mib = (o.messages * record_bytes(o)).div_ceil(1 << 20).max(64);
+    let opts = DiskOpts {
+        dir: dir.clone(),
+        mib,
+        chunk: 1 << 20,
+        syncs: 100,
+        json: true,
+    };
+    let v = tokio::task::block_in_place(|| measure_disk(&opts))?;
+    if !o.json {
+        println!("{}", describe(&v));
+    }
+    Ok(Some(v))
+}
+
+/// Adds the run's commitlog write rate and its fractions of the disk
+/// limits to `summary`, and prints them.
+fn against_limits(summary: &mut serde_json::Value, disk: serde_json::Value, o: &LoadOpts) {
+    let secs = summary["seconds"].as_f64().unwrap_or(0.0).max(1e-9);
+    let messages = summary["messages"].as_u64().unwrap_or(0);
+    let log_mib = (messages * record_bytes(o)) as f64 / secs / (1 << 20) as f64;
+    let share = |limit: &serde_json::Value| {
+        limit
+            .as_f64()
+            .filter(|l| *l > 0.0)
+            .map_or(0.0, |l| (log_mib / l * 1000.0).round() / 10.0)
+    };
+    let of_cache = share(&disk["page_cache_write_mib_per_sec"]);
+    let of_sync = share(&disk["fdatasync_bandwidth_mib_per_sec"]);
+    if !o.json {
+        println!(
+            "commitlog writes {:.1} MiB/s = {of_cache}% of page-cache write, {of_sync}% of write+fdatasync bandwidth",
+            log_mib
+        );
+    }
+    summary["commitlog_mib_per_sec"] = json!((log_mib * 10.0).round() / 10.0);
+    summary["percent_of_page_cache_write"] = json!(of_cache);
+    summary["percent_of_fdatasync_bandwidth"] = json!(of_sync);
+    summary["disk"] = disk;
 }
 
 /// Batched, pipelined sends from `--producers` producers.
@@ -101,7 +156,20 @@ pub async fn produce(o: LoadOpts) -> CliResult {
         r??;
     }
     progress.abort();
-    print_summary(&meter.summary("produce", "one batch send"), o.json);
+    let mut summary = meter.summary("produce", "one batch send");
+    // Measured after the run, while the broker's log still holds its pages:
+    // the files it deletes would otherwise hand already-touched memory to
+    // the broker (several times faster to write on a virtual machine).
+    let disk = disk_limits(&o)?;
+    if !(o.json && disk.is_some()) {
+        print_summary(&summary, o.json);
+    }
+    if let Some(disk) = disk {
+        against_limits(&mut summary, disk, &o);
+        if o.json {
+            println!("{summary}");
+        }
+    }
     Ok(())
 }
 
