@@ -340,8 +340,9 @@ pub struct Placement {
     pub size: u32,
 }
 
-/// The single writer of a [`CommitLog`]. Encodes records into a scratch
-/// buffer and copies each segment's share of a batch with one write.
+/// The single writer of a [`CommitLog`]. Encodes record heads (and small
+/// bodies) into a scratch buffer and writes each segment's share of a batch
+/// with one `pwritev`, large bodies straight from the request.
 #[derive(Debug)]
 pub struct Appender {
     log: Arc<CommitLog>,
@@ -407,6 +408,9 @@ impl Appender {
         let mut seg = self.current_segment(pos)?;
         let mut batch_start = pos;
         self.scratch.clear();
+        // Bodies written from where they are (the request buffer), each
+        // after the scratch bytes up to its offset.
+        let mut bodies: Vec<(usize, &'a [u8])> = Vec::new();
         let mut out = Vec::with_capacity(count);
         for i in 0..count {
             let mut f = fields(i, pos);
@@ -421,16 +425,23 @@ impl Appender {
                     record::encode_blank(&mut self.scratch[old..], rest);
                 }
                 // Past the published write position: no reader looks here yet.
-                seg.file.pwrite_at((batch_start - seg.start) as usize, &self.scratch)?;
+                write_gathered(&seg, batch_start, &self.scratch, &bodies)?;
                 self.scratch.clear();
+                bodies.clear();
                 pos = seg_end;
                 batch_start = pos;
                 seg = self.current_segment(pos)?;
                 f.phys_offset = pos;
             }
             let old = self.scratch.len();
-            self.scratch.resize(old + size, 0);
-            f.encode_into(&mut self.scratch[old..]);
+            if f.body.len() < INLINE_BODY_MAX {
+                self.scratch.resize(old + size, 0);
+                f.encode_into(&mut self.scratch[old..]);
+            } else {
+                self.scratch.resize(old + size - f.body.len(), 0);
+                f.encode_head_into(&mut self.scratch[old..]);
+                bodies.push((self.scratch.len(), f.body));
+            }
             out.push(Placement {
                 phys_offset: pos,
                 size: size as u32,
@@ -438,7 +449,7 @@ impl Appender {
             pos += size as u64;
         }
         // The write position is published only after this.
-        seg.file.pwrite_at((batch_start - seg.start) as usize, &self.scratch)?;
+        write_gathered(&seg, batch_start, &self.scratch, &bodies)?;
         self.log.write_pos.store(pos, Ordering::Release);
         Ok(out)
     }
@@ -453,6 +464,24 @@ impl Appender {
         }
         self.log.add_segment(start)
     }
+}
+
+/// Bodies shorter than this are copied next to their record's head; longer
+/// ones are written from the request buffer (one more iovec each).
+const INLINE_BODY_MAX: usize = 256;
+
+/// Writes the scratch bytes with `bodies` spliced in at their offsets, as
+/// one `pwritev` at log position `at` of `seg`.
+fn write_gathered(seg: &Segment, at: u64, scratch: &[u8], bodies: &[(usize, &[u8])]) -> io::Result<()> {
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(2 * bodies.len() + 1);
+    let mut from = 0;
+    for &(offset, body) in bodies {
+        parts.push(&scratch[from..offset]);
+        parts.push(body);
+        from = offset;
+    }
+    parts.push(&scratch[from..]);
+    seg.file.pwritev_at((at - seg.start) as usize, &parts)
 }
 
 /// A range of a segment's mapping, owned: keeps the segment mapped while a

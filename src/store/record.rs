@@ -71,9 +71,20 @@ impl RecordFields<'_> {
     /// [`Self::encoded_len`] bytes; returns the bytes written.
     pub fn encode_into(&self, dst: &mut [u8]) -> usize {
         let len = self.encoded_len();
-        let rec = &mut dst[..len];
+        let head = len - self.body.len();
+        dst[head..len].copy_from_slice(self.body);
+        self.encode_head_into(&mut dst[..head]);
+        len
+    }
+
+    /// Writes everything but the body's bytes (which follow it on disk) into
+    /// `dst`, which must hold exactly `encoded_len() - body.len()` bytes. The
+    /// CRC covers the body too, so a writer can send the body from where it
+    /// already is instead of copying it next to its head.
+    pub fn encode_head_into(&self, dst: &mut [u8]) {
+        let len = self.encoded_len();
         {
-            let mut w: &mut [u8] = &mut *rec;
+            let mut w: &mut [u8] = &mut *dst;
             w.put_u32(len as u32);
             w.put_u32(RECORD_MAGIC);
             w.put_u32(0); // CRC, filled below
@@ -88,11 +99,10 @@ impl RecordFields<'_> {
             buf::put_host(&mut w, &self.store_host);
             buf::put_str16(&mut w, self.topic);
             buf::put_props(&mut w, self.properties);
-            buf::put_bytes32(&mut w, self.body);
+            w.put_u32(self.body.len() as u32);
         }
-        let crc = crc32c::crc32c(&rec[CRC_START..]);
-        rec[8..12].copy_from_slice(&crc.to_be_bytes());
-        len
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&dst[CRC_START..]), self.body);
+        dst[8..12].copy_from_slice(&crc.to_be_bytes());
     }
 }
 
@@ -447,6 +457,35 @@ mod tests {
         encode_blank(&mut seg, 64);
         assert_eq!(probe(&seg), Probe::Blank);
         assert_eq!(probe(&seg[..32]), Probe::End);
+    }
+
+    #[test]
+    fn a_head_and_its_body_written_apart_make_the_same_record() {
+        let props: BTreeMap<String, String> = [("TAGS".to_string(), "t".to_string())].into();
+        let body = vec![9u8; 700];
+        let f = RecordFields {
+            queue_id: 3,
+            flags: 1,
+            queue_offset: 42,
+            phys_offset: 4096,
+            born_timestamp: 5,
+            store_timestamp: 6,
+            reconsume_times: 0,
+            born_host: "10.0.0.1:1".parse().unwrap(),
+            store_host: "10.0.0.2:2".parse().unwrap(),
+            topic: "orders",
+            properties: &props,
+            body: &body,
+        };
+        let mut whole = vec![0u8; f.encoded_len()];
+        f.encode_into(&mut whole);
+        let mut head = vec![0u8; f.encoded_len() - body.len()];
+        f.encode_head_into(&mut head);
+        head.extend_from_slice(&body);
+        assert_eq!(head, whole);
+        assert_eq!(probe(&whole), Probe::Record(whole.len()), "the CRC covers the body");
+        let rec = StoredRecord::decode(Bytes::from(whole)).unwrap();
+        assert_eq!((rec.queue_offset, &rec.body[..], rec.tag()), (42, &body[..], Some("t")));
     }
 
     #[test]
