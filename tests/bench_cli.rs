@@ -77,6 +77,12 @@ fn benchmarks_count_what_they_move_and_report_against_the_disk() {
     let e2e = bench_json(ns, &["e2e", "--messages", "500", "--rate", "2000", "--topic", "e2e"]);
     assert_eq!(e2e["messages"], 500, "every message sent is received: {e2e}");
     assert_latency_summary(&e2e, 500);
+    for v in [&latency, &e2e] {
+        assert!(
+            v["stalls"]["over_2ms"].is_u64() && v["stalls"]["longest_us"].is_u64(),
+            "{v}"
+        );
+    }
 
     let disk_only = bench_json(ns, &["disk", "--dir", disk, "--mib", "8", "--syncs", "20"]);
     assert_eq!(disk_only["mib"], 8);

@@ -6,6 +6,7 @@
 //! see [`super::queue_delivery`].
 
 use crate::observe::{kind, ActorStats};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,6 +63,8 @@ pub struct QueueActor {
     polls: LongPolls<Waiter>,
     epoch: Instant,
     timer: Option<SpawnHandle>,
+    /// Shared with the registry: see its `notify`.
+    notice_pending: Arc<AtomicBool>,
 }
 
 impl QueueActor {
@@ -83,7 +86,14 @@ impl QueueActor {
             polls: LongPolls::default(),
             epoch: Instant::now(),
             timer: None,
+            notice_pending: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Shares the registry's notice flag (cleared on each `NewMessages`).
+    pub fn with_notice_flag(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.notice_pending = flag;
+        self
     }
 
     fn now_ms(&self) -> u64 {
@@ -198,12 +208,23 @@ impl Handler<NewMessages> for QueueActor {
 
     fn handle(&mut self, msg: NewMessages, ctx: &mut Context<Self>) {
         let _timer = self.stats.handling();
+        // Cleared before the queue's end is read: a batch dispatched after
+        // this point sends a new notice. An acquiring swap: it reads the
+        // dispatcher's (releasing) swap, so the end read below includes
+        // every batch whose notice was skipped.
+        self.notice_pending.swap(false, Ordering::AcqRel);
+        let end = self
+            .store
+            .queues
+            .get(&self.topic, self.queue_id)
+            .map_or(0, |q| q.max_offset())
+            .max(msg.max_offset);
         self.deliveries.add_expiries(&msg.expiring);
         self.serve_parked(ctx);
         if !msg.expiring.is_empty() {
             self.arm_delivery_timer(ctx);
         }
-        let ready = self.polls.take_ready(msg.max_offset);
+        let ready = self.polls.take_ready(end);
         if ready.is_empty() {
             return;
         }
@@ -261,6 +282,46 @@ mod tests {
 
     fn status(reply: PullReply) -> PullStatus {
         PullResponse::decode(reply.unwrap().to_bytes()).unwrap().status
+    }
+
+    #[actix_rt::test]
+    async fn one_notice_stands_for_every_batch_before_it_is_handled() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&small_config(dir.path())).unwrap();
+        let store = Arc::new(store);
+        append(&store, "t", 0, &[entry("first", None, None)]);
+        let services = Arc::new(BrokerServices::new(
+            store.clone(),
+            "127.0.0.1:1".parse().unwrap(),
+            Default::default(),
+            Default::default(),
+        ));
+        let flag = Arc::new(AtomicBool::new(false));
+        let shared = flag.clone();
+        let addr = QueueActor::new(services, Arc::from("t"), 0)
+            .with_notice_flag(shared)
+            .start();
+        let parked = actix_rt::spawn(addr.send(Pull(pull_req(1, 10_000))));
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+        // Two batches land; the registry sent one notice (for the first) and
+        // skipped the second because one was pending.
+        append(&store, "t", 0, &[entry("second", None, None)]);
+        append(&store, "t", 0, &[entry("third", None, None)]);
+        flag.store(true, Ordering::SeqCst);
+        addr.send(NewMessages {
+            max_offset: 1, // stale: the actor reads the queue's real end
+            expiring: vec![],
+        })
+        .await
+        .unwrap();
+        assert!(!flag.load(Ordering::SeqCst), "the notice clears the flag");
+        let woken = tokio::time::timeout(Duration::from_secs(2), parked)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let resp = PullResponse::decode(woken.unwrap().to_bytes()).unwrap();
+        assert_eq!((resp.status, resp.count, resp.next_offset), (PullStatus::Found, 2, 3));
     }
 
     #[actix_rt::test]

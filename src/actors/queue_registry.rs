@@ -2,7 +2,7 @@
 //! spread round-robin over the network arbiters so pulls use every core.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use actix::prelude::*;
@@ -14,12 +14,21 @@ use crate::observe::{kind, Tracked};
 /// A topic-queue: (topic, queue id).
 type QueueKey = (Arc<str>, u32);
 
+/// A live queue actor and its notice flag.
+struct Entry {
+    addr: Tracked<QueueActor>,
+    /// Set while a `NewMessages` without expiries is on its way; the actor
+    /// clears it before reading the queue's end, so one notice stands for
+    /// any number of batches and none is lost (see [`QueueRegistry::notify`]).
+    notice_pending: Arc<AtomicBool>,
+}
+
 /// The live queue actors, by (topic, queue id).
 pub struct QueueRegistry {
     services: Arc<BrokerServices>,
     arbiters: Vec<ArbiterHandle>,
     next: AtomicUsize,
-    actors: RwLock<HashMap<QueueKey, Tracked<QueueActor>>>,
+    actors: RwLock<HashMap<QueueKey, Entry>>,
 }
 
 impl QueueRegistry {
@@ -36,7 +45,12 @@ impl QueueRegistry {
     /// The actor of (topic, queue), if started.
     /// An actor whose task died (a panic in a handler) is re-created.
     pub fn get(&self, topic: &str, queue_id: u32) -> Option<Tracked<QueueActor>> {
-        let found = self.actors.read().ok()?.get(&(Arc::from(topic), queue_id)).cloned()?;
+        let found = self
+            .actors
+            .read()
+            .ok()?
+            .get(&(Arc::from(topic), queue_id))
+            .map(|e| e.addr.clone())?;
         if found.addr().connected() {
             return Some(found);
         }
@@ -46,13 +60,13 @@ impl QueueRegistry {
     /// The actor of (topic, queue), started (supervised) when missing.
     pub fn get_or_start(&self, topic: &str, queue_id: u32) -> Option<Tracked<QueueActor>> {
         let key: (Arc<str>, u32) = (Arc::from(topic), queue_id);
-        if let Some(a) = self.actors.read().ok()?.get(&key) {
-            if a.addr().connected() {
-                return Some(a.clone());
+        if let Some(e) = self.actors.read().ok()?.get(&key) {
+            if e.addr.addr().connected() {
+                return Some(e.addr.clone());
             }
         }
         let mut actors = self.actors.write().ok()?;
-        if let Some(a) = actors.get(&key) {
+        if let Some(Entry { addr: a, .. }) = actors.get(&key) {
             if a.addr().connected() {
                 return Some(a.clone());
             }
@@ -66,8 +80,12 @@ impl QueueRegistry {
         let id = format!("{topic}/{queue_id}");
         let stats = self.services.tree.register(kind::QUEUE, id.clone(), kind::BROKER);
         let s = stats.clone();
+        let notice_pending = Arc::new(AtomicBool::new(false));
+        let flag = notice_pending.clone();
         let make = move |_: &mut Context<QueueActor>| {
-            QueueActor::new(services.clone(), t.clone(), queue_id).with_stats(s.clone())
+            QueueActor::new(services.clone(), t.clone(), queue_id)
+                .with_stats(s.clone())
+                .with_notice_flag(flag.clone())
         };
         let addr = if self.arbiters.is_empty() {
             Supervisor::start(make)
@@ -79,36 +97,44 @@ impl QueueRegistry {
             .tree
             .set_failable(kind::QUEUE, &id, addr.clone().recipient());
         let addr = Tracked::new(addr, stats);
-        actors.insert(key, addr.clone());
+        actors.insert(
+            key,
+            Entry {
+                addr: addr.clone(),
+                notice_pending,
+            },
+        );
         Some(addr)
     }
 
     /// Tells the queue's actor (if any) that the queue grew. Messages with
     /// a TTL start the actor, whose timer expires them with no consumer.
+    ///
+    /// Plain notices are coalesced: while one is pending no other is sent,
+    /// and the actor serves up to the queue's end as it is when the notice
+    /// is handled. The mailbox thus holds at most one per queue however fast
+    /// batches arrive, and, unlike dropping notices at a full mailbox, no
+    /// parked pull can miss the last batch.
     pub fn notify(&self, topic: &Arc<str>, queue_id: u32, max_offset: u64, expiring: Vec<(u64, u64)>) {
         if !expiring.is_empty() {
             if let Some(addr) = self.get_or_start(topic, queue_id) {
-                // Expiry notices must not be dropped; one per batch.
+                // Expiry notices carry data and must not be dropped.
                 addr.do_send(NewMessages { max_offset, expiring });
             }
             return;
         }
-        let addr = self
-            .actors
-            .read()
-            .ok()
-            .and_then(|a| a.get(&(topic.clone(), queue_id)).cloned());
-        if let Some(addr) = addr {
-            // Cannot block the dispatcher; a full mailbox means pulls are
-            // already queued and will see the data anyway.
-            let _ = addr.try_send(NewMessages { max_offset, expiring });
+        let Ok(actors) = self.actors.read() else { return };
+        if let Some(entry) = actors.get(&(topic.clone(), queue_id)) {
+            if !entry.notice_pending.swap(true, Ordering::AcqRel) {
+                entry.addr.do_send(NewMessages { max_offset, expiring });
+            }
         }
     }
 
     /// Stops and forgets every actor of a deleted topic.
     pub fn retire_topic(&self, topic: &str) {
         let Ok(mut actors) = self.actors.write() else { return };
-        actors.retain(|(t, _), addr| {
+        actors.retain(|(t, _), Entry { addr, .. }| {
             if &**t == topic {
                 addr.do_send(Retire);
                 addr.stats().stopped();

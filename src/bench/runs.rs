@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 use serde_json::json;
 
 use super::disk::{describe, measure_disk, DiskOpts};
-use super::report::{print_summary, Meter};
+use super::report::{print_summary, Meter, StallProbe};
 use super::LoadOpts;
 use crate::cli::CliResult;
 use crate::client::{Admin, ClientConfig, MessageQueue, Producer, PullConsumer};
@@ -254,6 +254,7 @@ pub async fn latency(o: LoadOpts) -> CliResult {
     producer.send(Message::new(o.topic.clone(), body.clone())).await?;
     let meter = Meter::new();
     let progress = meter.spawn_progress("latency");
+    let probe = StallProbe::start();
     let until = deadline(&o);
     for _ in 0..o.messages {
         if expired(until) {
@@ -265,7 +266,9 @@ pub async fn latency(o: LoadOpts) -> CliResult {
         meter.add(1, o.size as u64);
     }
     progress.abort();
-    print_summary(&meter.summary("latency", "one sync send"), o.json);
+    let mut summary = meter.summary("latency", "one sync send");
+    probe.finish(&mut summary);
+    print_summary(&summary, o.json);
     Ok(())
 }
 
@@ -276,9 +279,19 @@ pub async fn e2e(o: LoadOpts) -> CliResult {
     ensure_topic(&o, &cfg).await?;
     let epoch = Instant::now();
     let consumer = PullConsumer::new(cfg.clone());
+    let queues = consumer.queues(&o.topic).await?;
+    // Warm up outside the measurement, as `latency` does: the producer's
+    // route lookup and connection, and a first message in every queue.
+    // The pollers start after these.
+    let producer = Producer::new(cfg);
+    for _ in 0..queues.len() {
+        producer
+            .send(Message::new(o.topic.clone(), Bytes::from_static(b"warm-up")))
+            .await?;
+    }
     let meter = Meter::new();
     let mut pollers = JoinSet::new();
-    for q in consumer.queues(&o.topic).await? {
+    for q in queues {
         let (c, m) = (consumer.clone(), meter.clone());
         pollers.spawn(async move {
             let mut off = c.offsets(&q).await?.max_offset;
@@ -305,7 +318,7 @@ pub async fn e2e(o: LoadOpts) -> CliResult {
     // Let every poller start waiting before the clock starts.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let progress = meter.spawn_progress("e2e");
-    let producer = Producer::new(cfg);
+    let probe = StallProbe::start();
     let until = deadline(&o);
     let per_ms = (o.rate as f64 / 1000.0).max(0.001);
     let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -339,7 +352,9 @@ pub async fn e2e(o: LoadOpts) -> CliResult {
     }
     pollers.abort_all();
     progress.abort();
-    print_summary(&meter.summary("e2e", "send to receipt"), o.json);
+    let mut summary = meter.summary("e2e", "send to receipt");
+    probe.finish(&mut summary);
+    print_summary(&summary, o.json);
     Ok(())
 }
 
