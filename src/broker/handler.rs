@@ -293,6 +293,16 @@ impl BrokerHandler {
                 },
             )
             .map_err(io_err)?;
+        // Consume-queue files now, off the network thread, rather than on
+        // each queue's first message (measured: 10 000 queues' first files
+        // slowed the first produce run over them).
+        let (store, topic, queues) = (self.store.clone(), req.topic.clone(), req.queues);
+        match actix_rt::task::spawn_blocking(move || store.queues.prepare_topic(&topic, queues)).await {
+            Ok(Ok(())) => {}
+            // Only an optimisation: dispatch creates what is missing.
+            Ok(Err(e)) => tracing::warn!(topic = %req.topic, error = %e, "could not prepare consume queues"),
+            Err(e) => tracing::warn!(topic = %req.topic, error = %e, "preparing consume queues failed"),
+        }
         tracing::info!(topic = %req.topic, queues = req.queues, previous = ?prev.map(|p| p.queues), "topic created");
         self.publish_routes().await;
         ok(Bytes::new())

@@ -200,6 +200,23 @@ impl ConsumeQueue {
         Ok(PutOutcome::Appended)
     }
 
+    /// Creates the first file of a queue that has none and touches its
+    /// first page, so the first message dispatched to the queue does not pay
+    /// for creating, mapping and faulting it in (done when a topic is
+    /// created, before any producer waits on it).
+    pub fn prepare(&self) -> io::Result<()> {
+        let empty = self
+            .files
+            .read()
+            .map_err(|_| invalid("consume queue lock poisoned"))?
+            .is_empty();
+        if empty {
+            let f = self.add_file(self.max_offset())?;
+            std::hint::black_box(f.file.read_at(0, 1)?.first().copied());
+        }
+        Ok(())
+    }
+
     /// Adds the file starting at `start` (the current end): twice the size
     /// of the previous one, up to the maximum.
     fn add_file(&self, start: u64) -> io::Result<Arc<CqFile>> {
@@ -330,6 +347,15 @@ impl ConsumeQueues {
         Ok(q)
     }
 
+    /// Creates and [prepares](ConsumeQueue::prepare) queues `0..queues` of
+    /// `topic`.
+    pub fn prepare_topic(&self, topic: &str, queues: u32) -> io::Result<()> {
+        for queue_id in 0..queues {
+            self.get_or_create(topic, queue_id)?.prepare()?;
+        }
+        Ok(())
+    }
+
     /// Every queue.
     pub fn all(&self) -> Vec<((String, u32), Arc<ConsumeQueue>)> {
         self.queues
@@ -383,6 +409,28 @@ mod tests {
             assert_eq!(q.get(i), Some(entry(i)));
         }
         assert_eq!(q.get(30), None);
+    }
+
+    #[test]
+    fn prepared_queues_are_empty_until_written_and_reopen_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let queues = ConsumeQueues::open(dir.path(), 3000).unwrap();
+        queues.prepare_topic("t", 3).unwrap();
+        for id in 0..3 {
+            let q = queues.get("t", id).unwrap();
+            assert_eq!((q.min_offset(), q.max_offset(), q.get(0)), (0, 0, None));
+            let files = std::fs::read_dir(dir.path().join("t").join(id.to_string()))
+                .unwrap()
+                .count();
+            assert_eq!(files, 1, "the first file exists before any message");
+        }
+        let q = queues.get("t", 1).unwrap();
+        q.prepare().unwrap(); // a second time changes nothing
+        q.put(0, entry(0)).unwrap();
+        drop((q, queues));
+        let queues = ConsumeQueues::open(dir.path(), 3000).unwrap();
+        assert_eq!(queues.get("t", 0).unwrap().max_offset(), 0);
+        assert_eq!(queues.get("t", 1).unwrap().get(0), Some(entry(0)));
     }
 
     #[test]
