@@ -1,6 +1,6 @@
 //! Store hot paths without the network: appending 1000 × 1 KiB batches to
-//! the commitlog (and dispatching them), and reading records back the way
-//! pulls do.
+//! the commitlog (and dispatching them), and reading records back: copied
+//! out, and gathered in place the way pulls do.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ferromq::config::StoreSection;
 use ferromq::store::append::{append_batch, AppendContext};
-use ferromq::store::commitlog::Appender;
+use ferromq::store::commitlog::{Appender, Gather};
 use ferromq::store::topics::TopicConfig;
 use ferromq::store::Store;
 use ferromq::wire::send::SendEntry;
@@ -66,6 +66,17 @@ fn store(c: &mut Criterion) {
                     .expect("read");
             }
             out
+        })
+    });
+    // What pulls do now: records gathered as chunks of the mapping.
+    g.bench_function("gather", |b| {
+        b.iter(|| {
+            let mut gather = Gather::new(&store.log);
+            for off in 0..1000 {
+                let e = cq.get(off).expect("entry");
+                gather.push(e.phys_offset, e.size as usize).expect("gather");
+            }
+            gather.finish()
         })
     });
     g.finish();
