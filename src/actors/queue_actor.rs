@@ -280,14 +280,9 @@ mod tests {
         }
     }
 
-    fn status(reply: PullReply) -> PullStatus {
-        PullResponse::decode(reply.unwrap().to_bytes()).unwrap().status
-    }
-
-    #[actix_rt::test]
-    async fn one_notice_stands_for_every_batch_before_it_is_handled() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, _) = Store::open(&small_config(dir.path())).unwrap();
+    /// A store whose queue t/0 holds one message, and services over it.
+    fn store_with_first_message(dir: &std::path::Path) -> (Arc<Store>, Arc<BrokerServices>) {
+        let (store, _) = Store::open(&small_config(dir)).unwrap();
         let store = Arc::new(store);
         append(&store, "t", 0, &[entry("first", None, None)]);
         let services = Arc::new(BrokerServices::new(
@@ -296,6 +291,17 @@ mod tests {
             Default::default(),
             Default::default(),
         ));
+        (store, services)
+    }
+
+    fn status(reply: PullReply) -> PullStatus {
+        PullResponse::decode(reply.unwrap().to_bytes()).unwrap().status
+    }
+
+    #[actix_rt::test]
+    async fn one_notice_stands_for_every_batch_before_it_is_handled() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, services) = store_with_first_message(dir.path());
         let flag = Arc::new(AtomicBool::new(false));
         let shared = flag.clone();
         let addr = QueueActor::new(services, Arc::from("t"), 0)
@@ -327,15 +333,7 @@ mod tests {
     #[actix_rt::test]
     async fn parked_pull_is_woken_by_new_messages_and_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = Store::open(&small_config(dir.path())).unwrap();
-        let store = Arc::new(store);
-        append(&store, "t", 0, &[entry("first", None, None)]);
-        let services = Arc::new(BrokerServices::new(
-            store.clone(),
-            "127.0.0.1:1".parse().unwrap(),
-            Default::default(),
-            Default::default(),
-        ));
+        let (store, services) = store_with_first_message(dir.path());
         let addr = Supervisor::start(move |_| QueueActor::new(services.clone(), Arc::from("t"), 0));
 
         // Nothing at offset 1 yet: the pull parks until NewMessages.
