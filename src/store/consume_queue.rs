@@ -292,7 +292,9 @@ impl ConsumeQueue {
 pub struct ConsumeQueues {
     root: PathBuf,
     entries_per_file: u64,
-    queues: RwLock<HashMap<(String, u32), Arc<ConsumeQueue>>>,
+    /// By topic, then queue id: looked up per dispatched record with a
+    /// borrowed `&str` (a `(String, u32)` key would allocate per lookup).
+    queues: RwLock<HashMap<String, HashMap<u32, Arc<ConsumeQueue>>>>,
 }
 
 impl ConsumeQueues {
@@ -313,7 +315,10 @@ impl ConsumeQueues {
                     continue;
                 };
                 let cq = ConsumeQueue::open(&q.path(), entries_per_file)?;
-                queues.insert((topic.clone(), queue_id), Arc::new(cq));
+                queues
+                    .entry(topic.clone())
+                    .or_insert_with(HashMap::new)
+                    .insert(queue_id, Arc::new(cq));
             }
         }
         Ok(ConsumeQueues {
@@ -325,7 +330,7 @@ impl ConsumeQueues {
 
     /// The queue, if it has ever been written.
     pub fn get(&self, topic: &str, queue_id: u32) -> Option<Arc<ConsumeQueue>> {
-        self.queues.read().ok()?.get(&(topic.to_string(), queue_id)).cloned()
+        self.queues.read().ok()?.get(topic)?.get(&queue_id).cloned()
     }
 
     /// The queue, created empty when missing.
@@ -337,13 +342,13 @@ impl ConsumeQueues {
             .queues
             .write()
             .map_err(|_| invalid("consume queue table poisoned"))?;
-        let key = (topic.to_string(), queue_id);
-        if let Some(q) = queues.get(&key) {
+        let topic_queues = queues.entry(topic.to_string()).or_default();
+        if let Some(q) = topic_queues.get(&queue_id) {
             return Ok(q.clone());
         }
         let dir = self.root.join(topic).join(queue_id.to_string());
         let q = Arc::new(ConsumeQueue::open(&dir, self.entries_per_file)?);
-        queues.insert(key, q.clone());
+        topic_queues.insert(queue_id, q.clone());
         Ok(q)
     }
 
@@ -360,7 +365,11 @@ impl ConsumeQueues {
     pub fn all(&self) -> Vec<((String, u32), Arc<ConsumeQueue>)> {
         self.queues
             .read()
-            .map(|q| q.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .map(|q| {
+                q.iter()
+                    .flat_map(|(topic, ids)| ids.iter().map(|(id, cq)| ((topic.clone(), *id), cq.clone())))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -370,7 +379,7 @@ impl ConsumeQueues {
             .queues
             .write()
             .map_err(|_| invalid("consume queue table poisoned"))?;
-        queues.retain(|(t, _), _| t != topic);
+        queues.remove(topic);
         let dir = self.root.join(topic);
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
