@@ -649,6 +649,31 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_rolls_over_a_segment_end_too_small_for_a_filler() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(CommitLog::open(dir.path(), SEG).unwrap());
+        log.recover(0, |_, _| {}).unwrap();
+        let props = BTreeMap::new();
+        let overhead = fields(&props, &[], 0, 0).encoded_len();
+        // Two records that leave 4 bytes at the segment's end: no room for
+        // a filler, so the next batch starts the next segment with nothing
+        // to write in this one.
+        let first = vec![1u8; 1000];
+        let second = vec![2u8; SEG as usize - 4 - 2 * overhead - first.len()];
+        let bodies = [&first[..], &second[..]];
+        let mut app = Appender::new(log.clone());
+        app.append(2, |i, phys| fields(&props, bodies[i], i as u64, phys))
+            .unwrap();
+        assert_eq!(log.write_pos(), SEG - 4);
+        let small = [3u8; 10];
+        let placed = app.append(1, |_, phys| fields(&props, &small, 2, phys)).unwrap();
+        assert_eq!(placed[0].phys_offset, SEG, "the next segment");
+        assert_eq!(&log.record_at(SEG).unwrap().body[..], &small[..]);
+        let big = log.record_at(placed[0].phys_offset - 4 - second.len() as u64 - overhead as u64);
+        assert_eq!(&big.unwrap().body[..], &second[..]);
+    }
+
+    #[test]
     fn gather_joins_neighbours_into_one_chunk_per_segment_and_copies_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let log = Arc::new(CommitLog::open(dir.path(), SEG).unwrap());

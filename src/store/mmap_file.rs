@@ -239,7 +239,16 @@ impl MappedFile {
         let total: usize = parts.iter().map(|p| p.len()).sum();
         self.check_range(pos, total)?;
         let (mut at, mut first, mut skip) = (pos, 0usize, 0usize);
-        while first < parts.len() {
+        loop {
+            // Nothing to write for empty parts (a kernel call with only
+            // empty buffers would return 0, read as a failed write).
+            while first < parts.len() && parts[first].len() == skip {
+                first += 1;
+                skip = 0;
+            }
+            if first >= parts.len() {
+                break;
+            }
             let iov: Vec<libc::iovec> = parts[first..]
                 .iter()
                 .take(MAX_IOVECS)
@@ -284,10 +293,6 @@ impl MappedFile {
                     skip += written;
                     written = 0;
                 }
-            }
-            while first < parts.len() && parts[first].len() == skip {
-                first += 1;
-                skip = 0;
             }
         }
         Ok(())
@@ -459,6 +464,7 @@ mod tests {
         assert!(f.read_at(0, 100).unwrap().iter().all(|&b| b == 0));
         assert!(f.pwritev_at(64 * 1024 - 2, &[b"abc"]).is_err(), "past the end");
         f.pwritev_at(0, &[]).unwrap();
+        f.pwritev_at(0, &[b"", b""]).unwrap();
     }
 
     #[test]
