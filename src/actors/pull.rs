@@ -26,8 +26,9 @@ pub struct PullPayload {
     pub records: Vec<Bytes>,
 }
 
+#[cfg(test)]
 impl PullPayload {
-    /// The body as one buffer (copies; for tests and small answers).
+    /// The body as one buffer (copies).
     pub fn to_bytes(&self) -> Bytes {
         let mut out = BytesMut::from(&self.head[..]);
         for chunk in &self.records {

@@ -16,6 +16,7 @@ use super::LoadOpts;
 use crate::cli::CliResult;
 use crate::client::{Admin, ClientConfig, MessageQueue, Producer, PullConsumer};
 use crate::message::Message;
+use crate::store::record::RecordFields;
 
 /// Batches one producer keeps in flight.
 const PIPELINE: usize = 4;
@@ -48,11 +49,27 @@ fn expired(d: Option<Instant>) -> bool {
     d.is_some_and(|d| Instant::now() >= d)
 }
 
-/// Commitlog bytes of one benchmark message: the record's fixed part and
-/// hosts (IPv4), topic and body (the benchmark sets no properties).
+/// Commitlog bytes of one benchmark message (IPv4 hosts, no properties),
+/// as the store encodes it.
 fn record_bytes(o: &LoadOpts) -> u64 {
-    let topic = topic_names(o).first().map_or(0, String::len);
-    (56 + 2 * 7 + 2 + topic + 2 + 4 + o.size) as u64
+    let topic = topic_names(o).into_iter().next().unwrap_or_default();
+    let (props, body) = (std::collections::BTreeMap::new(), vec![0u8; o.size]);
+    let host = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let fields = RecordFields {
+        queue_id: 0,
+        flags: 0,
+        queue_offset: 0,
+        phys_offset: 0,
+        born_timestamp: 0,
+        store_timestamp: 0,
+        reconsume_times: 0,
+        born_host: host,
+        store_host: host,
+        topic: &topic,
+        properties: &props,
+        body: &body,
+    };
+    fields.encoded_len() as u64
 }
 
 /// `--disk-dir`: the machine's write limits, measured over as many MiB as

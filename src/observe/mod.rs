@@ -142,11 +142,6 @@ impl ActorStats {
         self.sent.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A message put in the mailbox was refused after all (full mailbox).
-    pub fn unsent(&self) {
-        self.sent.fetch_sub(1, Ordering::Relaxed);
-    }
-
     /// Times one handler run; dropping the guard counts it.
     pub fn handling(self: &Arc<Self>) -> HandlerTimer {
         HandlerTimer {
@@ -402,22 +397,6 @@ impl<A: Actor> Tracked<A> {
     {
         self.stats.sent();
         self.addr.do_send(msg)
-    }
-
-    /// `Addr::try_send`, counted when it was accepted.
-    pub fn try_send<M>(&self, msg: M) -> Result<(), SendError<M>>
-    where
-        M: Message + Send + 'static,
-        M::Result: Send,
-        A: Handler<M>,
-        A::Context: ToEnvelope<A, M>,
-    {
-        self.stats.sent();
-        let r = self.addr.try_send(msg);
-        if r.is_err() {
-            self.stats.unsent();
-        }
-        r
     }
 }
 

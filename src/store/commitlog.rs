@@ -122,6 +122,15 @@ impl CommitLog {
     /// Copies the `size` bytes at `offset` (which must lie below the write
     /// position, within one segment) onto `out`.
     pub fn read_into(&self, offset: u64, size: usize, out: &mut BytesMut) -> io::Result<()> {
+        self.check_published(offset, size)?;
+        let (seg, pos) = self.locate(offset)?;
+        out.extend_from_slice(seg.file.read_at(pos, size)?);
+        Ok(())
+    }
+
+    /// Fails unless `offset..offset + size` lies below the write position;
+    /// returns its end.
+    fn check_published(&self, offset: u64, size: usize) -> io::Result<u64> {
         let end = offset
             .checked_add(size as u64)
             .ok_or_else(|| invalid("offset overflow"))?;
@@ -130,11 +139,16 @@ impl CommitLog {
                 "range {offset}+{size} is past the end of the commitlog"
             )));
         }
+        Ok(end)
+    }
+
+    /// The segment holding `offset`, and the offset's position in it.
+    fn locate(&self, offset: u64) -> io::Result<(Arc<Segment>, usize)> {
         let seg = self
             .segment_for(offset)
             .ok_or_else(|| invalid(format!("no segment holds offset {offset}")))?;
-        out.extend_from_slice(seg.file.read_at((offset - seg.start) as usize, size)?);
-        Ok(())
+        let pos = (offset - seg.start) as usize;
+        Ok((seg, pos))
     }
 
     /// Reads and decodes the record starting at `offset`.
@@ -523,23 +537,12 @@ impl<'a> Gather<'a> {
     /// Adds the `size` bytes at `offset` (below the write position, within
     /// one segment) and returns them for inspection.
     pub fn push(&mut self, offset: u64, size: usize) -> io::Result<&[u8]> {
-        let end = offset
-            .checked_add(size as u64)
-            .ok_or_else(|| invalid("offset overflow"))?;
-        if end > self.log.write_pos() {
-            return Err(invalid(format!(
-                "range {offset}+{size} is past the end of the commitlog"
-            )));
-        }
+        let end = self.log.check_published(offset, size)?;
         let contiguous = self.run.as_ref().is_some_and(|r| {
             r.segment.start + (r.pos + r.len) as u64 == offset && end <= r.segment.start + self.log.segment_bytes
         });
         if !contiguous {
-            let segment = self
-                .log
-                .segment_for(offset)
-                .ok_or_else(|| invalid(format!("no segment holds offset {offset}")))?;
-            let pos = (offset - segment.start) as usize;
+            let (segment, pos) = self.log.locate(offset)?;
             segment.file.read_at(pos, size)?;
             self.close_run();
             self.run = Some(MappedRange { segment, pos, len: 0 });
