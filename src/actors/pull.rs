@@ -45,6 +45,8 @@ pub struct PullServed {
     pub body: PullPayload,
     /// How the pull went.
     pub status: PullStatus,
+    /// Records returned.
+    pub count: u32,
     /// Where the next pull (or a parked retry) starts.
     pub next_offset: u64,
 }
@@ -119,11 +121,6 @@ pub fn serve_pull(
         }
         count += 1;
     }
-    if count > 0 {
-        metrics::counter!("ferromq_queue_messages_out_total", "topic" => topic.to_string(), "queue" => queue_id.to_string())
-            .increment(u64::from(count));
-        crate::observe::totals::add_out(u64::from(count));
-    }
     let status = if count > 0 {
         PullStatus::Found
     } else if next == offset {
@@ -143,6 +140,7 @@ fn respond(status: PullStatus, next: u64, min: u64, max: u64, count: u32, record
             records,
         },
         status,
+        count,
         next_offset: next,
     }
 }

@@ -65,6 +65,8 @@ pub struct QueueActor {
     timer: Option<SpawnHandle>,
     /// Shared with the registry: see its `notify`.
     notice_pending: Arc<AtomicBool>,
+    /// `ferromq_queue_messages_out_total` of this queue, looked up once.
+    messages_out: metrics::Counter,
 }
 
 impl QueueActor {
@@ -76,6 +78,11 @@ impl QueueActor {
 
     /// An actor for (topic, queue).
     pub fn new(services: Arc<BrokerServices>, topic: Arc<str>, queue_id: u32) -> QueueActor {
+        let messages_out = metrics::counter!(
+            "ferromq_queue_messages_out_total",
+            "topic" => topic.to_string(),
+            "queue" => queue_id.to_string()
+        );
         QueueActor {
             stats: ActorStats::detached(kind::QUEUE, format!("{topic}/{queue_id}")),
             store: services.store.clone(),
@@ -87,6 +94,7 @@ impl QueueActor {
             epoch: Instant::now(),
             timer: None,
             notice_pending: Arc::new(AtomicBool::new(false)),
+            messages_out,
         }
     }
 
@@ -106,7 +114,17 @@ impl QueueActor {
         max_count: u32,
         filter: &TagFilter,
     ) -> Result<super::pull::PullServed, (Status, String)> {
-        serve_pull(&self.store, &self.topic, self.queue_id, offset, max_count, filter)
+        let served = serve_pull(&self.store, &self.topic, self.queue_id, offset, max_count, filter)?;
+        self.count_out(u64::from(served.count));
+        Ok(served)
+    }
+
+    /// Counts messages handed to consumers (pulls and receives).
+    pub(super) fn count_out(&self, n: u64) {
+        if n > 0 {
+            self.messages_out.increment(n);
+            crate::observe::totals::add_out(n);
+        }
     }
 
     /// One timer, armed for the earliest deadline (not a periodic scan).

@@ -297,9 +297,7 @@ impl QueueActor {
             return (None, dead);
         }
         let committed = g.cursor.committed();
-        let labels = [("topic", self.topic.to_string()), ("queue", self.queue_id.to_string())];
-        metrics::counter!("ferromq_queue_messages_out_total", &labels).increment(found.len() as u64);
-        crate::observe::totals::add_out(found.len() as u64);
+        self.count_out(found.len() as u64);
         let redelivered = found.iter().filter(|(d, _)| *d > 1).count() as u64;
         if redelivered > 0 {
             let labels = [
