@@ -107,6 +107,10 @@ pub struct GroupSection {
     pub min_session_timeout_ms: u64,
     /// Largest session timeout a member may ask for.
     pub max_session_timeout_ms: u64,
+    /// How often a coordinator looks up its groups' topic routes again; a
+    /// broker group that died or came back changes the queues, and the
+    /// group rebalances.
+    pub route_refresh_ms: u64,
 }
 
 impl Default for GroupSection {
@@ -116,6 +120,7 @@ impl Default for GroupSection {
             initial_rebalance_delay_ms: 0,
             min_session_timeout_ms: 1_000,
             max_session_timeout_ms: 300_000,
+            route_refresh_ms: 3_000,
         }
     }
 }

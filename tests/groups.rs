@@ -13,9 +13,21 @@ fn describe(ns: &str, group: &str) -> Value {
     serde_json::from_str(cli_ok(ns, &["group", "describe", group, "--format", "json"]).trim()).unwrap()
 }
 
+/// Like [`describe`], but `Null` while no broker knows the group yet
+/// (before its first member joined): that is an error now.
+fn try_describe(ns: &str, group: &str) -> Value {
+    let out = cli(ns, &["group", "describe", group, "--format", "json"]);
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("GROUP_NOT_EXIST"), "describe {group} failed: {err}");
+        return Value::Null;
+    }
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// member id → its queue ids (single-topic groups), when stable with `n` members.
 fn stable_assignment(ns: &str, group: &str, n: usize) -> Option<BTreeMap<String, Vec<u64>>> {
-    let d = describe(ns, group);
+    let d = try_describe(ns, group);
     if d["state"] != "Stable" || d["members"].as_array()?.len() != n {
         return None;
     }
@@ -46,7 +58,7 @@ fn wait_stable(ns: &str, group: &str, n: usize, within: Duration) -> BTreeMap<St
             found.is_some()
         }),
         "group {group} never became stable with {n} members: {}",
-        describe(ns, group)
+        try_describe(ns, group)
     );
     found.unwrap()
 }
@@ -220,7 +232,7 @@ fn broadcasting_gives_every_member_every_message() {
         .map(|i| Consumer::start(&ns, dir.path(), &format!("b{i}"), &args))
         .collect();
     assert!(wait_until(Duration::from_secs(20), || {
-        let d = describe(&ns, "gb");
+        let d = try_describe(&ns, "gb");
         d["state"] == "Stable"
             && d["members"]
                 .as_array()

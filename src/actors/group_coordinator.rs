@@ -100,6 +100,22 @@ pub struct Leave {
 #[rtype(result = "GroupDescription")]
 pub struct Describe;
 
+/// The topics the group's live members subscribe to.
+#[derive(Message)]
+#[rtype(result = "BTreeSet<String>")]
+pub struct SubscribedTopics;
+
+/// The current queues of a subscribed topic (from a route refresh): when
+/// they changed — a broker group died or came back — the group rebalances.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetTopicQueues {
+    /// Topic.
+    pub topic: String,
+    /// Its queues on every live broker group.
+    pub queues: Vec<MessageQueue>,
+}
+
 /// Where a parked join's answer goes.
 type JoinReplyTx = oneshot::Sender<Result<GroupAssignment, GroupFailure>>;
 
@@ -342,6 +358,26 @@ impl Handler<Describe> for GroupCoordinator {
     fn handle(&mut self, _: Describe, _: &mut Context<Self>) -> Self::Result {
         let _timer = self.stats.handling();
         MessageResult(self.state.describe(self.now()))
+    }
+}
+
+impl Handler<SubscribedTopics> for GroupCoordinator {
+    type Result = MessageResult<SubscribedTopics>;
+
+    fn handle(&mut self, _: SubscribedTopics, _: &mut Context<Self>) -> Self::Result {
+        let _timer = self.stats.handling();
+        MessageResult(self.state.subscribed_topics())
+    }
+}
+
+impl Handler<SetTopicQueues> for GroupCoordinator {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetTopicQueues, ctx: &mut Context<Self>) {
+        let _timer = self.stats.handling();
+        let now = self.now();
+        let effects = self.state.set_topic_queues(msg.topic, msg.queues, now);
+        self.apply(effects, ctx);
     }
 }
 

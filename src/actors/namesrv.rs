@@ -78,10 +78,16 @@ impl Supervised for NameServer {
     }
 }
 
-/// A broker (re-)registers; replaces its previous topic set.
+/// A broker (re-)registers on connection `.1`; replaces its previous topic
+/// set.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
-pub struct Register(pub RegisterBroker);
+pub struct Register(pub RegisterBroker, pub Option<u64>);
+
+/// A connection closed: brokers registered on it are gone.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct ConnectionClosed(pub u64);
 
 /// A broker leaves.
 #[derive(Debug, Clone, Message)]
@@ -108,7 +114,7 @@ impl Handler<Register> for NameServer {
 
     fn handle(&mut self, msg: Register, _: &mut Context<Self>) {
         let _timer = self.stats.handling();
-        let req = msg.0;
+        let Register(req, conn) = msg;
         let (cluster, name, id, addr) = (
             req.cluster.clone(),
             req.broker_name.clone(),
@@ -117,10 +123,21 @@ impl Handler<Register> for NameServer {
         );
         let topics = req.topics.len();
         let now = self.now_ms();
-        if self.state.register(req, now) {
+        if self.state.register_on(req, now, conn) {
             tracing::info!(%cluster, broker = %name, id, %addr, topics, "broker registered");
         } else {
             tracing::debug!(%cluster, broker = %name, id, %addr, topics, "broker re-registered");
+        }
+    }
+}
+
+impl Handler<ConnectionClosed> for NameServer {
+    type Result = ();
+
+    fn handle(&mut self, msg: ConnectionClosed, _: &mut Context<Self>) {
+        let _timer = self.stats.handling();
+        for key in self.state.connection_closed(msg.0) {
+            tracing::info!(broker = %key, "broker's registration connection closed; removed from routes");
         }
     }
 }

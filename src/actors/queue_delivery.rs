@@ -37,10 +37,15 @@ const DEAD_LETTER_RETRY: Duration = Duration::from_secs(1);
 /// A receive's answer: the encoded response body, or an error status.
 pub type ReceiveReply = Result<Bytes, (Status, String)>;
 
+/// Set once the requester is gone (its connection closed): a parked
+/// receive of a gone requester is dropped instead of claiming messages
+/// nobody would acknowledge before the ack timeout.
+pub type RequesterGone = std::sync::Arc<std::sync::atomic::AtomicBool>;
+
 /// Take messages for a group (see `RECEIVE_MESSAGE`).
 #[derive(Message)]
 #[rtype(result = "ReceiveReply")]
-pub struct Receive(pub ReceiveRequest);
+pub struct Receive(pub ReceiveRequest, pub RequesterGone);
 
 /// Acknowledge (`nack: false`) or reject messages; answers how many were
 /// in flight and are now settled or requeued.
@@ -91,6 +96,7 @@ struct ParkedReceive {
     req: ReceiveRequest,
     deadline: u64,
     reply: oneshot::Sender<ReceiveReply>,
+    gone: RequesterGone,
 }
 
 /// The delivery state of a queue actor.
@@ -337,7 +343,7 @@ impl QueueActor {
         let max_offset = self.max_offset();
         let mut dead: Vec<(String, Vec<DeadLetter>)> = Vec::new();
         for p in parked {
-            if p.reply.is_closed() {
+            if p.reply.is_closed() || p.gone.load(std::sync::atomic::Ordering::Acquire) {
                 continue;
             }
             // Most wake-ups serve nobody: ask the cursor before claiming.
@@ -575,7 +581,7 @@ fn read_record(store: &crate::store::Store, phys: u64, size: u32) -> Option<Stor
 impl Handler<Receive> for QueueActor {
     type Result = ResponseFuture<ReceiveReply>;
 
-    fn handle(&mut self, Receive(req): Receive, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, Receive(req, gone): Receive, ctx: &mut Context<Self>) -> Self::Result {
         let _timer = self.stats.handling();
         let now = now_millis();
         let (found, dead) = self.serve_receive(&req, now);
@@ -596,6 +602,7 @@ impl Handler<Receive> for QueueActor {
                     deadline: now + u64::from(req.max_wait_ms),
                     req,
                     reply: tx,
+                    gone,
                 });
                 self.after_change(ctx);
                 rx

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 
+use super::coordination::{check_commit, Coordinator};
 use super::handler::{io_err, mailbox, malformed, ok, BrokerHandler, Reply};
 use crate::actors::group_coordinator::{self as gc};
 use crate::client::core::route_queues;
@@ -38,6 +39,8 @@ fn parse_mode(mode: Option<&str>) -> Result<ConsumeMode, (Status, String)> {
     }
 }
 
+/// A broker's own description of a group: membership from its coordinator
+/// here (if any) and the offsets it keeps.
 fn describe_to_wire(d: GroupDescription, offsets: Vec<QueueOffset>) -> WireDescription {
     let text = |v: serde_json::Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
     WireDescription {
@@ -66,6 +69,7 @@ fn describe_to_wire(d: GroupDescription, offsets: Vec<QueueOffset>) -> WireDescr
             })
             .collect(),
         offsets,
+        unreachable: Vec::new(),
     }
 }
 
@@ -79,6 +83,7 @@ impl BrokerHandler {
             }
             Command::SyncGroup => {
                 let m: MemberRef = from_json(header, "header").map_err(malformed)?;
+                self.check_coordinator(&m.group).await?;
                 let addr = self.coordinator(&m.group)?;
                 let a = addr
                     .send(gc::Sync {
@@ -91,6 +96,7 @@ impl BrokerHandler {
             }
             Command::Heartbeat => {
                 let m: MemberRef = from_json(header, "header").map_err(malformed)?;
+                self.check_coordinator(&m.group).await?;
                 let addr = self.coordinator(&m.group)?;
                 let hb = gc::Heartbeat {
                     member_id: m.member_id,
@@ -110,28 +116,13 @@ impl BrokerHandler {
             }
             Command::CommitOffsets => {
                 let c: CommitOffsets = from_json(header, "header").map_err(malformed)?;
-                check_name("group", &c.group)?;
-                let commits = c
-                    .offsets
-                    .into_iter()
-                    .map(|o| {
-                        (
-                            OffsetKey {
-                                group: c.group.clone(),
-                                topic: o.topic,
-                                queue: o.queue,
-                            },
-                            o.offset,
-                        )
-                    })
-                    .collect();
-                self.commit(commits).await?;
+                self.commit_request(c).await?;
                 ok(Bytes::new())
             }
             Command::FetchOffsets => {
                 let f: FetchOffsets = from_json(header, "header").map_err(malformed)?;
                 ok(to_json(&CommittedOffsets {
-                    offsets: self.committed(&f.group, Some(&f.topic)),
+                    offsets: self.committed(&f.group, f.topic.as_deref()),
                 }))
             }
             Command::ListGroups => {
@@ -167,8 +158,22 @@ impl BrokerHandler {
         })
     }
 
+    /// Refuses a member request for a group coordinated elsewhere, so that
+    /// a group never has two coordinators for long (e.g. after its
+    /// coordinator came back from a crash).
+    async fn check_coordinator(&self, group: &str) -> Result<(), (Status, String)> {
+        match self.coordination.coordinator(group).await {
+            Coordinator::Local => Ok(()),
+            Coordinator::Remote(addr) => Err((
+                Status::NotCoordinator,
+                format!("group {group} is coordinated by {addr}, not by this broker"),
+            )),
+        }
+    }
+
     async fn join_group(&self, conn: ConnectionHandle, j: JoinGroup) -> Reply {
         check_name("group", &j.group)?;
+        self.check_coordinator(&j.group).await?;
         if j.topics.is_empty() {
             return Err(bad("a member must subscribe to at least one topic"));
         }
@@ -207,6 +212,23 @@ impl BrokerHandler {
         ok(to_json(&assignment))
     }
 
+    /// Looks up the topic routes of every group coordinated here and hands
+    /// them to its coordinator, which rebalances when queues appeared or
+    /// vanished (a broker group died or came back). A failed lookup
+    /// changes nothing.
+    pub(super) async fn refresh_group_routes(&self) {
+        for group in self.groups.names() {
+            let Some(addr) = self.groups.get(&group) else { continue };
+            let Ok(topics) = addr.send(gc::SubscribedTopics).await else { continue };
+            for topic in topics {
+                match self.topic_queues(&topic).await {
+                    Ok(queues) => addr.do_send(gc::SetTopicQueues { topic, queues }),
+                    Err((_, e)) => tracing::debug!(%group, %topic, error = %e, "route refresh failed"),
+                }
+            }
+        }
+    }
+
     /// Every queue of a topic across its brokers (from the name server),
     /// or this broker's own queues when no name server knows it yet.
     async fn topic_queues(&self, topic: &str) -> Result<Vec<MessageQueue>, (Status, String)> {
@@ -225,6 +247,8 @@ impl BrokerHandler {
         }
     }
 
+    /// The offsets this broker keeps for `group` (all of them its own
+    /// queues), optionally of one topic.
     fn committed(&self, group: &str, topic: Option<&str>) -> Vec<QueueOffset> {
         self.store
             .offsets
@@ -233,41 +257,137 @@ impl BrokerHandler {
             .filter(|(k, _)| topic.is_none_or(|t| k.topic == t))
             .map(|(k, offset)| QueueOffset {
                 topic: k.topic,
+                broker_name: self.cfg.name.clone(),
                 queue: k.queue,
                 offset,
             })
             .collect()
     }
 
-    /// Checks and stores commits (see [`crate::actors::services`]).
-    async fn commit(&self, commits: Vec<(OffsetKey, u64)>) -> Result<(), (Status, String)> {
-        for (k, _) in &commits {
-            check_name("topic", &k.topic)?;
+    /// Checks a `COMMIT_OFFSETS` request and stores it: every queue must be
+    /// one of this broker group's, the offset within the queue, and the
+    /// sender allowed to commit it by the group's coordinator.
+    async fn commit_request(&self, c: CommitOffsets) -> Result<(), (Status, String)> {
+        check_name("group", &c.group)?;
+        for o in &c.offsets {
+            check_name("topic", &o.topic)?;
+            if o.broker_name != self.cfg.name {
+                return Err((
+                    Status::NotQueueOwner,
+                    format!(
+                        "queue {}/{}/{} belongs to broker group {}; this is {}: commit it there",
+                        o.topic, o.broker_name, o.queue, o.broker_name, self.cfg.name
+                    ),
+                ));
+            }
+            self.existing_queue(&o.topic, o.queue)?;
+            let max = self.store.queues.get(&o.topic, o.queue).map_or(0, |q| q.max_offset());
+            if o.offset > max {
+                return Err((
+                    Status::InvalidArgument,
+                    format!(
+                        "offset {} of {}/{}/{} is above the queue's max offset {max}",
+                        o.offset, o.topic, o.broker_name, o.queue
+                    ),
+                ));
+            }
         }
+        self.guard_commit(&c).await?;
+        let commits = c
+            .offsets
+            .into_iter()
+            .map(|o| {
+                let key = OffsetKey {
+                    group: c.group.clone(),
+                    topic: o.topic,
+                    queue: o.queue,
+                };
+                (key, o.offset)
+            })
+            .collect();
         self.services.commit_offsets(commits).await
     }
 
-    async fn describe(&self, group: &str) -> Result<WireDescription, (Status, String)> {
+    /// The coordinator's say on a commit (see [`check_commit`]). A cached
+    /// remote answer that refuses is asked again (the group may have just
+    /// rebalanced); an unreachable coordinator is not a reason to lose
+    /// progress, so the commit is then taken.
+    async fn guard_commit(&self, c: &CommitOffsets) -> Result<(), (Status, String)> {
+        let check = |d: &WireDescription| check_commit(d, c.member_id.as_deref(), c.generation, &c.offsets);
+        match self.coordination.coordinator(&c.group).await {
+            Coordinator::Local => check(&self.describe_members(&c.group).await?),
+            Coordinator::Remote(addr) => {
+                let cached = self.coordination.remote_membership(&addr, &c.group, false).await;
+                match cached.as_ref().map(check) {
+                    None | Some(Ok(())) => Ok(()),
+                    Some(Err(_)) => match self.coordination.remote_membership(&addr, &c.group, true).await {
+                        Some(fresh) => check(&fresh),
+                        None => Ok(()),
+                    },
+                }
+            }
+        }
+    }
+
+    /// Membership of `group` as the coordinator here knows it (no offsets).
+    async fn describe_members(&self, group: &str) -> Result<WireDescription, (Status, String)> {
         let desc = match self.groups.get(group) {
             Some(addr) => addr.send(gc::Describe).await.map_err(mailbox)?,
             None => crate::groups::coordinator::GroupState::new(group, GroupConfig::default()).describe(0),
         };
-        Ok(describe_to_wire(desc, self.committed(group, None)))
+        Ok(describe_to_wire(desc, Vec::new()))
+    }
+
+    async fn describe(&self, group: &str) -> Result<WireDescription, (Status, String)> {
+        let mut d = self.describe_members(group).await?;
+        d.offsets = self.committed(group, None);
+        Ok(d)
+    }
+
+    /// Live members of `group` per its coordinator; `None` when the
+    /// coordinator cannot be asked.
+    async fn live_members(&self, group: &str) -> Result<Option<usize>, (Status, String)> {
+        Ok(match self.coordination.coordinator(group).await {
+            Coordinator::Local => Some(self.describe_members(group).await?.members.len()),
+            Coordinator::Remote(addr) => self
+                .coordination
+                .remote_membership(&addr, group, true)
+                .await
+                .map(|d| d.members.len()),
+        })
     }
 
     async fn reset(&self, r: ResetOffsets) -> Reply {
         check_name("group", &r.group)?;
-        if let Some(addr) = self.groups.get(&r.group) {
-            let live = addr.send(gc::Describe).await.map_err(mailbox)?.members.len();
-            if live > 0 {
+        match self.live_members(&r.group).await? {
+            Some(0) => {}
+            Some(live) => {
                 return Err((
                     Status::GroupNotEmpty,
                     format!(
                         "group {} has {live} live members; stop them before resetting offsets",
                         r.group
                     ),
-                ));
+                ))
             }
+            None => {
+                return Err((
+                    Status::ServiceUnavailable,
+                    format!(
+                        "the coordinator of group {} is unreachable: cannot tell whether it has live members",
+                        r.group
+                    ),
+                ))
+            }
+        }
+        if !r.create && self.store.offsets.group(&r.group).is_empty() {
+            return Err((
+                Status::GroupNotExist,
+                format!(
+                    "group {} has no committed offset on broker group {} (pass create to make them)",
+                    r.group, self.cfg.name
+                ),
+            ));
         }
         let cfg = self
             .store
@@ -296,7 +416,7 @@ impl BrokerHandler {
                 offset,
             ));
         }
-        self.commit(commits.clone()).await?;
+        self.services.commit_offsets(commits.clone()).await?;
         // Queue actors tracking this group's deliveries restart from the
         // new offsets.
         for queue in 0..cfg.queues {
@@ -311,6 +431,7 @@ impl BrokerHandler {
             .into_iter()
             .map(|(k, offset)| QueueOffset {
                 topic: k.topic,
+                broker_name: self.cfg.name.clone(),
                 queue: k.queue,
                 offset,
             })

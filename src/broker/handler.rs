@@ -41,6 +41,8 @@ pub struct BrokerHandler {
     pub groups: Arc<crate::actors::group_registry::GroupRegistry>,
     /// Route lookups (group assignments span every broker of a topic).
     pub routes: Arc<crate::client::core::ClientCore>,
+    /// Where groups are coordinated, for member requests and commits.
+    pub coordination: Arc<super::coordination::Coordination>,
     /// `[broker]` settings.
     pub cfg: BrokerSection,
     /// The store.
@@ -110,7 +112,7 @@ impl RequestHandler for BrokerHandler {
                 Command::Ping => ok(Bytes::new()),
                 Command::SendMessage => self.send(peer, frame.body).await,
                 Command::PullMessage => self.pull(frame.body).await,
-                Command::ReceiveMessage => self.receive(frame.body).await,
+                Command::ReceiveMessage => self.receive(frame.body, conn.closed_flag()).await,
                 Command::AckMessage => self.settle(frame.body, false).await,
                 Command::NackMessage => self.settle(frame.body, true).await,
                 Command::GetOffsets => self.offsets(&frame.header),
@@ -163,7 +165,7 @@ impl BrokerHandler {
         Ok(cfg)
     }
 
-    fn existing_queue(&self, topic: &str, queue_id: u32) -> Result<(), (Status, String)> {
+    pub(super) fn existing_queue(&self, topic: &str, queue_id: u32) -> Result<(), (Status, String)> {
         let cfg = self
             .store
             .topics
@@ -203,11 +205,11 @@ impl BrokerHandler {
         Ok(Frame::ok(0, Bytes::new(), payload.head).with_body_tail(payload.records))
     }
 
-    async fn receive(&self, body: Bytes) -> Reply {
+    async fn receive(&self, body: Bytes, gone: crate::actors::queue_delivery::RequesterGone) -> Reply {
         let req = ReceiveRequest::decode(body).map_err(malformed)?;
         self.existing_queue(&req.topic, req.queue_id)?;
         let actor = self.queue_actor(&req.topic, req.queue_id)?;
-        let body = actor.send(Receive(req)).await.map_err(mailbox)??;
+        let body = actor.send(Receive(req, gone)).await.map_err(mailbox)??;
         ok(body)
     }
 
@@ -314,6 +316,10 @@ impl BrokerHandler {
             return Err((Status::TopicNotExist, format!("topic {} does not exist", req.topic)));
         }
         self.store.subscriptions.remove_topic(&req.topic).map_err(io_err)?;
+        // A topic created again under the same name starts with no
+        // group's offsets.
+        let tombstones = self.store.offsets.tombstones_of_topic(&req.topic);
+        self.services.commit_offsets(tombstones).await?;
         self.writer
             .send(DeleteTopicData(req.topic.clone()))
             .await

@@ -7,6 +7,7 @@
 //! network arbiter per core (connections, queue actors, group coordinators)
 //! and the flusher thread.
 
+pub mod coordination;
 pub mod delayed;
 pub mod groups;
 pub mod handler;
@@ -190,9 +191,11 @@ async fn serve_until_signal(
             HeartbeatScanner::new(clients, expiry).with_stats(stats)
         });
     }
+    let coordination = Arc::new(coordination::Coordination::new(routes.clone(), store_host.to_string()));
     let handler = Arc::new(BrokerHandler {
         groups,
         routes,
+        coordination,
         cfg: cfg.broker.clone(),
         store: store.clone(),
         writer,
@@ -203,6 +206,18 @@ async fn serve_until_signal(
         delays,
         clients: clients.clone(),
     });
+    {
+        let handler = handler.clone();
+        let period = Duration::from_millis(cfg.group.route_refresh_ms.max(100));
+        actix_rt::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                handler.refresh_group_routes().await;
+            }
+        });
+    }
     actix_rt::spawn(serve(listener, network, handler, opts));
     let http_text = match cfg.http.enabled() {
         Some(addr) => {

@@ -43,6 +43,10 @@ pub enum GroupCmd {
         /// `earliest`, `latest`, an RFC 3339 time, or an offset.
         #[arg(long, value_parser = parse_reset_target)]
         to: ResetTarget,
+        /// Create offsets for a group no broker knows yet (otherwise an
+        /// unknown group is an error).
+        #[arg(long)]
+        create: bool,
         #[command(flatten)]
         ns: NamesrvOpt,
     },
@@ -79,9 +83,18 @@ pub async fn run(a: GroupArgs) -> CliResult {
             }
         }
         GroupCmd::Describe { group, format, ns } => describe(&Admin::new(ns.client_config()), &group, format).await?,
-        GroupCmd::ResetOffsets { group, topic, to, ns } => {
-            for o in Admin::new(ns.client_config()).reset_offsets(&group, &topic, to).await? {
-                outln!("{} {} {}", o.topic, o.queue, o.offset);
+        GroupCmd::ResetOffsets {
+            group,
+            topic,
+            to,
+            create,
+            ns,
+        } => {
+            for o in Admin::new(ns.client_config())
+                .reset_offsets(&group, &topic, to, create)
+                .await?
+            {
+                outln!("{} {} {} {}", o.topic, o.broker_name, o.queue, o.offset);
             }
         }
     }
@@ -113,6 +126,9 @@ async fn describe(admin: &Admin, group: &str, format: Format) -> CliResult {
                 d.strategy,
                 d.mode
             );
+            for addr in &d.unreachable {
+                outln!("broker {addr} unreachable: its members or offsets are not shown");
+            }
             for m in &d.members {
                 let qs: Vec<String> = m
                     .assignment

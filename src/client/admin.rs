@@ -11,9 +11,9 @@ use crate::wire::control::{
     from_json, to_json, AllTopics, ClusterInfo, CreateTopic, QueryById, QueryByKey, QueueOffsets, TopicRef, TopicStats,
 };
 use crate::wire::group::{
-    CommittedOffsets, GroupDescription, GroupList, GroupRef, QueueOffset, ResetOffsets, ResetTarget,
+    CommittedOffsets, FetchOffsets, GroupDescription, GroupList, GroupRef, QueueOffset, ResetOffsets, ResetTarget,
 };
-use crate::wire::{Command, DecodeError};
+use crate::wire::{Command, DecodeError, Status};
 
 /// One queue of a group: progress and owner.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -57,10 +57,10 @@ impl Admin {
     /// Per queue of the group's topics: committed offset, max offset, lag
     /// and owning member.
     pub async fn group_queues(&self, d: &GroupDescription) -> ClientResult<Vec<GroupQueueLag>> {
-        let committed: std::collections::HashMap<(String, u32), u64> = d
+        let committed: std::collections::HashMap<(String, String, u32), u64> = d
             .offsets
             .iter()
-            .map(|o| ((o.topic.clone(), o.queue), o.offset))
+            .map(|o| ((o.topic.clone(), o.broker_name.clone(), o.queue), o.offset))
             .collect();
         let mut owners = std::collections::HashMap::new();
         for m in &d.members {
@@ -79,7 +79,9 @@ impl Admin {
                 continue;
             };
             for (mq, range) in ranges {
-                let c = committed.get(&(topic.clone(), mq.queue_id)).copied();
+                let c = committed
+                    .get(&(topic.clone(), mq.broker_name.clone(), mq.queue_id))
+                    .copied();
                 out.push(GroupQueueLag {
                     topic: topic.clone(),
                     owner: owners
@@ -222,47 +224,139 @@ impl Admin {
         self.core.group_coordinator(group).await
     }
 
-    /// Every group any master broker coordinates or stores offsets for.
+    /// Every group any reachable master broker coordinates or stores
+    /// offsets for.
     pub async fn list_groups(&self) -> ClientResult<Vec<String>> {
         let mut all = std::collections::BTreeSet::new();
-        for b in self
+        for (name, addr) in self.masters().await? {
+            match self.broker(&addr, Command::ListGroups, Bytes::new()).await {
+                Ok(body) => all.extend(from_json::<GroupList>(&body, "groups")?.groups),
+                Err(e) => tracing::warn!(broker = %name, %addr, error = %e, "broker unreachable; its groups are not listed"),
+            }
+        }
+        Ok(all.into_iter().collect())
+    }
+
+    /// Live masters as (broker name, address).
+    async fn masters(&self) -> ClientResult<Vec<(String, String)>> {
+        Ok(self
             .cluster_info()
             .await?
             .brokers
             .into_iter()
             .filter(|b| b.broker_id == 0)
-        {
-            let body = self.broker(&b.addr, Command::ListGroups, Bytes::new()).await?;
-            all.extend(from_json::<GroupList>(&body, "groups")?.groups);
-        }
-        Ok(all.into_iter().collect())
+            .map(|b| (b.broker_name, b.addr))
+            .collect())
     }
 
-    /// Members, generation, assignment and committed offsets of a group.
+    /// Members, generation and assignment (from the group's coordinator)
+    /// and the committed offsets kept by every broker group. Broker groups
+    /// that could not be asked are listed in `unreachable`. A group no
+    /// broker knows (no live member, no committed offset) is a
+    /// `GROUP_NOT_EXIST` error.
     pub async fn describe_group(&self, group: &str) -> ClientResult<GroupDescription> {
-        let addr = self.coordinator(group).await?;
-        let body = self
-            .broker(
-                &addr,
-                Command::DescribeGroup,
-                to_json(&GroupRef {
+        let header = to_json(&GroupRef {
+            group: group.to_string(),
+        });
+        let coordinator = self.coordinator(group).await?;
+        let mut unreachable = Vec::new();
+        let mut d: GroupDescription = match self.broker(&coordinator, Command::DescribeGroup, header).await {
+            Ok(body) => from_json(&body, "group")?,
+            Err(e @ ClientError::Server { .. }) => return Err(e),
+            Err(e) => {
+                tracing::warn!(%coordinator, error = %e, "group coordinator unreachable");
+                unreachable.push(coordinator.clone());
+                GroupDescription {
                     group: group.to_string(),
-                }),
-            )
-            .await?;
-        Ok(from_json(&body, "group")?)
+                    state: "Unknown".into(),
+                    generation: 0,
+                    strategy: "-".into(),
+                    mode: "-".into(),
+                    members: Vec::new(),
+                    offsets: Vec::new(),
+                    unreachable: Vec::new(),
+                }
+            }
+        };
+        let fetch = to_json(&FetchOffsets {
+            group: group.to_string(),
+            topic: None,
+        });
+        let mut offsets = Vec::new();
+        for (name, addr) in self.masters().await? {
+            match self.broker(&addr, Command::FetchOffsets, fetch.clone()).await {
+                Ok(body) => offsets.extend(from_json::<CommittedOffsets>(&body, "offsets")?.offsets),
+                Err(e @ ClientError::Server { .. }) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(broker = %name, %addr, error = %e, "broker unreachable; its offsets are not shown");
+                    if addr != coordinator {
+                        unreachable.push(addr);
+                    }
+                }
+            }
+        }
+        offsets.sort_by(|a, b| (&a.topic, &a.broker_name, a.queue).cmp(&(&b.topic, &b.broker_name, b.queue)));
+        d.offsets = offsets;
+        d.unreachable = unreachable;
+        if d.members.is_empty() && d.offsets.is_empty() && d.unreachable.is_empty() {
+            return Err(ClientError::Server {
+                status: Status::GroupNotExist,
+                message: format!("group {group} does not exist: no live member and no committed offset"),
+            });
+        }
+        Ok(d)
     }
 
-    /// Moves a stopped group's offsets of `topic`; returns the new ones.
-    pub async fn reset_offsets(&self, group: &str, topic: &str, to: ResetTarget) -> ClientResult<Vec<QueueOffset>> {
-        let addr = self.coordinator(group).await?;
-        let req = ResetOffsets {
+    /// Moves a stopped group's offsets of `topic` on every broker group
+    /// serving it; returns the new ones. A group no broker knows is an
+    /// error unless `create`.
+    pub async fn reset_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        to: ResetTarget,
+        create: bool,
+    ) -> ClientResult<Vec<QueueOffset>> {
+        let exists = match self.describe_group(group).await {
+            Ok(d) if !d.members.is_empty() => {
+                return Err(ClientError::Server {
+                    status: Status::GroupNotEmpty,
+                    message: format!(
+                        "group {group} has {} live members; stop them before resetting offsets",
+                        d.members.len()
+                    ),
+                })
+            }
+            Ok(_) => true,
+            Err(e) if e.status() == Some(Status::GroupNotExist) => false,
+            Err(e) => return Err(e),
+        };
+        if !exists && !create {
+            return Err(ClientError::Server {
+                status: Status::GroupNotExist,
+                message: format!("group {group} does not exist (use --create to start its offsets)"),
+            });
+        }
+        let req = to_json(&ResetOffsets {
             group: group.to_string(),
             topic: topic.to_string(),
             to,
-        };
-        let body = self.broker(&addr, Command::ResetOffsets, to_json(&req)).await?;
-        Ok(from_json::<CommittedOffsets>(&body, "offsets")?.offsets)
+            create: true,
+        });
+        let mut brokers: Vec<(String, String)> = self
+            .core
+            .queues(topic)
+            .await?
+            .into_iter()
+            .map(|q| (q.broker_name, q.broker_addr))
+            .collect();
+        brokers.dedup();
+        let mut out = Vec::new();
+        for (_, addr) in brokers {
+            let body = self.broker(&addr, Command::ResetOffsets, req.clone()).await?;
+            out.extend(from_json::<CommittedOffsets>(&body, "offsets")?.offsets);
+        }
+        Ok(out)
     }
 
     /// Smallest and next offset of every queue of `topic`.

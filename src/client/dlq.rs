@@ -51,7 +51,7 @@ fn resend_group(group: &str) -> String {
 async fn resend_marks(core: &ClientCore, mq: &MessageQueue, group: &str) -> ClientResult<u64> {
     let f = FetchOffsets {
         group: resend_group(group),
-        topic: mq.topic.clone(),
+        topic: Some(mq.topic.clone()),
     };
     let (_, body) = core
         .request(
@@ -65,7 +65,7 @@ async fn resend_marks(core: &ClientCore, mq: &MessageQueue, group: &str) -> Clie
     let c: CommittedOffsets = from_json(&body, "offsets")?;
     Ok(c.offsets
         .iter()
-        .find(|o| o.queue == mq.queue_id)
+        .find(|o| o.queue == mq.queue_id && o.broker_name == mq.broker_name)
         .map_or(0, |o| o.offset))
 }
 
@@ -152,8 +152,11 @@ pub async fn dlq_resend(
     for (mq, next) in marks.into_values() {
         let c = CommitOffsets {
             group: resend_group(group),
+            member_id: None,
+            generation: None,
             offsets: vec![QueueOffset {
                 topic: mq.topic.clone(),
+                broker_name: mq.broker_name.clone(),
                 queue: mq.queue_id,
                 offset: next,
             }],

@@ -463,12 +463,9 @@ impl Driver {
                 Ok(End::Rejoin) => member_id = None,
                 Err(e) => {
                     tracing::warn!(group = %self.cfg.group, error = %e, "group session failed; rejoining");
-                    if matches!(
-                        e.status(),
-                        Some(Status::UnknownMember) | Some(Status::IllegalGeneration)
-                    ) {
-                        member_id = None;
-                    }
+                    // A member id is only known to the coordinator that gave
+                    // it; after a failure the next one may be another broker.
+                    member_id = None;
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                         _ = &mut stop => return,
@@ -482,6 +479,7 @@ impl Driver {
         &self,
     ) -> ClientResult<(String, RemotingConnection, mpsc::UnboundedReceiver<crate::wire::Frame>)> {
         let addr = self.core.group_coordinator(&self.cfg.group).await?;
+        tracing::debug!(group = %self.cfg.group, coordinator = %addr, "joining");
         let (push_tx, push_rx) = mpsc::unbounded_channel();
         let conn = RemotingConnection::connect(&addr, self.core.cfg.request_timeout, Some(push_tx)).await?;
         Ok((addr, conn, push_rx))
@@ -531,37 +529,37 @@ impl Driver {
         tracing::info!(group = %self.cfg.group, member = %assigned.member_id, generation, queues = assigned.assignment.len(), "joined");
 
         let queues = self.resolve(&assigned).await?;
-        let starts = self.start_offsets(&conn, &queues).await?;
         if let Ok(mut s) = self.shared.lock() {
             s.reset(generation);
             s.assignment = queues.clone();
         }
-        let pullers: Vec<JoinHandle<()>> = queues
-            .iter()
-            .zip(starts)
-            .map(|(mq, start)| {
-                let feed = Feed {
-                    core: self.core.clone(),
-                    mq: mq.clone(),
-                    start,
-                    tags: self.cfg.tag_expression.clone(),
-                    generation,
-                    out: self.out.clone(),
-                };
-                match self.cfg.effective_ack_timeout() {
-                    Some(ack_timeout) => {
-                        tokio::spawn(feed.receive_loop(self.cfg.offsets_group(), ack_timeout, self.cfg.orderly))
-                    }
-                    None => tokio::spawn(feed.pull_loop()),
-                }
-            })
-            .collect();
-
         let me = MemberRef {
             group: self.cfg.group.clone(),
             member_id: assigned.member_id.clone(),
             generation,
         };
+        // Each queue finds its own start (its broker may be down: the
+        // others must not wait for it).
+        let pullers: Vec<JoinHandle<()>> = queues
+            .iter()
+            .map(|mq| {
+                let feed = Feed {
+                    core: self.core.clone(),
+                    mq: mq.clone(),
+                    start: self.cfg.start,
+                    offsets_group: self.cfg.offsets_group(),
+                    member: me.clone(),
+                    tags: self.cfg.tag_expression.clone(),
+                    generation,
+                    out: self.out.clone(),
+                };
+                match self.cfg.effective_ack_timeout() {
+                    Some(ack_timeout) => tokio::spawn(feed.receive_loop(ack_timeout, self.cfg.orderly)),
+                    None => tokio::spawn(feed.pull_loop()),
+                }
+            })
+            .collect();
+
         // At least three heartbeats per session, whatever was configured.
         let period = self
             .cfg
@@ -585,13 +583,13 @@ impl Driver {
                     match self.call::<HeartbeatReply>(&conn, Command::Heartbeat, to_json(&me), timeout).await {
                         Ok(r) if r.rebalance => break Ok(End::Rebalance),
                         Ok(_) => {}
-                        Err(e) if matches!(e.status(), Some(Status::UnknownMember)) => break Ok(End::Rejoin),
+                        Err(e) if matches!(e.status(), Some(Status::UnknownMember) | Some(Status::NotCoordinator)) => break Ok(End::Rejoin),
                         Err(e) if matches!(e.status(), Some(Status::IllegalGeneration) | Some(Status::RebalanceInProgress)) => break Ok(End::Rebalance),
                         Err(e) => break Err(e),
                     }
                 }
                 _ = commit.tick() => {
-                    if let Err(e) = self.commit(&conn).await {
+                    if let Err(e) = self.commit(&me).await {
                         tracing::warn!(error = %e, "offset commit failed");
                     }
                 }
@@ -604,7 +602,7 @@ impl Driver {
         if let Ok(mut s) = self.shared.lock() {
             s.generation = 0;
         }
-        let committed = self.commit(&conn).await;
+        let committed = self.commit(&me).await;
         if let Ok(mut s) = self.shared.lock() {
             s.reset(0);
             s.assignment.clear();
@@ -650,102 +648,81 @@ impl Driver {
         Ok(out)
     }
 
-    async fn start_offsets(&self, conn: &RemotingConnection, queues: &[MessageQueue]) -> ClientResult<Vec<u64>> {
-        let timeout = self.core.cfg.request_timeout;
-        let mut committed: HashMap<(String, u32), u64> = HashMap::new();
-        let topics: std::collections::BTreeSet<&String> = queues.iter().map(|q| &q.topic).collect();
-        for topic in topics {
-            let f = FetchOffsets {
-                group: self.cfg.offsets_group(),
-                topic: topic.clone(),
-            };
-            let c: CommittedOffsets = self.call(conn, Command::FetchOffsets, to_json(&f), timeout).await?;
-            committed.extend(c.offsets.into_iter().map(|o| ((o.topic, o.queue), o.offset)));
-        }
-        let mut out = Vec::with_capacity(queues.len());
-        for mq in queues {
-            if let Some(o) = committed.get(&(mq.topic.clone(), mq.queue_id)) {
-                out.push(*o);
-                continue;
-            }
-            let header = to_json(&crate::wire::control::QueueRef {
-                topic: mq.topic.clone(),
-                queue: mq.queue_id,
-            });
-            let (_, body) = self
-                .core
-                .request(&mq.broker_addr, Command::GetOffsets, header, Bytes::new(), timeout)
-                .await?;
-            let range: crate::wire::control::QueueOffsets = from_json(&body, "offsets")?;
-            out.push(match self.cfg.start {
-                StartPosition::Earliest => range.min_offset,
-                StartPosition::Latest => range.max_offset,
-                StartPosition::Timestamp(t) => {
-                    let s = SearchOffset {
-                        topic: mq.topic.clone(),
-                        queue: mq.queue_id,
-                        timestamp: t,
-                    };
-                    let (_, body) = self
-                        .core
-                        .request(
-                            &mq.broker_addr,
-                            Command::SearchOffset,
-                            to_json(&s),
-                            Bytes::new(),
-                            timeout,
-                        )
-                        .await?;
-                    from_json::<OffsetAt>(&body, "offset")?.offset
-                }
-            });
-        }
-        Ok(out)
-    }
-
-    async fn commit(&self, conn: &RemotingConnection) -> ClientResult<()> {
+    /// Commits what was processed, to the broker group owning each queue,
+    /// as member `me`. Every broker is tried; the first failure is
+    /// returned.
+    async fn commit(&self, me: &MemberRef) -> ClientResult<()> {
         if self.cfg.effective_ack_timeout().is_some() {
             return Ok(()); // the broker commits what was acknowledged
         }
-        let offsets: Vec<QueueOffset> = match self.shared.lock() {
-            Ok(s) => s
-                .processed
-                .iter()
-                .map(|((topic, _, queue), o)| QueueOffset {
-                    topic: topic.clone(),
-                    queue: *queue,
-                    offset: *o,
-                })
-                .collect(),
+        let by_broker: BTreeMap<String, Vec<QueueOffset>> = match self.shared.lock() {
+            Ok(s) => {
+                let mut by_broker: BTreeMap<String, Vec<QueueOffset>> = BTreeMap::new();
+                for ((topic, broker_name, queue), o) in &s.processed {
+                    let addr = s
+                        .assignment
+                        .iter()
+                        .find(|mq| &mq.broker_name == broker_name)
+                        .map(|mq| mq.broker_addr.clone());
+                    if let Some(addr) = addr {
+                        by_broker.entry(addr).or_default().push(QueueOffset {
+                            topic: topic.clone(),
+                            broker_name: broker_name.clone(),
+                            queue: *queue,
+                            offset: *o,
+                        });
+                    }
+                }
+                by_broker
+            }
             Err(_) => return Ok(()),
         };
-        if offsets.is_empty() {
-            return Ok(());
+        let mut first_error = None;
+        for (addr, offsets) in by_broker {
+            if let Err(e) = commit_offsets(&self.core, &addr, &self.cfg.offsets_group(), me, offsets).await {
+                first_error.get_or_insert(e);
+            }
         }
-        let c = CommitOffsets {
-            group: self.cfg.offsets_group(),
-            offsets,
-        };
-        conn.request(
-            Command::CommitOffsets,
-            to_json(&c),
-            Bytes::new(),
-            self.core.cfg.request_timeout,
-        )
-        .await?;
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
+}
+
+/// Sends one `COMMIT_OFFSETS` to the broker at `addr` as member `me`.
+async fn commit_offsets(
+    core: &ClientCore,
+    addr: &str,
+    offsets_group: &str,
+    me: &MemberRef,
+    offsets: Vec<QueueOffset>,
+) -> ClientResult<()> {
+    let c = CommitOffsets {
+        group: offsets_group.to_string(),
+        member_id: Some(me.member_id.clone()),
+        generation: Some(me.generation),
+        offsets,
+    };
+    core.request(addr, Command::CommitOffsets, to_json(&c), Bytes::new(), core.cfg.request_timeout)
+        .await?;
+    Ok(())
 }
 
 /// What one queue's feeder task needs.
 struct Feed {
     core: Arc<ClientCore>,
     mq: MessageQueue,
-    start: u64,
+    /// Where the queue starts when the group has no offset for it.
+    start: StartPosition,
+    /// The group offsets are kept under.
+    offsets_group: String,
+    /// The member and generation the queue is assigned to.
+    member: MemberRef,
     tags: String,
     generation: u64,
     out: mpsc::Sender<Delivery>,
 }
+
+/// Pause between attempts on a queue whose broker fails.
+const RETRY_PAUSE: Duration = Duration::from_millis(300);
 
 impl Feed {
     async fn deliver(&self, record: StoredRecord) -> bool {
@@ -758,16 +735,122 @@ impl Feed {
         self.out.send(d).await.is_ok()
     }
 
+    /// Where consumption of the queue starts: the group's committed
+    /// offset, kept by the queue's broker group; else the configured start
+    /// position, committed at once so that messages stored while no member
+    /// runs are delivered by the next one (as Kafka and RocketMQ do).
+    async fn start_offset(&self) -> ClientResult<u64> {
+        let timeout = self.core.cfg.request_timeout;
+        let f = FetchOffsets {
+            group: self.offsets_group.clone(),
+            topic: Some(self.mq.topic.clone()),
+        };
+        let (_, body) = self
+            .core
+            .request(&self.mq.broker_addr, Command::FetchOffsets, to_json(&f), Bytes::new(), timeout)
+            .await?;
+        let committed: CommittedOffsets = from_json(&body, "offsets")?;
+        let found = committed
+            .offsets
+            .iter()
+            .find(|o| o.queue == self.mq.queue_id && o.broker_name == self.mq.broker_name);
+        if let Some(o) = found {
+            return Ok(o.offset);
+        }
+        let header = to_json(&crate::wire::control::QueueRef {
+            topic: self.mq.topic.clone(),
+            queue: self.mq.queue_id,
+        });
+        let (_, body) = self
+            .core
+            .request(&self.mq.broker_addr, Command::GetOffsets, header, Bytes::new(), timeout)
+            .await?;
+        let range: crate::wire::control::QueueOffsets = from_json(&body, "offsets")?;
+        let start = match self.start {
+            StartPosition::Earliest => range.min_offset,
+            StartPosition::Latest => range.max_offset,
+            StartPosition::Timestamp(t) => {
+                let s = SearchOffset {
+                    topic: self.mq.topic.clone(),
+                    queue: self.mq.queue_id,
+                    timestamp: t,
+                };
+                let (_, body) = self
+                    .core
+                    .request(&self.mq.broker_addr, Command::SearchOffset, to_json(&s), Bytes::new(), timeout)
+                    .await?;
+                from_json::<OffsetAt>(&body, "offset")?.offset
+            }
+        };
+        let offset = QueueOffset {
+            topic: self.mq.topic.clone(),
+            broker_name: self.mq.broker_name.clone(),
+            queue: self.mq.queue_id,
+            offset: start,
+        };
+        if let Err(e) = commit_offsets(&self.core, &self.mq.broker_addr, &self.offsets_group, &self.member, vec![offset]).await {
+            // Consumption goes on; the next commit records the position.
+            tracing::warn!(queue = %self.mq, error = %e, "could not commit the start position");
+        }
+        Ok(start)
+    }
+
+    /// [`Feed::start_offset`], retried until its broker answers. `None`
+    /// when the consumer is gone.
+    async fn wait_for_start(&mut self) -> Option<u64> {
+        let mut failures = 0u32;
+        loop {
+            match self.start_offset().await {
+                Ok(o) => return Some(o),
+                Err(e) => {
+                    if self.out.is_closed() {
+                        return None;
+                    }
+                    self.note_failure(&mut failures, "start offset", &e).await;
+                }
+            }
+        }
+    }
+
+    /// Logs a failure once per outage, pauses, and after a few failures
+    /// looks the queue's broker up again (a restarted broker may have
+    /// moved).
+    async fn note_failure(&mut self, failures: &mut u32, what: &str, e: &ClientError) {
+        *failures += 1;
+        if *failures == 1 {
+            tracing::warn!(queue = %self.mq, error = %e, "{what} failed; retrying in the background");
+        } else {
+            tracing::debug!(queue = %self.mq, error = %e, "{what} failed again");
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+        if *failures % 5 == 0 {
+            self.core.invalidate(&self.mq.topic);
+            if let Ok(queues) = self.core.queues(&self.mq.topic).await {
+                let moved = queues
+                    .into_iter()
+                    .find(|q| q.broker_name == self.mq.broker_name && q.queue_id == self.mq.queue_id);
+                if let Some(q) = moved {
+                    self.mq.broker_addr = q.broker_addr;
+                }
+            }
+        }
+    }
+
     /// Offset-committing consumption: pull from a client-kept offset.
-    async fn pull_loop(self) {
+    async fn pull_loop(mut self) {
+        let Some(mut offset) = self.wait_for_start().await else { return };
         let consumer = super::consumer::PullConsumer::from_core(self.core.clone());
-        let mut offset = self.start;
+        let mut failures = 0u32;
         loop {
             match consumer
                 .pull(&self.mq, offset, 32, Duration::from_secs(1), &self.tags)
                 .await
             {
                 Ok(r) => {
+                    if failures > 0 {
+                        tracing::info!(queue = %self.mq, "queue reachable again");
+                        failures = 0;
+                    }
                     offset = r.next_offset;
                     for record in r.messages {
                         if !self.deliver(record).await {
@@ -775,21 +858,19 @@ impl Feed {
                         }
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(queue = %self.mq, error = %e, "pull failed");
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                }
+                Err(e) => self.note_failure(&mut failures, "pull", &e).await,
             }
         }
     }
 
     /// Per-message acknowledgements: the broker tracks what is in flight.
-    async fn receive_loop(self, group: String, ack_timeout: Duration, orderly: bool) {
+    async fn receive_loop(mut self, ack_timeout: Duration, orderly: bool) {
+        let Some(start) = self.wait_for_start().await else { return };
         let req = ReceiveRequest {
-            group,
+            group: self.offsets_group.clone(),
             topic: self.mq.topic.clone(),
             queue_id: self.mq.queue_id,
-            start_offset: self.start,
+            start_offset: start,
             max_count: if orderly { 1 } else { 32 },
             max_wait_ms: 1_000,
             ack_timeout_ms: ack_timeout.as_millis().clamp(1, u128::from(MAX_ACK_TIMEOUT_MS)) as u32,
@@ -798,6 +879,7 @@ impl Feed {
         };
         let body = req.encode();
         let timeout = self.core.cfg.request_timeout + Duration::from_secs(1);
+        let mut failures = 0u32;
         loop {
             let answer = self
                 .core
@@ -812,6 +894,7 @@ impl Feed {
             let resp = answer.and_then(|(_, b)| Ok(ReceiveResponse::decode(b)?));
             match resp {
                 Ok(r) => {
+                    failures = 0;
                     for (delivery, raw) in r.deliveries {
                         let mut record = match StoredRecord::decode(raw) {
                             Ok(rec) => rec,
@@ -826,10 +909,7 @@ impl Feed {
                         }
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(queue = %self.mq, error = %e, "receive failed");
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                }
+                Err(e) => self.note_failure(&mut failures, "receive", &e).await,
             }
         }
     }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::future::{FutureExt, LocalBoxFuture};
 use serde::de::DeserializeOwned;
 
-use crate::actors::namesrv::{GetAllTopics, GetClusterInfo, GetRoute, NameServer, Register, Unregister};
+use crate::actors::namesrv::{ConnectionClosed, GetAllTopics, GetClusterInfo, GetRoute, NameServer, Register, Unregister};
 use crate::server::{ConnectionHandle, RequestHandler};
 use crate::wire::control::{from_json, to_json, validate_topic_name, RegisterBroker, TopicRef, UnregisterBroker};
 use crate::wire::{Command, Frame, Status};
@@ -31,14 +31,14 @@ impl NamesrvHandler {
         NamesrvHandler { addr }
     }
 
-    async fn respond(&self, peer: SocketAddr, cmd: Command, frame: Frame) -> Reply {
+    async fn respond(&self, peer: SocketAddr, conn: u64, cmd: Command, frame: Frame) -> Reply {
         match cmd {
             Command::Ping => Ok(empty_ok()),
             Command::RegisterBroker => {
                 let req: RegisterBroker = decode(&frame.header)?;
                 check_registration(&req)?;
                 tracing::trace!(%peer, broker = %req.broker_name, "REGISTER_BROKER");
-                self.addr.send(Register(req)).await.map_err(mailbox)?;
+                self.addr.send(Register(req, Some(conn))).await.map_err(mailbox)?;
                 Ok(empty_ok())
             }
             Command::UnregisterBroker => {
@@ -79,11 +79,15 @@ impl NamesrvHandler {
 impl RequestHandler for NamesrvHandler {
     fn handle(self: Arc<Self>, conn: ConnectionHandle, cmd: Command, frame: Frame) -> LocalBoxFuture<'static, Frame> {
         async move {
-            match self.respond(conn.peer, cmd, frame).await {
+            match self.respond(conn.peer, conn.id, cmd, frame).await {
                 Ok(frame) | Err(frame) => frame,
             }
         }
         .boxed_local()
+    }
+
+    fn closed(&self, id: u64) {
+        self.addr.do_send(ConnectionClosed(id));
     }
 }
 

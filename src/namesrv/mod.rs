@@ -310,7 +310,7 @@ mod tests {
             addr: "127.0.0.1:1".into(),
             topics: BTreeMap::from([("t".to_string(), TopicInfo { queues: 1 })]),
         };
-        ns.send(Register(reg)).await.unwrap();
+        ns.send(Register(reg, None)).await.unwrap();
         assert!(ns.send(GetRoute("t".into())).await.unwrap().is_some());
         let gone = tokio::time::timeout(WAIT, async {
             while ns.send(GetRoute("t".into())).await.unwrap().is_some() {

@@ -46,6 +46,10 @@ struct LiveBroker {
     addr: String,
     last_register_ms: u64,
     topics: BTreeMap<String, TopicInfo>,
+    /// The connection its last registration came on: when it closes, the
+    /// broker is gone (a crashed process closes its sockets), long before
+    /// the expiry would say so.
+    conn: Option<u64>,
 }
 
 /// Live brokers and their topics; the source of every route.
@@ -72,6 +76,13 @@ impl NamesrvState {
     /// address) is replaced, so a topic it stopped serving disappears from
     /// its routes. Returns true when the broker was not live before.
     pub fn register(&mut self, req: RegisterBroker, now: u64) -> bool {
+        self.register_on(req, now, None)
+    }
+
+    /// Like [`register`](NamesrvState::register), remembering the
+    /// connection `conn` the registration came on (see
+    /// [`connection_closed`](NamesrvState::connection_closed)).
+    pub fn register_on(&mut self, req: RegisterBroker, now: u64, conn: Option<u64>) -> bool {
         let key = BrokerKey {
             cluster: req.cluster,
             broker_name: req.broker_name,
@@ -81,8 +92,25 @@ impl NamesrvState {
             addr: req.addr,
             last_register_ms: now,
             topics: req.topics,
+            conn,
         };
         self.brokers.insert(key, live).is_none()
+    }
+
+    /// Connection `conn` closed: forgets every broker whose last
+    /// registration came on it (RocketMQ's name server does the same when
+    /// a broker's channel closes) and returns their keys. A broker that
+    /// registered again on a newer connection stays.
+    pub fn connection_closed(&mut self, conn: u64) -> Vec<BrokerKey> {
+        let mut removed = Vec::new();
+        self.brokers.retain(|key, broker| {
+            let gone = broker.conn == Some(conn);
+            if gone {
+                removed.push(key.clone());
+            }
+            !gone
+        });
+        removed
     }
 
     /// Forgets a broker. Returns true when it was live.
@@ -184,6 +212,22 @@ impl NamesrvState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_closed_registration_connection_removes_its_broker_at_once() {
+        let mut s = NamesrvState::new();
+        s.register_on(reg("a", 0, "h1:1", &[("t", 2)]), 0, Some(7));
+        s.register_on(reg("b", 0, "h2:1", &[("t", 2)]), 0, Some(8));
+        // b re-registered on a new connection before the old one closed.
+        s.register_on(reg("b", 0, "h2:1", &[("t", 2)]), 5, Some(9));
+        assert!(s.connection_closed(8).is_empty());
+        let gone = s.connection_closed(7);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].broker_name, "a");
+        let route = s.route("t").unwrap();
+        assert_eq!(route.brokers.len(), 1);
+        assert_eq!(route.brokers[0].broker_name, "b");
+    }
 
     fn reg(name: &str, id: u64, addr: &str, topics: &[(&str, u32)]) -> RegisterBroker {
         RegisterBroker {

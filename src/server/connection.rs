@@ -8,7 +8,7 @@
 //! responses eventually stops being read from, instead of growing a buffer.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use std::io::IoSlice;
@@ -31,6 +31,9 @@ pub struct ConnectionHandle {
     /// The client's address.
     pub peer: SocketAddr,
     push: mpsc::Sender<Outgoing>,
+    /// Set when the connection stops reading (the client went away);
+    /// requests still being served can then drop their work.
+    closed: Arc<AtomicBool>,
 }
 
 /// A frame on its way to the socket, with the permit (if any) that must be
@@ -52,7 +55,13 @@ impl ConnectionHandle {
 
     /// True once the connection has closed.
     pub fn is_closed(&self) -> bool {
-        self.push.is_closed()
+        self.closed.load(Ordering::Acquire) || self.push.is_closed()
+    }
+
+    /// A flag set once the connection has closed, for work that outlives
+    /// the request (a parked receive).
+    pub fn closed_flag(&self) -> Arc<AtomicBool> {
+        self.closed.clone()
     }
 }
 
@@ -232,6 +241,7 @@ async fn run_session(stream: TcpStream, peer: SocketAddr, handler: Arc<dyn Reque
         id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
         peer,
         push: out_tx.clone(),
+        closed: Arc::new(AtomicBool::new(false)),
     };
     let tx = Reply(out_tx);
     let permits = Arc::new(Semaphore::new(opts.max_inflight.max(1)));
@@ -306,6 +316,7 @@ async fn run_session(stream: TcpStream, peer: SocketAddr, handler: Arc<dyn Reque
             }
         });
     }
+    conn.closed.store(true, Ordering::Release);
     handler.closed(conn.id);
     tracing::debug!(%peer, "connection closed");
 }

@@ -20,6 +20,10 @@ use crate::wire::buf::{self, DecodeError, Reader};
 /// The internal topic holding offset commits.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
+/// A commit of this offset is a tombstone: it removes the key (a deleted
+/// topic takes every group's offsets with it).
+pub const DELETED: u64 = u64::MAX;
+
 /// One committed offset.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct OffsetKey {
@@ -99,13 +103,32 @@ impl OffsetTable {
         Ok((table, covers))
     }
 
-    /// Applies commits (from a live commit or from replay).
+    /// Applies commits (from a live commit or from replay); a [`DELETED`]
+    /// offset removes its key.
     pub fn apply(&self, commits: &[(OffsetKey, u64)]) {
         if let Ok(mut t) = self.offsets.write() {
             for (k, v) in commits {
-                t.insert(k.clone(), *v);
+                if *v == DELETED {
+                    t.remove(k);
+                } else {
+                    t.insert(k.clone(), *v);
+                }
             }
         }
+    }
+
+    /// Tombstones for every committed offset of `topic` (to commit when
+    /// the topic is deleted).
+    pub fn tombstones_of_topic(&self, topic: &str) -> Vec<(OffsetKey, u64)> {
+        self.offsets
+            .read()
+            .map(|t| {
+                t.keys()
+                    .filter(|k| k.topic == topic)
+                    .map(|k| (k.clone(), DELETED))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The committed offset, if any.
@@ -205,5 +228,28 @@ mod tests {
         assert_eq!(t.get(&key("g", 0)), Some(11));
         assert_eq!(t.group("g").len(), 2);
         assert_eq!(t.groups(), ["g", "h"]);
+    }
+
+    #[test]
+    fn tombstones_remove_a_topics_offsets_and_survive_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("config")).unwrap();
+        let (t, _) = OffsetTable::open(dir.path()).unwrap();
+        let other = OffsetKey {
+            group: "g".into(),
+            topic: "u".into(),
+            queue: 0,
+        };
+        t.apply(&[(key("g", 0), 10), (key("h", 1), 20), (other.clone(), 3)]);
+        let tombs = t.tombstones_of_topic("t");
+        assert_eq!(tombs.len(), 2);
+        assert!(tombs.iter().all(|(_, o)| *o == DELETED));
+        let enc = encode_commits(&tombs);
+        t.apply(&decode_commits(enc).unwrap());
+        assert_eq!(t.all(), vec![(other.clone(), 3)]);
+        t.snapshot(1).unwrap();
+        let (t, _) = OffsetTable::open(dir.path()).unwrap();
+        assert_eq!(t.get(&key("g", 0)), None);
+        assert_eq!(t.get(&other), Some(3));
     }
 }

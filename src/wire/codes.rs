@@ -139,6 +139,14 @@ pub enum Status {
     RebalanceInProgress = 15,
     /// The group has live members (reset refused).
     GroupNotEmpty = 16,
+    /// No broker knows the group (no live member, no committed offset).
+    GroupNotExist = 17,
+    /// This broker does not coordinate the group: look the coordinator up
+    /// again and rejoin there.
+    NotCoordinator = 18,
+    /// A commit names a queue its sender does not own: another member's
+    /// queue, or a queue of another broker group.
+    NotQueueOwner = 19,
     /// The store could not write.
     StoreError = 20,
     /// The server is starting or stopping.
@@ -164,6 +172,9 @@ impl Status {
             14 => UnknownMember,
             15 => RebalanceInProgress,
             16 => GroupNotEmpty,
+            17 => GroupNotExist,
+            18 => NotCoordinator,
+            19 => NotQueueOwner,
             20 => StoreError,
             21 => ServiceUnavailable,
             _ => SystemError,
@@ -194,6 +205,9 @@ impl Status {
             UnknownMember => "UNKNOWN_MEMBER",
             RebalanceInProgress => "REBALANCE_IN_PROGRESS",
             GroupNotEmpty => "GROUP_NOT_EMPTY",
+            GroupNotExist => "GROUP_NOT_EXIST",
+            NotCoordinator => "NOT_COORDINATOR",
+            NotQueueOwner => "NOT_QUEUE_OWNER",
             StoreError => "STORE_ERROR",
             ServiceUnavailable => "SERVICE_UNAVAILABLE",
         }
@@ -221,7 +235,7 @@ mod tests {
 
     #[test]
     fn status_codes_round_trip() {
-        for code in [0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 14, 15, 16, 20, 21] {
+        for code in [0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21] {
             assert_eq!(Status::from_code(code).code(), code);
         }
         assert_eq!(Status::from_code(999), Status::SystemError);

@@ -15,7 +15,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use super::codes::{Command, Status};
 
 /// The protocol version this codec speaks.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Bytes before the header: length, version, kind, code, correlation id,
 /// header length.

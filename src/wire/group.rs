@@ -81,25 +81,38 @@ pub struct LeaveGroup {
     pub member_id: String,
 }
 
-/// A committed (or to-be-committed) offset: the next offset to consume.
+/// A committed (or to-be-committed) offset of one queue, named by topic,
+/// broker group and queue id: the next offset to consume.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueOffset {
     /// Topic.
     pub topic: String,
-    /// Queue id.
+    /// Broker group owning the queue (offsets are kept by that group).
+    pub broker_name: String,
+    /// Queue id within that broker group.
     pub queue: u32,
     /// Next offset to consume.
     pub offset: u64,
 }
 
-/// `COMMIT_OFFSETS` header.
+/// `COMMIT_OFFSETS` header, sent to the broker group owning the queues.
+/// While the group has live members a commit must name a current member,
+/// its generation, and only queues that member owns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CommitOffsets {
     /// Group name (broadcasting members use `<group>%<client_id>`).
     pub group: String,
-    /// Offsets to store.
+    /// The committing member (absent: only accepted while the group has no
+    /// live member, e.g. from an admin tool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_id: Option<String>,
+    /// The member's generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    /// Offsets to store; every queue must belong to the receiving broker
+    /// group.
     pub offsets: Vec<QueueOffset>,
 }
 
@@ -109,8 +122,9 @@ pub struct CommitOffsets {
 pub struct FetchOffsets {
     /// Group name.
     pub group: String,
-    /// Topic.
-    pub topic: String,
+    /// Only this topic's offsets (absent: every topic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
 }
 
 /// `FETCH_OFFSETS` response body: committed offsets (uncommitted queues are
@@ -170,8 +184,14 @@ pub struct GroupDescription {
     pub mode: String,
     /// Live members.
     pub members: Vec<MemberInfo>,
-    /// Every committed offset of the group.
+    /// Committed offsets: from a broker, those it keeps (its own queues);
+    /// from the client library's `Admin::describe_group`, those of every
+    /// broker group.
     pub offsets: Vec<QueueOffset>,
+    /// Broker groups whose offsets could not be read (admin only; always
+    /// empty from a broker).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable: Vec<String>,
 }
 
 /// Where `RESET_OFFSETS` moves a group's offsets.
@@ -189,7 +209,8 @@ pub enum ResetTarget {
 }
 
 /// `RESET_OFFSETS` header; refused with `GROUP_NOT_EMPTY` while the group
-/// has live members.
+/// has live members, and with `GROUP_NOT_EXIST` when the broker keeps no
+/// offset of the group unless `create` is set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResetOffsets {
@@ -199,6 +220,9 @@ pub struct ResetOffsets {
     pub topic: String,
     /// Target.
     pub to: ResetTarget,
+    /// Create offsets for a group this broker does not know.
+    #[serde(default)]
+    pub create: bool,
 }
 
 /// `RESET_OFFSETS` response body: the new offsets.
@@ -222,6 +246,22 @@ pub struct SearchOffset {
 pub struct OffsetAt {
     /// First offset stored at or after the time (the queue's end if none).
     pub offset: u64,
+}
+
+/// The master coordinating `group`: clients and brokers must agree on it,
+/// so the rule is part of the protocol. `masters` are the live masters'
+/// `(broker name, address)`; the one at `fnv1a64(group) % len` in
+/// name order is chosen. `None` when there is no master.
+pub fn coordinator_for<'a>(group: &str, masters: &'a [(String, String)]) -> Option<&'a str> {
+    let mut sorted: Vec<&(String, String)> = masters.iter().collect();
+    sorted.sort();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in group.as_bytes() {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    let index = (hash % sorted.len().max(1) as u64) as usize;
+    sorted.get(index).map(|(_, addr)| addr.as_str())
 }
 
 /// Header of a `NOTIFY_REBALANCE` push.
@@ -254,5 +294,32 @@ mod tests {
             "h"
         )
         .is_err());
+    }
+
+    #[test]
+    fn a_commit_without_broker_name_is_refused_by_name() {
+        let old = br#"{"group":"g","offsets":[{"topic":"t","queue":0,"offset":5}]}"#;
+        let err = from_json::<CommitOffsets>(old, "header").unwrap_err().to_string();
+        assert!(err.contains("broker_name"), "{err}");
+        let new = br#"{"group":"g","offsets":[{"topic":"t","broker_name":"b","queue":0,"offset":5}]}"#;
+        let c: CommitOffsets = from_json(new, "header").unwrap();
+        assert_eq!((c.member_id, c.generation, c.offsets[0].broker_name.as_str()), (None, None, "b"));
+    }
+
+    #[test]
+    fn every_party_picks_the_same_coordinator_whatever_the_order() {
+        let masters = |names: &[&str]| -> Vec<(String, String)> {
+            names.iter().map(|n| (n.to_string(), format!("addr-{n}"))).collect()
+        };
+        let a = masters(&["broker-a", "broker-b", "broker-c"]);
+        let b = masters(&["broker-c", "broker-a", "broker-b"]);
+        for g in ["g1", "billing", "x"] {
+            assert_eq!(coordinator_for(g, &a), coordinator_for(g, &b));
+        }
+        assert_eq!(coordinator_for("g", &[]), None);
+        assert_eq!(coordinator_for("g", &masters(&["only"])), Some("addr-only"));
+        // The same hash as the tag hash (fnv1a64), so old figures hold.
+        let idx = (crate::message::tag_hash("g1") % 3) as usize;
+        assert_eq!(coordinator_for("g1", &a), Some(a[idx].1.as_str()));
     }
 }
