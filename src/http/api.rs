@@ -37,7 +37,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 fn error(e: ClientError) -> HttpResponse {
     let body = json!({"error": e.to_string()});
     match e.status() {
-        Some(Status::TopicNotExist | Status::MessageNotFound | Status::QueueNotExist) => {
+        Some(Status::TopicNotExist | Status::MessageNotFound | Status::QueueNotExist | Status::GroupNotExist) => {
             HttpResponse::NotFound().json(body)
         }
         Some(Status::InvalidArgument | Status::MalformedFrame) => HttpResponse::BadRequest().json(body),
@@ -197,7 +197,7 @@ async fn produce(state: web::Data<HttpState>, req: web::Json<NewMessage>) -> Htt
     }
     match state.producer.send(m).await {
         Ok(r) => HttpResponse::Created().json(json!({
-            "queue": r.queue_id, "offset": r.queue_offset, "msg_id": r.msg_id.to_string(),
+            "broker": r.broker_name, "queue": r.queue_id, "offset": r.queue_offset, "msg_id": r.msg_id.to_string(),
         })),
         Err(e) => error(e),
     }
