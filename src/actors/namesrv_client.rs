@@ -8,7 +8,7 @@
 
 use crate::observe::{kind, ActorStats};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +29,11 @@ const REGISTER_TIMEOUT: Duration = Duration::from_secs(3);
 const REGISTER_NOW_WAIT: Duration = Duration::from_secs(2);
 /// Deadline of [`Unregister`], all name servers together.
 const UNREGISTER_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often links are checked for a lost connection. A name server drops
+/// a broker when its registration connection closes, and a restarted name
+/// server knows no broker: either way the broker registers again within
+/// this, not a whole `register_interval_ms` later.
+const LINK_CHECK: Duration = Duration::from_secs(1);
 
 /// Who the broker is, as announced to name servers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +63,8 @@ pub struct NameServerClient {
     registered: Arc<AtomicBool>,
     /// The periodic registration; `None` after [`Unregister`].
     timer: Option<SpawnHandle>,
+    /// The lost-connection check (runs while `timer` does).
+    link_check: Option<SpawnHandle>,
 }
 
 impl NameServerClient {
@@ -84,6 +91,7 @@ impl NameServerClient {
             topics,
             registered: Arc::new(AtomicBool::new(false)),
             timer: None,
+            link_check: None,
         }
     }
 
@@ -91,8 +99,14 @@ impl NameServerClient {
     /// receiver gets one outcome per name server (true: acknowledged) and
     /// closes once all are known.
     fn start_round(&self, ctx: &mut Context<Self>) -> mpsc::UnboundedReceiver<bool> {
+        let links: Vec<Arc<NamesrvLink>> = self.links.clone();
+        self.start_round_with(links, ctx)
+    }
+
+    /// A registration round with `links` only.
+    fn start_round_with(&self, links: Vec<Arc<NamesrvLink>>, ctx: &mut Context<Self>) -> mpsc::UnboundedReceiver<bool> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let attempts = self.links.iter().map(|link| {
+        let attempts = links.into_iter().map(|link| {
             let link = link.clone();
             let tx = tx.clone();
             let identity = self.identity.clone();
@@ -115,11 +129,19 @@ impl NameServerClient {
                         if !registered.swap(true, Ordering::AcqRel) {
                             tracing::info!(namesrv = %link.addr, "registered with name server");
                         }
+                        if link.failures.swap(0, Ordering::AcqRel) > 0 {
+                            tracing::info!(namesrv = %link.addr, "registered with name server again");
+                        }
                         tracing::debug!(namesrv = %link.addr, "registration acknowledged");
                         true
                     }
                     Err(e) => {
-                        tracing::warn!(namesrv = %link.addr, error = %e, "registration failed");
+                        // Once per outage: the link check retries every second.
+                        if link.failures.fetch_add(1, Ordering::AcqRel) == 0 {
+                            tracing::warn!(namesrv = %link.addr, error = %e, "registration failed");
+                        } else {
+                            tracing::debug!(namesrv = %link.addr, error = %e, "registration failed again");
+                        }
                         false
                     }
                 };
@@ -136,6 +158,15 @@ impl NameServerClient {
                 act.start_round(ctx);
             });
             self.timer = Some(handle);
+        }
+        if self.link_check.is_none() {
+            let handle = ctx.run_interval(LINK_CHECK.min(self.interval), |act, ctx| {
+                let lost: Vec<Arc<NamesrvLink>> = act.links.iter().filter(|l| l.lost()).cloned().collect();
+                if !lost.is_empty() {
+                    act.start_round_with(lost, ctx);
+                }
+            });
+            self.link_check = Some(handle);
         }
     }
 }
@@ -156,8 +187,9 @@ impl Actor for NameServerClient {
 impl actix::Supervised for NameServerClient {
     fn restarting(&mut self, _: &mut Context<Self>) {
         self.stats.restarting();
-        // `started` runs again and re-arms the timer; the old handle is dead.
+        // `started` runs again and re-arms the timers; the old handles are dead.
         self.timer = None;
+        self.link_check = None;
     }
 }
 
@@ -212,6 +244,9 @@ impl Handler<Unregister> for NameServerClient {
         if let Some(timer) = self.timer.take() {
             ctx.cancel_future(timer);
         }
+        if let Some(check) = self.link_check.take() {
+            ctx.cancel_future(check);
+        }
         self.registered.store(false, Ordering::Release);
         let header = to_json(&UnregisterBroker {
             cluster: self.identity.cluster.clone(),
@@ -253,6 +288,8 @@ impl Handler<IsRegistered> for NameServerClient {
 struct NamesrvLink {
     addr: String,
     conn: Mutex<Option<RemotingConnection>>,
+    /// Failed registrations since the last success.
+    failures: AtomicU32,
 }
 
 impl NamesrvLink {
@@ -260,6 +297,17 @@ impl NamesrvLink {
         NamesrvLink {
             addr,
             conn: Mutex::new(None),
+            failures: AtomicU32::new(0),
+        }
+    }
+
+    /// True when the link has no open connection (never made, dropped after
+    /// a failure, or closed by the name server) and no request is under way
+    /// on it: the name server has, or soon will have, forgotten us.
+    fn lost(&self) -> bool {
+        match self.conn.try_lock() {
+            Ok(slot) => slot.as_ref().is_none_or(RemotingConnection::is_closed),
+            Err(_) => false,
         }
     }
 
