@@ -192,10 +192,10 @@ impl ClientCore {
         Ok(from_json(&body, "cluster info")?)
     }
 
-    /// Address of the master coordinating `group`: the one at
-    /// `fnv1a64(group) % masters` in the name-sorted list of live masters.
+    /// Address of the master coordinating `group`
+    /// ([`crate::wire::group::coordinator_for`] over the live masters).
     pub async fn group_coordinator(&self, group: &str) -> ClientResult<String> {
-        let mut masters: Vec<(String, String)> = self
+        let masters: Vec<(String, String)> = self
             .cluster_info()
             .await?
             .brokers
@@ -203,11 +203,8 @@ impl ClientCore {
             .filter(|b| b.broker_id == 0)
             .map(|b| (b.broker_name, b.addr))
             .collect();
-        masters.sort();
-        let index = (crate::message::tag_hash(group) % masters.len().max(1) as u64) as usize;
-        masters
-            .get(index)
-            .map(|(_, addr)| addr.clone())
+        crate::wire::group::coordinator_for(group, &masters)
+            .map(str::to_string)
             .ok_or_else(|| ClientError::NoRoute("no live master broker to coordinate the group".into()))
     }
 

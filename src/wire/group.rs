@@ -250,18 +250,28 @@ pub struct OffsetAt {
 
 /// The master coordinating `group`: clients and brokers must agree on it,
 /// so the rule is part of the protocol. `masters` are the live masters'
-/// `(broker name, address)`; the one at `fnv1a64(group) % len` in
-/// name order is chosen. `None` when there is no master.
+/// `(broker name, address)`; the one with the highest
+/// `fmix64(fnv1a64(group + "@" + broker name))` is chosen (rendezvous
+/// hashing: when a master dies only the groups it coordinated move, and
+/// they move back when it returns; MurmurHash3's `fmix64` finaliser spreads
+/// FNV's weak high bits). `None` when there is no master.
 pub fn coordinator_for<'a>(group: &str, masters: &'a [(String, String)]) -> Option<&'a str> {
-    let mut sorted: Vec<&(String, String)> = masters.iter().collect();
-    sorted.sort();
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in group.as_bytes() {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    let index = (hash % sorted.len().max(1) as u64) as usize;
-    sorted.get(index).map(|(_, addr)| addr.as_str())
+    let weight = |broker: &str| {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in group.bytes().chain(std::iter::once(b'@')).chain(broker.bytes()) {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        hash ^= hash >> 33;
+        hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        hash ^= hash >> 33;
+        hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        hash ^ (hash >> 33)
+    };
+    masters
+        .iter()
+        .max_by(|a, b| (weight(&a.0), &a.0).cmp(&(weight(&b.0), &b.0)))
+        .map(|(_, addr)| addr.as_str())
 }
 
 /// Header of a `NOTIFY_REBALANCE` push.
@@ -318,8 +328,28 @@ mod tests {
         }
         assert_eq!(coordinator_for("g", &[]), None);
         assert_eq!(coordinator_for("g", &masters(&["only"])), Some("addr-only"));
-        // The same hash as the tag hash (fnv1a64), so old figures hold.
-        let idx = (crate::message::tag_hash("g1") % 3) as usize;
-        assert_eq!(coordinator_for("g1", &a), Some(a[idx].1.as_str()));
+    }
+
+    #[test]
+    fn a_dead_master_moves_only_the_groups_it_coordinated() {
+        let all: Vec<(String, String)> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|n| (n.to_string(), format!("addr-{n}")))
+            .collect();
+        let without_b: Vec<(String, String)> = all.iter().filter(|(n, _)| n != "b").cloned().collect();
+        let mut moved = 0;
+        for i in 0..400 {
+            let g = format!("group-{i}");
+            let before = coordinator_for(&g, &all).unwrap();
+            let after = coordinator_for(&g, &without_b).unwrap();
+            if before == "addr-b" {
+                moved += 1;
+                assert_ne!(after, "addr-b");
+            } else {
+                assert_eq!(before, after, "{g} moved although its coordinator lives");
+            }
+        }
+        // Roughly a quarter of the groups were b's.
+        assert!((50..150).contains(&moved), "{moved}");
     }
 }
