@@ -15,10 +15,7 @@ use ferromq::wire::group::{CommitOffsets, QueueOffset};
 use ferromq::wire::{Command, Status};
 
 fn broker_env(name: &str) -> Vec<(&'static str, String)> {
-    let mut env: Vec<(&'static str, String)> = small_store_env()
-        .into_iter()
-        .map(|(k, v)| (k, v.to_string()))
-        .collect();
+    let mut env: Vec<(&'static str, String)> = small_store_env().into_iter().map(|(k, v)| (k, v.to_string())).collect();
     env.push(("FERROMQ__BROKER__NAME", name.to_string()));
     env
 }
@@ -31,7 +28,10 @@ fn start_broker(dir: &std::path::Path, ns: &str, name: &str) -> ServerProcess {
 
 /// Sends one raw commit and returns its status.
 fn raw_commit(addr: &str, c: &CommitOffsets) -> Status {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let conn = RemotingConnection::connect(addr, Duration::from_secs(3), None)
             .await
@@ -41,7 +41,9 @@ fn raw_commit(addr: &str, c: &CommitOffsets) -> Status {
             .await
         {
             Ok(_) => Status::Success,
-            Err(e) => e.status().unwrap_or_else(|| panic!("commit failed without a status: {e}")),
+            Err(e) => e
+                .status()
+                .unwrap_or_else(|| panic!("commit failed without a status: {e}")),
         }
     })
 }
@@ -77,7 +79,12 @@ fn live_groups_refuse_foreign_commits_and_deleted_topics_lose_their_offsets() {
     let lines: Vec<String> = (0..50).map(|i| format!("old-{i}")).collect();
     assert_eq!(produce(&ns, "t2", &[], &lines).len(), 50);
 
-    let mut member = Consumer::start(&ns, dir.path(), "m1", &["--topic", "t2", "--group", "g2", "--from", "earliest"]);
+    let mut member = Consumer::start(
+        &ns,
+        dir.path(),
+        "m1",
+        &["--topic", "t2", "--group", "g2", "--from", "earliest"],
+    );
     assert!(
         wait_until(Duration::from_secs(20), || member.messages().len() >= 50),
         "the member consumed {} of 50",
@@ -93,12 +100,20 @@ fn live_groups_refuse_foreign_commits_and_deleted_topics_lose_their_offsets() {
         .filter(|q| q["queue"] == 0)
         .map(|q| q["broker_name"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(owned_queue0.len(), 2, "the only member owns queue 0 of both broker groups: {d}");
+    assert_eq!(
+        owned_queue0.len(),
+        2,
+        "the only member owns queue 0 of both broker groups: {d}"
+    );
 
     // Both broker groups refuse an anonymous rewind (one of them asks the
     // coordinator on the other).
     for (addr, name) in [(&a.broker_addr, "broker-a"), (&b.broker_addr, "broker-b")] {
-        assert_eq!(raw_commit(addr, &commit("g2", None, name, 0)), Status::GroupNotEmpty, "{name}");
+        assert_eq!(
+            raw_commit(addr, &commit("g2", None, name, 0)),
+            Status::GroupNotEmpty,
+            "{name}"
+        );
         assert_eq!(
             raw_commit(addr, &commit("g2", Some(("intruder-1", generation)), name, 0)),
             Status::UnknownMember,
@@ -112,7 +127,10 @@ fn live_groups_refuse_foreign_commits_and_deleted_topics_lose_their_offsets() {
     }
     // A queue of broker-b committed to broker-a.
     assert_eq!(
-        raw_commit(&a.broker_addr, &commit("g2", Some((&member_id, generation)), "broker-b", 0)),
+        raw_commit(
+            &a.broker_addr,
+            &commit("g2", Some((&member_id, generation)), "broker-b", 0)
+        ),
         Status::NotQueueOwner
     );
     // The member itself may.
@@ -125,14 +143,20 @@ fn live_groups_refuse_foreign_commits_and_deleted_topics_lose_their_offsets() {
         .and_then(|o| o["offset"].as_u64())
         .expect("broker-a queue 0 committed");
     assert_eq!(
-        raw_commit(&a.broker_addr, &commit("g2", Some((&member_id, generation)), "broker-a", committed_a0)),
+        raw_commit(
+            &a.broker_addr,
+            &commit("g2", Some((&member_id, generation)), "broker-a", committed_a0)
+        ),
         Status::Success
     );
     member.terminate();
 
     // A stopped group takes an admin commit; offsets above the queue's max
     // are refused.
-    assert_eq!(raw_commit(&a.broker_addr, &commit("g2", None, "broker-a", 1)), Status::Success);
+    assert_eq!(
+        raw_commit(&a.broker_addr, &commit("g2", None, "broker-a", 1)),
+        Status::Success
+    );
     assert_eq!(
         raw_commit(&a.broker_addr, &commit("g2", None, "broker-a", 1_000_000)),
         Status::InvalidArgument
@@ -143,11 +167,7 @@ fn live_groups_refuse_foreign_commits_and_deleted_topics_lose_their_offsets() {
     cli_ok(&ns, &["topic", "create", "t2", "--queues", "2"]);
     let fresh: Vec<String> = (0..60).map(|i| format!("new-{i}")).collect();
     assert_eq!(produce(&ns, "t2", &[], &fresh).len(), 60);
-    let got = consume_json(
-        &ns,
-        "t2",
-        &["--group", "g2", "--idle-timeout", "3"],
-    );
+    let got = consume_json(&ns, "t2", &["--group", "g2", "--idle-timeout", "3"]);
     let mut bodies: Vec<String> = got.iter().map(|m| m["body"].as_str().unwrap().to_string()).collect();
     bodies.sort();
     let mut want = fresh.clone();

@@ -88,7 +88,10 @@ fn malformed_frames_get_errors_and_harm_no_one() {
     assert_eq!((r.status(), r.correlation_id), (Status::UnknownCommand, 42));
     assert!(r.error_message().contains("999"));
 
-    let r = exchange(&mut s, &raw_frame(ferromq::wire::PROTOCOL_VERSION, 0, 1, 43, b"", b"", Some(100)));
+    let r = exchange(
+        &mut s,
+        &raw_frame(ferromq::wire::PROTOCOL_VERSION, 0, 1, 43, b"", b"", Some(100)),
+    );
     assert_eq!((r.status(), r.correlation_id), (Status::MalformedFrame, 43));
     assert_ping(&mut s, 44);
 
@@ -99,7 +102,11 @@ fn malformed_frames_get_errors_and_harm_no_one() {
     // by name, never misread.
     let r = exchange(&mut s, &raw_frame(1, 0, 1, 45, b"", b"", None));
     assert_eq!((r.status(), r.correlation_id), (Status::UnsupportedVersion, 45));
-    assert!(r.error_message().contains("protocol version 1 is not supported"), "{}", r.error_message());
+    assert!(
+        r.error_message().contains("protocol version 1 is not supported"),
+        "{}",
+        r.error_message()
+    );
     assert_ping(&mut s, 46);
 
     let r = exchange(&mut s, &request(20, 47, b"{not json", b""));
@@ -111,7 +118,10 @@ fn malformed_frames_get_errors_and_harm_no_one() {
     assert_eq!((r.status(), r.correlation_id), (Status::MalformedFrame, 49));
     assert!(r.error_message().contains("truncated"), "{}", r.error_message());
 
-    let r = exchange(&mut s, &raw_frame(ferromq::wire::PROTOCOL_VERSION, 77, 1, 52, b"", b"", None));
+    let r = exchange(
+        &mut s,
+        &raw_frame(ferromq::wire::PROTOCOL_VERSION, 77, 1, 52, b"", b"", None),
+    );
     assert_eq!(
         (r.status(), r.correlation_id),
         (Status::MalformedFrame, 52),
@@ -150,8 +160,16 @@ fn malformed_frames_get_errors_and_harm_no_one() {
         let body: Vec<u8> = (0..rnd() % 200).map(|_| rnd() as u8).collect();
         let code = [1u16, 10, 11, 12, 13, 14, 20, 21, 22, 30, 34, 37, 999][(rnd() % 13) as usize];
         let kind = [0u8, 2][(rnd() % 2) as usize];
-        s.write_all(&raw_frame(ferromq::wire::PROTOCOL_VERSION, kind, code, 1000 + i, &header, &body, None))
-            .unwrap();
+        s.write_all(&raw_frame(
+            ferromq::wire::PROTOCOL_VERSION,
+            kind,
+            code,
+            1000 + i,
+            &header,
+            &body,
+            None,
+        ))
+        .unwrap();
     }
     // Answers come in completion order: read until the ping's.
     s.write_all(&request(1, 54, b"", b"")).unwrap();
@@ -173,7 +191,10 @@ fn malformed_frames_get_errors_and_harm_no_one() {
     // Late answers to random frames may still follow: continue on a fresh connection.
     let mut s = connect(&addr);
 
-    let r = exchange(&mut s, &raw_frame(ferromq::wire::PROTOCOL_VERSION, 1, 0, 50, b"", b"", None));
+    let r = exchange(
+        &mut s,
+        &raw_frame(ferromq::wire::PROTOCOL_VERSION, 1, 0, 50, b"", b"", None),
+    );
     assert_eq!(r.status(), Status::MalformedFrame, "clients may not send responses");
     assert_ping(&mut s, 51);
 

@@ -242,13 +242,31 @@ mod tests {
     fn a_live_group_takes_commits_only_from_the_owner_in_its_generation() {
         let g = group(&[("m1", &[("a", 0), ("b", 0)]), ("m2", &[("a", 1)])]);
         let status = |r: Result<(), (Status, String)>| r.err().map(|e| e.0);
-        assert_eq!(status(check_commit(&g, Some("m1"), Some(4), &[offset("a", 0), offset("b", 0)])), None);
-        assert_eq!(status(check_commit(&g, None, None, &[offset("a", 0)])), Some(Status::GroupNotEmpty));
-        assert_eq!(status(check_commit(&g, Some("m9"), Some(4), &[offset("a", 0)])), Some(Status::UnknownMember));
-        assert_eq!(status(check_commit(&g, Some("m1"), Some(3), &[offset("a", 0)])), Some(Status::IllegalGeneration));
+        assert_eq!(
+            status(check_commit(&g, Some("m1"), Some(4), &[offset("a", 0), offset("b", 0)])),
+            None
+        );
+        assert_eq!(
+            status(check_commit(&g, None, None, &[offset("a", 0)])),
+            Some(Status::GroupNotEmpty)
+        );
+        assert_eq!(
+            status(check_commit(&g, Some("m9"), Some(4), &[offset("a", 0)])),
+            Some(Status::UnknownMember)
+        );
+        assert_eq!(
+            status(check_commit(&g, Some("m1"), Some(3), &[offset("a", 0)])),
+            Some(Status::IllegalGeneration)
+        );
         // Queue 0 of broker a is not queue 0 of broker b.
-        assert_eq!(status(check_commit(&g, Some("m2"), Some(4), &[offset("b", 1)])), Some(Status::NotQueueOwner));
-        assert_eq!(status(check_commit(&g, Some("m2"), Some(4), &[offset("a", 0)])), Some(Status::NotQueueOwner));
+        assert_eq!(
+            status(check_commit(&g, Some("m2"), Some(4), &[offset("b", 1)])),
+            Some(Status::NotQueueOwner)
+        );
+        assert_eq!(
+            status(check_commit(&g, Some("m2"), Some(4), &[offset("a", 0)])),
+            Some(Status::NotQueueOwner)
+        );
     }
 
     #[test]

@@ -219,7 +219,9 @@ impl BrokerHandler {
     pub(super) async fn refresh_group_routes(&self) {
         for group in self.groups.names() {
             let Some(addr) = self.groups.get(&group) else { continue };
-            let Ok(topics) = addr.send(gc::SubscribedTopics).await else { continue };
+            let Ok(topics) = addr.send(gc::SubscribedTopics).await else {
+                continue;
+            };
             for topic in topics {
                 match self.topic_queues(&topic).await {
                     Ok(queues) => addr.do_send(gc::SetTopicQueues { topic, queues }),

@@ -231,7 +231,9 @@ impl Admin {
         for (name, addr) in self.masters().await? {
             match self.broker(&addr, Command::ListGroups, Bytes::new()).await {
                 Ok(body) => all.extend(from_json::<GroupList>(&body, "groups")?.groups),
-                Err(e) => tracing::warn!(broker = %name, %addr, error = %e, "broker unreachable; its groups are not listed"),
+                Err(e) => {
+                    tracing::warn!(broker = %name, %addr, error = %e, "broker unreachable; its groups are not listed")
+                }
             }
         }
         Ok(all.into_iter().collect())

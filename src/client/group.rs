@@ -701,8 +701,14 @@ async fn commit_offsets(
         generation: Some(me.generation),
         offsets,
     };
-    core.request(addr, Command::CommitOffsets, to_json(&c), Bytes::new(), core.cfg.request_timeout)
-        .await?;
+    core.request(
+        addr,
+        Command::CommitOffsets,
+        to_json(&c),
+        Bytes::new(),
+        core.cfg.request_timeout,
+    )
+    .await?;
     Ok(())
 }
 
@@ -747,7 +753,13 @@ impl Feed {
         };
         let (_, body) = self
             .core
-            .request(&self.mq.broker_addr, Command::FetchOffsets, to_json(&f), Bytes::new(), timeout)
+            .request(
+                &self.mq.broker_addr,
+                Command::FetchOffsets,
+                to_json(&f),
+                Bytes::new(),
+                timeout,
+            )
             .await?;
         let committed: CommittedOffsets = from_json(&body, "offsets")?;
         let found = committed
@@ -777,7 +789,13 @@ impl Feed {
                 };
                 let (_, body) = self
                     .core
-                    .request(&self.mq.broker_addr, Command::SearchOffset, to_json(&s), Bytes::new(), timeout)
+                    .request(
+                        &self.mq.broker_addr,
+                        Command::SearchOffset,
+                        to_json(&s),
+                        Bytes::new(),
+                        timeout,
+                    )
                     .await?;
                 from_json::<OffsetAt>(&body, "offset")?.offset
             }
@@ -788,7 +806,15 @@ impl Feed {
             queue: self.mq.queue_id,
             offset: start,
         };
-        if let Err(e) = commit_offsets(&self.core, &self.mq.broker_addr, &self.offsets_group, &self.member, vec![offset]).await {
+        if let Err(e) = commit_offsets(
+            &self.core,
+            &self.mq.broker_addr,
+            &self.offsets_group,
+            &self.member,
+            vec![offset],
+        )
+        .await
+        {
             // Consumption goes on; the next commit records the position.
             tracing::warn!(queue = %self.mq, error = %e, "could not commit the start position");
         }
@@ -838,7 +864,9 @@ impl Feed {
 
     /// Offset-committing consumption: pull from a client-kept offset.
     async fn pull_loop(mut self) {
-        let Some(mut offset) = self.wait_for_start().await else { return };
+        let Some(mut offset) = self.wait_for_start().await else {
+            return;
+        };
         let consumer = super::consumer::PullConsumer::from_core(self.core.clone());
         let mut failures = 0u32;
         loop {
@@ -865,7 +893,9 @@ impl Feed {
 
     /// Per-message acknowledgements: the broker tracks what is in flight.
     async fn receive_loop(mut self, ack_timeout: Duration, orderly: bool) {
-        let Some(start) = self.wait_for_start().await else { return };
+        let Some(start) = self.wait_for_start().await else {
+            return;
+        };
         let req = ReceiveRequest {
             group: self.offsets_group.clone(),
             topic: self.mq.topic.clone(),

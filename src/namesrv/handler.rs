@@ -9,7 +9,9 @@ use bytes::Bytes;
 use futures::future::{FutureExt, LocalBoxFuture};
 use serde::de::DeserializeOwned;
 
-use crate::actors::namesrv::{ConnectionClosed, GetAllTopics, GetClusterInfo, GetRoute, NameServer, Register, Unregister};
+use crate::actors::namesrv::{
+    ConnectionClosed, GetAllTopics, GetClusterInfo, GetRoute, NameServer, Register, Unregister,
+};
 use crate::server::{ConnectionHandle, RequestHandler};
 use crate::wire::control::{from_json, to_json, validate_topic_name, RegisterBroker, TopicRef, UnregisterBroker};
 use crate::wire::{Command, Frame, Status};

@@ -313,7 +313,10 @@ mod tests {
         assert!(err.contains("broker_name"), "{err}");
         let new = br#"{"group":"g","offsets":[{"topic":"t","broker_name":"b","queue":0,"offset":5}]}"#;
         let c: CommitOffsets = from_json(new, "header").unwrap();
-        assert_eq!((c.member_id, c.generation, c.offsets[0].broker_name.as_str()), (None, None, "b"));
+        assert_eq!(
+            (c.member_id, c.generation, c.offsets[0].broker_name.as_str()),
+            (None, None, "b")
+        );
     }
 
     #[test]
