@@ -40,7 +40,7 @@ pub struct BrokerArgs {
 /// `ferromq namesrv` flags.
 #[derive(Debug, Args)]
 pub struct NamesrvArgs {
-    /// Configuration file (TOML; its [namesrv] section is used).
+    /// Configuration file (TOML; its `[namesrv]` section is used).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Address to listen on (namesrv.listen); port 0 picks one.

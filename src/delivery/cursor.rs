@@ -2,7 +2,7 @@
 //!
 //! Offsets below `committed` are settled. Between `committed` and `next`
 //! every offset is either settled (acknowledged, filtered out, or written to
-//! the dead-letter topic) or has a [`Slot`]: in flight until its ack
+//! the dead-letter topic) or has a `Slot`: in flight until its ack
 //! deadline, waiting for a retry, or being dead-lettered. `next` is the
 //! first offset never delivered. The committed offset therefore never passes
 //! an unsettled message, whatever order acknowledgements arrive in.
