@@ -88,6 +88,9 @@ pub fn transient_status(status: Status) -> bool {
     }
 }
 
+/// Result of a client call.
+pub type ClientResult<T> = Result<T, ClientError>;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +142,3 @@ mod tests {
         }
     }
 }
-
-/// Result of a client call.
-pub type ClientResult<T> = Result<T, ClientError>;
