@@ -216,3 +216,25 @@ pub async fn stats(a: StatsArgs) -> CliResult {
         tokio::time::sleep(interval).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::{Cli, Cmd};
+
+    #[test]
+    fn cluster_reads_the_name_servers_unless_given_an_http_address() {
+        let parse = |line: &str| match Cli::try_parse_from(line.split(' ')).unwrap().command {
+            Cmd::Cluster(a) => a,
+            other => panic!("{other:?}"),
+        };
+        let a = parse("ferromq cluster -n 127.0.0.1:1,127.0.0.1:2 --format json");
+        assert_eq!(a.ns.namesrv, "127.0.0.1:1,127.0.0.1:2");
+        if std::env::var_os("FERROMQ_HTTP").is_none() {
+            assert!(a.http.is_none());
+        }
+        let a = parse("ferromq cluster --http 127.0.0.1:8080");
+        assert_eq!(a.http.as_deref(), Some("127.0.0.1:8080"));
+    }
+}
