@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 
 use super::output::{format_message, Format};
 use super::{CliResult, NamesrvOpt};
+use crate::client::core::ClientCore;
 use crate::client::{ClientError, GroupConsumer, GroupConsumerConfig, MessageQueue, PullConsumer, StartPosition};
 use crate::store::record::StoredRecord;
 
@@ -103,40 +104,86 @@ pub struct ConsumeArgs {
     pub ns: NamesrvOpt,
 }
 
-/// Pulls one queue forever, sending its messages in order.
+/// Consecutive failed pulls answered with a server error before a queue
+/// gives up (and `consume` fails); network failures never give up.
+const MAX_SERVER_FAILURES: u32 = 5;
+/// How often a queue whose broker is marked down checks whether it is back
+/// (and re-resolves its address from the route).
+const DOWN_CHECK: Duration = Duration::from_millis(500);
+
+/// Waits until `mq`'s broker is no longer marked down, re-resolving its
+/// master's address from the route meanwhile (a restarted broker may come
+/// back elsewhere; the client core refreshes routes naming a down broker
+/// every couple of seconds).
+async fn wait_for_broker(core: &ClientCore, mq: &mut MessageQueue) {
+    while core.is_down(&mq.broker_addr) {
+        tokio::time::sleep(DOWN_CHECK).await;
+        let Ok(route) = core.route(&mq.topic, false).await else {
+            continue;
+        };
+        let addr = route
+            .brokers
+            .iter()
+            .find(|b| b.broker_name == mq.broker_name)
+            .and_then(|b| b.addrs.get(&0));
+        if let Some(addr) = addr {
+            if *addr != mq.broker_addr {
+                tracing::info!(queue = %mq, from = %mq.broker_addr, to = %addr, "broker moved");
+                mq.broker_addr = addr.clone();
+            }
+        }
+    }
+}
+
+/// Pulls one queue forever, sending its messages in order. While its
+/// broker cannot be reached the queue waits in the background (the client
+/// core logs one warning per broker) and resumes where it stopped once the
+/// broker is back; only repeated server errors end it with an error.
 async fn follow(
     consumer: PullConsumer,
-    mq: MessageQueue,
+    mut mq: MessageQueue,
     from: StartFrom,
     tags: String,
     tx: mpsc::Sender<Result<Vec<StoredRecord>, ClientError>>,
 ) {
-    let start = match consumer.offsets(&mq).await {
-        Ok(o) => match from {
-            StartFrom::Earliest => o.min_offset,
-            StartFrom::Latest => o.max_offset,
-            StartFrom::Timestamp(_) => o.min_offset,
-        },
-        Err(e) => {
-            let _ = tx.send(Err(e)).await;
-            return;
-        }
-    };
-    let mut offset = start;
+    let core = consumer.core().clone();
+    let mut offset: Option<u64> = None;
     let mut failures = 0u32;
     loop {
-        match consumer.pull(&mq, offset, PULL_BATCH, PULL_WAIT, &tags).await {
-            Ok(r) => {
+        if core.is_down(&mq.broker_addr) {
+            wait_for_broker(&core, &mut mq).await;
+        }
+        let result = match offset {
+            None => consumer.offsets(&mq).await.map(|o| {
+                offset = Some(match from {
+                    StartFrom::Earliest | StartFrom::Timestamp(_) => o.min_offset,
+                    StartFrom::Latest => o.max_offset,
+                });
+                None
+            }),
+            Some(at) => consumer.pull(&mq, at, PULL_BATCH, PULL_WAIT, &tags).await.map(Some),
+        };
+        match result {
+            Ok(None) => failures = 0,
+            Ok(Some(r)) => {
                 failures = 0;
-                offset = r.next_offset;
+                offset = Some(r.next_offset);
                 if !r.messages.is_empty() && tx.send(Ok(r.messages)).await.is_err() {
                     return;
                 }
             }
+            // Marked down by the core (one warning per broker): wait above.
+            Err(e) if core.is_down(&mq.broker_addr) => {
+                tracing::debug!(queue = %mq, error = %e, "broker down; waiting for it");
+            }
+            Err(e @ (ClientError::Timeout { .. } | ClientError::Io { .. } | ClientError::Closed(_))) => {
+                tracing::debug!(queue = %mq, error = %e, "pull failed; retrying");
+                tokio::time::sleep(DOWN_CHECK).await;
+            }
             Err(e) => {
                 failures += 1;
                 tracing::warn!(queue = %mq, error = %e, "pull failed");
-                if failures >= 5 {
+                if failures >= MAX_SERVER_FAILURES {
                     let _ = tx.send(Err(e)).await;
                     return;
                 }
@@ -144,6 +191,20 @@ async fn follow(
             }
         }
     }
+}
+
+/// The queues of every topic, or an error naming the topic that has no
+/// route (missing topic, no live broker) or the name servers that did not
+/// answer; checked before consuming so that such a consume fails at once.
+async fn check_routes(core: &ClientCore, topics: &[String]) -> Result<Vec<MessageQueue>, String> {
+    let mut all = Vec::new();
+    for topic in topics {
+        match core.queues(topic).await {
+            Ok(q) => all.extend(q),
+            Err(e) => return Err(format!("cannot consume {topic}: {e}")),
+        }
+    }
+    Ok(all)
 }
 
 /// Runs `consume`.
@@ -155,7 +216,7 @@ pub async fn run(a: ConsumeArgs) -> CliResult {
         return Err("--from <time> needs --group (it resolves per-queue offsets on the broker)".into());
     }
     let consumer = PullConsumer::new(a.ns.client_config());
-    let queues = consumer.queues(&a.topic).await?;
+    let queues = check_routes(consumer.core(), std::slice::from_ref(&a.topic)).await?;
     let (tx, mut rx) = mpsc::channel(queues.len() * 2);
     let mut tasks = Vec::new();
     for mq in queues {
@@ -230,6 +291,9 @@ async fn run_group(a: ConsumeArgs) -> CliResult {
     };
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
+    // Up front: a missing topic or unreachable name servers fail the
+    // command instead of a member waiting for ever.
+    check_routes(&ClientCore::new(a.ns.client_config()), std::slice::from_ref(&a.topic)).await?;
     let mut consumer = GroupConsumer::start(a.ns.client_config(), cfg);
     let idle = a.idle_timeout.filter(|s| *s > 0.0).map(Duration::from_secs_f64);
     let mut printed = 0u64;

@@ -53,7 +53,7 @@ pub enum Cmd {
     Group(group::GroupArgs),
     /// List and resend a group's dead letters.
     Dlq(dlq::DlqArgs),
-    /// Brokers and name servers (from a broker's HTTP API).
+    /// Brokers and name servers, each pinged: `up` or `unreachable`.
     Cluster(stats::ClusterArgs),
     /// A compact live view of rates, connections, memory and lag.
     Stats(stats::StatsArgs),

@@ -1,5 +1,7 @@
-//! `ferromq cluster` and `ferromq stats`: read the broker's HTTP JSON API
-//! (`docs/http.md`), the same one the web console uses.
+//! `ferromq cluster` and `ferromq stats`. `stats` reads the broker's HTTP
+//! JSON API (`docs/http.md`), the same one the web console uses; `cluster`
+//! asks the name servers (or, with `--http`, that API) and pings every name
+//! server and broker to show which are up.
 
 use std::time::Duration;
 
@@ -7,7 +9,8 @@ use clap::Args;
 use serde_json::Value;
 
 use super::output::Format;
-use super::CliResult;
+use super::{CliResult, NamesrvOpt};
+use crate::client::Admin;
 
 /// Where the HTTP API is.
 #[derive(Debug, Args)]
@@ -23,8 +26,12 @@ pub struct ClusterArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// Read the broker list from this broker's HTTP API (its `--http`)
+    /// instead of from the name servers.
+    #[arg(long = "http", env = "FERROMQ_HTTP")]
+    pub http: Option<String>,
     #[command(flatten)]
-    pub http: HttpOpt,
+    pub ns: NamesrvOpt,
 }
 
 /// `ferromq stats` flags.
@@ -60,25 +67,105 @@ async fn get(http: &str, path: &str) -> Result<Value, String> {
     .map_err(|e| e.to_string())?
 }
 
-/// Runs `cluster`.
+/// Runs `cluster`: every broker (marked `up` or `unreachable` by a ping) and
+/// every name server (likewise). From the name servers it succeeds as long
+/// as one of them answers; with `--http`, as long as that API answers.
 pub async fn cluster(a: ClusterArgs) -> CliResult {
-    let c = get(&a.http.http, "/api/cluster").await?;
+    let (namesrvs, brokers): (Vec<String>, Vec<Value>) = match &a.http {
+        Some(http) => {
+            let c = get(http, "/api/cluster").await?;
+            let ns = c["namesrv"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|n| n.as_str().map(str::to_string))
+                .collect();
+            (ns, c["brokers"].as_array().cloned().unwrap_or_default())
+        }
+        None => (super::split_addrs(&a.ns.namesrv), Vec::new()),
+    };
+    let admin = Admin::new(crate::client::ClientConfig::new(namesrvs.clone()));
+    let ns_status = admin.namesrv_status().await;
+    let brokers = match &a.http {
+        Some(_) => brokers,
+        None => {
+            if !ns_status.iter().any(|(_, r)| r.is_ok()) {
+                let why: Vec<String> = ns_status
+                    .iter()
+                    .map(|(addr, r)| {
+                        format!(
+                            "{addr}: {}",
+                            r.as_ref().err().map_or_else(String::new, |e| e.to_string())
+                        )
+                    })
+                    .collect();
+                return Err(format!("no name server answered ({})", why.join("; ")).into());
+            }
+            let mut info = admin.cluster_info().await?.brokers;
+            info.sort_by(|x, y| (&x.broker_name, x.broker_id).cmp(&(&y.broker_name, y.broker_id)));
+            info.iter()
+                .map(|b| {
+                    serde_json::json!({
+                        "cluster": b.cluster,
+                        "broker_name": b.broker_name,
+                        "broker_id": b.broker_id,
+                        "role": if b.broker_id == 0 { "master" } else { "slave" },
+                        "addr": b.addr,
+                    })
+                })
+                .collect()
+        }
+    };
+    let pings = futures::future::join_all(
+        brokers
+            .iter()
+            .map(|b| admin.ping(b["addr"].as_str().unwrap_or_default())),
+    )
+    .await;
+    let brokers: Vec<Value> = brokers
+        .into_iter()
+        .zip(pings)
+        .map(|(mut b, r)| {
+            b["unreachable"] = Value::Bool(r.is_err());
+            if let Err(e) = r {
+                b["error"] = Value::String(e.to_string());
+            }
+            b
+        })
+        .collect();
     match a.format {
-        Format::Json => outln!("{c}"),
+        Format::Json => {
+            let status: Vec<Value> = ns_status
+                .iter()
+                .map(|(addr, r)| match r {
+                    Ok(_) => serde_json::json!({"addr": addr, "up": true}),
+                    Err(e) => serde_json::json!({"addr": addr, "up": false, "error": e.to_string()}),
+                })
+                .collect();
+            outln!(
+                "{}",
+                serde_json::json!({"namesrv": namesrvs, "namesrv_status": status, "brokers": brokers})
+            );
+        }
         Format::Text => {
-            outln!("cluster broker id role address");
-            for b in c["brokers"].as_array().into_iter().flatten() {
+            outln!("cluster broker id role address status");
+            for b in &brokers {
                 outln!(
-                    "{} {} {} {} {}",
+                    "{} {} {} {} {} {}",
                     b["cluster"].as_str().unwrap_or("-"),
                     b["broker_name"].as_str().unwrap_or("-"),
                     b["broker_id"],
                     b["role"].as_str().unwrap_or("-"),
-                    b["addr"].as_str().unwrap_or("-")
+                    b["addr"].as_str().unwrap_or("-"),
+                    if b["unreachable"] == Value::Bool(true) {
+                        "unreachable"
+                    } else {
+                        "up"
+                    }
                 );
             }
-            for n in c["namesrv"].as_array().into_iter().flatten() {
-                outln!("namesrv {}", n.as_str().unwrap_or("-"));
+            for (addr, r) in &ns_status {
+                outln!("namesrv {addr} {}", if r.is_ok() { "up" } else { "unreachable" });
             }
         }
     }
@@ -127,5 +214,27 @@ pub async fn stats(a: StatsArgs) -> CliResult {
         }
         last = Some(o);
         tokio::time::sleep(interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::{Cli, Cmd};
+
+    #[test]
+    fn cluster_reads_the_name_servers_unless_given_an_http_address() {
+        let parse = |line: &str| match Cli::try_parse_from(line.split(' ')).unwrap().command {
+            Cmd::Cluster(a) => a,
+            other => panic!("{other:?}"),
+        };
+        let a = parse("ferromq cluster -n 127.0.0.1:1,127.0.0.1:2 --format json");
+        assert_eq!(a.ns.namesrv, "127.0.0.1:1,127.0.0.1:2");
+        if std::env::var_os("FERROMQ_HTTP").is_none() {
+            assert!(a.http.is_none());
+        }
+        let a = parse("ferromq cluster --http 127.0.0.1:8080");
+        assert_eq!(a.http.as_deref(), Some("127.0.0.1:8080"));
     }
 }

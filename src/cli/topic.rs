@@ -6,6 +6,7 @@ use serde_json::json;
 use super::output::Format;
 use super::{CliResult, NamesrvOpt};
 use crate::client::Admin;
+use crate::wire::control::TopicStats;
 
 /// `ferromq topic …`.
 #[derive(Debug, Args)]
@@ -37,7 +38,8 @@ pub enum TopicCmd {
         #[command(flatten)]
         ns: NamesrvOpt,
     },
-    /// Show each queue's offsets.
+    /// Show each queue's offsets; a broker group that cannot be reached is
+    /// shown as `unreachable` (JSON: `"brokers": [{"unreachable": true}]`).
     Describe {
         /// Topic name.
         name: String,
@@ -71,19 +73,44 @@ pub async fn run(a: TopicArgs) -> CliResult {
             }
         }
         TopicCmd::Describe { name, format, ns } => {
-            let stats = Admin::new(ns.client_config()).describe_topic(&name).await?;
+            let brokers = Admin::new(ns.client_config()).describe_topic_brokers(&name).await?;
             match format {
                 Format::Text => {
                     outln!("broker queue min_offset max_offset");
-                    for (broker, s) in &stats {
-                        for q in &s.queues {
-                            outln!("{broker} {} {} {}", q.queue, q.min_offset, q.max_offset);
+                    for b in &brokers {
+                        match &b.stats {
+                            Some(s) => {
+                                for q in &s.queues {
+                                    outln!("{} {} {} {}", b.broker_name, q.queue, q.min_offset, q.max_offset);
+                                }
+                            }
+                            None => outln!(
+                                "{} - - - unreachable {} ({})",
+                                b.broker_name,
+                                b.addr,
+                                b.error.as_deref().unwrap_or("no answer")
+                            ),
                         }
                     }
                 }
                 Format::Json => {
-                    let queues = super::output::topic_queues_json(&stats);
-                    outln!("{}", json!({"topic": name, "queues": queues}));
+                    let reachable: Vec<(String, TopicStats)> = brokers
+                        .iter()
+                        .filter_map(|b| b.stats.clone().map(|s| (b.broker_name.clone(), s)))
+                        .collect();
+                    let queues = super::output::topic_queues_json(&reachable);
+                    let groups: Vec<_> = brokers
+                        .iter()
+                        .map(|b| {
+                            let mut o =
+                                json!({"broker": b.broker_name, "addr": b.addr, "unreachable": b.unreachable()});
+                            if let Some(e) = &b.error {
+                                o["error"] = json!(e);
+                            }
+                            o
+                        })
+                        .collect();
+                    outln!("{}", json!({"topic": name, "queues": queues, "brokers": groups}));
                 }
             }
         }

@@ -35,6 +35,35 @@ pub struct GroupQueueLag {
     pub owner: Option<String>,
 }
 
+/// One broker group of a topic, as [`Admin::describe_topic_brokers`] saw it.
+#[derive(Debug, Clone)]
+pub struct BrokerTopicStats {
+    /// Broker group name.
+    pub broker_name: String,
+    /// Address of its master.
+    pub addr: String,
+    /// Its queues' offsets; `None` when the master could not be reached.
+    pub stats: Option<TopicStats>,
+    /// Why it could not be reached.
+    pub error: Option<String>,
+}
+
+impl BrokerTopicStats {
+    /// True when the master could not be reached.
+    pub fn unreachable(&self) -> bool {
+        self.stats.is_none()
+    }
+}
+
+/// Did the request fail because the server could not be reached (or did
+/// not answer in time), rather than with an answer?
+fn is_unreachable(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Io { .. } | ClientError::Closed(_) | ClientError::Timeout { .. }
+    )
+}
+
 /// Admin operations.
 #[derive(Debug, Clone)]
 pub struct Admin {
@@ -171,8 +200,30 @@ impl Admin {
         Ok(from_json::<AllTopics>(&body, "topics")?.topics)
     }
 
-    /// Per-queue offsets of `topic` on each broker group (master).
+    /// Per-queue offsets of `topic` on each broker group (master) that
+    /// answers; groups that cannot be reached are left out (see
+    /// [`Admin::describe_topic_brokers`] for which). Fails only when no
+    /// group answers.
     pub async fn describe_topic(&self, topic: &str) -> ClientResult<Vec<(String, TopicStats)>> {
+        let all = self.describe_topic_brokers(topic).await?;
+        let mut out = Vec::new();
+        let mut last = None;
+        for b in all {
+            match b.stats {
+                Some(s) => out.push((b.broker_name, s)),
+                None => last = b.error,
+            }
+        }
+        match last {
+            Some(e) if out.is_empty() => Err(ClientError::NoRoute(format!("no broker serving {topic} answered: {e}"))),
+            _ => Ok(out),
+        }
+    }
+
+    /// Every broker group of `topic`'s route with its per-queue offsets, or
+    /// marked unreachable (with the reason) when its master cannot be
+    /// reached. Server errors still fail the call.
+    pub async fn describe_topic_brokers(&self, topic: &str) -> ClientResult<Vec<BrokerTopicStats>> {
         let route = self.core.route(topic, true).await?;
         let header = to_json(&TopicRef {
             topic: topic.to_string(),
@@ -180,8 +231,17 @@ impl Admin {
         let mut out = Vec::new();
         for b in &route.brokers {
             let Some(addr) = b.addrs.get(&0) else { continue };
-            let body = self.broker(addr, Command::TopicStats, header.clone()).await?;
-            out.push((b.broker_name.clone(), from_json(&body, "topic stats")?));
+            let (stats, error) = match self.broker(addr, Command::TopicStats, header.clone()).await {
+                Ok(body) => (Some(from_json(&body, "topic stats")?), None),
+                Err(e) if is_unreachable(&e) => (None, Some(e.to_string())),
+                Err(e) => return Err(e),
+            };
+            out.push(BrokerTopicStats {
+                broker_name: b.broker_name.clone(),
+                addr: addr.clone(),
+                stats,
+                error,
+            });
         }
         Ok(out)
     }
@@ -361,15 +421,53 @@ impl Admin {
         Ok(out)
     }
 
-    /// Smallest and next offset of every queue of `topic`.
+    /// Smallest and next offset of every queue of `topic` whose broker
+    /// answers; queues of brokers that cannot be reached are left out (see
+    /// [`Admin::queue_offsets_status`]). Fails only when none answers.
     pub async fn queue_offsets(&self, topic: &str) -> ClientResult<Vec<(super::MessageQueue, QueueOffsets)>> {
+        let all = self.queue_offsets_status(topic).await?;
+        let total = all.len();
+        let out: Vec<_> = all.into_iter().filter_map(|(mq, o)| o.map(|o| (mq, o))).collect();
+        if out.is_empty() && total > 0 {
+            return Err(ClientError::NoRoute(format!("no broker serving {topic} answered")));
+        }
+        Ok(out)
+    }
+
+    /// Every queue of `topic` with its smallest and next offset, or `None`
+    /// when its broker cannot be reached (one failed queue marks the broker
+    /// down, so its other queues fail fast). Server errors fail the call.
+    pub async fn queue_offsets_status(
+        &self,
+        topic: &str,
+    ) -> ClientResult<Vec<(super::MessageQueue, Option<QueueOffsets>)>> {
         let consumer = super::consumer::PullConsumer::from_core(self.core.clone());
         let mut out = Vec::new();
         for mq in self.core.queues(topic).await? {
-            let o = consumer.offsets(&mq).await?;
+            let o = match consumer.offsets(&mq).await {
+                Ok(o) => Some(o),
+                Err(e) if is_unreachable(&e) => None,
+                Err(e) => return Err(e),
+            };
             out.push((mq, o));
         }
         Ok(out)
+    }
+
+    /// Pings every name server this client was given, in order: the round
+    /// trip, or why it did not answer.
+    pub async fn namesrv_status(&self) -> Vec<(String, Result<std::time::Duration, ClientError>)> {
+        let mut out = Vec::new();
+        for addr in &self.core.cfg.namesrv_addrs {
+            out.push((addr.clone(), self.core.ping(addr).await));
+        }
+        out
+    }
+
+    /// Pings a broker (or any server): the round trip, or why it did not
+    /// answer.
+    pub async fn ping(&self, addr: &str) -> ClientResult<std::time::Duration> {
+        self.core.ping(addr).await
     }
 
     /// Every live broker.

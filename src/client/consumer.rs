@@ -46,6 +46,11 @@ impl PullConsumer {
         PullConsumer { core }
     }
 
+    /// The shared client state (route cache, connections, down-set).
+    pub fn core(&self) -> &Arc<ClientCore> {
+        &self.core
+    }
+
     /// Every queue of `topic`.
     pub async fn queues(&self, topic: &str) -> ClientResult<Vec<MessageQueue>> {
         self.core.queues(topic).await

@@ -1,8 +1,16 @@
-//! What every client shares: name-server lookups, a route cache and a pool of
-//! broker connections.
+//! What every client shares: name-server lookups, a route cache, a pool of
+//! broker connections and a set of servers known to be down.
+//!
+//! A server that cannot be reached (connection refused, I/O error, closed
+//! connection, connect timeout) is *marked down* at once: requests to it fail
+//! fast (no reconnect per request), the cached routes naming it are dropped
+//! (and while it stays down, routes naming it are trusted for
+//! [`DOWN_ROUTE_TTL`] only, so a broker that comes back elsewhere is found),
+//! and a background probe reconnects every [`DOWN_RETRY_MIN`]…[`DOWN_RETRY_MAX`]
+//! until it answers a ping, which clears the mark.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -23,16 +31,33 @@ pub struct ClientConfig {
     pub retries: u32,
     /// How long a topic route is trusted before it is looked up again.
     pub route_ttl: Duration,
+    /// Largest request frame the brokers accept (their
+    /// `broker.max_frame_bytes`, [`DEFAULT_MAX_FRAME_BYTES`] unless
+    /// configured otherwise); a larger send is refused before anything is
+    /// sent.
+    pub max_frame_bytes: usize,
 }
 
+/// The brokers' default frame limit (16 MiB).
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 << 20;
+
+/// First delay before a server marked down is tried again.
+pub const DOWN_RETRY_MIN: Duration = Duration::from_millis(500);
+/// Longest delay between two tries of a server marked down.
+pub const DOWN_RETRY_MAX: Duration = Duration::from_secs(2);
+/// How long a cached route naming a server marked down is trusted.
+pub const DOWN_ROUTE_TTL: Duration = Duration::from_secs(2);
+
 impl ClientConfig {
-    /// Defaults (3 s requests, 2 retries, 30 s routes) for these name servers.
+    /// Defaults (3 s requests, 2 retries, 30 s routes, 16 MiB frames) for
+    /// these name servers.
     pub fn new<S: Into<String>>(namesrv_addrs: impl IntoIterator<Item = S>) -> ClientConfig {
         ClientConfig {
             namesrv_addrs: namesrv_addrs.into_iter().map(Into::into).collect(),
             request_timeout: Duration::from_secs(3),
             retries: 2,
             route_ttl: Duration::from_secs(30),
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
         }
     }
 }
@@ -75,13 +100,120 @@ pub fn route_queues(route: &TopicRoute) -> Vec<MessageQueue> {
     out
 }
 
+/// One server marked down.
+#[derive(Debug, Clone)]
+struct DownEntry {
+    /// When it was first found unreachable (this time).
+    since: Instant,
+    /// Earliest time of the next connection attempt.
+    retry_at: Instant,
+    /// Failed attempts in a row.
+    failures: u32,
+    /// A background probe is running for it.
+    probing: bool,
+}
+
+/// Servers found unreachable, with when to try each again. Pure
+/// bookkeeping: the caller passes the time.
+#[derive(Debug, Default)]
+struct DownSet {
+    map: HashMap<String, DownEntry>,
+}
+
+/// Delay before the next try after `failures` failed attempts in a row:
+/// [`DOWN_RETRY_MIN`], doubling up to [`DOWN_RETRY_MAX`].
+fn down_backoff(failures: u32) -> Duration {
+    let shift = failures.saturating_sub(1).min(8);
+    (DOWN_RETRY_MIN * (1u32 << shift)).min(DOWN_RETRY_MAX)
+}
+
+impl DownSet {
+    /// Records a failed attempt on `addr`; true when it was up until now.
+    fn mark(&mut self, addr: &str, now: Instant) -> bool {
+        match self.map.get_mut(addr) {
+            Some(e) => {
+                e.failures = e.failures.saturating_add(1);
+                e.retry_at = now + down_backoff(e.failures);
+                false
+            }
+            None => {
+                self.map.insert(
+                    addr.to_string(),
+                    DownEntry {
+                        since: now,
+                        retry_at: now + down_backoff(1),
+                        failures: 1,
+                        probing: false,
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// Forgets `addr`; true when it was marked down.
+    fn clear(&mut self, addr: &str) -> bool {
+        self.map.remove(addr).is_some()
+    }
+
+    fn contains(&self, addr: &str) -> bool {
+        self.map.contains_key(addr)
+    }
+
+    /// May a connection to `addr` be attempted now? Always for a server not
+    /// marked down; for one marked down only once its retry time has come,
+    /// and then the retry time moves on so that concurrent callers keep
+    /// failing fast while this attempt runs.
+    fn claim_attempt(&mut self, addr: &str, now: Instant) -> bool {
+        match self.map.get_mut(addr) {
+            None => true,
+            Some(e) if e.retry_at <= now => {
+                e.retry_at = now + down_backoff(e.failures.saturating_add(1));
+                true
+            }
+            Some(_) => false,
+        }
+    }
+
+    /// Starts probing `addr` unless a probe already runs; true when the
+    /// caller should start one.
+    fn start_probe(&mut self, addr: &str) -> bool {
+        match self.map.get_mut(addr) {
+            Some(e) if !e.probing => {
+                e.probing = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// When the next probe of `addr` is due; `None` once it is up again.
+    fn next_probe(&self, addr: &str) -> Option<Instant> {
+        self.map.get(addr).map(|e| e.retry_at)
+    }
+}
+
+type Pool = Mutex<HashMap<String, RemotingConnection>>;
+
+/// Is `e` a sign that the server cannot be reached (rather than an answer,
+/// or a slow one)?
+fn unreachable(e: &ClientError) -> bool {
+    matches!(e, ClientError::Io { .. } | ClientError::Closed(_))
+}
+
+/// Does `route` name `addr` as any broker's address?
+fn route_names(route: &TopicRoute, addr: &str) -> bool {
+    route.brokers.iter().any(|b| b.addrs.values().any(|a| a == addr))
+}
+
 /// Shared client state.
 #[derive(Debug)]
 pub struct ClientCore {
     /// Settings.
     pub cfg: ClientConfig,
-    pool: Mutex<HashMap<String, RemotingConnection>>,
+    pool: Arc<Pool>,
     routes: Mutex<HashMap<String, (Instant, Arc<TopicRoute>)>>,
+    down: Arc<Mutex<DownSet>>,
 }
 
 impl ClientCore {
@@ -89,27 +221,186 @@ impl ClientCore {
     pub fn new(cfg: ClientConfig) -> Arc<ClientCore> {
         Arc::new(ClientCore {
             cfg,
-            pool: Mutex::default(),
+            pool: Arc::default(),
             routes: Mutex::default(),
+            down: Arc::default(),
         })
     }
 
-    /// A live connection to `addr`, reusing a pooled one.
+    /// Marks `addr` (a broker or name server) down, as the client does by
+    /// itself when a connection to it is refused, fails or closes: requests
+    /// to it fail fast until it answers again, its pooled connection is
+    /// dropped, cached routes naming it are forgotten (so the next lookup
+    /// asks the name servers), and, inside a tokio runtime, a background
+    /// probe reconnects (after 0.5 s, then every 1–2 s) and clears the mark
+    /// once the server answers a ping.
+    pub fn mark_down(&self, addr: &str) {
+        self.mark_down_because(addr, None);
+    }
+
+    fn mark_down_because(&self, addr: &str, why: Option<&ClientError>) {
+        let now = Instant::now();
+        let (newly, probe) = match self.down.lock() {
+            Ok(mut d) => {
+                let newly = d.mark(addr, now);
+                (newly, d.start_probe(addr))
+            }
+            Err(_) => return,
+        };
+        if let Ok(mut p) = self.pool.lock() {
+            p.remove(addr);
+        }
+        if newly {
+            match why {
+                Some(e) => {
+                    tracing::warn!(%addr, error = %e, "server unreachable; marked down and retried in the background")
+                }
+                None => tracing::warn!(%addr, "server marked down; retried in the background"),
+            }
+            if let Ok(mut m) = self.routes.lock() {
+                m.retain(|_, (_, r)| !route_names(r, addr));
+            }
+        }
+        if probe {
+            self.spawn_probe(addr);
+        }
+    }
+
+    /// Clears `addr`'s down mark (the client does so itself when a
+    /// connection to it succeeds again).
+    pub fn mark_up(&self, addr: &str) {
+        mark_up(&self.down, addr);
+    }
+
+    /// Whether `addr` is marked down (see [`ClientCore::mark_down`]).
+    pub fn is_down(&self, addr: &str) -> bool {
+        self.down.lock().is_ok_and(|d| d.contains(addr))
+    }
+
+    /// Every server marked down, with how long it has been down.
+    pub fn down_servers(&self) -> Vec<(String, Duration)> {
+        let mut out: Vec<(String, Duration)> = self
+            .down
+            .lock()
+            .map(|d| d.map.iter().map(|(a, e)| (a.clone(), e.since.elapsed())).collect())
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    /// Probes `addr` until it answers a ping or is no longer marked down
+    /// (or the client is gone).
+    fn spawn_probe(&self, addr: &str) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            // No runtime: callers retry themselves once the backoff passed.
+            if let Ok(mut d) = self.down.lock() {
+                if let Some(e) = d.map.get_mut(addr) {
+                    e.probing = false;
+                }
+            }
+            return;
+        };
+        let down: Weak<Mutex<DownSet>> = Arc::downgrade(&self.down);
+        let pool: Weak<Pool> = Arc::downgrade(&self.pool);
+        let addr = addr.to_string();
+        let timeout = self.cfg.request_timeout;
+        rt.spawn(async move {
+            loop {
+                let due = match down.upgrade() {
+                    Some(d) => match d.lock().ok().and_then(|d| d.next_probe(&addr)) {
+                        Some(due) => due,
+                        None => return,
+                    },
+                    None => return,
+                };
+                tokio::time::sleep_until(due.into()).await;
+                let Some(d) = down.upgrade() else { return };
+                let claimed = d.lock().is_ok_and(|mut d| d.claim_attempt(&addr, Instant::now()));
+                if !claimed {
+                    continue;
+                }
+                let answered = match RemotingConnection::connect(&addr, timeout, None).await {
+                    Ok(conn) => conn
+                        .request(Command::Ping, Bytes::new(), Bytes::new(), timeout)
+                        .await
+                        .map(|_| conn),
+                    Err(e) => Err(e),
+                };
+                match answered {
+                    Ok(conn) => {
+                        if let Some(p) = pool.upgrade() {
+                            if let Ok(mut p) = p.lock() {
+                                p.insert(addr.clone(), conn);
+                            }
+                        }
+                        mark_up(&d, &addr);
+                        return;
+                    }
+                    Err(_) => {
+                        if let Ok(mut d) = d.lock() {
+                            if d.contains(&addr) {
+                                d.mark(&addr, Instant::now());
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// A live connection to `addr`, reusing a pooled one. A server marked
+    /// down fails fast (an `Io` error saying so) until its retry time.
     pub async fn connection(&self, addr: &str) -> ClientResult<RemotingConnection> {
+        self.connection_inner(addr, false).await
+    }
+
+    async fn connection_inner(&self, addr: &str, force: bool) -> ClientResult<RemotingConnection> {
         if let Some(c) = self.pool.lock().ok().and_then(|p| p.get(addr).cloned()) {
             if !c.is_closed() {
                 return Ok(c);
             }
         }
-        let conn = RemotingConnection::connect(addr, self.cfg.request_timeout, None).await?;
-        if let Ok(mut p) = self.pool.lock() {
-            p.insert(addr.to_string(), conn.clone());
+        let claimed = self
+            .down
+            .lock()
+            .map_or(true, |mut d| d.claim_attempt(addr, Instant::now()));
+        if !claimed && !force {
+            let since = self
+                .down
+                .lock()
+                .ok()
+                .and_then(|d| d.map.get(addr).map(|e| e.since.elapsed()))
+                .unwrap_or_default();
+            return Err(ClientError::Io {
+                addr: addr.to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    format!(
+                        "unreachable for {:.1} s (marked down; retried in the background)",
+                        since.as_secs_f64()
+                    ),
+                ),
+            });
         }
-        Ok(conn)
+        match RemotingConnection::connect(addr, self.cfg.request_timeout, None).await {
+            Ok(conn) => {
+                if let Ok(mut p) = self.pool.lock() {
+                    p.insert(addr.to_string(), conn.clone());
+                }
+                self.mark_up(addr);
+                Ok(conn)
+            }
+            Err(e) => {
+                // A connect timeout counts too: nothing answered at all.
+                self.mark_down_because(addr, Some(&e));
+                Err(e)
+            }
+        }
     }
 
     /// One request to one server; a failed connection is dropped from the
-    /// pool so the next call reconnects.
+    /// pool so the next call reconnects, and a server that cannot be reached
+    /// is marked down (see [`ClientCore::mark_down`]).
     pub async fn request(
         &self,
         addr: &str,
@@ -118,29 +409,65 @@ impl ClientCore {
         body: Bytes,
         timeout: Duration,
     ) -> ClientResult<(Bytes, Bytes)> {
-        let conn = self.connection(addr).await?;
+        self.request_inner(addr, cmd, header, body, timeout, false).await
+    }
+
+    async fn request_inner(
+        &self,
+        addr: &str,
+        cmd: Command,
+        header: Bytes,
+        body: Bytes,
+        timeout: Duration,
+        force: bool,
+    ) -> ClientResult<(Bytes, Bytes)> {
+        let conn = self.connection_inner(addr, force).await?;
         let result = conn.request(cmd, header, body, timeout).await;
-        if matches!(
-            result,
-            Err(ClientError::Closed(_) | ClientError::Io { .. } | ClientError::Timeout { .. })
-        ) {
-            if let Ok(mut p) = self.pool.lock() {
-                p.remove(addr);
+        match &result {
+            Err(e) if unreachable(e) => self.mark_down_because(addr, Some(e)),
+            Err(ClientError::Timeout { .. }) => {
+                if let Ok(mut p) = self.pool.lock() {
+                    p.remove(addr);
+                }
             }
+            _ => {}
         }
         result
     }
 
-    /// Asks the name servers in turn; the first answer (success or a server
-    /// error status) wins, network failures move on to the next.
+    /// Pings `addr` (a broker or a name server) and returns the round trip;
+    /// tries even a server marked down, and clears or sets its mark by the
+    /// outcome.
+    pub async fn ping(&self, addr: &str) -> ClientResult<Duration> {
+        let started = Instant::now();
+        self.request_inner(
+            addr,
+            Command::Ping,
+            Bytes::new(),
+            Bytes::new(),
+            self.cfg.request_timeout,
+            true,
+        )
+        .await?;
+        Ok(started.elapsed())
+    }
+
+    /// Asks the name servers in turn (those not marked down first; those
+    /// marked down too when no other answers); the first answer (success or
+    /// a server error status) wins, network failures move on to the next.
     pub async fn namesrv(&self, cmd: Command, header: Bytes) -> ClientResult<Bytes> {
         if self.cfg.namesrv_addrs.is_empty() {
             return Err(ClientError::Invalid("no name server address given".into()));
         }
+        let (up, down): (Vec<&String>, Vec<&String>) = self.cfg.namesrv_addrs.iter().partition(|a| !self.is_down(a));
         let mut last = None;
-        for addr in &self.cfg.namesrv_addrs {
+        for (addr, force) in up
+            .into_iter()
+            .map(|a| (a, false))
+            .chain(down.into_iter().map(|a| (a, true)))
+        {
             match self
-                .request(addr, cmd, header.clone(), Bytes::new(), self.cfg.request_timeout)
+                .request_inner(addr, cmd, header.clone(), Bytes::new(), self.cfg.request_timeout, force)
                 .await
             {
                 Ok((_, body)) => return Ok(body),
@@ -155,11 +482,13 @@ impl ClientCore {
         )))
     }
 
-    /// The topic's route, from the cache unless stale or `refresh`.
+    /// The topic's route, from the cache unless stale or `refresh`. A cached
+    /// route naming a server marked down is stale after [`DOWN_ROUTE_TTL`].
     pub async fn route(&self, topic: &str, refresh: bool) -> ClientResult<Arc<TopicRoute>> {
         if !refresh {
             if let Some((at, r)) = self.routes.lock().ok().and_then(|m| m.get(topic).cloned()) {
-                if at.elapsed() < self.cfg.route_ttl {
+                let age = at.elapsed();
+                if age < self.cfg.route_ttl && (age < DOWN_ROUTE_TTL || !self.route_names_down(&r)) {
                     return Ok(r);
                 }
             }
@@ -177,6 +506,12 @@ impl ClientCore {
             m.insert(topic.to_string(), (Instant::now(), route.clone()));
         }
         Ok(route)
+    }
+
+    fn route_names_down(&self, route: &TopicRoute) -> bool {
+        self.down
+            .lock()
+            .is_ok_and(|d| d.map.keys().any(|a| route_names(route, a)))
     }
 
     /// Forgets a cached route.
@@ -229,6 +564,13 @@ impl ClientCore {
     }
 }
 
+/// Clears `addr`'s down mark, logging the recovery.
+fn mark_up(down: &Mutex<DownSet>, addr: &str) {
+    if down.lock().is_ok_and(|mut d| d.clear(addr)) {
+        tracing::info!(%addr, "server reachable again");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,5 +594,108 @@ mod tests {
         };
         let qs: Vec<String> = route_queues(&route).iter().map(ToString::to_string).collect();
         assert_eq!(qs, ["t/b1/0", "t/b1/1", "t/b2/0"]);
+    }
+
+    #[test]
+    fn down_set_backs_off_and_lets_one_attempt_through() {
+        let t0 = Instant::now();
+        let mut d = DownSet::default();
+        assert!(d.claim_attempt("a", t0), "a server not marked down is tried");
+        assert!(d.mark("a", t0), "first failure marks it down");
+        assert!(!d.mark("a", t0), "second failure is not a new transition");
+        assert!(d.contains("a") && !d.contains("b"));
+        // Within the backoff nobody may connect.
+        assert!(!d.claim_attempt("a", t0 + Duration::from_millis(100)));
+        // After it, one attempt goes through and pushes the next one out.
+        let later = t0 + DOWN_RETRY_MAX;
+        assert!(d.claim_attempt("a", later));
+        assert!(!d.claim_attempt("a", later));
+        assert!(d.start_probe("a"));
+        assert!(!d.start_probe("a"), "one probe per server");
+        assert!(!d.start_probe("b"), "no probe for a server that is up");
+        assert!(d.clear("a"));
+        assert!(!d.clear("a"));
+        assert!(d.next_probe("a").is_none());
+        assert!(d.claim_attempt("a", later));
+    }
+
+    #[test]
+    fn down_backoff_doubles_up_to_the_cap() {
+        assert_eq!(down_backoff(1), DOWN_RETRY_MIN);
+        assert_eq!(down_backoff(2), DOWN_RETRY_MIN * 2);
+        assert_eq!(down_backoff(3), DOWN_RETRY_MAX);
+        assert_eq!(down_backoff(u32::MAX), DOWN_RETRY_MAX);
+    }
+
+    /// Answers every request frame on `listener` with an empty success.
+    async fn ping_server(listener: tokio::net::TcpListener) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = bytes::BytesMut::new();
+                loop {
+                    while let Ok(Some(f)) = crate::wire::Frame::parse(&mut buf, 1 << 20) {
+                        let mut out = bytes::BytesMut::new();
+                        crate::wire::Frame::ok(f.correlation_id, Bytes::new(), Bytes::new()).encode(&mut out);
+                        if sock.write_all(&out).await.is_err() {
+                            return;
+                        }
+                    }
+                    match sock.read_buf(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            });
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_marked_down_fails_fast_and_is_probed_back() {
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let core = ClientCore::new(ClientConfig::new([addr.clone()]));
+        let route = TopicRoute {
+            topic: "t".into(),
+            brokers: vec![crate::wire::control::BrokerRoute {
+                broker_name: "b".into(),
+                cluster: "c".into(),
+                queues: 1,
+                addrs: [(0, addr.clone())].into_iter().collect(),
+            }],
+        };
+        core.routes
+            .lock()
+            .unwrap()
+            .insert("t".into(), (Instant::now(), Arc::new(route)));
+        let ping = || core.request(&addr, Command::Ping, Bytes::new(), Bytes::new(), Duration::from_secs(1));
+        assert!(matches!(ping().await, Err(ClientError::Io { .. })));
+        assert!(core.is_down(&addr));
+        assert!(
+            core.routes.lock().unwrap().get("t").is_none(),
+            "routes naming it are dropped"
+        );
+        assert_eq!(core.down_servers().len(), 1);
+        let started = Instant::now();
+        let err = ping().await.unwrap_err().to_string();
+        assert!(err.contains("marked down"), "{err}");
+        assert!(started.elapsed() < Duration::from_millis(100));
+
+        // The server comes back on the same address: the probe finds it.
+        let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
+        tokio::spawn(ping_server(listener));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while core.is_down(&addr) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(!core.is_down(&addr), "probed back within the backoff");
+        ping().await.unwrap();
+
+        core.mark_down(&addr);
+        assert!(core.is_down(&addr));
+        core.ping(&addr).await.unwrap();
+        assert!(!core.is_down(&addr), "a successful ping clears the mark");
     }
 }

@@ -51,7 +51,94 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// Could the same request succeed if tried again (on another broker,
+    /// after a fresh route, or a little later)? True for network failures,
+    /// timeouts, a missing route and transient server statuses (see
+    /// [`transient_status`]); false for a request that is wrong in itself
+    /// (invalid, too large, malformed, unknown topic, refused).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Io { .. } | ClientError::Timeout { .. } | ClientError::Closed(_) | ClientError::NoRoute(_) => {
+                true
+            }
+            ClientError::Server { status, .. } => transient_status(*status),
+            ClientError::Decode(_) | ClientError::Invalid(_) => false,
+        }
+    }
+}
+
+/// Is a server status transient, i.e. may the same request succeed when
+/// retried? Transient: system error, busy, store error, service unavailable
+/// (starting or stopping), queue not existing (a stale route: retried after
+/// a fresh lookup) and a group rebalancing. Everything else — invalid
+/// argument, malformed frame, unsupported version, frame too large, unknown
+/// command, unknown topic (brokers not creating topics), message not found,
+/// group membership errors — is permanent.
+pub fn transient_status(status: Status) -> bool {
+    match status {
+        Status::SystemError
+        | Status::SystemBusy
+        | Status::StoreError
+        | Status::ServiceUnavailable
+        | Status::QueueNotExist
+        | Status::RebalanceInProgress => true,
+        // Permanent, and any status added later until classified here.
+        _ => false,
+    }
 }
 
 /// Result of a client call.
 pub type ClientResult<T> = Result<T, ClientError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(status: Status) -> ClientError {
+        ClientError::Server {
+            status,
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn network_trouble_and_busy_servers_are_transient() {
+        let io = ClientError::Io {
+            addr: "a".into(),
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        };
+        assert!(io.is_transient());
+        assert!(ClientError::Closed("a".into()).is_transient());
+        assert!(ClientError::NoRoute("x".into()).is_transient());
+        assert!(ClientError::Timeout {
+            what: "x".into(),
+            millis: 1
+        }
+        .is_transient());
+        for s in [
+            Status::SystemError,
+            Status::SystemBusy,
+            Status::StoreError,
+            Status::ServiceUnavailable,
+            Status::QueueNotExist,
+        ] {
+            assert!(server(s).is_transient(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn wrong_requests_are_permanent() {
+        assert!(!ClientError::Invalid("too big".into()).is_transient());
+        for s in [
+            Status::InvalidArgument,
+            Status::MalformedFrame,
+            Status::FrameTooLarge,
+            Status::TopicNotExist,
+            Status::UnknownCommand,
+            Status::UnsupportedVersion,
+        ] {
+            assert!(!server(s).is_transient(), "{s:?}");
+        }
+    }
+}

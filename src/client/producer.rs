@@ -1,6 +1,15 @@
 //! The producer: sync, async, oneway and batch sends, round-robin or by
 //! sharding key, retrying on another queue/broker.
+//!
+//! Round-robin starts at a random queue per producer (so many short-lived
+//! producers spread their first messages), prefers queues on brokers the
+//! client has not marked down (see [`ClientCore::mark_down`]), and after a
+//! failure retries on another broker. Only transient failures are retried
+//! ([`ClientError::is_transient`]); a request that cannot succeed — larger
+//! than the frame limit, a bad topic name, a permanent server status — fails
+//! at once with its cause.
 
+use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,7 +20,7 @@ use super::core::{ClientConfig, ClientCore, MessageQueue};
 use super::error::{ClientError, ClientResult};
 use crate::message::Message;
 use crate::store::record::MessageId;
-use crate::wire::buf::check_props;
+use crate::wire::buf::{check_props, props_len};
 use crate::wire::control::validate_topic_name;
 use crate::wire::send::{SendEntry, SendRequest, SendResponse};
 use crate::wire::{Command, Status};
@@ -60,19 +69,62 @@ pub fn sharding_hash(key: &str) -> u64 {
 }
 
 fn retriable(e: &ClientError) -> bool {
-    match e {
-        ClientError::Io { .. } | ClientError::Timeout { .. } | ClientError::Closed(_) => true,
-        ClientError::Server { status, .. } => matches!(
-            status,
-            Status::SystemBusy | Status::SystemError | Status::StoreError | Status::ServiceUnavailable
-        ),
-        _ => false,
-    }
+    e.is_transient()
 }
 
-/// Picks the queue for attempt `attempt`: round-robin from `start`, skipping
-/// queues on `avoid` (the broker that just failed) when another exists.
-fn pick(queues: &[MessageQueue], selector: Selector, start: usize, avoid: Option<&str>) -> Option<MessageQueue> {
+/// A random round-robin start (time, pid and the std's random hash keys;
+/// no extra dependency), below 2^32 so additions never overflow.
+fn random_start() -> usize {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u32(std::process::id());
+    (h.finish() & u64::from(u32::MAX)) as usize
+}
+
+/// Bytes of the `SEND_MESSAGE` frame carrying `req` (without encoding it).
+fn send_frame_len(req: &SendRequest) -> usize {
+    crate::wire::frame::FRAME_PREFIX_LEN
+        + 2
+        + req.topic.len()
+        + 8
+        + req
+            .entries
+            .iter()
+            .map(|e| 4 + 8 + props_len(&e.properties) + 4 + e.body.len())
+            .sum::<usize>()
+}
+
+/// Refuses a request whose frame would exceed `max` bytes, naming the size.
+fn check_frame_size(req: &SendRequest, max: usize) -> ClientResult<()> {
+    let frame = send_frame_len(req);
+    if frame <= max {
+        return Ok(());
+    }
+    let limit = if max % (1 << 20) == 0 {
+        format!("{} MiB", max >> 20)
+    } else {
+        format!("{max}-byte")
+    };
+    let body: usize = req.entries.iter().map(|e| e.body.len()).sum();
+    Err(ClientError::Invalid(match req.entries.len() {
+        1 => format!("message of {body} bytes exceeds the {limit} frame limit ({frame} bytes encoded)"),
+        n => {
+            format!("batch of {n} messages ({body} body bytes) exceeds the {limit} frame limit ({frame} bytes encoded)")
+        }
+    }))
+}
+
+/// Picks the queue for attempt `attempt`: round-robin from `start`,
+/// preferring queues neither on `avoid` (the broker that just failed) nor
+/// on a broker `is_down` says is marked down, then queues not on `avoid`;
+/// a sharding key always gets its own queue.
+fn pick(
+    queues: &[MessageQueue],
+    selector: Selector,
+    start: usize,
+    avoid: Option<&str>,
+    is_down: &dyn Fn(&str) -> bool,
+) -> Option<MessageQueue> {
     if queues.is_empty() {
         return None;
     }
@@ -80,9 +132,12 @@ fn pick(queues: &[MessageQueue], selector: Selector, start: usize, avoid: Option
         Selector::Key(h) => Some(queues[(h % queues.len() as u64) as usize].clone()),
         Selector::RoundRobin => {
             let n = queues.len();
-            let preferred = (0..n)
-                .map(|i| &queues[(start + i) % n])
-                .find(|q| Some(q.broker_name.as_str()) != avoid);
+            let in_turn = || (0..n).map(|i| &queues[start.wrapping_add(i) % n]);
+            let not_avoided = |q: &&MessageQueue| Some(q.broker_name.as_str()) != avoid;
+            let preferred = in_turn()
+                .find(|q| not_avoided(q) && !is_down(&q.broker_addr))
+                .or_else(|| in_turn().find(|q| !is_down(&q.broker_addr)))
+                .or_else(|| in_turn().find(not_avoided));
             Some(preferred.unwrap_or(&queues[start % n]).clone())
         }
     }
@@ -91,17 +146,14 @@ fn pick(queues: &[MessageQueue], selector: Selector, start: usize, avoid: Option
 impl Producer {
     /// A producer using `cfg`'s name servers; connects lazily.
     pub fn new(cfg: ClientConfig) -> Producer {
-        Producer {
-            core: ClientCore::new(cfg),
-            next: Arc::new(AtomicUsize::new(0)),
-        }
+        Producer::from_core(ClientCore::new(cfg))
     }
 
     /// A producer sharing `core`'s connections and routes.
     pub fn from_core(core: Arc<ClientCore>) -> Producer {
         Producer {
             core,
-            next: Arc::new(AtomicUsize::new(0)),
+            next: Arc::new(AtomicUsize::new(random_start())),
         }
     }
 
@@ -132,13 +184,14 @@ impl Producer {
         validate(&msg)?;
         let queues = self.core.queues(&msg.topic).await?;
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let q = pick(&queues, Selector::RoundRobin, start, None)
+        let q = pick(&queues, Selector::RoundRobin, start, None, &|a| self.core.is_down(a))
             .ok_or_else(|| ClientError::NoRoute(format!("topic {} has no queue", msg.topic)))?;
         let req = SendRequest {
             topic: msg.topic.clone(),
             queue_id: q.queue_id,
             entries: vec![entry(msg)],
         };
+        check_frame_size(&req, self.core.cfg.max_frame_bytes)?;
         self.core
             .connection(&q.broker_addr)
             .await?
@@ -168,6 +221,7 @@ impl Producer {
             entries,
         };
         req.validate().map_err(|e| ClientError::Invalid(e.to_string()))?;
+        check_frame_size(&req, self.core.cfg.max_frame_bytes)?;
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let attempts = self.core.cfg.retries + 1;
         let mut avoid: Option<String> = None;
@@ -181,7 +235,14 @@ impl Producer {
                 }
                 Err(e) => return Err(e),
             };
-            let Some(q) = pick(&queues, sel, start + attempt as usize, avoid.as_deref()) else {
+            let is_down = |a: &str| self.core.is_down(a);
+            let Some(q) = pick(
+                &queues,
+                sel,
+                start.wrapping_add(attempt as usize),
+                avoid.as_deref(),
+                &is_down,
+            ) else {
                 continue;
             };
             let body = SendRequest {
@@ -207,15 +268,12 @@ impl Producer {
                 Err(e) if retriable(&e) => {
                     tracing::debug!(queue = %q, error = %e, attempt, "send failed; retrying");
                     self.core.invalidate(topic);
-                    avoid = Some(q.broker_name.clone());
+                    if e.status() != Some(Status::QueueNotExist) {
+                        avoid = Some(q.broker_name.clone());
+                    }
                     last = Some(e);
                 }
-                Err(e) => {
-                    if e.status() == Some(Status::QueueNotExist) {
-                        self.core.invalidate(topic);
-                    }
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             }
         }
         let last = last.map_or_else(|| "no queue to send to".to_string(), |e| e.to_string());
@@ -295,6 +353,11 @@ fn results(topic: &str, q: &MessageQueue, resp: &SendResponse) -> Vec<SendResult
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::core::DEFAULT_MAX_FRAME_BYTES;
+
+    fn up(_: &str) -> bool {
+        false
+    }
 
     fn queues() -> Vec<MessageQueue> {
         let mut v = Vec::new();
@@ -315,7 +378,7 @@ mod tests {
     fn round_robin_cycles_through_every_queue() {
         let qs = queues();
         let picked: Vec<_> = (0..6)
-            .map(|i| pick(&qs, Selector::RoundRobin, i, None).unwrap())
+            .map(|i| pick(&qs, Selector::RoundRobin, i, None, &up).unwrap())
             .collect();
         assert_eq!(picked, qs);
     }
@@ -324,22 +387,90 @@ mod tests {
     fn retries_avoid_the_failed_broker() {
         let qs = queues();
         for start in 0..6 {
-            let q = pick(&qs, Selector::RoundRobin, start, Some("a")).unwrap();
+            let q = pick(&qs, Selector::RoundRobin, start, Some("a"), &up).unwrap();
             assert_eq!(q.broker_name, "b");
         }
         // With only the failed broker left, it is used anyway.
         let only_a = &qs[..3];
-        assert_eq!(pick(only_a, Selector::RoundRobin, 1, Some("a")).unwrap().queue_id, 1);
+        assert_eq!(
+            pick(only_a, Selector::RoundRobin, 1, Some("a"), &up).unwrap().queue_id,
+            1
+        );
     }
 
     #[test]
     fn sharding_keys_are_stable() {
         let qs = queues();
         let h = sharding_hash("order-42");
-        let a = pick(&qs, Selector::Key(h), 0, None).unwrap();
-        let b = pick(&qs, Selector::Key(h), 5, Some(&a.broker_name)).unwrap();
+        let a = pick(&qs, Selector::Key(h), 0, None, &up).unwrap();
+        let b = pick(&qs, Selector::Key(h), 5, Some(&a.broker_name), &|_| true).unwrap();
         assert_eq!(a, b);
         assert_eq!(sharding_hash("x"), sharding_hash("x"));
+    }
+
+    #[test]
+    fn brokers_marked_down_are_skipped_while_another_is_up() {
+        let qs = queues();
+        let b_down = |a: &str| a == "b";
+        for start in 0..6 {
+            assert_eq!(
+                pick(&qs, Selector::RoundRobin, start, None, &b_down)
+                    .unwrap()
+                    .broker_name,
+                "a"
+            );
+            // A retry avoiding a prefers b only if b is not down: a again.
+            assert_eq!(
+                pick(&qs, Selector::RoundRobin, start, Some("a"), &b_down)
+                    .unwrap()
+                    .broker_name,
+                "a"
+            );
+        }
+        // Everything down: round-robin as usual, avoiding the failed one.
+        let all_down = |_: &str| true;
+        assert_eq!(
+            pick(&qs, Selector::RoundRobin, 0, Some("a"), &all_down)
+                .unwrap()
+                .broker_name,
+            "b"
+        );
+        // Huge starts wrap instead of overflowing.
+        assert!(pick(&qs, Selector::RoundRobin, usize::MAX, None, &up).is_some());
+    }
+
+    #[test]
+    fn round_robin_starts_at_random() {
+        let starts: std::collections::HashSet<usize> = (0..16).map(|_| random_start()).collect();
+        assert!(starts.len() > 1, "{starts:?}");
+        assert!(starts.iter().all(|s| *s <= u32::MAX as usize));
+    }
+
+    #[test]
+    fn oversized_requests_are_refused_before_sending() {
+        let req = |sizes: &[usize]| SendRequest {
+            topic: "t".into(),
+            queue_id: 0,
+            entries: sizes
+                .iter()
+                .map(|n| entry(Message::new("t", Bytes::from(vec![0u8; *n]))))
+                .collect(),
+        };
+        let small = req(&[100]);
+        assert_eq!(
+            send_frame_len(&small),
+            crate::wire::frame::FRAME_PREFIX_LEN + small.encode().len()
+        );
+        check_frame_size(&small, DEFAULT_MAX_FRAME_BYTES).unwrap();
+        let err = check_frame_size(&req(&[20 << 20]), DEFAULT_MAX_FRAME_BYTES).unwrap_err();
+        assert!(!retriable(&err));
+        assert!(
+            err.to_string()
+                .contains("message of 20971520 bytes exceeds the 16 MiB frame limit"),
+            "{err}"
+        );
+        let err = check_frame_size(&req(&[10 << 20, 10 << 20]), DEFAULT_MAX_FRAME_BYTES).unwrap_err();
+        assert!(err.to_string().contains("batch of 2 messages"), "{err}");
     }
 
     #[test]
@@ -352,5 +483,10 @@ mod tests {
         assert!(retriable(&server(Status::SystemBusy)));
         assert!(!retriable(&server(Status::TopicNotExist)));
         assert!(!retriable(&server(Status::InvalidArgument)));
+        assert!(!retriable(&server(Status::FrameTooLarge)));
+        assert!(
+            retriable(&server(Status::QueueNotExist)),
+            "stale route: retried after a lookup"
+        );
     }
 }
