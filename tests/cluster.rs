@@ -130,7 +130,14 @@ fn offset_problems(d: &Value, topic: &str, rows: usize, exact: bool) -> Vec<Stri
 
 /// Polls `group describe` until [`offset_problems`] finds none; the last
 /// problems (or describe error) otherwise.
-fn wait_offsets(c: &Cluster, group: &str, topic: &str, rows: usize, exact: bool, within: Duration) -> Result<Value, String> {
+fn wait_offsets(
+    c: &Cluster,
+    group: &str,
+    topic: &str,
+    rows: usize,
+    exact: bool,
+    within: Duration,
+) -> Result<Value, String> {
     let mut last;
     let deadline = Instant::now() + within;
     loop {
@@ -159,10 +166,7 @@ fn wait_group_stable(c: &Cluster, group: &str, members: usize, queues: usize, wi
         let Ok(d) = c.describe_group(group) else { return false };
         last = d.to_string();
         let ms = d["members"].as_array().cloned().unwrap_or_default();
-        let owned: usize = ms
-            .iter()
-            .map(|m| m["assignment"].as_array().map_or(0, Vec::len))
-            .sum();
+        let owned: usize = ms.iter().map(|m| m["assignment"].as_array().map_or(0, Vec::len)).sum();
         d["state"] == "Stable" && ms.len() == members && owned == queues
     });
     assert!(
@@ -216,6 +220,26 @@ impl Seen {
     }
 }
 
+/// Polls `seen` until every body of `want` was consumed; gives up after
+/// `cap`, or once nothing new was consumed for `stall` (a stuck group
+/// should fail in seconds, not minutes).
+fn wait_consumed(seen: &mut Seen, want: &[String], stall: Duration, cap: Duration) -> bool {
+    let started = Instant::now();
+    let mut progress = Instant::now();
+    loop {
+        if !seen.poll().is_empty() {
+            progress = Instant::now();
+        }
+        if seen.missing(want).is_empty() {
+            return true;
+        }
+        if started.elapsed() >= cap || progress.elapsed() >= stall {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// One acknowledged send of a [`ProducerThread`].
 #[derive(Debug, Clone)]
 struct Sent {
@@ -229,6 +253,24 @@ struct ProduceLog {
     acked: Vec<Sent>,
     /// (when the send started, error)
     failed: Vec<(Instant, String)>,
+}
+
+fn record(
+    log: &Mutex<ProduceLog>,
+    r: Result<ferromq::client::ClientResult<ferromq::client::SendResult>, tokio::time::error::Elapsed>,
+    body: String,
+    started: Instant,
+) {
+    let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
+    match r {
+        Ok(Ok(res)) => l.acked.push(Sent {
+            body,
+            broker: res.broker_name,
+            started,
+        }),
+        Ok(Err(e)) => l.failed.push((started, e.to_string())),
+        Err(_) => l.failed.push((started, "no answer in 15 s".into())),
+    }
 }
 
 /// A library `Producer` sending `<prefix>-<n>` to a topic in a loop on its
@@ -260,17 +302,7 @@ impl ProducerThread {
                     let started = Instant::now();
                     let msg = ferromq::message::Message::new(topic.clone(), b.clone());
                     let r = tokio::time::timeout(Duration::from_secs(15), producer.send(msg)).await;
-                    let mut l = log2.lock().unwrap_or_else(|e| e.into_inner());
-                    match r {
-                        Ok(Ok(res)) => l.acked.push(Sent {
-                            body: b,
-                            broker: res.broker_name,
-                            started,
-                        }),
-                        Ok(Err(e)) => l.failed.push((started, e.to_string())),
-                        Err(_) => l.failed.push((started, "no answer in 15 s".into())),
-                    }
-                    drop(l);
+                    record(&log2, r, b, started);
                     tokio::time::sleep(pause).await;
                 }
             });
@@ -362,7 +394,20 @@ fn cluster_harness_starts_and_restarts() {
 
     let second: Vec<String> = (10..20).map(|i| format!("h-{i}")).collect();
     produce_on(&c, "h", &[], &second);
-    let all = run(&ns, &["consume", "--topic", "h", "--from", "earliest", "--idle-timeout", "2", "--format", "json"]);
+    let all = run(
+        &ns,
+        &[
+            "consume",
+            "--topic",
+            "h",
+            "--from",
+            "earliest",
+            "--idle-timeout",
+            "2",
+            "--format",
+            "json",
+        ],
+    );
     assert!(all.ok, "consume failed: {}", all.stderr);
     let got: BTreeSet<String> = all.bodies().into_iter().collect();
     let want: BTreeSet<String> = first.iter().chain(&second).cloned().collect();
@@ -423,7 +468,9 @@ fn group_offsets_are_kept_per_broker_queue() {
     assert!(
         missing.is_empty(),
         "second run of group H missed {missing:?} (landed on {more:?}); it got {got:?}; offsets {}",
-        c.describe_group("H").map(|d| d["queues"].to_string()).unwrap_or_default()
+        c.describe_group("H")
+            .map(|d| d["queues"].to_string())
+            .unwrap_or_default()
     );
     if let Err(p) = wait_offsets(&c, "H", "col", 2, true, Duration::from_secs(5)) {
         panic!("after the second run every queue's committed offset must equal its max: {p}");
@@ -447,7 +494,20 @@ fn check_group_remembers_its_start(tag: &str, group_args: &[&str], produce_args:
     if !produce_args.is_empty() {
         // Delayed: wait until they are due and stored in the topic itself.
         let ok = wait_until(Duration::from_secs(30), || {
-            let r = run(&ns, &["consume", "--topic", &topic, "--from", "earliest", "--idle-timeout", "1", "--format", "json"]);
+            let r = run(
+                &ns,
+                &[
+                    "consume",
+                    "--topic",
+                    &topic,
+                    "--from",
+                    "earliest",
+                    "--idle-timeout",
+                    "1",
+                    "--format",
+                    "json",
+                ],
+            );
             r.msgs.len() >= lines.len()
         });
         assert!(ok, "delayed messages never became due in {topic}");
@@ -465,7 +525,9 @@ fn check_group_remembers_its_start(tag: &str, group_args: &[&str], produce_args:
         missing.is_empty(),
         "group g1 joined before these were produced, yet its second run missed {missing:?} (got {got:?}); \
          offsets {}",
-        c.describe_group("g1").map(|d| d["queues"].to_string()).unwrap_or_default()
+        c.describe_group("g1")
+            .map(|d| d["queues"].to_string())
+            .unwrap_or_default()
     );
     // Idle timeout 3 s after the last message; an ack-timeout hold-back (30 s)
     // would show here.
@@ -522,38 +584,60 @@ fn dead_broker_costs_seconds() {
 
     c.kill9_broker(B);
     let killed = Instant::now();
+    // A member of another group joins only now, with broker-b already dead.
+    let group2 = c.group_coordinated_by("dead-late-g", A);
+    let mut late = Consumer::start(&ns, c.dir(), "dead-late-c1", &consumer_args("dead", &group2, "6000"));
+    let mut seen_late = Seen::default();
+    seen_late.follow(&late);
     let producer = ProducerThread::start(&ns, "dead", "dead-post", Duration::from_millis(100));
-    // First delivery of a broker-a message whose send started after the kill.
-    let mut first_live: Option<Duration> = None;
-    let deadline = killed + Duration::from_secs(20);
-    while first_live.is_none() && Instant::now() < deadline {
-        seen.poll();
-        let acked = producer.acked();
-        first_live = acked
+    // First delivery of a broker-a message whose send started after the kill,
+    // by the member that was there before and by the one that joined after.
+    let first_live = |seen: &Seen, acked: &[Sent]| {
+        acked
             .iter()
             .filter(|s| s.broker == A && s.started >= killed)
             .filter_map(|s| seen.first_at.get(&s.body))
             .min()
-            .map(|t| t.duration_since(killed));
+            .map(|t| t.duration_since(killed))
+    };
+    let (mut old_first, mut late_first) = (None, None);
+    let deadline = killed + Duration::from_secs(20);
+    while (old_first.is_none() || late_first.is_none()) && Instant::now() < deadline {
+        seen.poll();
+        seen_late.poll();
+        let acked = producer.acked();
+        old_first = first_live(&seen, &acked);
+        late_first = first_live(&seen_late, &acked);
         std::thread::sleep(Duration::from_millis(20));
     }
     let log = producer.finish();
     let mut problems = Vec::new();
-    match first_live {
-        Some(d) => {
-            eprintln!("figure: dead_broker_kill_to_group_delivery_ms={}", d.as_millis());
-            if d > Duration::from_secs(5) {
-                problems.push(format!("group member delivered the first live message {d:?} after the kill (> 5 s)"));
+    for (who, first, m) in [
+        ("member joined before the kill", old_first, &mut member),
+        ("member joined after the kill", late_first, &mut late),
+    ] {
+        let key = if who.contains("before") { "group" } else { "new_member" };
+        match first {
+            Some(d) => {
+                eprintln!("figure: dead_broker_kill_to_{key}_delivery_ms={}", d.as_millis());
+                if d > Duration::from_secs(5) {
+                    problems.push(format!(
+                        "{who}: first live message delivered {d:?} after the kill (> 5 s)"
+                    ));
+                }
+            }
+            None => {
+                eprintln!("figure: dead_broker_kill_to_{key}_delivery_ms=none_within_20000");
+                problems.push(format!(
+                    "{who}: no broker-a message produced after the kill delivered within 20 s \
+                     ({} acked, {} failed sends; member running: {}; its stderr: {})",
+                    log.acked.len(),
+                    log.failed.len(),
+                    consumer_running(m),
+                    consumer_stderr(m).trim()
+                ))
             }
         }
-        None => problems.push(format!(
-            "group member delivered no broker-a message produced after the kill within 20 s \
-             ({} acked, {} failed sends; member running: {}; its stderr: {})",
-            log.acked.len(),
-            log.failed.len(),
-            consumer_running(&mut member),
-            consumer_stderr(&member)
-        )),
     }
     eprintln!(
         "figure: dead_broker_sends acked={} failed={}",
@@ -568,12 +652,28 @@ fn dead_broker_costs_seconds() {
         .map(|(m, _)| m.clone())
         .chain(log.acked.iter().filter(|s| s.broker == A).map(|s| s.body.clone()))
         .collect();
-    let plain = run(&ns, &["consume", "--topic", "dead", "--from", "earliest", "--idle-timeout", "3", "--format", "json"]);
+    let plain = run(
+        &ns,
+        &[
+            "consume",
+            "--topic",
+            "dead",
+            "--from",
+            "earliest",
+            "--idle-timeout",
+            "3",
+            "--format",
+            "json",
+        ],
+    );
     eprintln!("figure: dead_broker_plain_consume_ms={}", plain.took.as_millis());
     let got: BTreeSet<String> = plain.bodies().into_iter().collect();
     let missing: Vec<&String> = want_a.iter().filter(|m| !got.contains(*m)).collect();
     if !plain.ok {
-        problems.push(format!("consume --from earliest exited non-zero: {}", plain.stderr.trim()));
+        problems.push(format!(
+            "consume --from earliest exited non-zero: {}",
+            plain.stderr.trim()
+        ));
     }
     if !missing.is_empty() {
         problems.push(format!(
@@ -593,17 +693,59 @@ fn dead_broker_costs_seconds() {
     ];
     for (what, args) in admin {
         let r = run(&ns, &args);
-        eprintln!("figure: dead_broker_{}_ms={}", what.replace(' ', "_"), r.took.as_millis());
+        eprintln!(
+            "figure: dead_broker_{}_ms={}",
+            what.replace(' ', "_"),
+            r.took.as_millis()
+        );
         if !r.ok {
-            problems.push(format!("{what} exited non-zero after {:?}: {}", r.took, r.stderr.trim()));
+            problems.push(format!(
+                "{what} exited non-zero after {:?}: {}",
+                r.took,
+                r.stderr.trim()
+            ));
         } else if !contains_unreachable(&r) {
-            problems.push(format!("{what} does not mark the dead broker unreachable:\n{}", r.stdout));
+            problems.push(format!(
+                "{what} does not mark the dead broker unreachable:\n{}",
+                r.stdout
+            ));
         }
         if r.took > Duration::from_secs(10) {
             problems.push(format!("{what} took {:?}", r.took));
         }
     }
+    // The live broker's queues are still described (JSON contract fields).
+    let live_rows = |v: &Value| {
+        v["queues"]
+            .as_array()
+            .map_or(0, |q| q.iter().filter(|r| r["broker"] == A).count())
+    };
+    let topic_json = run(&ns, &["topic", "describe", "dead", "--format", "json"]);
+    match serde_json::from_str::<Value>(topic_json.stdout.trim()) {
+        Ok(v) if topic_json.ok && live_rows(&v) == 2 => {}
+        _ => problems.push(format!(
+            "topic describe --format json lacks broker-a's 2 queues (exit ok: {}): {}{}",
+            topic_json.ok,
+            topic_json.stdout.trim(),
+            topic_json.stderr.trim()
+        )),
+    }
+    match c.describe_group(&group) {
+        Ok(v) if live_rows(&v) == 2 => {
+            let p = offset_problems(&v, "dead", live_rows(&v), false);
+            let p: Vec<&String> = p.iter().filter(|x| x.contains(A)).collect();
+            if !p.is_empty() {
+                problems.push(format!("group describe --format json, broker-a rows: {p:?}"));
+            }
+        }
+        Ok(v) => problems.push(format!(
+            "group describe --format json lacks broker-a's 2 queues: {}",
+            v["queues"]
+        )),
+        Err(e) => problems.push(format!("group describe --format json failed: {}", e.trim())),
+    }
     member.terminate();
+    late.terminate();
     assert!(problems.is_empty(), "with {B} killed:\n- {}", problems.join("\n- "));
 }
 
@@ -618,7 +760,14 @@ fn three_members_consume_two_broker_groups_completely() {
     c.create_topic("wide", 4);
     let group = "wide-g";
     let mut members: Vec<Consumer> = (1..=3)
-        .map(|i| Consumer::start(&ns, c.dir(), &format!("wide-c{i}"), &consumer_args("wide", group, "6000")))
+        .map(|i| {
+            Consumer::start(
+                &ns,
+                c.dir(),
+                &format!("wide-c{i}"),
+                &consumer_args("wide", group, "6000"),
+            )
+        })
         .collect();
     let mut seen = Seen::default();
     for m in &members {
@@ -641,19 +790,13 @@ fn three_members_consume_two_broker_groups_completely() {
             })
         })
         .collect();
-    let produced: Vec<String> = runs
-        .into_iter()
-        .flat_map(|h| h.join().expect("producer run"))
-        .collect();
+    let produced: Vec<String> = runs.into_iter().flat_map(|h| h.join().expect("producer run")).collect();
     eprintln!(
         "figure: wide_produce_ms={} messages={}",
         started.elapsed().as_millis(),
         produced.len()
     );
-    let ok = wait_until(Duration::from_secs(90), || {
-        seen.poll();
-        seen.missing(&produced).is_empty()
-    });
+    let ok = wait_consumed(&mut seen, &produced, Duration::from_secs(20), Duration::from_secs(90));
     let missing = seen.missing(&produced);
     assert!(
         ok,
@@ -688,7 +831,14 @@ fn broker_kill9_under_load_loses_nothing() {
     c.create_topic("load", 4);
     let group = c.group_coordinated_by("load-g", A);
     let members: Vec<Consumer> = (1..=2)
-        .map(|i| Consumer::start(&ns, c.dir(), &format!("load-c{i}"), &consumer_args("load", &group, "6000")))
+        .map(|i| {
+            Consumer::start(
+                &ns,
+                c.dir(),
+                &format!("load-c{i}"),
+                &consumer_args("load", &group, "6000"),
+            )
+        })
         .collect();
     let mut seen = Seen::default();
     for m in &members {
@@ -767,19 +917,16 @@ fn broker_kill9_under_load_loses_nothing() {
     );
 
     let want: Vec<String> = log.acked.iter().map(|s| s.body.clone()).collect();
-    let done = wait_until(Duration::from_secs(60), || {
-        seen.poll();
-        seen.missing(&want).is_empty()
-    });
+    let done = wait_consumed(&mut seen, &want, Duration::from_secs(20), Duration::from_secs(60));
     let missing = seen.missing(&want);
-    let brokers_of_missing: BTreeMap<String, usize> = log
-        .acked
-        .iter()
-        .filter(|s| !seen.has(&s.body))
-        .fold(BTreeMap::new(), |mut m, s| {
-            *m.entry(s.broker.clone()).or_default() += 1;
-            m
-        });
+    let brokers_of_missing: BTreeMap<String, usize> =
+        log.acked
+            .iter()
+            .filter(|s| !seen.has(&s.body))
+            .fold(BTreeMap::new(), |mut m, s| {
+                *m.entry(s.broker.clone()).or_default() += 1;
+                m
+            });
     eprintln!(
         "figure: load_redelivered={} load_missing={}",
         seen.duplicates(),
@@ -794,7 +941,11 @@ fn broker_kill9_under_load_loses_nothing() {
         ));
     }
     drop(members);
-    assert!(problems.is_empty(), "kill -9 of {B} under load:\n- {}", problems.join("\n- "));
+    assert!(
+        problems.is_empty(),
+        "kill -9 of {B} under load:\n- {}",
+        problems.join("\n- ")
+    );
 }
 
 /// kill -9 of the first of two name servers: producing, consuming (group
@@ -836,7 +987,20 @@ fn namesrv_kill9_keeps_clients_working() {
     let _late = Consumer::start(&ns, c.dir(), "nsk-c2", &consumer_args("nsk", group, "6000"));
     wait_group_stable(&c, group, 2, 4, Duration::from_secs(20));
 
-    let plain = run(&ns, &["consume", "--topic", "nsk", "--from", "earliest", "--idle-timeout", "2", "--format", "json"]);
+    let plain = run(
+        &ns,
+        &[
+            "consume",
+            "--topic",
+            "nsk",
+            "--from",
+            "earliest",
+            "--idle-timeout",
+            "2",
+            "--format",
+            "json",
+        ],
+    );
     assert!(plain.ok, "consume failed: {}", plain.stderr);
     let got: BTreeSet<String> = plain.bodies().into_iter().collect();
     let want: BTreeSet<String> = first.iter().chain(&second).cloned().collect();
@@ -929,7 +1093,10 @@ fn seeded_chaos_loses_no_acknowledged_message() {
             let fresh = Consumer::start(&ns, c.dir(), &format!("chaos-c{slot}-{}", generation[slot]), &args);
             seen.follow(&fresh);
             retired.push(std::mem::replace(&mut members[slot], fresh));
-            actions.push(format!("{at}ms kill9 member {slot}, back after {}ms", pause.as_millis()));
+            actions.push(format!(
+                "{at}ms kill9 member {slot}, back after {}ms",
+                pause.as_millis()
+            ));
         }
     }
     // Members that exited on their own are replaced, so the checker can
@@ -956,10 +1123,7 @@ fn seeded_chaos_loses_no_acknowledged_message() {
     );
     let want: Vec<String> = log.acked.iter().map(|s| s.body.clone()).collect();
     let drained = Instant::now();
-    let done = wait_until(Duration::from_secs(90), || {
-        seen.poll();
-        seen.missing(&want).is_empty()
-    });
+    let done = wait_consumed(&mut seen, &want, Duration::from_secs(20), Duration::from_secs(90));
     eprintln!(
         "figure: chaos_drain_ms={} redelivered={}",
         drained.elapsed().as_millis(),

@@ -190,7 +190,11 @@ impl Cluster {
 
     /// Name server addresses, comma separated (for `-n`).
     pub fn ns(&self) -> String {
-        self.namesrvs.iter().map(|n| n.addr.as_str()).collect::<Vec<_>>().join(",")
+        self.namesrvs
+            .iter()
+            .map(|n| n.addr.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// Broker names, in start order.
@@ -361,9 +365,8 @@ impl Cluster {
                 return false;
             };
             let rows = v["queues"].as_array().cloned().unwrap_or_default();
-            want.iter().all(|b| {
-                rows.iter().filter(|r| r["broker"].as_str() == Some(b.as_str())).count() == queues as usize
-            })
+            want.iter()
+                .all(|b| rows.iter().filter(|r| r["broker"].as_str() == Some(b.as_str())).count() == queues as usize)
         });
         assert!(ok, "topic {topic} not routed with {queues} queues on {want:?}: {last}");
     }
@@ -416,7 +419,10 @@ impl Drop for Cluster {
 pub fn namesrv_brokers(ns: &str) -> Option<Vec<(String, String)>> {
     let ns = ns.to_string();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
         rt.block_on(async move {
             let mut cfg = ferromq::client::ClientConfig::new([ns]);
             cfg.request_timeout = Duration::from_secs(2);
