@@ -905,7 +905,24 @@ fn broker_kill9_under_load_loses_nothing() {
         during.len(),
         during.first().map(|f| &f.1)
     );
-    std::thread::sleep(Duration::from_secs(2));
+    // Informational: how soon the restarted group's new messages flow again.
+    let mut back: Option<Duration> = None;
+    while back.is_none() && restarted.elapsed() < Duration::from_secs(15) {
+        seen.poll();
+        back = producer
+            .acked()
+            .iter()
+            .filter(|s| s.broker == B && s.started >= restarted)
+            .filter_map(|s| seen.first_at.get(&s.body))
+            .min()
+            .map(|t| t.duration_since(restarted));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    match back {
+        Some(d) => eprintln!("figure: restart_to_restarted_broker_delivery_ms={}", d.as_millis()),
+        None => eprintln!("figure: restart_to_restarted_broker_delivery_ms=none_within_15000"),
+    }
+    std::thread::sleep(Duration::from_secs(1));
     let log = producer.finish();
     let per_broker = |b: &str| log.acked.iter().filter(|s| s.broker == b).count();
     eprintln!(
