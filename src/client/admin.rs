@@ -155,6 +155,7 @@ impl Admin {
         ttl: Option<std::time::Duration>,
     ) -> ClientResult<()> {
         let masters: Vec<String> = self
+            .core
             .cluster_info()
             .await?
             .brokers
@@ -230,7 +231,17 @@ impl Admin {
         });
         let mut out = Vec::new();
         for b in &route.brokers {
-            let Some(addr) = b.addrs.get(&0) else { continue };
+            let Some(addr) = b.addrs.get(&0) else {
+                if let Some(addr) = b.down.get(&0) {
+                    out.push(BrokerTopicStats {
+                        broker_name: b.broker_name.clone(),
+                        addr: addr.clone(),
+                        stats: None,
+                        error: Some("the name servers lost its connection (down)".into()),
+                    });
+                }
+                continue;
+            };
             let (stats, error) = match self.broker(addr, Command::TopicStats, header.clone()).await {
                 Ok(body) => (Some(from_json(&body, "topic stats")?), None),
                 Err(e) if is_unreachable(&e) => (None, Some(e.to_string())),
@@ -299,7 +310,9 @@ impl Admin {
         Ok(all.into_iter().collect())
     }
 
-    /// Live masters as (broker name, address).
+    /// Registered masters as (broker name, address), those the name servers
+    /// marked down included (asking them fails fast, and shows them
+    /// unreachable).
     async fn masters(&self) -> ClientResult<Vec<(String, String)>> {
         Ok(self
             .cluster_info()
@@ -470,8 +483,9 @@ impl Admin {
         self.core.ping(addr).await
     }
 
-    /// Every live broker.
+    /// Every registered broker; `down` marks those whose registration
+    /// connection closed (crashed or killed) and that have not expired yet.
     pub async fn cluster_info(&self) -> ClientResult<ClusterInfo> {
-        self.core.cluster_info().await
+        self.core.cluster_view().await
     }
 }

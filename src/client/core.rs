@@ -521,8 +521,15 @@ impl ClientCore {
         }
     }
 
-    /// Every live broker.
+    /// Every routable broker (those the name servers have not marked
+    /// down).
     pub async fn cluster_info(&self) -> ClientResult<ClusterInfo> {
+        Ok(self.cluster_view().await?.up())
+    }
+
+    /// Every registered broker, those marked `down` (registration
+    /// connection closed, not yet expired) included: for admin views.
+    pub async fn cluster_view(&self) -> ClientResult<ClusterInfo> {
         let body = self.namesrv(Command::GetClusterInfo, Bytes::new()).await?;
         Ok(from_json(&body, "cluster info")?)
     }
@@ -583,6 +590,7 @@ mod tests {
             cluster: "c".into(),
             queues,
             addrs: addrs.iter().map(|(i, a)| (*i, a.to_string())).collect(),
+            down: Default::default(),
         };
         let route = TopicRoute {
             topic: "t".into(),
@@ -664,6 +672,7 @@ mod tests {
                 cluster: "c".into(),
                 queues: 1,
                 addrs: [(0, addr.clone())].into_iter().collect(),
+                down: Default::default(),
             }],
         };
         core.routes

@@ -50,6 +50,9 @@ struct LiveBroker {
     /// broker is gone (a crashed process closes its sockets), long before
     /// the expiry would say so.
     conn: Option<u64>,
+    /// Its registration connection closed: left out of routes (and marked
+    /// in cluster info) until it registers again or expires.
+    down: bool,
 }
 
 /// Live brokers and their topics; the source of every route.
@@ -64,6 +67,9 @@ struct GroupRoute {
     master_queues: Option<u32>,
     max_slave_queues: Option<u32>,
     addrs: BTreeMap<u64, String>,
+    /// Queue count announced by down brokers (used when none is up).
+    down_queues: Option<u32>,
+    down: BTreeMap<u64, String>,
 }
 
 impl NamesrvState {
@@ -93,24 +99,26 @@ impl NamesrvState {
             last_register_ms: now,
             topics: req.topics,
             conn,
+            down: false,
         };
-        self.brokers.insert(key, live).is_none()
+        self.brokers.insert(key, live).is_none_or(|was| was.down)
     }
 
-    /// Connection `conn` closed: forgets every broker whose last
-    /// registration came on it (RocketMQ's name server does the same when
-    /// a broker's channel closes) and returns their keys. A broker that
-    /// registered again on a newer connection stays.
+    /// Connection `conn` closed: every broker whose last registration came
+    /// on it is marked down (RocketMQ's name server drops a broker when its
+    /// channel closes) and its keys are returned. A down broker is left
+    /// out of routes at once but still listed — as down — until it
+    /// registers again or expires, so admin tools can show it unreachable.
+    /// A broker that registered again on a newer connection stays up.
     pub fn connection_closed(&mut self, conn: u64) -> Vec<BrokerKey> {
-        let mut removed = Vec::new();
-        self.brokers.retain(|key, broker| {
-            let gone = broker.conn == Some(conn);
-            if gone {
-                removed.push(key.clone());
+        let mut downed = Vec::new();
+        for (key, broker) in &mut self.brokers {
+            if broker.conn == Some(conn) && !broker.down {
+                broker.down = true;
+                downed.push(key.clone());
             }
-            !gone
-        });
-        removed
+        }
+        downed
     }
 
     /// Forgets a broker. Returns true when it was live.
@@ -144,6 +152,11 @@ impl NamesrvState {
             let group = groups
                 .entry((key.broker_name.as_str(), key.cluster.as_str()))
                 .or_default();
+            if broker.down {
+                group.down.insert(key.broker_id, broker.addr.clone());
+                group.down_queues = group.down_queues.max(Some(info.queues));
+                continue;
+            }
             if key.broker_id == 0 {
                 group.master_queues = Some(info.queues);
             } else {
@@ -159,8 +172,13 @@ impl NamesrvState {
             .map(|((name, cluster), group)| BrokerRoute {
                 broker_name: name.to_string(),
                 cluster: cluster.to_string(),
-                queues: group.master_queues.or(group.max_slave_queues).unwrap_or(0),
+                queues: group
+                    .master_queues
+                    .or(group.max_slave_queues)
+                    .or(group.down_queues)
+                    .unwrap_or(0),
                 addrs: group.addrs,
+                down: group.down,
             })
             .collect();
         Some(TopicRoute {
@@ -189,6 +207,7 @@ impl NamesrvState {
                 broker_id: key.broker_id,
                 addr: broker.addr.clone(),
                 last_register_ms_ago: now.saturating_sub(broker.last_register_ms),
+                down: broker.down,
             })
             .collect();
         ClusterInfo { brokers }
@@ -224,9 +243,22 @@ mod tests {
         let gone = s.connection_closed(7);
         assert_eq!(gone.len(), 1);
         assert_eq!(gone[0].broker_name, "a");
+        assert!(s.connection_closed(7).is_empty(), "already down");
+        // Not routable, but listed as down.
         let route = s.route("t").unwrap();
-        assert_eq!(route.brokers.len(), 1);
-        assert_eq!(route.brokers[0].broker_name, "b");
+        assert_eq!(route.brokers.len(), 2);
+        assert!(route.brokers[0].addrs.is_empty());
+        assert_eq!(route.brokers[0].down, [(0, "h1:1".to_string())].into());
+        assert_eq!(route.brokers[0].queues, 2);
+        assert_eq!(route.brokers[1].addrs, [(0, "h2:1".to_string())].into());
+        let info = s.cluster_info(10);
+        assert_eq!(info.brokers.iter().filter(|b| b.down).count(), 1);
+        assert_eq!(info.clone().up().brokers.len(), 1);
+        // It comes back by registering; it expires like any silent broker.
+        assert!(s.register_on(reg("a", 0, "h1:1", &[("t", 2)]), 20, Some(10)));
+        assert!(s.route("t").unwrap().brokers[0].down.is_empty());
+        s.connection_closed(10);
+        assert_eq!(s.expire(1_000, 100).len(), 2);
     }
 
     fn reg(name: &str, id: u64, addr: &str, topics: &[(&str, u32)]) -> RegisterBroker {

@@ -178,8 +178,13 @@ pub struct BrokerRoute {
     pub cluster: String,
     /// Queues of the topic in this group.
     pub queues: u32,
-    /// Broker id → address (0 is the master).
+    /// Broker id → address (0 is the master) of the group's live brokers.
     pub addrs: BTreeMap<u64, String>,
+    /// Broker id → address of brokers whose registration connection closed
+    /// (crashed or killed): not routable, listed so that admin tools can
+    /// show them as unreachable until they register again or expire.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub down: BTreeMap<u64, String>,
 }
 
 /// `GET_ROUTE` response body.
@@ -214,14 +219,27 @@ pub struct BrokerInfo {
     pub addr: String,
     /// Milliseconds since its last registration.
     pub last_register_ms_ago: u64,
+    /// True when its registration connection closed (crashed or killed):
+    /// not routable; listed until it registers again or expires.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub down: bool,
 }
 
 /// `GET_CLUSTER_INFO` response body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterInfo {
-    /// Every live broker.
+    /// Every registered broker, those marked `down` included.
     pub brokers: Vec<BrokerInfo>,
+}
+
+impl ClusterInfo {
+    /// The brokers that are up (routable).
+    pub fn up(self) -> ClusterInfo {
+        ClusterInfo {
+            brokers: self.brokers.into_iter().filter(|b| !b.down).collect(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -251,6 +269,7 @@ mod tests {
                 cluster: "c".into(),
                 queues: 8,
                 addrs: [(0, "127.0.0.1:1".to_string())].into(),
+                down: BTreeMap::new(),
             }],
         };
         assert_eq!(from_json::<TopicRoute>(&to_json(&route), "body").unwrap(), route);
