@@ -354,6 +354,12 @@ fn consumer_args<'a>(topic: &'a str, group: &'a str, session_ms: &'a str) -> Vec
     ]
 }
 
+/// The last `n` lines of `s` (for error messages).
+fn last_lines(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 fn contains_unreachable(r: &Run) -> bool {
     r.stdout.to_lowercase().contains("unreachable") || r.stderr.to_lowercase().contains("unreachable")
 }
@@ -699,7 +705,7 @@ fn dead_broker_costs_seconds() {
                     log.acked.len(),
                     log.failed.len(),
                     consumer_running(m),
-                    consumer_stderr(m).trim()
+                    last_lines(&consumer_stderr(m), 2)
                 ))
             }
         }
