@@ -483,7 +483,8 @@ impl ClientCore {
     }
 
     /// The topic's route, from the cache unless stale or `refresh`. A cached
-    /// route naming a server marked down is stale after [`DOWN_ROUTE_TTL`].
+    /// route naming a server marked down (here or by the name servers) is
+    /// stale after [`DOWN_ROUTE_TTL`].
     pub async fn route(&self, topic: &str, refresh: bool) -> ClientResult<Arc<TopicRoute>> {
         if !refresh {
             if let Some((at, r)) = self.routes.lock().ok().and_then(|m| m.get(topic).cloned()) {
@@ -508,10 +509,15 @@ impl ClientCore {
         Ok(route)
     }
 
+    /// Does `route` name a server this client or the name servers consider
+    /// down? Such a route is refreshed often, so a broker that comes back
+    /// (anywhere) is used again within [`DOWN_ROUTE_TTL`].
     fn route_names_down(&self, route: &TopicRoute) -> bool {
-        self.down
-            .lock()
-            .is_ok_and(|d| d.map.keys().any(|a| route_names(route, a)))
+        route.brokers.iter().any(|b| !b.down.is_empty())
+            || self
+                .down
+                .lock()
+                .is_ok_and(|d| d.map.keys().any(|a| route_names(route, a)))
     }
 
     /// Forgets a cached route.

@@ -371,19 +371,25 @@ impl Cluster {
         assert!(ok, "topic {topic} not routed with {queues} queues on {want:?}: {last}");
     }
 
-    /// A group name starting with `prefix` whose coordinator (fnv1a64 of
-    /// the name modulo the number of masters, name-sorted) is `broker`
-    /// while every broker group of the cluster is up, and also when only
-    /// `broker` is (index 0 of a one-element list): for tests that kill the
-    /// other brokers and are not about coordinator failover.
+    /// A group name starting with `prefix` whose coordinator
+    /// (`wire::group::coordinator_for`) is `broker` while every broker group
+    /// of the cluster is up; with rendezvous hashing it stays there when
+    /// other brokers die, so tests can choose whether a kill moves the
+    /// coordinator.
     pub fn group_coordinated_by(&self, prefix: &str, broker: &str) -> String {
-        let mut names = self.broker_names();
-        names.sort();
-        let idx = names.iter().position(|n| n == broker).expect("known broker");
+        let masters: Vec<(String, String)> = self
+            .broker_names()
+            .into_iter()
+            .map(|n| {
+                let addr = self.broker_addr(&n).to_string();
+                (n, addr)
+            })
+            .collect();
+        let want = self.broker_addr(broker).to_string();
         (0..10_000)
             .map(|i| format!("{prefix}{i}"))
-            .find(|g| (ferromq::message::tag_hash(g) % names.len() as u64) as usize == idx)
-            .expect("some name hashes to every index")
+            .find(|g| ferromq::wire::group::coordinator_for(g, &masters) == Some(want.as_str()))
+            .expect("some name is coordinated by every broker")
     }
 
     /// `group describe GROUP --format json`, parsed; `Err` with the
