@@ -168,6 +168,9 @@ fn live_groups_refuse_foreign_commits_and_deleted_topics_lose_their_offsets() {
     let fresh: Vec<String> = (0..60).map(|i| format!("new-{i}")).collect();
     assert_eq!(produce(&ns, "t2", &[], &fresh).len(), 60);
     let got = consume_json(&ns, "t2", &["--group", "g2", "--idle-timeout", "3"]);
+    // Each message names the queue it came from: (topic, broker, queue).
+    let brokers: std::collections::BTreeSet<&str> = got.iter().filter_map(|m| m["broker"].as_str()).collect();
+    assert_eq!(brokers.into_iter().collect::<Vec<_>>(), ["broker-a", "broker-b"]);
     let mut bodies: Vec<String> = got.iter().map(|m| m["body"].as_str().unwrap().to_string()).collect();
     bodies.sort();
     let mut want = fresh.clone();

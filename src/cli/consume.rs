@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use tokio::sync::mpsc;
 
-use super::output::{format_message, Format};
+use super::output::{format_queue_message, Format};
 use super::{CliResult, NamesrvOpt};
 use crate::client::core::ClientCore;
 use crate::client::{ClientError, GroupConsumer, GroupConsumerConfig, MessageQueue, PullConsumer, StartPosition};
@@ -76,7 +76,7 @@ pub struct ConsumeArgs {
     /// Group heartbeat period.
     #[arg(long, default_value_t = 3_000)]
     pub heartbeat_ms: u64,
-    /// Client id within the group (default: client@<pid>).
+    /// Client id within the group (default: `client@<pid>`).
     #[arg(long)]
     pub client_id: Option<String>,
     /// Per-message acknowledgements with this ack timeout (e.g. `30s`): a
@@ -144,7 +144,7 @@ async fn follow(
     mut mq: MessageQueue,
     from: StartFrom,
     tags: String,
-    tx: mpsc::Sender<Result<Vec<StoredRecord>, ClientError>>,
+    tx: mpsc::Sender<QueueBatch>,
 ) {
     let core = consumer.core().clone();
     let mut offset: Option<u64> = None;
@@ -168,7 +168,7 @@ async fn follow(
             Ok(Some(r)) => {
                 failures = 0;
                 offset = Some(r.next_offset);
-                if !r.messages.is_empty() && tx.send(Ok(r.messages)).await.is_err() {
+                if !r.messages.is_empty() && tx.send(Ok((mq.broker_name.clone(), r.messages))).await.is_err() {
                     return;
                 }
             }
@@ -192,6 +192,10 @@ async fn follow(
         }
     }
 }
+
+/// Messages pulled from one queue, with the broker group serving it, or
+/// the error that ended its follower.
+type QueueBatch = Result<(String, Vec<StoredRecord>), ClientError>;
 
 /// The queues of every topic, or an error naming the topic that has no
 /// route (missing topic, no live broker) or the name servers that did not
@@ -242,7 +246,7 @@ pub async fn run(a: ConsumeArgs) -> CliResult {
             },
             None => rx.recv().await,
         };
-        let batch = match next {
+        let (broker, batch) = match next {
             Some(Ok(b)) => b,
             Some(Err(e)) => break Err(e.into()),
             None => break Ok(()),
@@ -252,7 +256,7 @@ pub async fn run(a: ConsumeArgs) -> CliResult {
             if a.count.is_some_and(|c| printed >= c) {
                 break;
             }
-            writeln!(out, "{}", format_message(rec, a.format))?;
+            writeln!(out, "{}", format_queue_message(rec, Some(&broker), a.format))?;
             printed += 1;
         }
         out.flush()?;
@@ -317,7 +321,11 @@ async fn run_group(a: ConsumeArgs) -> CliResult {
             Some(None) => break Ok(()), // consumer stopped
             Some(Some(rec)) => {
                 let mut out = std::io::stdout().lock();
-                writeln!(out, "{}", format_message(&rec, a.format))?;
+                writeln!(
+                    out,
+                    "{}",
+                    format_queue_message(&rec, consumer.last_broker_name(), a.format)
+                )?;
                 out.flush()?;
                 printed += 1;
                 if a.nack_every.is_some_and(|n| printed % n == 0) {

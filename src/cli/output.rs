@@ -76,9 +76,23 @@ pub fn topic_queues_json(per_broker: &[(String, crate::wire::control::TopicStats
 
 /// One line for a message in `format`.
 pub fn format_message(r: &StoredRecord, format: Format) -> String {
-    match format {
-        Format::Json => message_json(r).to_string(),
-        Format::Text => format!(
+    format_queue_message(r, None, format)
+}
+
+/// Like [`format_message`], naming the broker group the message was read
+/// from (a queue is `(topic, broker, queue)`): JSON gains `broker`, text
+/// starts with `broker=`.
+pub fn format_queue_message(r: &StoredRecord, broker: Option<&str>, format: Format) -> String {
+    match (format, broker) {
+        (Format::Json, _) => {
+            let mut v = message_json(r);
+            if let (Value::Object(map), Some(b)) = (&mut v, broker) {
+                map.insert("broker".into(), Value::String(b.to_string()));
+            }
+            v.to_string()
+        }
+        (Format::Text, Some(b)) => format!("broker={b} {}", format_queue_message(r, None, format)),
+        (Format::Text, None) => format!(
             "queue={} offset={} msg_id={} tags={} keys={} body={}",
             r.queue_id,
             r.queue_offset,
@@ -136,5 +150,15 @@ mod tests {
         assert_eq!(v["body_base64"], "/wD+");
         assert!(v.get("body").is_none());
         assert!(format_message(&record(&[0xff]), Format::Text).contains("queue=2 offset=7"));
+    }
+
+    #[test]
+    fn a_queue_is_named_with_its_broker_group() {
+        let r = record(b"x");
+        let v: Value = serde_json::from_str(&format_queue_message(&r, Some("broker-b"), Format::Json)).unwrap();
+        assert_eq!((v["broker"].as_str(), v["queue"].as_u64()), (Some("broker-b"), Some(2)));
+        let text = format_queue_message(&r, Some("broker-b"), Format::Text);
+        assert!(text.starts_with("broker=broker-b queue=2 offset=7 "), "{text}");
+        assert!(!format_message(&r, Format::Text).contains("broker="));
     }
 }

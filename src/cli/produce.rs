@@ -111,7 +111,7 @@ pub async fn run(a: ProduceArgs) -> CliResult {
 
 fn print_ack(r: &SendResult) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{} {} {}", r.queue_id, r.queue_offset, r.msg_id)?;
+    writeln!(out, "{} {} {} {}", r.queue_id, r.queue_offset, r.msg_id, r.broker_name)?;
     out.flush()
 }
 

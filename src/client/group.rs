@@ -247,6 +247,11 @@ impl Delivered {
         }
     }
 
+    /// The broker group whose queue delivered the message.
+    pub fn broker_name(&self) -> &str {
+        &self.key.1
+    }
+
     /// Marks the message processed.
     pub fn ack(self) {
         let _ = self.settle(None);
@@ -341,6 +346,12 @@ impl GroupConsumer {
         let record = d.record.clone();
         self.last = Some(d);
         Some(record)
+    }
+
+    /// The broker group of the message last returned by
+    /// [`GroupConsumer::next`] (its queue is `(topic, broker, queue id)`).
+    pub fn last_broker_name(&self) -> Option<&str> {
+        self.last.as_ref().map(Delivered::broker_name)
     }
 
     /// Like [`GroupConsumer::next`] but gives up after `wait`.
