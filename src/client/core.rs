@@ -412,6 +412,21 @@ impl ClientCore {
         self.request_inner(addr, cmd, header, body, timeout, false).await
     }
 
+    /// Like [`ClientCore::request`], but connects even to a server marked
+    /// down (a real attempt, which clears or renews the mark): for a caller
+    /// with no other server to turn to, whose server may be back before the
+    /// background probe has noticed.
+    pub async fn request_even_if_down(
+        &self,
+        addr: &str,
+        cmd: Command,
+        header: Bytes,
+        body: Bytes,
+        timeout: Duration,
+    ) -> ClientResult<(Bytes, Bytes)> {
+        self.request_inner(addr, cmd, header, body, timeout, true).await
+    }
+
     async fn request_inner(
         &self,
         addr: &str,

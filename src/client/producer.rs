@@ -251,11 +251,19 @@ impl Producer {
             }
             .encode();
             let timeout = self.core.cfg.request_timeout;
-            match self
-                .core
-                .request(&q.broker_addr, Command::SendMessage, Bytes::new(), body, timeout)
-                .await
-            {
+            // `pick` prefers brokers not marked down: a down one here means
+            // every candidate is, so try it for real (it may be back before
+            // the background probe noticed).
+            let send = if self.core.is_down(&q.broker_addr) {
+                self.core
+                    .request_even_if_down(&q.broker_addr, Command::SendMessage, Bytes::new(), body, timeout)
+                    .await
+            } else {
+                self.core
+                    .request(&q.broker_addr, Command::SendMessage, Bytes::new(), body, timeout)
+                    .await
+            };
+            match send {
                 Ok((_, body)) => {
                     let resp = SendResponse::decode(body)?;
                     if resp.stored.len() != req.entries.len() {
