@@ -640,6 +640,10 @@ fn dead_broker_costs_seconds() {
     let mut member = Consumer::start(&ns, c.dir(), "dead-c1", &consumer_args("dead", &group, "6000"));
     let mut seen = Seen::default();
     seen.follow(&member);
+    // A plain (group-less) consumer following every queue.
+    let mut follower = Consumer::start(&ns, c.dir(), "dead-plain", &["--topic", "dead", "--from", "earliest"]);
+    let mut seen_plain = Seen::default();
+    seen_plain.follow(&follower);
     wait_group_stable(&c, &group, 1, 4, Duration::from_secs(20));
 
     let before: Vec<String> = (0..20).map(|i| format!("dead-pre-{i}")).collect();
@@ -651,6 +655,14 @@ fn dead_broker_costs_seconds() {
         }),
         "setup: group member did not consume the first messages: missing {:?}",
         seen.missing(&before)
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            seen_plain.poll();
+            seen_plain.missing(&before).is_empty()
+        }),
+        "setup: the plain consumer did not print the first messages: missing {:?}",
+        seen_plain.missing(&before)
     );
 
     c.kill9_broker(B);
@@ -671,14 +683,16 @@ fn dead_broker_costs_seconds() {
             .min()
             .map(|t| t.duration_since(killed))
     };
-    let (mut old_first, mut late_first) = (None, None);
+    let (mut old_first, mut late_first, mut plain_first) = (None, None, None);
     let deadline = killed + Duration::from_secs(20);
-    while (old_first.is_none() || late_first.is_none()) && Instant::now() < deadline {
+    while (old_first.is_none() || late_first.is_none() || plain_first.is_none()) && Instant::now() < deadline {
         seen.poll();
         seen_late.poll();
+        seen_plain.poll();
         let acked = producer.acked();
         old_first = first_live(&seen, &acked);
         late_first = first_live(&seen_late, &acked);
+        plain_first = first_live(&seen_plain, &acked);
         std::thread::sleep(Duration::from_millis(20));
     }
     let log = producer.finish();
@@ -686,8 +700,13 @@ fn dead_broker_costs_seconds() {
     for (who, first, m) in [
         ("member joined before the kill", old_first, &mut member),
         ("member joined after the kill", late_first, &mut late),
+        ("plain consumer", plain_first, &mut follower),
     ] {
-        let key = if who.contains("before") { "group" } else { "new_member" };
+        let key = match who {
+            "plain consumer" => "plain",
+            w if w.contains("before") => "group",
+            _ => "new_member",
+        };
         match first {
             Some(d) => {
                 eprintln!("figure: dead_broker_kill_to_{key}_delivery_ms={}", d.as_millis());
