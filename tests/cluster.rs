@@ -63,6 +63,25 @@ fn run(ns: &str, args: &[&str]) -> Run {
     }
 }
 
+/// `consume --topic T --from earliest --idle-timeout SECS --format json`
+/// (no group).
+fn plain_run(ns: &str, topic: &str, idle_secs: &str) -> Run {
+    run(
+        ns,
+        &[
+            "consume",
+            "--topic",
+            topic,
+            "--from",
+            "earliest",
+            "--idle-timeout",
+            idle_secs,
+            "--format",
+            "json",
+        ],
+    )
+}
+
 /// `consume --topic T --group G --idle-timeout 3 --format json ARGS`.
 fn group_run(ns: &str, topic: &str, group: &str, extra: &[&str]) -> Run {
     let mut args = vec![
@@ -400,20 +419,7 @@ fn cluster_harness_starts_and_restarts() {
 
     let second: Vec<String> = (10..20).map(|i| format!("h-{i}")).collect();
     produce_on(&c, "h", &[], &second);
-    let all = run(
-        &ns,
-        &[
-            "consume",
-            "--topic",
-            "h",
-            "--from",
-            "earliest",
-            "--idle-timeout",
-            "2",
-            "--format",
-            "json",
-        ],
-    );
+    let all = plain_run(&ns, "h", "2");
     assert!(all.ok, "consume failed: {}", all.stderr);
     let got: BTreeSet<String> = all.bodies().into_iter().collect();
     let want: BTreeSet<String> = first.iter().chain(&second).cloned().collect();
@@ -565,20 +571,7 @@ fn check_group_remembers_its_start(tag: &str, group_args: &[&str], delay_level: 
     if delay_level.is_some() {
         // Delayed: wait until they are due and stored in the topic itself.
         let ok = wait_until(Duration::from_secs(30), || {
-            let r = run(
-                &ns,
-                &[
-                    "consume",
-                    "--topic",
-                    &topic,
-                    "--from",
-                    "earliest",
-                    "--idle-timeout",
-                    "1",
-                    "--format",
-                    "json",
-                ],
-            );
+            let r = plain_run(&ns, &topic, "1");
             r.msgs.len() >= lines.len()
         });
         assert!(ok, "delayed messages never became due in {topic}");
@@ -742,20 +735,7 @@ fn dead_broker_costs_seconds() {
         .map(|(m, _)| m.clone())
         .chain(log.acked.iter().filter(|s| s.broker == A).map(|s| s.body.clone()))
         .collect();
-    let plain = run(
-        &ns,
-        &[
-            "consume",
-            "--topic",
-            "dead",
-            "--from",
-            "earliest",
-            "--idle-timeout",
-            "3",
-            "--format",
-            "json",
-        ],
-    );
+    let plain = plain_run(&ns, "dead", "3");
     eprintln!("figure: dead_broker_plain_consume_ms={}", plain.took.as_millis());
     let got: BTreeSet<String> = plain.bodies().into_iter().collect();
     let missing: Vec<&String> = want_a.iter().filter(|m| !got.contains(*m)).collect();
@@ -1131,20 +1111,7 @@ fn namesrv_kill9_keeps_clients_working() {
     let _late = Consumer::start(&ns, c.dir(), "nsk-c2", &consumer_args("nsk", group, "6000"));
     wait_group_stable(&c, group, 2, 4, Duration::from_secs(20));
 
-    let plain = run(
-        &ns,
-        &[
-            "consume",
-            "--topic",
-            "nsk",
-            "--from",
-            "earliest",
-            "--idle-timeout",
-            "2",
-            "--format",
-            "json",
-        ],
-    );
+    let plain = plain_run(&ns, "nsk", "2");
     assert!(plain.ok, "consume failed: {}", plain.stderr);
     let got: BTreeSet<String> = plain.bodies().into_iter().collect();
     let want: BTreeSet<String> = first.iter().chain(&second).cloned().collect();

@@ -4,16 +4,13 @@
 //! be killed with SIGKILL and restarted on the same address with the same
 //! data. Everything is killed on drop; every wait is bounded.
 
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{bin, cli, cli_ok, field, free_addr, small_store_env, ServerProcess};
+use super::{cli, cli_ok, field, free_addr, small_store_env, ServerProcess};
 
 /// How long a (re)started process may take to print its ready line.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -24,52 +21,7 @@ const ROUTE_TIMEOUT: Duration = Duration::from_secs(20);
 /// stderr) if it exits or stays silent, so callers can retry (a port still
 /// held by a dying process).
 fn try_spawn(args: &[&str], env: &[(String, String)]) -> Result<(ServerProcess, String), String> {
-    let mut cmd = Command::new(bin());
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().map_err(|e| format!("spawn ferromq {args:?}: {e}"))?;
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let mut err_pipe = child.stderr.take().ok_or("no stderr pipe")?;
-    let sink = stderr.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = err_pipe.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            if let Ok(mut s) = sink.lock() {
-                s.push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        }
-    });
-    let stdout = child.stdout.take().ok_or("no stdout pipe")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + READY_TIMEOUT;
-    let line = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) if line.contains(" ready: ") => break line,
-            Ok(_) => continue,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                // Let the stderr reader catch up with the last words.
-                std::thread::sleep(Duration::from_millis(50));
-                let err = stderr.lock().map(|s| s.clone()).unwrap_or_default();
-                return Err(format!("no ready line from ferromq {args:?}; stderr:\n{err}"));
-            }
-        }
-    };
+    let (child, line, stderr) = super::try_spawn_server(args, env, READY_TIMEOUT)?;
     let optional = |name: &str| {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix(name))

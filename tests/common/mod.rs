@@ -43,7 +43,14 @@ pub struct ServerProcess {
     stderr: Arc<Mutex<String>>,
 }
 
-fn spawn_server(args: &[&str], env: &[(&str, &str)]) -> (Child, String, Arc<Mutex<String>>) {
+/// Starts `ferromq ARGS` and waits up to `ready_within` for its ready
+/// line: the child, that line, and its stderr as it accumulates. `Err`
+/// (with its stderr) if it exits or stays silent; the child is reaped then.
+pub fn try_spawn_server<K: AsRef<std::ffi::OsStr>, V: AsRef<std::ffi::OsStr>>(
+    args: &[&str],
+    env: &[(K, V)],
+    ready_within: Duration,
+) -> Result<(Child, String, Arc<Mutex<String>>), String> {
     let mut cmd = Command::new(bin());
     cmd.args(args)
         .stdin(Stdio::null())
@@ -52,9 +59,9 @@ fn spawn_server(args: &[&str], env: &[(&str, &str)]) -> (Child, String, Arc<Mute
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("spawn ferromq");
+    let mut child = cmd.spawn().map_err(|e| format!("spawn ferromq {args:?}: {e}"))?;
     let stderr = Arc::new(Mutex::new(String::new()));
-    let mut err_pipe = child.stderr.take().expect("stderr");
+    let mut err_pipe = child.stderr.take().ok_or("no stderr pipe")?;
     let sink = stderr.clone();
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
@@ -62,29 +69,38 @@ fn spawn_server(args: &[&str], env: &[(&str, &str)]) -> (Child, String, Arc<Mute
             if n == 0 {
                 break;
             }
-            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            if let Ok(mut s) = sink.lock() {
+                s.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
         }
     });
-    let stdout = child.stdout.take().expect("stdout");
+    let stdout = child.stdout.take().ok_or("no stdout pipe")?;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = tx.send(line);
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + ready_within;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
-            Ok(line) if line.contains(" ready: ") => return (child, line, stderr),
+            Ok(line) if line.contains(" ready: ") => return Ok((child, line, stderr)),
             Ok(_) => continue,
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("no ready line from {args:?}; stderr:\n{}", stderr.lock().unwrap());
+                // Let the stderr reader catch up with the last words.
+                std::thread::sleep(Duration::from_millis(50));
+                let err = stderr.lock().map(|s| s.clone()).unwrap_or_default();
+                return Err(format!("no ready line from ferromq {args:?}; stderr:\n{err}"));
             }
         }
     }
+}
+
+fn spawn_server(args: &[&str], env: &[(&str, &str)]) -> (Child, String, Arc<Mutex<String>>) {
+    try_spawn_server(args, env, Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn field(line: &str, name: &str) -> String {
