@@ -1,0 +1,300 @@
+//! The membership loop: join the coordinator, start a feeder per assigned
+//! queue, heartbeat and commit, until a rebalance, a failure or a stop ends
+//! the generation; then revoke, commit and rejoin.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::client::core::{ClientCore, MessageQueue};
+use crate::client::error::{ClientError, ClientResult};
+use crate::client::remoting::RemotingConnection;
+use crate::wire::control::{from_json, to_json};
+use crate::wire::group::{
+    CommitOffsets, GroupAssignment, HeartbeatReply, JoinGroup, LeaveGroup, MemberRef, QueueOffset,
+};
+use crate::wire::{Command, Status};
+
+use super::feed::Feed;
+use super::progress::Shared;
+use super::{Delivery, GroupConsumerConfig};
+
+/// Why a generation ended.
+enum End {
+    Rebalance,
+    Rejoin,
+    Stop,
+}
+
+/// Runs a member's generations one after another.
+pub(super) struct Driver {
+    pub(super) core: Arc<ClientCore>,
+    pub(super) cfg: GroupConsumerConfig,
+    pub(super) shared: Arc<Mutex<Shared>>,
+    pub(super) out: mpsc::Sender<Delivery>,
+}
+
+impl Driver {
+    /// Joins, consumes and rejoins until `stop` fires.
+    pub(super) async fn run(self, mut stop: oneshot::Receiver<()>) {
+        let mut member_id: Option<String> = None;
+        loop {
+            let session = self.session(&mut member_id, &mut stop).await;
+            match session {
+                Ok(End::Stop) => return,
+                Ok(End::Rebalance) => {}
+                Ok(End::Rejoin) => member_id = None,
+                Err(e) => {
+                    tracing::warn!(group = %self.cfg.group, error = %e, "group session failed; rejoining");
+                    // A member id is only known to the coordinator that gave
+                    // it; after a failure the next one may be another broker.
+                    member_id = None;
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = &mut stop => return,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn coordinator(
+        &self,
+    ) -> ClientResult<(String, RemotingConnection, mpsc::UnboundedReceiver<crate::wire::Frame>)> {
+        let addr = self.core.group_coordinator(&self.cfg.group).await?;
+        tracing::debug!(group = %self.cfg.group, coordinator = %addr, "joining");
+        let (push_tx, push_rx) = mpsc::unbounded_channel();
+        let conn = RemotingConnection::connect(&addr, self.core.cfg.request_timeout, Some(push_tx)).await?;
+        Ok((addr, conn, push_rx))
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        conn: &RemotingConnection,
+        cmd: Command,
+        header: Bytes,
+        timeout: Duration,
+    ) -> ClientResult<T> {
+        let (_, body) = conn.request(cmd, header, Bytes::new(), timeout).await?;
+        Ok(from_json(&body, "group response")?)
+    }
+
+    /// One generation: join, consume, heartbeat, until something ends it.
+    async fn session(&self, member_id: &mut Option<String>, stop: &mut oneshot::Receiver<()>) -> ClientResult<End> {
+        let (_, conn, mut pushes) = self.coordinator().await?;
+        let join = JoinGroup {
+            group: self.cfg.group.clone(),
+            member_id: member_id.clone(),
+            client_id: self.cfg.client_id.clone(),
+            topics: self.cfg.topics.clone(),
+            session_timeout_ms: self.cfg.session_timeout.as_millis() as u64,
+            strategy: Some(self.cfg.strategy.clone()),
+            mode: Some(self.cfg.mode.clone()),
+        };
+        // A join waits for the whole rebalance.
+        let join_timeout = self.cfg.session_timeout + Duration::from_secs(10);
+        let join_call = self.call::<GroupAssignment>(&conn, Command::JoinGroup, to_json(&join), join_timeout);
+        tokio::pin!(join_call);
+        let assigned: GroupAssignment = tokio::select! {
+            r = &mut join_call => r?,
+            _ = &mut *stop => {
+                // Finish the join briefly so the member can leave at once
+                // instead of lingering until its session expires.
+                if let Ok(Ok(a)) = tokio::time::timeout(Duration::from_secs(3), join_call).await {
+                    let leave = LeaveGroup { group: self.cfg.group.clone(), member_id: a.member_id };
+                    let _ = conn.request(Command::LeaveGroup, to_json(&leave), Bytes::new(), self.core.cfg.request_timeout).await;
+                }
+                return Ok(End::Stop);
+            }
+        };
+        *member_id = Some(assigned.member_id.clone());
+        let generation = assigned.generation;
+        tracing::info!(group = %self.cfg.group, member = %assigned.member_id, generation, queues = assigned.assignment.len(), "joined");
+
+        let queues = self.resolve(&assigned).await?;
+        if let Ok(mut s) = self.shared.lock() {
+            s.reset(generation);
+            s.assignment = queues.clone();
+        }
+        let me = MemberRef {
+            group: self.cfg.group.clone(),
+            member_id: assigned.member_id.clone(),
+            generation,
+        };
+        // Each queue finds its own start (its broker may be down: the
+        // others must not wait for it).
+        let pullers: Vec<JoinHandle<()>> = queues
+            .iter()
+            .map(|mq| {
+                let feed = Feed {
+                    core: self.core.clone(),
+                    mq: mq.clone(),
+                    start: self.cfg.start,
+                    offsets_group: self.cfg.offsets_group(),
+                    member: me.clone(),
+                    tags: self.cfg.tag_expression.clone(),
+                    generation,
+                    out: self.out.clone(),
+                };
+                match self.cfg.effective_ack_timeout() {
+                    Some(ack_timeout) => tokio::spawn(feed.receive_loop(ack_timeout, self.cfg.orderly)),
+                    None => tokio::spawn(feed.pull_loop()),
+                }
+            })
+            .collect();
+
+        // At least three heartbeats per session, whatever was configured.
+        let period = self
+            .cfg
+            .heartbeat_interval
+            .min(self.cfg.session_timeout / 3)
+            .max(Duration::from_millis(10));
+        let mut heartbeat = tokio::time::interval(period);
+        heartbeat.tick().await;
+        let mut commit = tokio::time::interval(self.cfg.commit_interval);
+        commit.tick().await;
+        let timeout = self.core.cfg.request_timeout;
+        let end = loop {
+            tokio::select! {
+                _ = &mut *stop => break Ok(End::Stop),
+                push = pushes.recv() => match push {
+                    Some(f) if f.code == Command::NotifyRebalance.code() => break Ok(End::Rebalance),
+                    Some(_) => {}
+                    None => break Err(ClientError::Closed("group coordinator".into())),
+                },
+                _ = heartbeat.tick() => {
+                    match self.call::<HeartbeatReply>(&conn, Command::Heartbeat, to_json(&me), timeout).await {
+                        Ok(r) if r.rebalance => break Ok(End::Rebalance),
+                        Ok(_) => {}
+                        Err(e) if matches!(e.status(), Some(Status::UnknownMember) | Some(Status::NotCoordinator)) => break Ok(End::Rejoin),
+                        Err(e) if matches!(e.status(), Some(Status::IllegalGeneration) | Some(Status::RebalanceInProgress)) => break Ok(End::Rebalance),
+                        Err(e) => break Err(e),
+                    }
+                }
+                _ = commit.tick() => {
+                    if let Err(e) = self.commit(&me).await {
+                        tracing::warn!(error = %e, "offset commit failed");
+                    }
+                }
+            }
+        };
+        // Revoke first: nothing of this generation is handed out any more.
+        for p in &pullers {
+            p.abort();
+        }
+        if let Ok(mut s) = self.shared.lock() {
+            s.generation = 0;
+        }
+        let committed = self.commit(&me).await;
+        if let Ok(mut s) = self.shared.lock() {
+            s.reset(0);
+            s.assignment.clear();
+        }
+        match end {
+            Ok(End::Stop) => {
+                if let Err(e) = committed {
+                    tracing::warn!(error = %e, "final offset commit failed");
+                }
+                let leave = LeaveGroup {
+                    group: self.cfg.group.clone(),
+                    member_id: assigned.member_id,
+                };
+                let _ = conn
+                    .request(Command::LeaveGroup, to_json(&leave), Bytes::new(), timeout)
+                    .await;
+                Ok(End::Stop)
+            }
+            other => other,
+        }
+    }
+
+    /// Broker addresses of the assigned queues.
+    async fn resolve(&self, a: &GroupAssignment) -> ClientResult<Vec<MessageQueue>> {
+        let mut by_topic: BTreeMap<String, Vec<MessageQueue>> = BTreeMap::new();
+        let mut out = Vec::new();
+        for q in &a.assignment {
+            if !by_topic.contains_key(&q.topic) {
+                self.core.invalidate(&q.topic);
+                by_topic.insert(q.topic.clone(), self.core.queues(&q.topic).await?);
+            }
+            let found = by_topic[&q.topic]
+                .iter()
+                .find(|m| m.broker_name == q.broker_name && m.queue_id == q.queue)
+                .cloned();
+            match found {
+                Some(mq) => out.push(mq),
+                None => {
+                    tracing::warn!(topic = %q.topic, broker = %q.broker_name, queue = q.queue, "assigned queue has no live master")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Commits what was processed, to the broker group owning each queue,
+    /// as member `me`. Every broker is tried; the first failure is
+    /// returned.
+    async fn commit(&self, me: &MemberRef) -> ClientResult<()> {
+        if self.cfg.effective_ack_timeout().is_some() {
+            return Ok(()); // the broker commits what was acknowledged
+        }
+        let by_broker: BTreeMap<String, Vec<QueueOffset>> = match self.shared.lock() {
+            Ok(s) => {
+                let mut by_broker: BTreeMap<String, Vec<QueueOffset>> = BTreeMap::new();
+                for ((topic, broker_name, queue), o) in &s.processed {
+                    let addr = s
+                        .assignment
+                        .iter()
+                        .find(|mq| &mq.broker_name == broker_name)
+                        .map(|mq| mq.broker_addr.clone());
+                    if let Some(addr) = addr {
+                        by_broker.entry(addr).or_default().push(QueueOffset {
+                            topic: topic.clone(),
+                            broker_name: broker_name.clone(),
+                            queue: *queue,
+                            offset: *o,
+                        });
+                    }
+                }
+                by_broker
+            }
+            Err(_) => return Ok(()),
+        };
+        let mut first_error = None;
+        for (addr, offsets) in by_broker {
+            if let Err(e) = commit_offsets(&self.core, &addr, &self.cfg.offsets_group(), me, offsets).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Sends one `COMMIT_OFFSETS` to the broker at `addr` as member `me`.
+pub(super) async fn commit_offsets(
+    core: &ClientCore,
+    addr: &str,
+    offsets_group: &str,
+    me: &MemberRef,
+    offsets: Vec<QueueOffset>,
+) -> ClientResult<()> {
+    let c = CommitOffsets {
+        group: offsets_group.to_string(),
+        member_id: Some(me.member_id.clone()),
+        generation: Some(me.generation),
+        offsets,
+    };
+    core.request(
+        addr,
+        Command::CommitOffsets,
+        to_json(&c),
+        Bytes::new(),
+        core.cfg.request_timeout,
+    )
+    .await?;
+    Ok(())
+}
