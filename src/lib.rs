@@ -12,6 +12,7 @@ pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod groups;

@@ -7,11 +7,11 @@
 use crate::observe::{kind, ActorStats, Tracked};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 
 use super::dispatcher::{Dispatch, Dispatcher, ForgetTopic};
+use crate::clock::now_millis;
 use crate::config::FlushMode;
 use crate::store::append::{append_batch, AppendContext};
 use crate::store::commitlog::{AppendError, Appender};
@@ -77,13 +77,6 @@ impl CommitLogWriter {
             store_host,
         }
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Actor for CommitLogWriter {

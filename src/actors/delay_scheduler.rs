@@ -17,8 +17,8 @@ use std::time::Duration;
 use actix::prelude::*;
 use bytes::BytesMut;
 
-use super::commitlog_writer::now_millis;
 use super::services::BrokerServices;
+use crate::clock::now_millis;
 use crate::delivery::delay::{DelayTable, DELAY_GROUP, DELAY_QUEUES, DELAY_TOPIC};
 use crate::delivery::props;
 use crate::store::offsets::OffsetKey;

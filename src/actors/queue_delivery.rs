@@ -11,8 +11,8 @@ use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
 
-use super::commitlog_writer::now_millis;
 use super::queue_actor::QueueActor;
+use crate::clock::now_millis;
 use crate::delivery::cursor::{Cursor, DeadLetter};
 use crate::delivery::expiry::{raw_expire_at, ExpiryQueue};
 use crate::delivery::props::{self, dlq_topic};

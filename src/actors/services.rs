@@ -9,8 +9,9 @@ use std::sync::{Arc, OnceLock};
 
 use actix::Addr;
 
-use super::commitlog_writer::{now_millis, Append, CommitLogWriter};
+use super::commitlog_writer::{Append, CommitLogWriter};
 use super::namesrv_client::{NameServerClient, RegisterNow};
+use crate::clock::now_millis;
 use crate::config::DeliverySection;
 use crate::delivery::RetryPolicy;
 use crate::observe::{ActorTree, Tracked};

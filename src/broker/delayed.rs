@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use super::handler::{BrokerHandler, Reply};
-use crate::actors::commitlog_writer::now_millis;
 use crate::actors::delay_scheduler::Scheduled;
+use crate::clock::now_millis;
 use crate::delivery::delay::{requested_delay, Delayed, DELAY_TOPIC};
 use crate::delivery::props;
 use crate::wire::send::{SendEntry, SendRequest, SendResponse, StoredAt};

@@ -8,12 +8,12 @@ use actix::Addr;
 use bytes::{Bytes, BytesMut};
 use futures::future::LocalBoxFuture;
 
-use crate::actors::commitlog_writer::now_millis;
 use crate::actors::commitlog_writer::{Append, CommitLogWriter, DeleteTopicData};
 use crate::actors::namesrv_client::{NameServerClient, RegisterNow};
 use crate::actors::queue_actor::{Pull, QueueActor};
 use crate::actors::queue_delivery::{Receive, Settle};
 use crate::actors::queue_registry::QueueRegistry;
+use crate::clock::now_millis;
 use crate::config::BrokerSection;
 use crate::observe::clients::ClientRole;
 use crate::observe::Tracked;

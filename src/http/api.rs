@@ -80,7 +80,7 @@ async fn overview(state: web::Data<HttpState>) -> HttpResponse {
         "messages_in_total": messages_in,
         "messages_out_total": messages_out,
         "rss_bytes": metrics::process_rss_bytes(),
-        "time_ms": crate::actors::commitlog_writer::now_millis(),
+        "time_ms": crate::clock::now_millis(),
     }))
 }
 
