@@ -17,8 +17,8 @@ use crate::clock::now_millis;
 use crate::config::BrokerSection;
 use crate::observe::clients::ClientRole;
 use crate::observe::Tracked;
+use crate::record::MessageId;
 use crate::server::{ConnectionHandle, RequestHandler};
-use crate::store::record::MessageId;
 use crate::store::topics::TopicConfig;
 use crate::store::Store;
 use crate::wire::control::{

@@ -6,7 +6,7 @@ use clap::ValueEnum;
 use serde_json::{json, Map, Value};
 
 use crate::message::{PROPERTY_KEYS, PROPERTY_TAGS};
-use crate::store::record::StoredRecord;
+use crate::record::StoredRecord;
 
 /// Output format of message-printing commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

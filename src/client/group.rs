@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use super::core::{ClientConfig, ClientCore, MessageQueue};
 use super::error::{ClientError, ClientResult};
 use super::remoting::RemotingConnection;
-use crate::store::record::StoredRecord;
+use crate::record::StoredRecord;
 use crate::wire::control::{from_json, to_json};
 use crate::wire::delivery::{ReceiveRequest, ReceiveResponse, SettleRequest, MAX_ACK_TIMEOUT_MS, RECEIVE_ORDERLY};
 use crate::wire::group::{

@@ -20,7 +20,7 @@ use super::core::{ClientConfig, ClientCore, MessageQueue};
 use super::error::{ClientError, ClientResult};
 use crate::clock::now_millis;
 use crate::message::Message;
-use crate::store::record::MessageId;
+use crate::record::MessageId;
 use crate::wire::buf::{check_props, props_len};
 use crate::wire::control::validate_topic_name;
 use crate::wire::send::{SendEntry, SendRequest, SendResponse};
