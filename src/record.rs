@@ -143,6 +143,15 @@ impl StoredRecord {
     }
 }
 
+/// Where one message of a batch was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredAt {
+    /// Offset within the topic queue.
+    pub queue_offset: u64,
+    /// Byte offset of the record in the commitlog.
+    pub phys_offset: u64,
+}
+
 /// Locates a record: the broker that stored it and its commitlog offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct MessageId {

@@ -15,10 +15,11 @@ use crate::clock::now_millis;
 use crate::config::DeliverySection;
 use crate::delivery::RetryPolicy;
 use crate::observe::{ActorTree, Tracked};
+use crate::store::append::AppendEntry;
 use crate::store::offsets::{encode_commits, OffsetKey, OFFSETS_TOPIC};
 use crate::store::topics::TopicConfig;
 use crate::store::Store;
-use crate::wire::send::{SendEntry, SendResponse};
+use crate::wire::send::SendResponse;
 use crate::wire::Status;
 
 /// Shared services of the broker's actors.
@@ -74,7 +75,7 @@ impl BrokerServices {
         &self,
         topic: &str,
         queue_id: u32,
-        entries: Vec<SendEntry>,
+        entries: Vec<AppendEntry>,
     ) -> Result<SendResponse, ServiceError> {
         let writer = self.writer.get().ok_or_else(|| {
             (
@@ -118,7 +119,7 @@ impl BrokerServices {
             return Ok(());
         }
         self.store.offsets.apply(&commits);
-        let entry = SendEntry {
+        let entry = AppendEntry {
             flags: 0,
             born_timestamp: now_millis(),
             properties: BTreeMap::new(),

@@ -9,7 +9,8 @@ use crate::actors::delay_scheduler::Scheduled;
 use crate::clock::now_millis;
 use crate::delivery::delay::{requested_delay, Delayed, DELAY_TOPIC};
 use crate::delivery::props;
-use crate::wire::send::{SendEntry, SendRequest, SendResponse, StoredAt};
+use crate::store::append::AppendEntry;
+use crate::wire::send::{SendRequest, SendResponse, StoredAt};
 use crate::wire::Status;
 
 /// Checks a batch's delivery properties in one pass: a `TTL` must be a
@@ -55,9 +56,10 @@ impl BrokerHandler {
             };
             req.entries.len()
         ];
-        let mut immediate: Vec<(usize, SendEntry)> = Vec::new();
-        let mut held: BTreeMap<u32, Vec<(usize, u64, SendEntry)>> = BTreeMap::new();
-        for (i, (mut entry, delay)) in req.entries.into_iter().zip(delays).enumerate() {
+        let mut immediate: Vec<(usize, AppendEntry)> = Vec::new();
+        let mut held: BTreeMap<u32, Vec<(usize, u64, AppendEntry)>> = BTreeMap::new();
+        for (i, (entry, delay)) in req.entries.into_iter().zip(delays).enumerate() {
+            let mut entry = AppendEntry::from(entry);
             match delay {
                 None => immediate.push((i, entry)),
                 Some(d) => {
@@ -73,7 +75,7 @@ impl BrokerHandler {
             }
         }
         if !immediate.is_empty() {
-            let (idx, entries): (Vec<usize>, Vec<SendEntry>) = immediate.into_iter().unzip();
+            let (idx, entries): (Vec<usize>, Vec<AppendEntry>) = immediate.into_iter().unzip();
             let resp = self.services.append(&req.topic, req.queue_id, entries).await?;
             for (i, s) in idx.into_iter().zip(resp.stored) {
                 stored[i] = s;

@@ -19,6 +19,7 @@ use crate::observe::clients::ClientRole;
 use crate::observe::Tracked;
 use crate::record::MessageId;
 use crate::server::{ConnectionHandle, RequestHandler};
+use crate::store::append::AppendEntry;
 use crate::store::topics::TopicConfig;
 use crate::store::Store;
 use crate::wire::control::{
@@ -184,7 +185,7 @@ impl BrokerHandler {
         let append = Append {
             topic: Arc::from(req.topic.as_str()),
             queue_id: req.queue_id,
-            entries: req.entries,
+            entries: req.entries.into_iter().map(AppendEntry::from).collect(),
             born_host: peer,
         };
         let response = self.writer.send(append).await.map_err(mailbox)??;
