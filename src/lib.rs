@@ -22,6 +22,7 @@ pub mod message;
 pub mod namesrv;
 pub mod observe;
 pub mod record;
+pub mod render;
 pub mod server;
 pub mod store;
 pub mod wire;
