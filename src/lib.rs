@@ -8,7 +8,6 @@
 //! * [`client`] — the Rust client library; [`cli`] — the `ferromq` command.
 
 pub mod actors;
-pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod client;

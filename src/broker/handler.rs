@@ -180,7 +180,9 @@ impl BrokerHandler {
         let cfg = self.topic_for_send(&req.topic).await?;
         check_queue(&req.topic, req.queue_id, cfg)?;
         if let Some(delays) = super::delayed::check_batch(&req, self.services.delivery.max_delay_ms)? {
-            return self.send_with_delays(req, delays).await;
+            let response =
+                super::delayed::send_with_delays(&self.services, &self.delays, self.store_host, req, delays).await?;
+            return ok(response.encode());
         }
         let append = Append {
             topic: Arc::from(req.topic.as_str()),
