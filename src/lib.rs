@@ -1,11 +1,16 @@
 //! FerroMQ: a persistent, distributed message broker on actix actors.
 //!
+//! * [`clock`] — the wall clock (ms since the epoch).
+//! * [`codec`] — primitive encodings shared by the wire and the store.
+//! * [`record`] — decoded records and message ids, shared by the client and
+//!   the store.
 //! * [`wire`] — the binary protocol (pure codec).
 //! * [`store`] — commitlog, consume queues, indexes, recovery.
 //! * [`actors`] — the actor tree: commitlog writer, dispatcher, queue actors,
 //!   name server.
 //! * [`server`] — framed TCP sessions routing requests to actors.
 //! * [`client`] — the Rust client library; [`cli`] — the `ferromq` command.
+//! * [`render`] — JSON renderings shared by the CLI and the HTTP API.
 
 pub mod actors;
 pub mod broker;
