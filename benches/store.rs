@@ -8,11 +8,10 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ferromq::config::StoreSection;
-use ferromq::store::append::{append_batch, AppendContext};
+use ferromq::store::append::{append_batch, AppendContext, AppendEntry};
 use ferromq::store::commitlog::{Appender, Gather};
 use ferromq::store::topics::TopicConfig;
 use ferromq::store::Store;
-use ferromq::wire::send::SendEntry;
 
 fn store(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -27,8 +26,8 @@ fn store(c: &mut Criterion) {
         .get_or_create("bench", TopicConfig::with_queues(8))
         .expect("topic");
     let topic: Arc<str> = Arc::from("bench");
-    let entries: Vec<SendEntry> = (0..1000)
-        .map(|_| SendEntry {
+    let entries: Vec<AppendEntry> = (0..1000)
+        .map(|_| AppendEntry {
             flags: 0,
             born_timestamp: 1,
             properties: BTreeMap::new(),

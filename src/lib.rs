@@ -1,17 +1,23 @@
 //! FerroMQ: a persistent, distributed message broker on actix actors.
 //!
+//! * [`clock`] — the wall clock (ms since the epoch).
+//! * [`codec`] — primitive encodings shared by the wire and the store.
+//! * [`record`] — decoded records and message ids, shared by the client and
+//!   the store.
 //! * [`wire`] — the binary protocol (pure codec).
 //! * [`store`] — commitlog, consume queues, indexes, recovery.
 //! * [`actors`] — the actor tree: commitlog writer, dispatcher, queue actors,
 //!   name server.
 //! * [`server`] — framed TCP sessions routing requests to actors.
 //! * [`client`] — the Rust client library; [`cli`] — the `ferromq` command.
+//! * [`render`] — JSON renderings shared by the CLI and the HTTP API.
 
 pub mod actors;
-pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod client;
+pub mod clock;
+pub mod codec;
 pub mod config;
 pub mod delivery;
 pub mod groups;
@@ -19,6 +25,8 @@ pub mod http;
 pub mod message;
 pub mod namesrv;
 pub mod observe;
+pub mod record;
+pub mod render;
 pub mod server;
 pub mod store;
 pub mod wire;

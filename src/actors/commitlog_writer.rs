@@ -7,17 +7,17 @@
 use crate::observe::{kind, ActorStats, Tracked};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 
 use super::dispatcher::{Dispatch, Dispatcher, ForgetTopic};
+use crate::clock::now_millis;
 use crate::config::FlushMode;
-use crate::store::append::{append_batch, AppendContext};
+use crate::store::append::{append_batch, AppendContext, AppendEntry};
 use crate::store::commitlog::{AppendError, Appender};
 use crate::store::flusher::FlushHandle;
 use crate::store::Store;
-use crate::wire::send::{SendEntry, SendResponse};
+use crate::wire::send::SendResponse;
 use crate::wire::Status;
 
 /// Append a batch to one topic queue.
@@ -29,7 +29,7 @@ pub struct Append {
     /// Queue (must be below the topic's queue count).
     pub queue_id: u32,
     /// The batch.
-    pub entries: Vec<SendEntry>,
+    pub entries: Vec<AppendEntry>,
     /// The producer's address.
     pub born_host: SocketAddr,
 }
@@ -77,13 +77,6 @@ impl CommitLogWriter {
             store_host,
         }
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Actor for CommitLogWriter {

@@ -17,13 +17,13 @@ use std::time::Duration;
 use actix::prelude::*;
 use bytes::BytesMut;
 
-use super::commitlog_writer::now_millis;
 use super::services::BrokerServices;
+use crate::clock::now_millis;
 use crate::delivery::delay::{DelayTable, DELAY_GROUP, DELAY_QUEUES, DELAY_TOPIC};
 use crate::delivery::props;
+use crate::store::append::AppendEntry;
 use crate::store::offsets::OffsetKey;
 use crate::store::record::StoredRecord;
-use crate::wire::send::SendEntry;
 
 /// Where a delayed message is held: (delay queue, offset).
 type HeldAt = (u32, u64);
@@ -112,7 +112,7 @@ impl DelayScheduler {
     }
 
     /// Reads one held message and turns it back into its real send.
-    fn held(&self, queue: u32, offset: u64) -> Option<(String, u32, SendEntry)> {
+    fn held(&self, queue: u32, offset: u64) -> Option<(String, u32, AppendEntry)> {
         let store = &self.services.store;
         let e = store.queues.get(DELAY_TOPIC, queue)?.get(offset)?;
         let mut buf = BytesMut::with_capacity(e.size as usize);
@@ -124,7 +124,7 @@ impl DelayScheduler {
         Some((
             topic,
             real_queue,
-            SendEntry {
+            AppendEntry {
                 flags: rec.flags,
                 born_timestamp: rec.born_timestamp,
                 properties,
@@ -137,7 +137,7 @@ impl DelayScheduler {
         let now = now_millis();
         let due = self.table.take_due(now);
         // One append per real queue, in delay-queue order.
-        let mut batches: BTreeMap<(String, u32), Vec<(HeldAt, SendEntry)>> = BTreeMap::new();
+        let mut batches: BTreeMap<(String, u32), Vec<(HeldAt, AppendEntry)>> = BTreeMap::new();
         for (queue, offset) in due {
             match self.held(queue, offset) {
                 Some((topic, real_queue, entry)) => {
@@ -164,7 +164,7 @@ impl DelayScheduler {
             }
         }
         for ((topic, real_queue), items) in batches {
-            let (ids, entries): (Vec<HeldAt>, Vec<SendEntry>) = items.into_iter().unzip();
+            let (ids, entries): (Vec<HeldAt>, Vec<AppendEntry>) = items.into_iter().unzip();
             let services = self.services.clone();
             let fut = async move { services.append(&topic, real_queue, entries).await };
             ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {

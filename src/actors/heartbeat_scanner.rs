@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::commitlog_writer::now_millis;
+use crate::clock::now_millis;
 use crate::observe::clients::ClientTable;
 use crate::observe::{kind, ActorStats};
 

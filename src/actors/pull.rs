@@ -86,7 +86,7 @@ pub fn serve_pull(
     }
     let hashes = filter.hashes();
     let topic_ttl = store.topics.get(topic).and_then(|t| t.ttl_ms);
-    let now = crate::actors::commitlog_writer::now_millis();
+    let now = crate::clock::now_millis();
     let mut records = Gather::new(&store.log);
     let mut count = 0u32;
     let mut next = offset;

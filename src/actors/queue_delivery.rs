@@ -11,20 +11,20 @@ use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
 
-use super::commitlog_writer::now_millis;
 use super::queue_actor::QueueActor;
+use crate::clock::now_millis;
 use crate::delivery::cursor::{Cursor, DeadLetter};
 use crate::delivery::expiry::{raw_expire_at, ExpiryQueue};
 use crate::delivery::props::{self, dlq_topic};
 use crate::delivery::DeadLetterReason;
 use crate::message::TagFilter;
 use crate::message::PROPERTY_TAGS;
+use crate::store::append::AppendEntry;
 use crate::store::commitlog::read_raw;
 use crate::store::offsets::OffsetKey;
 use crate::store::record::{RecordView, StoredRecord};
 use crate::wire::delivery::{ReceiveRequest, ReceiveResponse, SettleRequest};
 use crate::wire::pull::{PullStatus, MAX_PULL_COUNT};
-use crate::wire::send::SendEntry;
 use crate::wire::Status;
 
 /// Most consume-queue entries one receive claims (filters may skip many).
@@ -545,7 +545,7 @@ impl QueueActor {
         }));
     }
 
-    fn dead_letter_entry(&self, group: &str, dl: &DeadLetter) -> Option<SendEntry> {
+    fn dead_letter_entry(&self, group: &str, dl: &DeadLetter) -> Option<AppendEntry> {
         let cq = self.store.queues.get(&self.topic, self.queue_id)?;
         let e = cq.get(dl.offset)?;
         let rec = read_record(&self.store, e.phys_offset, e.size)?;
@@ -560,7 +560,7 @@ impl QueueActor {
         set(props::DELIVERY_COUNT, dl.deliveries.to_string());
         set(props::DLQ_REASON, dl.reason.as_str().to_string());
         set(props::DLQ_GROUP, group.to_string());
-        Some(SendEntry {
+        Some(AppendEntry {
             flags: rec.flags,
             born_timestamp: rec.born_timestamp,
             properties,

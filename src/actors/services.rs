@@ -9,15 +9,17 @@ use std::sync::{Arc, OnceLock};
 
 use actix::Addr;
 
-use super::commitlog_writer::{now_millis, Append, CommitLogWriter};
+use super::commitlog_writer::{Append, CommitLogWriter};
 use super::namesrv_client::{NameServerClient, RegisterNow};
+use crate::clock::now_millis;
 use crate::config::DeliverySection;
 use crate::delivery::RetryPolicy;
 use crate::observe::{ActorTree, Tracked};
+use crate::store::append::AppendEntry;
 use crate::store::offsets::{encode_commits, OffsetKey, OFFSETS_TOPIC};
 use crate::store::topics::TopicConfig;
 use crate::store::Store;
-use crate::wire::send::{SendEntry, SendResponse};
+use crate::wire::send::SendResponse;
 use crate::wire::Status;
 
 /// Shared services of the broker's actors.
@@ -73,7 +75,7 @@ impl BrokerServices {
         &self,
         topic: &str,
         queue_id: u32,
-        entries: Vec<SendEntry>,
+        entries: Vec<AppendEntry>,
     ) -> Result<SendResponse, ServiceError> {
         let writer = self.writer.get().ok_or_else(|| {
             (
@@ -117,7 +119,7 @@ impl BrokerServices {
             return Ok(());
         }
         self.store.offsets.apply(&commits);
-        let entry = SendEntry {
+        let entry = AppendEntry {
             flags: 0,
             born_timestamp: now_millis(),
             properties: BTreeMap::new(),

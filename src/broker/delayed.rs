@@ -3,13 +3,16 @@
 //! [`crate::actors::delay_scheduler`]) and handed to the scheduler.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 
-use super::handler::{BrokerHandler, Reply};
-use crate::actors::commitlog_writer::now_millis;
-use crate::actors::delay_scheduler::Scheduled;
+use crate::actors::delay_scheduler::{DelayScheduler, Scheduled};
+use crate::actors::services::BrokerServices;
+use crate::clock::now_millis;
 use crate::delivery::delay::{requested_delay, Delayed, DELAY_TOPIC};
 use crate::delivery::props;
-use crate::wire::send::{SendEntry, SendRequest, SendResponse, StoredAt};
+use crate::observe::Tracked;
+use crate::store::append::AppendEntry;
+use crate::wire::send::{SendRequest, SendResponse, StoredAt};
 use crate::wire::Status;
 
 /// Checks a batch's delivery properties in one pass: a `TTL` must be a
@@ -42,71 +45,74 @@ fn delays_of(req: &SendRequest, max_delay_ms: u64) -> Result<Vec<Option<Delayed>
         .collect()
 }
 
-impl BrokerHandler {
-    /// Stores a batch some of whose messages are delayed: immediate ones go
-    /// to the real queue, delayed ones to their delay queue. The response
-    /// lists, in batch order, where each was stored (for a delayed message:
-    /// its place in the delay topic, which its message id locates).
-    pub(super) async fn send_with_delays(&self, req: SendRequest, delays: Vec<Option<Delayed>>) -> Reply {
-        let mut stored = vec![
-            StoredAt {
-                queue_offset: 0,
-                phys_offset: 0
-            };
-            req.entries.len()
-        ];
-        let mut immediate: Vec<(usize, SendEntry)> = Vec::new();
-        let mut held: BTreeMap<u32, Vec<(usize, u64, SendEntry)>> = BTreeMap::new();
-        for (i, (mut entry, delay)) in req.entries.into_iter().zip(delays).enumerate() {
-            match delay {
-                None => immediate.push((i, entry)),
-                Some(d) => {
-                    entry
-                        .properties
-                        .insert(props::REAL_TOPIC.to_string(), req.topic.clone());
-                    entry
-                        .properties
-                        .insert(props::REAL_QUEUE.to_string(), req.queue_id.to_string());
-                    entry.properties.insert(props::DUE_AT.to_string(), d.due_at.to_string());
-                    held.entry(d.delay_queue).or_default().push((i, d.due_at, entry));
-                }
+/// Stores a batch some of whose messages are delayed: immediate ones go
+/// to the real queue, delayed ones to their delay queue. The response
+/// lists, in batch order, where each was stored (for a delayed message:
+/// its place in the delay topic, which its message id locates). Appends go
+/// through `services`; the delayed ones are announced to `scheduler`.
+pub(super) async fn send_with_delays(
+    services: &BrokerServices,
+    scheduler: &Tracked<DelayScheduler>,
+    store_host: SocketAddr,
+    req: SendRequest,
+    delays: Vec<Option<Delayed>>,
+) -> Result<SendResponse, (Status, String)> {
+    let mut stored = vec![
+        StoredAt {
+            queue_offset: 0,
+            phys_offset: 0
+        };
+        req.entries.len()
+    ];
+    let mut immediate: Vec<(usize, AppendEntry)> = Vec::new();
+    let mut held: BTreeMap<u32, Vec<(usize, u64, AppendEntry)>> = BTreeMap::new();
+    for (i, (entry, delay)) in req.entries.into_iter().zip(delays).enumerate() {
+        let mut entry = AppendEntry::from(entry);
+        match delay {
+            None => immediate.push((i, entry)),
+            Some(d) => {
+                entry
+                    .properties
+                    .insert(props::REAL_TOPIC.to_string(), req.topic.clone());
+                entry
+                    .properties
+                    .insert(props::REAL_QUEUE.to_string(), req.queue_id.to_string());
+                entry.properties.insert(props::DUE_AT.to_string(), d.due_at.to_string());
+                held.entry(d.delay_queue).or_default().push((i, d.due_at, entry));
             }
         }
-        if !immediate.is_empty() {
-            let (idx, entries): (Vec<usize>, Vec<SendEntry>) = immediate.into_iter().unzip();
-            let resp = self.services.append(&req.topic, req.queue_id, entries).await?;
-            for (i, s) in idx.into_iter().zip(resp.stored) {
-                stored[i] = s;
-            }
-        }
-        for (delay_queue, items) in held {
-            let mut idx = Vec::with_capacity(items.len());
-            let mut dues = Vec::with_capacity(items.len());
-            let mut entries = Vec::with_capacity(items.len());
-            for (i, due, e) in items {
-                idx.push(i);
-                dues.push(due);
-                entries.push(e);
-            }
-            let resp = self.services.append(DELAY_TOPIC, delay_queue, entries).await?;
-            let scheduled = resp
-                .stored
-                .iter()
-                .zip(&dues)
-                .map(|(s, due)| (delay_queue, s.queue_offset, *due))
-                .collect();
-            self.delays.do_send(Scheduled(scheduled));
-            for (i, s) in idx.into_iter().zip(resp.stored) {
-                stored[i] = s;
-            }
-        }
-        super::handler::ok(
-            SendResponse {
-                queue_id: req.queue_id,
-                store_host: self.store_host,
-                stored,
-            }
-            .encode(),
-        )
     }
+    if !immediate.is_empty() {
+        let (idx, entries): (Vec<usize>, Vec<AppendEntry>) = immediate.into_iter().unzip();
+        let resp = services.append(&req.topic, req.queue_id, entries).await?;
+        for (i, s) in idx.into_iter().zip(resp.stored) {
+            stored[i] = s;
+        }
+    }
+    for (delay_queue, items) in held {
+        let mut idx = Vec::with_capacity(items.len());
+        let mut dues = Vec::with_capacity(items.len());
+        let mut entries = Vec::with_capacity(items.len());
+        for (i, due, e) in items {
+            idx.push(i);
+            dues.push(due);
+            entries.push(e);
+        }
+        let resp = services.append(DELAY_TOPIC, delay_queue, entries).await?;
+        let scheduled = resp
+            .stored
+            .iter()
+            .zip(&dues)
+            .map(|(s, due)| (delay_queue, s.queue_offset, *due))
+            .collect();
+        scheduler.do_send(Scheduled(scheduled));
+        for (i, s) in idx.into_iter().zip(resp.stored) {
+            stored[i] = s;
+        }
+    }
+    Ok(SendResponse {
+        queue_id: req.queue_id,
+        store_host,
+        stored,
+    })
 }

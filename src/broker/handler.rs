@@ -8,17 +8,18 @@ use actix::Addr;
 use bytes::{Bytes, BytesMut};
 use futures::future::LocalBoxFuture;
 
-use crate::actors::commitlog_writer::now_millis;
 use crate::actors::commitlog_writer::{Append, CommitLogWriter, DeleteTopicData};
 use crate::actors::namesrv_client::{NameServerClient, RegisterNow};
 use crate::actors::queue_actor::{Pull, QueueActor};
 use crate::actors::queue_delivery::{Receive, Settle};
 use crate::actors::queue_registry::QueueRegistry;
+use crate::clock::now_millis;
 use crate::config::BrokerSection;
 use crate::observe::clients::ClientRole;
 use crate::observe::Tracked;
+use crate::record::MessageId;
 use crate::server::{ConnectionHandle, RequestHandler};
-use crate::store::record::MessageId;
+use crate::store::append::AppendEntry;
 use crate::store::topics::TopicConfig;
 use crate::store::Store;
 use crate::wire::control::{
@@ -179,12 +180,14 @@ impl BrokerHandler {
         let cfg = self.topic_for_send(&req.topic).await?;
         check_queue(&req.topic, req.queue_id, cfg)?;
         if let Some(delays) = super::delayed::check_batch(&req, self.services.delivery.max_delay_ms)? {
-            return self.send_with_delays(req, delays).await;
+            let response =
+                super::delayed::send_with_delays(&self.services, &self.delays, self.store_host, req, delays).await?;
+            return ok(response.encode());
         }
         let append = Append {
             topic: Arc::from(req.topic.as_str()),
             queue_id: req.queue_id,
-            entries: req.entries,
+            entries: req.entries.into_iter().map(AppendEntry::from).collect(),
             born_host: peer,
         };
         let response = self.writer.send(append).await.map_err(mailbox)??;

@@ -30,18 +30,48 @@ use crate::actors::namesrv_client::{BrokerIdentity, IsRegistered, NameServerClie
 use crate::actors::queue_registry::QueueRegistry;
 use crate::actors::services::BrokerServices;
 use crate::config::Config;
+use crate::delivery::delay::{DELAY_QUEUES, DELAY_TOPIC};
 use crate::observe::{kind, ActorTree};
 use crate::server::{serve, ServeOptions};
+use crate::store::append::AppendEntry;
 use crate::store::flusher::{FlushHandle, Flusher};
+use crate::store::topics::TopicConfig;
 use crate::store::Store;
+use crate::wire::control::TopicInfo;
+use crate::wire::send::SendEntry;
 pub use handler::BrokerHandler;
+
+/// A `SEND_MESSAGE` entry as the store's append input: its fields move
+/// (the body stays a slice of the request frame).
+impl From<SendEntry> for AppendEntry {
+    fn from(e: SendEntry) -> AppendEntry {
+        AppendEntry {
+            flags: e.flags,
+            born_timestamp: e.born_timestamp,
+            properties: e.properties,
+            body: e.body,
+        }
+    }
+}
+
+// Same layout, so `Vec<SendEntry>` → `Vec<AppendEntry>` through
+// `into_iter().map(From::from).collect()` reuses the allocation in place.
+const _: () = assert!(
+    std::mem::size_of::<SendEntry>() == std::mem::size_of::<AppendEntry>()
+        && std::mem::align_of::<SendEntry>() == std::mem::align_of::<AppendEntry>()
+);
+
+/// The broker's internal topics besides the store's own: the delay topic.
+fn internal_topics() -> [(&'static str, TopicConfig); 1] {
+    [(DELAY_TOPIC, TopicConfig::with_queues(DELAY_QUEUES))]
+}
 
 /// Runs a broker until SIGINT or SIGTERM. Fails early, with a message naming
 /// the cause, when the data directory is locked or an address is taken.
 pub fn run(cfg: Config) -> io::Result<()> {
     // The lock (inside Store::open) comes before binding any port, so a
     // second broker on the same directory fails on the lock.
-    let (store, _report) = Store::open(&cfg.store)?;
+    let (store, _report) = Store::open_with_internal_topics(&cfg.store, &internal_topics())?;
     let store = Arc::new(store);
     let flusher = Flusher::start(store.clone(), Duration::from_millis(cfg.store.flush_interval_ms))?;
     let system = actix_rt::System::new();
@@ -155,7 +185,14 @@ async fn serve_until_signal(
     };
     let topics = {
         let store = store.clone();
-        Arc::new(move || store.topics.snapshot())
+        Arc::new(move || {
+            store
+                .topics
+                .snapshot()
+                .into_iter()
+                .map(|(name, t)| (name, TopicInfo { queues: t.queues }))
+                .collect()
+        })
     };
     let client_cfg = crate::client::ClientConfig::new(namesrv_addrs.clone());
     let http_namesrv = namesrv_addrs.clone();

@@ -11,7 +11,7 @@ use super::output::{format_queue_message, Format};
 use super::{CliResult, NamesrvOpt};
 use crate::client::core::ClientCore;
 use crate::client::{ClientError, GroupConsumer, GroupConsumerConfig, MessageQueue, PullConsumer, StartPosition};
-use crate::store::record::StoredRecord;
+use crate::record::StoredRecord;
 
 /// Long-poll wait of each pull.
 const PULL_WAIT: Duration = Duration::from_secs(1);

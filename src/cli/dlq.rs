@@ -2,11 +2,12 @@
 
 use clap::{Args, Subcommand};
 
-use super::output::{dead_letter_json, Format};
+use super::output::Format;
 use super::{CliResult, NamesrvOpt};
 use crate::client::dlq::ResendSelection;
 use crate::client::Admin;
 use crate::delivery::props;
+use crate::render::dead_letter_json;
 
 /// `ferromq dlq …`.
 #[derive(Debug, Args)]

@@ -11,6 +11,7 @@ macro_rules! outln {
     }};
 }
 
+pub mod bench;
 pub mod consume;
 pub mod dlq;
 pub mod group;
@@ -58,7 +59,7 @@ pub enum Cmd {
     /// A compact live view of rates, connections, memory and lag.
     Stats(stats::StatsArgs),
     /// Load generators and the disk's own limits.
-    Bench(crate::bench::BenchArgs),
+    Bench(bench::BenchArgs),
 }
 
 /// Where the name servers are; every client command takes it.
@@ -130,7 +131,7 @@ pub fn main() -> i32 {
                     Cmd::Dlq(a) => dlq::run(a).await,
                     Cmd::Cluster(a) => stats::cluster(a).await,
                     Cmd::Stats(a) => stats::stats(a).await,
-                    Cmd::Bench(a) => crate::bench::run(a).await,
+                    Cmd::Bench(a) => bench::run(a).await,
                     Cmd::Broker(_) | Cmd::Namesrv(_) => Ok(()),
                 }
             });

@@ -61,7 +61,7 @@ pub fn parse_deliver_at(s: &str) -> Result<u64, String> {
     match s.strip_prefix('+') {
         Some(d) => {
             let d = humantime::parse_duration(d).map_err(|e| format!("{s:?}: {e}"))?;
-            Ok(crate::actors::commitlog_writer::now_millis() + d.as_millis() as u64)
+            Ok(crate::clock::now_millis() + d.as_millis() as u64)
         }
         None => super::group::parse_time_ms(s),
     }
@@ -165,7 +165,7 @@ mod tests {
         assert!(parse_property("=x").is_err());
         assert!(parse_property("novalue").is_err());
         let soon = parse_deliver_at("+2s").unwrap();
-        let now = crate::actors::commitlog_writer::now_millis();
+        let now = crate::clock::now_millis();
         assert!(soon > now && soon <= now + 2_000);
         assert_eq!(parse_deliver_at("2026-01-01T00:00:00Z").unwrap(), 1_767_225_600_000);
         assert!(parse_deliver_at("+soon").is_err());

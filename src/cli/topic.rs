@@ -98,7 +98,7 @@ pub async fn run(a: TopicArgs) -> CliResult {
                         .iter()
                         .filter_map(|b| b.stats.clone().map(|s| (b.broker_name.clone(), s)))
                         .collect();
-                    let queues = super::output::topic_queues_json(&reachable);
+                    let queues = crate::render::topic_queues_json(&reachable);
                     let groups: Vec<_> = brokers
                         .iter()
                         .map(|b| {

@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 use super::core::{ClientConfig, ClientCore};
 use super::error::{ClientError, ClientResult};
-use crate::store::record::{MessageId, StoredRecord};
+use crate::record::{MessageId, StoredRecord};
 use crate::wire::control::{
     from_json, to_json, AllTopics, ClusterInfo, CreateTopic, QueryById, QueryByKey, QueueOffsets, TopicRef, TopicStats,
 };

@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use super::core::{ClientConfig, ClientCore, MessageQueue};
 use super::error::ClientResult;
-use crate::store::record::StoredRecord;
+use crate::record::StoredRecord;
 use crate::wire::control::{from_json, to_json, QueueOffsets, QueueRef};
 use crate::wire::pull::{PullRequest, PullResponse, PullStatus};
 use crate::wire::Command;

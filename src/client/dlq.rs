@@ -17,7 +17,7 @@ use super::error::{ClientError, ClientResult};
 use super::producer::{Producer, SendResult};
 use crate::delivery::props::{self, dlq_topic, DEAD_LETTER_PROPERTIES};
 use crate::message::Message;
-use crate::store::record::StoredRecord;
+use crate::record::StoredRecord;
 use crate::wire::control::{from_json, to_json};
 use crate::wire::group::{CommitOffsets, CommittedOffsets, FetchOffsets, QueueOffset};
 use crate::wire::Command;

@@ -18,8 +18,9 @@ use bytes::Bytes;
 
 use super::core::{ClientConfig, ClientCore, MessageQueue};
 use super::error::{ClientError, ClientResult};
+use crate::clock::now_millis;
 use crate::message::Message;
-use crate::store::record::MessageId;
+use crate::record::MessageId;
 use crate::wire::buf::{check_props, props_len};
 use crate::wire::control::validate_topic_name;
 use crate::wire::send::{SendEntry, SendRequest, SendResponse};
@@ -54,12 +55,6 @@ enum Selector {
 pub struct Producer {
     core: Arc<ClientCore>,
     next: Arc<AtomicUsize>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Stable 64-bit FNV-1a of a sharding key (the same key always picks the
@@ -335,7 +330,7 @@ fn validate(msg: &Message) -> ClientResult<()> {
 fn entry(msg: Message) -> SendEntry {
     SendEntry {
         flags: msg.flags,
-        born_timestamp: now_ms(),
+        born_timestamp: now_millis(),
         properties: msg.properties,
         body: msg.body,
     }

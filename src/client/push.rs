@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use super::core::ClientConfig;
 use super::group::{GroupConsumer, GroupConsumerConfig};
-use crate::store::record::StoredRecord;
+use crate::record::StoredRecord;
 
 /// What the application runs for each message.
 pub type Listener = Arc<dyn Fn(&StoredRecord) + Send + Sync>;

@@ -80,7 +80,7 @@ async fn overview(state: web::Data<HttpState>) -> HttpResponse {
         "messages_in_total": messages_in,
         "messages_out_total": messages_out,
         "rss_bytes": metrics::process_rss_bytes(),
-        "time_ms": crate::actors::commitlog_writer::now_millis(),
+        "time_ms": crate::clock::now_millis(),
     }))
 }
 
@@ -132,7 +132,7 @@ async fn create_topic(state: web::Data<HttpState>, req: web::Json<NewTopic>) -> 
 async fn describe_topic(state: web::Data<HttpState>, topic: web::Path<String>) -> HttpResponse {
     match state.admin.describe_topic(&topic).await {
         Ok(per_broker) => {
-            let queues = crate::cli::output::topic_queues_json(&per_broker);
+            let queues = crate::render::topic_queues_json(&per_broker);
             let messages: u64 = per_broker
                 .iter()
                 .flat_map(|(_, s)| s.queues.iter().map(|q| q.max_offset - q.min_offset))
@@ -212,7 +212,7 @@ struct FindQuery {
 async fn find_messages(state: web::Data<HttpState>, q: web::Query<FindQuery>) -> HttpResponse {
     match state.admin.find_messages(&q.topic, &q.key, 32).await {
         Ok(found) => HttpResponse::Ok().json(json!({
-            "messages": found.iter().map(crate::cli::output::message_json).collect::<Vec<_>>(),
+            "messages": found.iter().map(crate::render::message_json).collect::<Vec<_>>(),
         })),
         Err(e) => error(e),
     }
@@ -220,7 +220,7 @@ async fn find_messages(state: web::Data<HttpState>, q: web::Query<FindQuery>) ->
 
 async fn get_message(state: web::Data<HttpState>, id: web::Path<String>) -> HttpResponse {
     match state.admin.get_message(&id).await {
-        Ok(r) => HttpResponse::Ok().json(crate::cli::output::message_json(&r)),
+        Ok(r) => HttpResponse::Ok().json(crate::render::message_json(&r)),
         Err(e) => error(e),
     }
 }
@@ -228,7 +228,7 @@ async fn get_message(state: web::Data<HttpState>, id: web::Path<String>) -> Http
 async fn list_dead_letters(state: web::Data<HttpState>, group: web::Path<String>) -> HttpResponse {
     match state.admin.dlq_list(&group).await {
         Ok(list) => HttpResponse::Ok().json(json!({
-            "dead_letters": list.iter().map(|(_, e)| crate::cli::output::dead_letter_json(e)).collect::<Vec<_>>(),
+            "dead_letters": list.iter().map(|(_, e)| crate::render::dead_letter_json(e)).collect::<Vec<_>>(),
         })),
         Err(e) => error(e),
     }

@@ -2,15 +2,33 @@
 //! offsets, encode and copy the records, and describe them for the
 //! Dispatcher. Plain code, so tests can drive the store without actors.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+use bytes::Bytes;
 
 use super::commitlog::{AppendError, Appender};
 use super::record::RecordFields;
 use super::{DispatchEntry, Store};
 use crate::delivery::expiry::expire_at;
 use crate::message::{tag_hash, PROPERTY_KEYS, PROPERTY_TAGS};
-use crate::wire::send::{SendEntry, StoredAt};
+pub use crate::record::StoredAt;
+
+/// One message to append: everything but where it gets stored. The
+/// broker converts each `SEND_MESSAGE` entry into one by moving its fields
+/// (the body stays a slice of the request frame, never copied).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendEntry {
+    /// Application flags, stored as given.
+    pub flags: u32,
+    /// When the producer created it, ms since the Unix epoch.
+    pub born_timestamp: u64,
+    /// Tags (`TAGS`), keys (`KEYS`) and user properties.
+    pub properties: BTreeMap<String, String>,
+    /// The payload.
+    pub body: Bytes,
+}
 
 /// A stored batch: where each record went and what to dispatch.
 #[derive(Debug)]
@@ -41,7 +59,7 @@ pub fn append_batch(
     appender: &mut Appender,
     topic: &Arc<str>,
     queue_id: u32,
-    entries: &[SendEntry],
+    entries: &[AppendEntry],
     ctx: AppendContext,
 ) -> Result<AppendedBatch, AppendError> {
     let n = entries.len() as u64;

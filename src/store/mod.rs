@@ -119,8 +119,20 @@ fn poisoned(what: &str) -> io::Error {
 impl Store {
     /// Locks the data directory, opens everything and recovers: finds the
     /// end of the commitlog by CRC, cuts a torn tail, and replays records
-    /// past the checkpoint into consume queues and the index.
+    /// past the checkpoint into consume queues and the index. The store's
+    /// own internal topic (committed offsets) is created first.
     pub fn open(cfg: &StoreSection) -> io::Result<(Store, RecoveryReport)> {
+        Store::open_with_internal_topics(cfg, &[])
+    }
+
+    /// [`Store::open`], creating the caller's internal topics (name and
+    /// settings; the broker's delay topic) before recovery, so that replay
+    /// indexes their records instead of skipping them like those of a
+    /// deleted topic. Existing topics keep their settings.
+    pub fn open_with_internal_topics(
+        cfg: &StoreSection,
+        internal_topics: &[(&str, topics::TopicConfig)],
+    ) -> io::Result<(Store, RecoveryReport)> {
         let dir = &cfg.data_dir;
         std::fs::create_dir_all(dir)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot create data directory {}: {e}", dir.display())))?;
@@ -129,13 +141,12 @@ impl Store {
         let abort_marker = dir.join("abort");
         let crashed = abort_marker.exists();
         let topics = TopicTable::open(dir)?;
-        // The offsets topic must exist before replay, or its records are
+        // Internal topics must exist before replay, or their records are
         // skipped like those of a deleted topic.
         topics.get_or_create(OFFSETS_TOPIC, topics::TopicConfig::with_queues(1))?;
-        topics.get_or_create(
-            crate::delivery::delay::DELAY_TOPIC,
-            topics::TopicConfig::with_queues(crate::delivery::delay::DELAY_QUEUES),
-        )?;
+        for (topic, cfg) in internal_topics {
+            topics.get_or_create(topic, *cfg)?;
+        }
         let subscriptions = subscriptions::SubscriptionTable::open(dir)?;
         let (offsets, _) = OffsetTable::open(dir)?;
         let store = Store {
@@ -410,12 +421,11 @@ pub mod testing {
 
     use bytes::Bytes;
 
-    use super::append::{append_batch, AppendContext};
+    use super::append::{append_batch, AppendContext, AppendEntry, StoredAt};
     use super::commitlog::Appender;
     use super::topics::TopicConfig;
     use super::Store;
     use crate::config::StoreSection;
-    use crate::wire::send::{SendEntry, StoredAt};
 
     /// Small segments and consume-queue files, rooted at `dir`.
     pub fn small_config(dir: &std::path::Path) -> StoreSection {
@@ -430,7 +440,7 @@ pub mod testing {
     }
 
     /// A message entry with an optional tag and key.
-    pub fn entry(body: &str, tag: Option<&str>, key: Option<&str>) -> SendEntry {
+    pub fn entry(body: &str, tag: Option<&str>, key: Option<&str>) -> AppendEntry {
         let mut properties = BTreeMap::new();
         if let Some(t) = tag {
             properties.insert("TAGS".to_string(), t.to_string());
@@ -438,7 +448,7 @@ pub mod testing {
         if let Some(k) = key {
             properties.insert("KEYS".to_string(), k.to_string());
         }
-        SendEntry {
+        AppendEntry {
             flags: 0,
             born_timestamp: 1,
             properties,
@@ -447,7 +457,7 @@ pub mod testing {
     }
 
     /// Creates `topic` and appends + dispatches `entries` to `queue`.
-    pub fn append(store: &Store, topic: &str, queue: u32, entries: &[SendEntry]) -> Vec<StoredAt> {
+    pub fn append(store: &Store, topic: &str, queue: u32, entries: &[AppendEntry]) -> Vec<StoredAt> {
         store.topics.get_or_create(topic, TopicConfig::with_queues(4)).unwrap();
         let mut appender = Appender::new(store.log.clone());
         let ctx = AppendContext {
@@ -516,7 +526,7 @@ mod tests {
         };
         let commit = |store: &Store, q: u32, off: u64| {
             store.offsets.apply(&[(key(q), off)]);
-            let entry = crate::wire::send::SendEntry {
+            let entry = append::AppendEntry {
                 flags: 0,
                 born_timestamp: 1,
                 properties: std::collections::BTreeMap::new(),

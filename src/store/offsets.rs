@@ -15,7 +15,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use super::fsutil::write_atomic;
-use crate::wire::buf::{self, DecodeError, Reader};
+use crate::codec::{self as buf, DecodeError, Reader};
 
 /// The internal topic holding offset commits.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";

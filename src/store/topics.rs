@@ -8,7 +8,6 @@ use std::sync::RwLock;
 use serde::{Deserialize, Serialize};
 
 use super::fsutil::write_atomic;
-use crate::wire::control::TopicInfo;
 
 /// One topic's settings.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,16 +79,10 @@ impl TopicTable {
             .unwrap_or_default()
     }
 
-    /// Every topic, for name-server registration.
-    pub fn snapshot(&self) -> BTreeMap<String, TopicInfo> {
-        self.topics
-            .read()
-            .map(|t| {
-                t.iter()
-                    .map(|(k, v)| (k.clone(), TopicInfo { queues: v.queues }))
-                    .collect()
-            })
-            .unwrap_or_default()
+    /// Every topic with its settings, by name (what the broker registers
+    /// with the name servers).
+    pub fn snapshot(&self) -> BTreeMap<String, TopicConfig> {
+        self.topics.read().map(|t| t.clone()).unwrap_or_default()
     }
 
     /// Creates a topic or changes its queue count; returns the previous

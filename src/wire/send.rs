@@ -8,6 +8,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::buf::{self, DecodeError, Reader};
 use super::control::validate_topic_name;
+pub use crate::record::StoredAt;
 
 /// One message of a send batch: everything but where it gets stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,15 +100,6 @@ impl SendRequest {
             entries,
         })
     }
-}
-
-/// Where one message of a batch was stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoredAt {
-    /// Offset within the topic queue.
-    pub queue_offset: u64,
-    /// Byte offset of the record in the commitlog.
-    pub phys_offset: u64,
 }
 
 /// A `SEND_MESSAGE` response body.

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::client::core::{ClientCore, MessageQueue};
 use crate::client::error::{ClientError, ClientResult};
-use crate::store::record::StoredRecord;
+use crate::record::StoredRecord;
 use crate::wire::control::{from_json, to_json};
 use crate::wire::delivery::{ReceiveRequest, ReceiveResponse, MAX_ACK_TIMEOUT_MS, RECEIVE_ORDERLY};
 use crate::wire::group::{CommittedOffsets, FetchOffsets, MemberRef, OffsetAt, QueueOffset, SearchOffset};

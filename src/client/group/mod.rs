@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 
 use super::core::{ClientConfig, ClientCore, MessageQueue};
 use super::error::{ClientError, ClientResult};
-use crate::store::record::StoredRecord;
+use crate::record::StoredRecord;
 
 use driver::Driver;
 use progress::Shared;

@@ -9,7 +9,7 @@ pub mod runs;
 
 use clap::{Args, Subcommand};
 
-use crate::cli::{CliResult, NamesrvOpt};
+use super::{CliResult, NamesrvOpt};
 
 /// `ferromq bench …`.
 #[derive(Debug, Args)]
