@@ -115,10 +115,11 @@ fn env_with(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'stat
     env
 }
 
-/// Finding 1: 2,000 long-polling pulls parked by connections that then
-/// close are dropped within seconds, not at their deadline.
+/// Finding 1: 2,000 long-polling pulls and 400 receives parked by
+/// connections that then close are dropped within seconds, not at their
+/// deadline.
 #[test]
-fn parked_pulls_of_closed_connections_are_released() {
+fn parked_polls_of_closed_connections_are_released() {
     let dir = tempfile::tempdir().unwrap();
     let broker = ServerProcess::broker(dir.path(), &[], &env_with(&[]));
     let ns = broker.namesrv_addr.clone();
@@ -136,24 +137,37 @@ fn parked_pulls_of_closed_connections_are_released() {
             s
         })
         .collect();
+    // And 50 × 8 receives of one group.
+    conns.extend((0..50u32).map(|c| {
+        let mut s = TcpStream::connect(&broker.broker_addr).unwrap();
+        let frames: Vec<u8> = (0..8)
+            .flat_map(|i| receive_frame(c * 8 + i, "g", "idle", 32, 60_000))
+            .collect();
+        s.write_all(&frames).unwrap();
+        s
+    }));
     assert!(
-        wait_until(Duration::from_secs(20), || parked(&broker, "pull") >= 2000.0),
-        "pulls parked: {}",
-        parked(&broker, "pull")
+        wait_until(Duration::from_secs(20), || parked(&broker, "pull") >= 2000.0
+            && parked(&broker, "receive") >= 400.0),
+        "pulls parked: {}, receives: {}",
+        parked(&broker, "pull"),
+        parked(&broker, "receive")
     );
     let peak = anon_rss_kb(pid);
     let closed_at = Instant::now();
     conns.clear();
     assert!(
-        wait_until(Duration::from_secs(5), || parked(&broker, "pull") == 0.0),
-        "parked pulls left 5 s after their connections closed: {}",
-        parked(&broker, "pull")
+        wait_until(Duration::from_secs(5), || parked(&broker, "pull") == 0.0
+            && parked(&broker, "receive") == 0.0),
+        "left 5 s after their connections closed: {} pulls, {} receives",
+        parked(&broker, "pull"),
+        parked(&broker, "receive")
     );
     let released_in = closed_at.elapsed();
     std::thread::sleep(Duration::from_millis(500));
     let after = anon_rss_kb(pid);
     eprintln!(
-        "RssAnon: baseline {baseline} KiB, 2000 parked {peak} KiB, after close {after} KiB; released in {released_in:?}"
+        "RssAnon: baseline {baseline} KiB, 2400 parked {peak} KiB, after close {after} KiB; released in {released_in:?}"
     );
     // The broker still serves.
     produce(&ns, "idle", &[], &["wake".to_string()]);
