@@ -179,8 +179,10 @@ pub struct BrokerSection {
     /// connection closed; 0 waits forever.
     pub frame_read_timeout_ms: u64,
     /// Most client connections (broker and name-server listeners together)
-    /// the process keeps open; more are accepted and closed at once. Never
-    /// more than the open-file limit minus a reserve for the store's files.
+    /// the process keeps open. At the limit a new connection replaces the
+    /// one idle longest, or is accepted and closed at once when none is
+    /// idle. Never more than the open-file limit minus a reserve for the
+    /// store's files.
     pub max_connections: usize,
 }
 

@@ -26,14 +26,18 @@
 //!   dropped by their queue actors), its request futures stop, and what is
 //!   queued for writing is given a last second and then dropped.
 //! * **Connections.** [`serve`] keeps at most `max_connections` sessions of
-//!   the process open (never more than the open-file limit minus a reserve)
-//!   and backs off when `accept` fails.
+//!   the process open (never more than the open-file limit minus a reserve):
+//!   at the limit a new connection takes the place of the session idle
+//!   longest (nothing in flight, no request for [`EVICT_IDLE_AFTER`]), or
+//!   is closed at once when there is none. It backs off when `accept`
+//!   fails.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -63,6 +67,9 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// At most one "connection limit reached" warning this often.
 const REFUSAL_WARN_EVERY: Duration = Duration::from_secs(10);
+/// At the connection limit, a session with nothing in flight and no
+/// complete request for this long is closed to admit a new connection.
+pub const EVICT_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// The connection a request arrived on: who sent it, and a way to push
 /// frames to that client later (e.g. a rebalance notice).
@@ -213,6 +220,63 @@ impl Slot {
     }
 }
 
+/// What the accept loop sees of a session: enough to close the idlest one
+/// when the connection limit is reached.
+struct SessionInfo {
+    /// Last complete request (or the connection's start), in ms since [`EPOCH`].
+    last_request_ms: AtomicU64,
+    permits: Arc<Semaphore>,
+    max_inflight: usize,
+    budget: Budget,
+    /// Asked to close (set once, by the accept loop).
+    evicted: AtomicBool,
+    evict: Notify,
+}
+
+impl SessionInfo {
+    fn is_idle(&self) -> bool {
+        self.permits.available_permits() == self.max_inflight && self.budget.is_idle()
+    }
+}
+
+static EPOCH: LazyLock<std::time::Instant> = LazyLock::new(std::time::Instant::now);
+static SESSIONS: LazyLock<Mutex<HashMap<u64, Arc<SessionInfo>>>> = LazyLock::new(Default::default);
+
+fn epoch_ms() -> u64 {
+    EPOCH.elapsed().as_millis() as u64
+}
+
+/// Asks the session idle longest (nothing in flight, no complete request
+/// for at least [`EVICT_IDLE_AFTER`]) to close; false when there is none.
+fn evict_idlest() -> bool {
+    let Ok(sessions) = SESSIONS.lock() else {
+        return false;
+    };
+    let cutoff = epoch_ms().saturating_sub(EVICT_IDLE_AFTER.as_millis() as u64);
+    let victim = sessions
+        .values()
+        .filter(|s| !s.evicted.load(Ordering::Acquire) && s.last_request_ms.load(Ordering::Acquire) <= cutoff)
+        .filter(|s| s.is_idle())
+        .min_by_key(|s| s.last_request_ms.load(Ordering::Acquire));
+    match victim {
+        Some(v) => {
+            v.evicted.store(true, Ordering::Release);
+            v.evict.notify_one();
+            true
+        }
+        None => false,
+    }
+}
+
+impl Slot {
+    /// A slot past the limit, for a connection admitted in place of an
+    /// evicted one (whose slot frees once its session ends).
+    fn force() -> Slot {
+        OPEN_CONNECTIONS.fetch_add(1, Ordering::AcqRel);
+        Slot
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
         OPEN_CONNECTIONS.fetch_sub(1, Ordering::AcqRel);
@@ -307,6 +371,8 @@ pub async fn serve(
         );
     }
     let refused_total = metrics::counter!("ferromq_connections_refused_total", "role" => opts.role);
+    let evicted_total = metrics::counter!("ferromq_connections_evicted_total", "role" => opts.role);
+    let mut evicted = 0u64;
     let mut next = 0usize;
     let mut backoff = ACCEPT_BACKOFF_MIN;
     let mut failures = 0u64;
@@ -334,21 +400,35 @@ pub async fn serve(
                 continue;
             }
         };
-        let Some(slot) = Slot::take(max) else {
-            // Closed at once: the client sees the connection end.
-            drop(stream);
-            refused_total.increment(1);
-            refused += 1;
-            if last_warning.is_none_or(|t| t.elapsed() >= REFUSAL_WARN_EVERY) {
-                tracing::warn!(
-                    role = opts.role,
-                    max_connections = max,
-                    refused,
-                    "connection limit reached; refusing new connections"
-                );
-                last_warning = Some(Instant::now());
-                refused = 0;
+        let slot = match Slot::take(max) {
+            Some(slot) => Some(slot),
+            // At the limit: an idle session makes room, or the new
+            // connection is closed at once (the client sees it end).
+            None if evict_idlest() => {
+                evicted_total.increment(1);
+                evicted += 1;
+                Some(Slot::force())
             }
+            None => {
+                refused_total.increment(1);
+                refused += 1;
+                None
+            }
+        };
+        if (slot.is_none() || evicted > 0) && last_warning.is_none_or(|t| t.elapsed() >= REFUSAL_WARN_EVERY) {
+            tracing::warn!(
+                role = opts.role,
+                max_connections = max,
+                refused,
+                evicted_idle = evicted,
+                "connection limit reached; closing idle connections and refusing new ones while none is idle"
+            );
+            last_warning = Some(Instant::now());
+            refused = 0;
+            evicted = 0;
+        }
+        let Some(slot) = slot else {
+            drop(stream);
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -552,6 +632,17 @@ async fn run_session(stream: TcpStream, peer: SocketAddr, handler: Arc<dyn Reque
     let permits = Arc::new(Semaphore::new(max_inflight));
     let pull_permits = Arc::new(Semaphore::new(opts.max_inflight_pulls.max(1)));
     let budget = Budget::new(opts.max_pending_response_bytes);
+    let info = Arc::new(SessionInfo {
+        last_request_ms: AtomicU64::new(epoch_ms()),
+        permits: permits.clone(),
+        max_inflight,
+        budget: budget.clone(),
+        evicted: AtomicBool::new(false),
+        evict: Notify::new(),
+    });
+    if let Ok(mut sessions) = SESSIONS.lock() {
+        sessions.insert(conn.id, info.clone());
+    }
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut last_request = Instant::now();
     let mut frame_started: Option<Instant> = None;
@@ -560,6 +651,7 @@ async fn run_session(stream: TcpStream, peer: SocketAddr, handler: Arc<dyn Reque
             Ok(Some(frame)) => {
                 frame_started = None;
                 last_request = Instant::now();
+                info.last_request_ms.store(epoch_ms(), Ordering::Release);
                 frame
             }
             Ok(None) => {
@@ -572,10 +664,24 @@ async fn run_session(stream: TcpStream, peer: SocketAddr, handler: Arc<dyn Reque
                     Some(t) => opts.frame_read_timeout.map(|d| t + d),
                     None => opts.idle_timeout.map(|d| last_request + d),
                 };
-                let read = reader.read_buf(&mut buf);
-                let result = match deadline {
-                    Some(d) => tokio::time::timeout_at(d, read).await,
-                    None => Ok(read.await),
+                let read = async {
+                    match deadline {
+                        Some(d) => tokio::time::timeout_at(d, reader.read_buf(&mut buf)).await,
+                        None => Ok(reader.read_buf(&mut buf).await),
+                    }
+                };
+                let result = tokio::select! {
+                    r = read => Some(r),
+                    _ = info.evict.notified() => None,
+                };
+                let Some(result) = result else {
+                    if info.is_idle() {
+                        tracing::debug!(%peer, "idle connection closed to admit a new one (connection limit)");
+                        break;
+                    }
+                    // Busy again since it was picked: it stays.
+                    info.evicted.store(false, Ordering::Release);
+                    continue;
                 };
                 match result {
                     Ok(Ok(0)) | Ok(Err(_)) => break,
@@ -681,6 +787,9 @@ async fn run_session(stream: TcpStream, peer: SocketAddr, handler: Arc<dyn Reque
                 _ = closed.wait_for(|c| *c) => {}
             }
         });
+    }
+    if let Ok(mut sessions) = SESSIONS.lock() {
+        sessions.remove(&conn.id);
     }
     conn.closed.store(true, Ordering::Release);
     let _ = close_tx.send(true);
