@@ -398,7 +398,7 @@ fn connections_beyond_the_cap_are_refused() {
         .count();
     eprintln!("{evicted} idle connections evicted; {closed_now} of the flood closed now");
     assert!(
-        evicted >= 2.0 && closed_now > refused,
+        evicted >= 1.0 && closed_now > refused,
         "evicted {evicted}, closed {closed_now}"
     );
     let warnings = broker
