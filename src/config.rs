@@ -164,6 +164,26 @@ pub struct BrokerSection {
     /// bounds what a consumer that stops reading can make the broker hold
     /// (each pull response is at most 8 MiB).
     pub max_inflight_pulls_per_connection: usize,
+    /// Longest a `PULL_MESSAGE` or `RECEIVE_MESSAGE` long poll waits; a
+    /// larger requested wait is clamped to this.
+    pub max_poll_wait_ms: u64,
+    /// Bytes of responses one connection may have being built or waiting to
+    /// be written (pulls, receives and key queries reserve 8 MiB each while
+    /// being served); when exhausted the broker stops reading from the
+    /// connection until responses are written.
+    pub max_pending_response_bytes_per_connection: usize,
+    /// A connection with no complete request for this long and nothing in
+    /// flight is closed; 0 never closes idle connections.
+    pub idle_timeout_ms: u64,
+    /// A frame started but not completed within this is dropped and its
+    /// connection closed; 0 waits forever.
+    pub frame_read_timeout_ms: u64,
+    /// Most client connections (broker and name-server listeners together)
+    /// the process keeps open. At the limit a new connection replaces the
+    /// one idle longest, or is accepted and closed at once when none is
+    /// idle. Never more than the open-file limit minus a reserve for the
+    /// store's files.
+    pub max_connections: usize,
 }
 
 impl Default for BrokerSection {
@@ -184,6 +204,11 @@ impl Default for BrokerSection {
             network_threads: 0,
             max_inflight_per_connection: 256,
             max_inflight_pulls_per_connection: 8,
+            max_poll_wait_ms: 30_000,
+            max_pending_response_bytes_per_connection: 64 << 20,
+            idle_timeout_ms: 600_000,
+            frame_read_timeout_ms: 30_000,
+            max_connections: 10_000,
         }
     }
 }
@@ -368,6 +393,17 @@ impl Config {
         }
         if self.broker.max_inflight_per_connection == 0 || self.broker.max_inflight_pulls_per_connection == 0 {
             return bad("broker.max_inflight_per_connection and max_inflight_pulls_per_connection must be positive");
+        }
+        if self.broker.max_poll_wait_ms == 0 || self.broker.max_poll_wait_ms > u64::from(u32::MAX) {
+            return bad("broker.max_poll_wait_ms must be between 1 and 4294967295");
+        }
+        if self.broker.max_pending_response_bytes_per_connection < 64 * 1024
+            || self.broker.max_pending_response_bytes_per_connection > u32::MAX as usize
+        {
+            return bad("broker.max_pending_response_bytes_per_connection must be between 65536 and 4294967295");
+        }
+        if self.broker.max_connections == 0 {
+            return bad("broker.max_connections must be positive");
         }
         Ok(())
     }

@@ -55,6 +55,12 @@ impl<T> LongPolls<T> {
         self.take_where(|p| p.deadline <= now)
     }
 
+    /// Removes and returns the pulls `pred` picks (e.g. those whose
+    /// requester has gone away).
+    pub fn take_matching(&mut self, pred: impl Fn(&Parked<T>) -> bool) -> Vec<Parked<T>> {
+        self.take_where(pred)
+    }
+
     /// Removes and returns every parked pull.
     pub fn take_all(&mut self) -> Vec<Parked<T>> {
         std::mem::take(&mut self.parked)

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use super::long_poll::LongPolls;
 use super::pull::{serve_pull, PullPayload};
-use super::queue_delivery::Deliveries;
+use super::queue_delivery::{Deliveries, RequesterGone};
 use super::services::BrokerServices;
 use crate::message::TagFilter;
 use crate::store::Store;
@@ -26,10 +26,15 @@ use crate::wire::Status;
 /// A pull's answer: the encoded response body, or an error status.
 pub type PullReply = Result<PullPayload, (Status, String)>;
 
-/// Read messages (see `PULL_MESSAGE`).
+/// Read messages (see `PULL_MESSAGE`); a long poll of a requester that is
+/// gone (its connection closed) is dropped.
 #[derive(Message)]
 #[rtype(result = "PullReply")]
-pub struct Pull(pub PullRequest);
+pub struct Pull(pub PullRequest, pub RequesterGone);
+
+/// How often a queue actor with parked pulls or receives drops those whose
+/// connection closed (they are also dropped on every wake-up).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// The Dispatcher's notice that the queue now ends at `max_offset`.
 #[derive(Message)]
@@ -50,6 +55,14 @@ struct Waiter {
     max_count: u32,
     filter: TagFilter,
     reply: oneshot::Sender<PullReply>,
+    gone: RequesterGone,
+}
+
+impl Waiter {
+    /// Nobody waits for the answer any more.
+    fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::Acquire) || self.reply.is_closed()
+    }
 }
 
 /// The actor serving one topic-queue.
@@ -63,6 +76,12 @@ pub struct QueueActor {
     polls: LongPolls<Waiter>,
     epoch: Instant,
     timer: Option<SpawnHandle>,
+    /// The sweep for parked requests of closed connections, while any are parked.
+    sweep: Option<SpawnHandle>,
+    /// `ferromq_parked_requests{kind}` of pulls and receives, and what this
+    /// actor last added to them.
+    parked_gauges: [metrics::Gauge; 2],
+    reported_parked: [usize; 2],
     /// Shared with the registry: see its `notify`.
     notice_pending: Arc<AtomicBool>,
     /// `ferromq_queue_messages_out_total` of this queue, looked up once.
@@ -93,6 +112,12 @@ impl QueueActor {
             polls: LongPolls::default(),
             epoch: Instant::now(),
             timer: None,
+            sweep: None,
+            parked_gauges: [
+                metrics::gauge!("ferromq_parked_requests", "kind" => "pull"),
+                metrics::gauge!("ferromq_parked_requests", "kind" => "receive"),
+            ],
+            reported_parked: [0, 0],
             notice_pending: Arc::new(AtomicBool::new(false)),
             messages_out,
         }
@@ -142,6 +167,34 @@ impl QueueActor {
                     let _ = p.waiter.reply.send(reply);
                 }
                 act.arm_timer(ctx);
+                act.parked_changed(ctx);
+            }));
+        }
+    }
+
+    /// Drops parked pulls and receives whose connection closed.
+    fn sweep_gone(&mut self) {
+        self.polls.take_matching(|p| p.waiter.is_gone());
+        self.sweep_gone_receives();
+    }
+
+    /// Reports the parked counts and keeps a sweep armed while anything is
+    /// parked: called after every change to the parked tables.
+    pub(super) fn parked_changed(&mut self, ctx: &mut Context<Self>) {
+        let now = [self.polls.len(), self.parked_receives()];
+        for ((gauge, was), is) in self.parked_gauges.iter().zip(self.reported_parked).zip(now) {
+            if is > was {
+                gauge.increment((is - was) as f64);
+            } else if is < was {
+                gauge.decrement((was - is) as f64);
+            }
+        }
+        self.reported_parked = now;
+        if self.sweep.is_none() && now != [0, 0] {
+            self.sweep = Some(ctx.run_later(SWEEP_EVERY, |act, ctx| {
+                act.sweep = None;
+                act.sweep_gone();
+                act.parked_changed(ctx);
             }));
         }
     }
@@ -179,20 +232,22 @@ impl Actor for QueueActor {
 }
 
 impl Supervised for QueueActor {
-    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+    fn restarting(&mut self, ctx: &mut Context<Self>) {
         self.stats.restarting();
         // Parked pulls are dropped; their senders see a closed reply and
         // answer SERVICE_UNAVAILABLE, and the clients simply pull again.
         self.polls.take_all();
         self.timer = None;
+        self.sweep = None;
         self.drop_deliveries(None);
+        self.parked_changed(ctx);
     }
 }
 
 impl Handler<Pull> for QueueActor {
     type Result = ResponseFuture<PullReply>;
 
-    fn handle(&mut self, Pull(req): Pull, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, Pull(req, gone): Pull, ctx: &mut Context<Self>) -> Self::Result {
         let _timer = self.stats.handling();
         let filter = TagFilter::parse(&req.tag_expression);
         let served = match self.serve(req.offset, req.max_count, &filter) {
@@ -211,9 +266,11 @@ impl Handler<Pull> for QueueActor {
                 max_count: req.max_count,
                 filter,
                 reply,
+                gone,
             },
         );
         self.arm_timer(ctx);
+        self.parked_changed(ctx);
         Box::pin(async move {
             rx.await
                 .unwrap_or_else(|_| Err((Status::ServiceUnavailable, "queue actor restarted; pull again".into())))
@@ -242,8 +299,11 @@ impl Handler<NewMessages> for QueueActor {
         if !msg.expiring.is_empty() {
             self.arm_delivery_timer(ctx);
         }
+        // Pulls of closed connections are dropped, not served.
+        self.polls.take_matching(|p| p.waiter.is_gone());
         let ready = self.polls.take_ready(end);
         if ready.is_empty() {
+            self.parked_changed(ctx);
             return;
         }
         for p in ready {
@@ -259,6 +319,7 @@ impl Handler<NewMessages> for QueueActor {
             }
         }
         self.arm_timer(ctx);
+        self.parked_changed(ctx);
     }
 }
 
@@ -277,6 +338,7 @@ impl Handler<Retire> for QueueActor {
             Status::TopicNotExist,
             format!("topic {} was deleted", self.topic),
         )));
+        self.parked_changed(ctx);
         ctx.stop();
     }
 }
@@ -296,6 +358,10 @@ mod tests {
             max_wait_ms: wait,
             tag_expression: String::new(),
         }
+    }
+
+    fn not_gone() -> RequesterGone {
+        Arc::new(AtomicBool::new(false))
     }
 
     /// A store whose queue t/0 holds one message, and services over it.
@@ -325,7 +391,7 @@ mod tests {
         let addr = QueueActor::new(services, Arc::from("t"), 0)
             .with_notice_flag(shared)
             .start();
-        let parked = actix_rt::spawn(addr.send(Pull(pull_req(1, 10_000))));
+        let parked = actix_rt::spawn(addr.send(Pull(pull_req(1, 10_000), not_gone())));
         actix_rt::time::sleep(Duration::from_millis(50)).await;
         // Two batches land; the registry sent one notice (for the first) and
         // skipped the second because one was pending.
@@ -349,13 +415,32 @@ mod tests {
     }
 
     #[actix_rt::test]
+    async fn parked_pulls_of_a_closed_connection_are_dropped_by_the_sweep() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, services) = store_with_first_message(dir.path());
+        let addr = QueueActor::new(services, Arc::from("t"), 0).start();
+        let gone = not_gone();
+        let parked = actix_rt::spawn(addr.send(Pull(pull_req(1, 60_000), gone.clone())));
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+        gone.store(true, Ordering::Release);
+        // Dropped within a sweep period, long before its deadline: the
+        // waiter's answer channel closes.
+        let answer = tokio::time::timeout(SWEEP_EVERY * 3, parked)
+            .await
+            .expect("dropped by the sweep")
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer.unwrap_err().0, Status::ServiceUnavailable);
+    }
+
+    #[actix_rt::test]
     async fn parked_pull_is_woken_by_new_messages_and_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let (store, services) = store_with_first_message(dir.path());
         let addr = Supervisor::start(move |_| QueueActor::new(services.clone(), Arc::from("t"), 0));
 
         // Nothing at offset 1 yet: the pull parks until NewMessages.
-        let parked = addr.send(Pull(pull_req(1, 10_000)));
+        let parked = addr.send(Pull(pull_req(1, 10_000), not_gone()));
         let parked = actix_rt::spawn(parked);
         actix_rt::time::sleep(Duration::from_millis(50)).await;
         append(&store, "t", 0, &[entry("second", None, None)]);
@@ -375,20 +460,20 @@ mod tests {
         // A short wait with nothing new ends at its deadline.
         let started = Instant::now();
         assert_eq!(
-            status(addr.send(Pull(pull_req(2, 100))).await.unwrap()),
+            status(addr.send(Pull(pull_req(2, 100), not_gone())).await.unwrap()),
             PullStatus::NoNewMessage
         );
         assert!(started.elapsed() >= Duration::from_millis(90));
 
         // Stopping the actor (what a failing handler does) restarts it behind
         // the same address; it serves from disk as before.
-        let waiting = actix_rt::spawn(addr.send(Pull(pull_req(2, 10_000))));
+        let waiting = actix_rt::spawn(addr.send(Pull(pull_req(2, 10_000), not_gone())));
         actix_rt::time::sleep(Duration::from_millis(20)).await;
         addr.send(Retire).await.unwrap();
         let answered = waiting.await.unwrap().unwrap();
         assert!(answered.is_err(), "parked pulls are answered, not lost");
         assert_eq!(
-            status(addr.send(Pull(pull_req(0, 0))).await.unwrap()),
+            status(addr.send(Pull(pull_req(0, 0), not_gone())).await.unwrap()),
             PullStatus::Found
         );
     }

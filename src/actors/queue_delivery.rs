@@ -29,6 +29,9 @@ use crate::wire::Status;
 
 /// Most consume-queue entries one receive claims (filters may skip many).
 const MAX_CLAIM_SCAN: usize = 16 * 1024;
+/// Receives stop adding records past this many bytes (but return at least
+/// one), like pulls: a response is at most this plus one record.
+const MAX_RECEIVE_BYTES: usize = 8 << 20;
 /// Records the start-up TTL scan reads per turn of the actor.
 const SCAN_CHUNK: u64 = 2048;
 /// Wait before writing a failed dead letter again.
@@ -202,6 +205,18 @@ impl QueueActor {
         self.arm_delivery_timer(ctx);
     }
 
+    /// Parked receives.
+    pub(super) fn parked_receives(&self) -> usize {
+        self.deliveries.parked.len()
+    }
+
+    /// Drops parked receives whose connection closed.
+    pub(super) fn sweep_gone_receives(&mut self) {
+        self.deliveries
+            .parked
+            .retain(|p| !p.reply.is_closed() && !p.gone.load(std::sync::atomic::Ordering::Acquire));
+    }
+
     /// Drops every parked receive (the actor restarts or retires).
     pub(super) fn drop_deliveries(&mut self, answer: Option<(Status, String)>) {
         for p in self.deliveries.parked.drain(..) {
@@ -263,17 +278,20 @@ impl QueueActor {
         let want = req.max_count.clamp(1, MAX_PULL_COUNT) as usize;
         let g = self.group_mut(req);
         let mut found: Vec<(u32, Bytes)> = Vec::new();
+        let mut bytes = 0usize;
         let mut dead = Vec::new();
         let mut scanned = 0;
-        while found.len() < want && scanned < MAX_CLAIM_SCAN {
-            let claims = g.cursor.claim(
-                now,
-                want - found.len(),
-                max_offset,
-                u64::from(req.ack_timeout_ms),
-                g.orderly,
-                &retry,
-            );
+        while found.len() < want && scanned < MAX_CLAIM_SCAN && bytes < MAX_RECEIVE_BYTES {
+            // Claim no more than the byte limit leaves room for (one, then
+            // doubling, until a record size is known): a claim is delivered
+            // or settled, never given back.
+            let limit = match bytes.checked_div(found.len()) {
+                None => scanned.clamp(1, want),
+                Some(avg) => ((MAX_RECEIVE_BYTES - bytes) / avg.max(1)).clamp(1, want - found.len()),
+            };
+            let claims = g
+                .cursor
+                .claim(now, limit, max_offset, u64::from(req.ack_timeout_ms), g.orderly, &retry);
             if claims.is_empty() {
                 break;
             }
@@ -295,6 +313,7 @@ impl QueueActor {
                 } else if raw_expire_at(&raw, topic_ttl).is_some_and(|at| at <= now) {
                     dead.extend(g.cursor.reject_claim(claim.offset, DeadLetterReason::Expired));
                 } else {
+                    bytes += raw.len();
                     found.push((claim.delivery, raw));
                 }
             }
@@ -419,6 +438,7 @@ impl QueueActor {
 
     /// Re-arms the timer and schedules a commit when a committed offset moved.
     fn after_change(&mut self, ctx: &mut Context<Self>) {
+        self.parked_changed(ctx);
         self.arm_delivery_timer(ctx);
         for (name, g) in self.deliveries.groups.iter_mut() {
             let in_flight = g.cursor.stats().in_flight;

@@ -11,7 +11,7 @@ use futures::future::LocalBoxFuture;
 use crate::actors::commitlog_writer::{Append, CommitLogWriter, DeleteTopicData};
 use crate::actors::namesrv_client::{NameServerClient, RegisterNow};
 use crate::actors::queue_actor::{Pull, QueueActor};
-use crate::actors::queue_delivery::{Receive, Settle};
+use crate::actors::queue_delivery::{Receive, RequesterGone, Settle};
 use crate::actors::queue_registry::QueueRegistry;
 use crate::clock::now_millis;
 use crate::config::BrokerSection;
@@ -112,7 +112,7 @@ impl RequestHandler for BrokerHandler {
                 | Command::SearchOffset => self.group_request(conn, cmd, &frame.header).await,
                 Command::Ping => ok(Bytes::new()),
                 Command::SendMessage => self.send(peer, frame.body).await,
-                Command::PullMessage => self.pull(frame.body).await,
+                Command::PullMessage => self.pull(frame.body, conn.closed_flag()).await,
                 Command::ReceiveMessage => self.receive(frame.body, conn.closed_flag()).await,
                 Command::AckMessage => self.settle(frame.body, false).await,
                 Command::NackMessage => self.settle(frame.body, true).await,
@@ -200,16 +200,23 @@ impl BrokerHandler {
             .ok_or_else(|| (Status::SystemError, "queue registry unavailable".to_string()))
     }
 
-    async fn pull(&self, body: Bytes) -> Reply {
-        let req = PullRequest::decode(body).map_err(malformed)?;
+    /// A requested long-poll wait, clamped to `max_poll_wait_ms`.
+    fn poll_wait(&self, requested_ms: u32) -> u32 {
+        requested_ms.min(u32::try_from(self.cfg.max_poll_wait_ms).unwrap_or(u32::MAX))
+    }
+
+    async fn pull(&self, body: Bytes, gone: RequesterGone) -> Reply {
+        let mut req = PullRequest::decode(body).map_err(malformed)?;
+        req.max_wait_ms = self.poll_wait(req.max_wait_ms);
         self.existing_queue(&req.topic, req.queue_id)?;
         let actor = self.queue_actor(&req.topic, req.queue_id)?;
-        let payload = actor.send(Pull(req)).await.map_err(mailbox)??;
+        let payload = actor.send(Pull(req, gone)).await.map_err(mailbox)??;
         Ok(Frame::ok(0, Bytes::new(), payload.head).with_body_tail(payload.records))
     }
 
-    async fn receive(&self, body: Bytes, gone: crate::actors::queue_delivery::RequesterGone) -> Reply {
-        let req = ReceiveRequest::decode(body).map_err(malformed)?;
+    async fn receive(&self, body: Bytes, gone: RequesterGone) -> Reply {
+        let mut req = ReceiveRequest::decode(body).map_err(malformed)?;
+        req.max_wait_ms = self.poll_wait(req.max_wait_ms);
         self.existing_queue(&req.topic, req.queue_id)?;
         let actor = self.queue_actor(&req.topic, req.queue_id)?;
         let body = actor.send(Receive(req, gone)).await.map_err(mailbox)??;

@@ -118,12 +118,7 @@ async fn serve_until_signal(
     // clean shutdown, not the default kill.
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
-    let opts = ServeOptions {
-        max_frame_bytes: cfg.broker.max_frame_bytes,
-        max_inflight: cfg.broker.max_inflight_per_connection,
-        max_inflight_pulls: cfg.broker.max_inflight_pulls_per_connection,
-        role: "broker",
-    };
+    let opts = ServeOptions::from_config(&cfg.broker, "broker");
     let listener = TcpListener::bind(&cfg.broker.listen)
         .await
         .map_err(|e| io::Error::new(e.kind(), format!("broker cannot listen on {}: {e}", cfg.broker.listen)))?;

@@ -68,20 +68,16 @@ pub async fn start_embedded(
 /// Runs a standalone name server until SIGINT or SIGTERM.
 ///
 /// Prints `ferromq namesrv ready: namesrv=<addr>` on stdout once it accepts
-/// connections. Frame limits come from the `[broker]` section
-/// (`max_frame_bytes`, `max_inflight_per_connection`); one network arbiter
-/// runs per CPU core.
+/// connections. Connection limits come from the `[broker]` section
+/// (`max_frame_bytes`, `max_inflight_per_connection`, the response budget,
+/// `idle_timeout_ms`, `frame_read_timeout_ms`, `max_connections`); one
+/// network arbiter runs per CPU core.
 pub fn run_standalone(cfg: Config) -> io::Result<()> {
     let system = actix_rt::System::new();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let arbiters: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
     let handles: Vec<ArbiterHandle> = arbiters.iter().map(Arbiter::handle).collect();
-    let opts = ServeOptions {
-        max_frame_bytes: cfg.broker.max_frame_bytes,
-        max_inflight: cfg.broker.max_inflight_per_connection,
-        max_inflight_pulls: cfg.broker.max_inflight_pulls_per_connection,
-        role: "namesrv",
-    };
+    let opts = ServeOptions::from_config(&cfg.broker, "namesrv");
     let result = system.block_on(async move {
         // Installed before "ready" so that a signal sent right after it is
         // a clean shutdown rather than the default kill.
@@ -133,6 +129,7 @@ mod tests {
             max_inflight: 16,
             max_inflight_pulls: 4,
             role: "namesrv",
+            ..ServeOptions::from_config(&crate::config::BrokerSection::default(), "namesrv")
         }
     }
 
