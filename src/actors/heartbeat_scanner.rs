@@ -65,6 +65,12 @@ impl HeartbeatScanner {
         if let Some(h) = self.timer.take() {
             ctx.cancel_future(h);
         }
+        // A broker failing at start-up drops this actor's task while the
+        // runtime shuts down, which first runs `started`: there is no timer
+        // to arm then (and arming one would panic, hiding the real error).
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
         self.timer = Some(ctx.run_later(Duration::from_millis(wait_ms), |act, ctx| {
             act.timer = None;
             act.scan(ctx);

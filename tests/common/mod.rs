@@ -196,10 +196,31 @@ impl Drop for ServerProcess {
     }
 }
 
-/// A currently free 127.0.0.1 address.
+/// A currently free 127.0.0.1 address, below the ephemeral port range, so
+/// a server can be restarted on it.
 pub fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").to_string()
+    // Below the kernel's ephemeral range: a port handed out by `bind(:0)`
+    // is ephemeral, and once released the kernel may give it to an
+    // outgoing connection as its local port — a broker restarted on it
+    // would then fail with "address in use".
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let ephemeral_low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse().ok()))
+        .unwrap_or(32768);
+    let (low, high) = (10_000u32, ephemeral_low.clamp(10_001, 65_535));
+    let seed = std::process::id().wrapping_mul(7919)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    for _ in 0..(high - low) {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = low + (seed.wrapping_add(n.wrapping_mul(104_729)) % (high - low));
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port as u16)) {
+            return l.local_addr().expect("addr").to_string();
+        }
+    }
+    panic!("no free port below the ephemeral range")
 }
 
 /// Runs `ferromq ARGS -n NAMESRV` with `stdin` piped in, killed after 60 s.
