@@ -9,15 +9,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn anon_rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
-        .unwrap_or(0)
-}
-
 fn pull_frame(corr: u32, queue: u32) -> Vec<u8> {
     let mut body = Vec::new();
     body.extend_from_slice(&5u16.to_be_bytes());

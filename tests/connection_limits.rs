@@ -18,15 +18,6 @@ const QUERY_BY_KEY: u16 = 14;
 const RECEIVE: u16 = 40;
 const PING: u16 = 1;
 
-fn anon_rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
-        .unwrap_or(0)
-}
-
 fn request(code: u16, corr: u32, header: &[u8], body: &[u8]) -> Vec<u8> {
     let mut f = Vec::new();
     f.extend_from_slice(&((12 + header.len() + body.len()) as u32).to_be_bytes());

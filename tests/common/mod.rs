@@ -196,6 +196,17 @@ impl Drop for ServerProcess {
     }
 }
 
+/// Anonymous resident memory (`RssAnon`) of process `pid`, in KiB; 0 if
+/// it cannot be read.
+pub fn anon_rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
 /// A currently free 127.0.0.1 address, below the ephemeral port range, so
 /// a server can be restarted on it.
 pub fn free_addr() -> String {
