@@ -20,6 +20,7 @@ pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod delivery;
+pub mod error;
 pub mod groups;
 pub mod http;
 pub mod message;

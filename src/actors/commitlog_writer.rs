@@ -4,6 +4,7 @@
 //! Runs on its own arbiter; with sync flush it waits on the flusher thread
 //! without blocking, so later batches keep appending (group commit).
 
+use crate::error::{BrokerError, ErrorKind};
 use crate::observe::{kind, ActorStats, Tracked};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,11 +19,10 @@ use crate::store::commitlog::{AppendError, Appender};
 use crate::store::flusher::FlushHandle;
 use crate::store::Store;
 use crate::wire::send::SendResponse;
-use crate::wire::Status;
 
 /// Append a batch to one topic queue.
 #[derive(Message)]
-#[rtype(result = "Result<SendResponse, (Status, String)>")]
+#[rtype(result = "Result<SendResponse, BrokerError>")]
 pub struct Append {
     /// Topic (must exist).
     pub topic: Arc<str>,
@@ -98,7 +98,7 @@ impl Supervised for CommitLogWriter {
 }
 
 impl Handler<Append> for CommitLogWriter {
-    type Result = ResponseFuture<Result<SendResponse, (Status, String)>>;
+    type Result = ResponseFuture<Result<SendResponse, BrokerError>>;
 
     fn handle(&mut self, msg: Append, ctx: &mut Context<Self>) -> Self::Result {
         let _timer = self.stats.handling();
@@ -118,15 +118,15 @@ impl Handler<Append> for CommitLogWriter {
             Ok(b) => b,
             Err(err) => {
                 tracing::warn!(error = %err, "append failed");
-                let status = match err {
-                    AppendError::TooLarge { .. } => Status::InvalidArgument,
+                let kind = match err {
+                    AppendError::TooLarge { .. } => ErrorKind::InvalidArgument,
                     AppendError::Io(_) => {
                         // A failing disk: restart the actor (state is in the store).
                         ctx.stop();
-                        Status::StoreError
+                        ErrorKind::Store
                     }
                 };
-                return Box::pin(async move { Err((status, err.to_string())) });
+                return Box::pin(async move { Err(BrokerError::new(kind, err.to_string())) });
             }
         };
         let end = batch.end;
@@ -151,8 +151,8 @@ impl Handler<Append> for CommitLogWriter {
                 Box::pin(async move {
                     match durable.await {
                         Ok(Ok(())) => Ok(response),
-                        Ok(Err(e)) => Err((Status::StoreError, format!("flush failed: {e}"))),
-                        Err(_) => Err((Status::ServiceUnavailable, "the flusher stopped".into())),
+                        Ok(Err(e)) => Err(BrokerError::new(ErrorKind::Store, format!("flush failed: {e}"))),
+                        Err(_) => Err(BrokerError::new(ErrorKind::Unavailable, "the flusher stopped")),
                     }
                 })
             }

@@ -174,8 +174,8 @@ impl DelayScheduler {
                             act.released(queue, offset, ctx);
                         }
                     }
-                    Err((status, msg)) => {
-                        tracing::warn!(%status, %msg, "releasing delayed messages failed; retrying");
+                    Err(e) => {
+                        tracing::warn!(kind = ?e.kind(), error = %e, "releasing delayed messages failed; retrying");
                         for (queue, offset) in ids {
                             act.table.retry(queue, offset, now_millis() + RELEASE_RETRY_MS);
                         }
@@ -193,10 +193,10 @@ impl DelayScheduler {
             let commit = vec![(Self::key(queue), below)];
             ctx.spawn(
                 async move {
-                    if let Err((status, msg)) = services.commit_offsets(commit).await {
+                    if let Err(e) = services.commit_offsets(commit).await {
                         // The next release commits a later offset; until
                         // then a restart may release a message twice.
-                        tracing::warn!(%status, %msg, "committing delay progress failed");
+                        tracing::warn!(kind = ?e.kind(), error = %e, "committing delay progress failed");
                     }
                 }
                 .into_actor(self),

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use crate::error::{BrokerError, ErrorKind};
 use crate::observe::{kind, ActorStats};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -20,20 +21,20 @@ use crate::groups::types::{Effect, GroupConfig, GroupDescription, GroupError, He
 use crate::server::ConnectionHandle;
 use crate::wire::control::to_json;
 use crate::wire::group::{AssignedQueue, GroupAssignment, RebalanceNotice};
-use crate::wire::{Command, Frame, Status};
+use crate::wire::{Command, Frame};
 
-/// An error answer: status and message.
-pub type GroupFailure = (Status, String);
+/// An error answer.
+pub type GroupFailure = BrokerError;
 
-/// Maps a state-machine error to its wire status.
+/// Maps a state-machine error to the broker's error kind.
 pub fn failure(e: GroupError) -> GroupFailure {
-    let status = match e {
-        GroupError::UnknownMember => Status::UnknownMember,
-        GroupError::IllegalGeneration { .. } => Status::IllegalGeneration,
-        GroupError::RebalanceInProgress => Status::RebalanceInProgress,
-        GroupError::InvalidRequest(_) => Status::InvalidArgument,
+    let kind = match e {
+        GroupError::UnknownMember => ErrorKind::UnknownMember,
+        GroupError::IllegalGeneration { .. } => ErrorKind::IllegalGeneration,
+        GroupError::RebalanceInProgress => ErrorKind::RebalanceInProgress,
+        GroupError::InvalidRequest(_) => ErrorKind::InvalidArgument,
     };
-    (status, e.to_string())
+    BrokerError::new(kind, e.to_string())
 }
 
 fn wire_queues(queues: Vec<MessageQueue>) -> Vec<AssignedQueue> {
@@ -270,8 +271,8 @@ impl Handler<Join> for GroupCoordinator {
         let registered = ctx.address();
         Box::pin(async move {
             let result = rx.await.unwrap_or_else(|_| {
-                Err((
-                    Status::ServiceUnavailable,
+                Err(BrokerError::new(
+                    ErrorKind::Unavailable,
                     "group coordinator restarted; join again".to_string(),
                 ))
             });

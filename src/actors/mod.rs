@@ -9,12 +9,14 @@
 //!   [`queue_delivery`] adds per-message delivery (ack/nack, retries, dead
 //!   letters, TTL) on top.
 //! * [`delay_scheduler`] — releases delayed messages when due.
-//! * [`services`] — appends, offset commits and internal topics for actors.
+//! * [`services`] — the one append path (`append_batch`; delayed messages
+//!   through [`delayed_send`]), offset commits and internal topics.
 //! * [`namesrv`] — the name server's registry of live brokers and routes.
 //! * [`namesrv_client`] — a broker's registration with its name servers.
 
 pub mod commitlog_writer;
 pub mod delay_scheduler;
+pub mod delayed_send;
 pub mod dispatcher;
 pub mod group_coordinator;
 pub mod group_registry;

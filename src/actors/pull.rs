@@ -4,12 +4,12 @@
 use bytes::{Bytes, BytesMut};
 
 use crate::delivery::expiry::raw_expire_at;
+use crate::error::{BrokerError, ErrorKind};
 use crate::message::{TagFilter, PROPERTY_TAGS};
 use crate::store::commitlog::Gather;
 use crate::store::record::RecordView;
 use crate::store::Store;
 use crate::wire::pull::{PullResponse, PullStatus, MAX_PULL_COUNT, PULL_RESPONSE_HEAD_LEN};
-use crate::wire::Status;
 
 /// Most consume-queue entries one pull scans (tag filters may skip many).
 const MAX_SCAN: u64 = 16 * 1024;
@@ -68,7 +68,7 @@ pub fn serve_pull(
     offset: u64,
     max_count: u32,
     filter: &TagFilter,
-) -> Result<PullServed, (Status, String)> {
+) -> Result<PullServed, BrokerError> {
     let max_count = max_count.clamp(1, MAX_PULL_COUNT);
     let Some(cq) = store.queues.get(topic, queue_id) else {
         // Never written: an empty queue at offset 0.
@@ -103,8 +103,8 @@ pub fn serve_pull(
         let record = match records.push(entry.phys_offset, size) {
             Ok(r) => r,
             Err(e) => {
-                return Err((
-                    Status::StoreError,
+                return Err(BrokerError::new(
+                    ErrorKind::Store,
                     format!("reading {topic}/{queue_id} offset {}: {e}", next - 1),
                 ))
             }

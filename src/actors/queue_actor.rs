@@ -5,6 +5,7 @@
 //! acknowledgements (in-flight table, retries, dead letters, TTL expiry):
 //! see [`super::queue_delivery`].
 
+use crate::error::{BrokerError, ErrorKind};
 use crate::observe::{kind, ActorStats};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,10 +22,9 @@ use super::services::BrokerServices;
 use crate::message::TagFilter;
 use crate::store::Store;
 use crate::wire::pull::{PullRequest, PullResponse, PullStatus};
-use crate::wire::Status;
 
 /// A pull's answer: the encoded response body, or an error status.
-pub type PullReply = Result<PullPayload, (Status, String)>;
+pub type PullReply = Result<PullPayload, BrokerError>;
 
 /// Read messages (see `PULL_MESSAGE`); a long poll of a requester that is
 /// gone (its connection closed) is dropped.
@@ -133,12 +133,7 @@ impl QueueActor {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    fn serve(
-        &self,
-        offset: u64,
-        max_count: u32,
-        filter: &TagFilter,
-    ) -> Result<super::pull::PullServed, (Status, String)> {
+    fn serve(&self, offset: u64, max_count: u32, filter: &TagFilter) -> Result<super::pull::PullServed, BrokerError> {
         let served = serve_pull(&self.store, &self.topic, self.queue_id, offset, max_count, filter)?;
         self.count_out(u64::from(served.count));
         Ok(served)
@@ -272,8 +267,12 @@ impl Handler<Pull> for QueueActor {
         self.arm_timer(ctx);
         self.parked_changed(ctx);
         Box::pin(async move {
-            rx.await
-                .unwrap_or_else(|_| Err((Status::ServiceUnavailable, "queue actor restarted; pull again".into())))
+            rx.await.unwrap_or_else(|_| {
+                Err(BrokerError::new(
+                    ErrorKind::Unavailable,
+                    "queue actor restarted; pull again",
+                ))
+            })
         })
     }
 }
@@ -329,13 +328,13 @@ impl Handler<Retire> for QueueActor {
     fn handle(&mut self, _: Retire, ctx: &mut Context<Self>) {
         let _timer = self.stats.handling();
         for p in self.polls.take_all() {
-            let _ = p.waiter.reply.send(Err((
-                Status::TopicNotExist,
+            let _ = p.waiter.reply.send(Err(BrokerError::new(
+                ErrorKind::TopicNotExist,
                 format!("topic {} was deleted", self.topic),
             )));
         }
-        self.drop_deliveries(Some((
-            Status::TopicNotExist,
+        self.drop_deliveries(Some(BrokerError::new(
+            ErrorKind::TopicNotExist,
             format!("topic {} was deleted", self.topic),
         )));
         self.parked_changed(ctx);
@@ -430,7 +429,7 @@ mod tests {
             .expect("dropped by the sweep")
             .unwrap()
             .unwrap();
-        assert_eq!(answer.unwrap_err().0, Status::ServiceUnavailable);
+        assert_eq!(answer.unwrap_err().kind(), ErrorKind::Unavailable);
     }
 
     #[actix_rt::test]

@@ -17,6 +17,7 @@ use crate::delivery::cursor::{Cursor, DeadLetter};
 use crate::delivery::expiry::{raw_expire_at, ExpiryQueue};
 use crate::delivery::props::{self, dlq_topic};
 use crate::delivery::DeadLetterReason;
+use crate::error::{BrokerError, ErrorKind};
 use crate::message::TagFilter;
 use crate::message::PROPERTY_TAGS;
 use crate::store::append::AppendEntry;
@@ -25,7 +26,6 @@ use crate::store::offsets::OffsetKey;
 use crate::store::record::{RecordView, StoredRecord};
 use crate::wire::delivery::{ReceiveRequest, ReceiveResponse, SettleRequest};
 use crate::wire::pull::{PullStatus, MAX_PULL_COUNT};
-use crate::wire::Status;
 
 /// Most consume-queue entries one receive claims (filters may skip many).
 const MAX_CLAIM_SCAN: usize = 16 * 1024;
@@ -38,7 +38,7 @@ const SCAN_CHUNK: u64 = 2048;
 const DEAD_LETTER_RETRY: Duration = Duration::from_secs(1);
 
 /// A receive's answer: the encoded response body, or an error status.
-pub type ReceiveReply = Result<Bytes, (Status, String)>;
+pub type ReceiveReply = Result<Bytes, BrokerError>;
 
 /// Set once the requester is gone (its connection closed): a parked
 /// receive of a gone requester is dropped instead of claiming messages
@@ -53,7 +53,7 @@ pub struct Receive(pub ReceiveRequest, pub RequesterGone);
 /// Acknowledge (`nack: false`) or reject messages; answers how many were
 /// in flight and are now settled or requeued.
 #[derive(Message)]
-#[rtype(result = "Result<u32, (Status, String)>")]
+#[rtype(result = "Result<u32, BrokerError>")]
 pub struct Settle {
     /// The request.
     pub req: SettleRequest,
@@ -218,7 +218,7 @@ impl QueueActor {
     }
 
     /// Drops every parked receive (the actor restarts or retires).
-    pub(super) fn drop_deliveries(&mut self, answer: Option<(Status, String)>) {
+    pub(super) fn drop_deliveries(&mut self, answer: Option<BrokerError>) {
         for p in self.deliveries.parked.drain(..) {
             if let Some(e) = &answer {
                 let _ = p.reply.send(Err(e.clone()));
@@ -488,7 +488,7 @@ impl QueueActor {
                         }
                     }
                 }
-                Err((status, msg)) => tracing::warn!(%status, %msg, "committing delivery offsets failed; retrying"),
+                Err(e) => tracing::warn!(kind = ?e.kind(), error = %e, "committing delivery offsets failed; retrying"),
             }
             act.after_change(ctx);
         }));
@@ -546,8 +546,8 @@ impl QueueActor {
                         }
                     }
                 }
-                Err((status, msg)) => {
-                    tracing::warn!(%group, %status, %msg, "writing dead letters failed; retrying");
+                Err(e) => {
+                    tracing::warn!(%group, kind = ?e.kind(), error = %e, "writing dead letters failed; retrying");
                     g.failed_dead_letters.extend(stored);
                     ctx.run_later(DEAD_LETTER_RETRY, move |act, ctx| {
                         let retry = act
@@ -630,9 +630,9 @@ impl Handler<Receive> for QueueActor {
         };
         Box::pin(async move {
             rx.await.unwrap_or_else(|_| {
-                Err((
-                    Status::ServiceUnavailable,
-                    "queue actor restarted; receive again".into(),
+                Err(BrokerError::new(
+                    ErrorKind::Unavailable,
+                    "queue actor restarted; receive again",
                 ))
             })
         })
@@ -640,7 +640,7 @@ impl Handler<Receive> for QueueActor {
 }
 
 impl Handler<Settle> for QueueActor {
-    type Result = Result<u32, (Status, String)>;
+    type Result = Result<u32, BrokerError>;
 
     fn handle(&mut self, Settle { req, nack }: Settle, ctx: &mut Context<Self>) -> Self::Result {
         let _timer = self.stats.handling();

@@ -10,17 +10,19 @@ use std::sync::{Arc, OnceLock};
 use actix::Addr;
 
 use super::commitlog_writer::{Append, CommitLogWriter};
+use super::delay_scheduler::DelayScheduler;
+use super::delayed_send::{check_batch, send_with_delays};
 use super::namesrv_client::{NameServerClient, RegisterNow};
 use crate::clock::now_millis;
 use crate::config::DeliverySection;
 use crate::delivery::RetryPolicy;
+use crate::error::{BrokerError, ErrorKind};
 use crate::observe::{ActorTree, Tracked};
 use crate::store::append::AppendEntry;
 use crate::store::offsets::{encode_commits, OffsetKey, OFFSETS_TOPIC};
 use crate::store::topics::TopicConfig;
 use crate::store::Store;
 use crate::wire::send::SendResponse;
-use crate::wire::Status;
 
 /// Shared services of the broker's actors.
 pub struct BrokerServices {
@@ -36,10 +38,21 @@ pub struct BrokerServices {
     pub tree: Arc<ActorTree>,
     writer: OnceLock<Tracked<CommitLogWriter>>,
     registrar: OnceLock<Addr<NameServerClient>>,
+    delays: OnceLock<Addr<DelayScheduler>>,
 }
 
-/// An error as a status and message, like request handlers return.
-pub type ServiceError = (Status, String);
+/// A batch of messages for one queue, as a producer sent it.
+#[derive(Debug)]
+pub struct AppendBatch {
+    /// The topic (it must exist).
+    pub topic: String,
+    /// The queue (it must exist).
+    pub queue_id: u32,
+    /// The messages, in order.
+    pub entries: Vec<AppendEntry>,
+    /// The producer's address, stored in each record.
+    pub born_host: SocketAddr,
+}
 
 impl BrokerServices {
     /// Services over `store`; set the writer and registrar once started.
@@ -57,6 +70,7 @@ impl BrokerServices {
             delivery,
             writer: OnceLock::new(),
             registrar: OnceLock::new(),
+            delays: OnceLock::new(),
         }
     }
 
@@ -70,16 +84,48 @@ impl BrokerServices {
         let _ = self.registrar.set(registrar);
     }
 
-    /// Appends `entries` to (topic, queue), which must exist.
+    /// Sets the delay scheduler (once).
+    pub fn set_delays(&self, delays: Addr<DelayScheduler>) {
+        let _ = self.delays.set(delays);
+    }
+
+    /// Appends a producer's batch: checks its delivery properties, then
+    /// stores ordinary messages in their queue and delayed ones in the
+    /// delay topic (announcing them to the scheduler).
+    pub async fn append_batch(&self, batch: AppendBatch) -> Result<SendResponse, BrokerError> {
+        if let Some(delays) = check_batch(&batch.entries, self.delivery.max_delay_ms)? {
+            let scheduler = self
+                .delays
+                .get()
+                .ok_or_else(|| BrokerError::unavailable("the delay scheduler is not started yet"))?;
+            return send_with_delays(self, scheduler, batch, delays).await;
+        }
+        self.append_from(&batch.topic, batch.queue_id, batch.entries, batch.born_host)
+            .await
+    }
+
+    /// Appends `entries` the broker itself writes (dead letters, released
+    /// delayed messages, offset commits) to (topic, queue), which must exist.
     pub async fn append(
         &self,
         topic: &str,
         queue_id: u32,
         entries: Vec<AppendEntry>,
-    ) -> Result<SendResponse, ServiceError> {
+    ) -> Result<SendResponse, BrokerError> {
+        self.append_from(topic, queue_id, entries, self.store_host).await
+    }
+
+    /// Appends `entries` to (topic, queue) with `born_host` as their origin.
+    pub async fn append_from(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        entries: Vec<AppendEntry>,
+        born_host: SocketAddr,
+    ) -> Result<SendResponse, BrokerError> {
         let writer = self.writer.get().ok_or_else(|| {
-            (
-                Status::ServiceUnavailable,
+            BrokerError::new(
+                ErrorKind::Unavailable,
                 "the commitlog writer is not started yet".to_string(),
             )
         })?;
@@ -87,22 +133,22 @@ impl BrokerServices {
             topic: Arc::from(topic),
             queue_id,
             entries,
-            born_host: self.store_host,
+            born_host,
         };
         writer
             .send(append)
             .await
-            .map_err(|e| (Status::ServiceUnavailable, format!("commitlog writer unavailable: {e}")))?
+            .map_err(|e| BrokerError::new(ErrorKind::Unavailable, format!("commitlog writer unavailable: {e}")))?
     }
 
     /// Creates a topic the broker itself writes to (a dead-letter topic)
     /// when missing, and announces it to the name servers.
-    pub fn ensure_topic(&self, topic: &str, queues: u32) -> Result<(), ServiceError> {
+    pub fn ensure_topic(&self, topic: &str, queues: u32) -> Result<(), BrokerError> {
         let (_, created) = self
             .store
             .topics
             .get_or_create(topic, TopicConfig::with_queues(queues))
-            .map_err(|e| (Status::StoreError, e.to_string()))?;
+            .map_err(|e| BrokerError::new(ErrorKind::Store, e.to_string()))?;
         if created {
             tracing::info!(topic, "created topic");
             if let Some(r) = self.registrar.get() {
@@ -114,7 +160,7 @@ impl BrokerServices {
 
     /// Applies commits, then appends them to the offsets topic (applying
     /// first keeps every appended commit inside any later snapshot).
-    pub async fn commit_offsets(&self, commits: Vec<(OffsetKey, u64)>) -> Result<(), ServiceError> {
+    pub async fn commit_offsets(&self, commits: Vec<(OffsetKey, u64)>) -> Result<(), BrokerError> {
         if commits.is_empty() {
             return Ok(());
         }

@@ -22,9 +22,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::client::core::ClientCore;
+use crate::error::{BrokerError, ErrorKind};
 use crate::wire::control::{from_json, to_json};
 use crate::wire::group::{coordinator_for, GroupDescription, GroupRef, QueueOffset};
-use crate::wire::{Command, Status};
+use crate::wire::Command;
 
 /// How long a cluster view or a remote membership answer is trusted.
 pub const VIEW_TTL: Duration = Duration::from_secs(1);
@@ -148,14 +149,14 @@ pub fn check_commit(
     member_id: Option<&str>,
     generation: Option<u64>,
     offsets: &[QueueOffset],
-) -> Result<(), (Status, String)> {
+) -> Result<(), BrokerError> {
     if desc.members.is_empty() {
         return Ok(());
     }
     let group = &desc.group;
     let (Some(member_id), Some(generation)) = (member_id, generation) else {
-        return Err((
-            Status::GroupNotEmpty,
+        return Err(BrokerError::new(
+            ErrorKind::GroupNotEmpty,
             format!(
                 "group {group} has {} live members: a commit must carry a member id and generation",
                 desc.members.len()
@@ -163,14 +164,14 @@ pub fn check_commit(
         ));
     };
     let Some(member) = desc.members.iter().find(|m| m.member_id == member_id) else {
-        return Err((
-            Status::UnknownMember,
+        return Err(BrokerError::new(
+            ErrorKind::UnknownMember,
             format!("{member_id} is not a member of group {group}: rejoin"),
         ));
     };
     if generation != desc.generation {
-        return Err((
-            Status::IllegalGeneration,
+        return Err(BrokerError::new(
+            ErrorKind::IllegalGeneration,
             format!(
                 "generation {generation} of group {group} is over (now {}): rejoin",
                 desc.generation
@@ -183,8 +184,8 @@ pub fn check_commit(
             .iter()
             .any(|q| q.topic == o.topic && q.broker_name == o.broker_name && q.queue == o.queue);
         if !owned {
-            return Err((
-                Status::NotQueueOwner,
+            return Err(BrokerError::new(
+                ErrorKind::NotQueueOwner,
                 format!(
                     "member {member_id} does not own {}/{}/{} in generation {generation} of group {group}",
                     o.topic, o.broker_name, o.queue
@@ -241,31 +242,31 @@ mod tests {
     #[test]
     fn a_live_group_takes_commits_only_from_the_owner_in_its_generation() {
         let g = group(&[("m1", &[("a", 0), ("b", 0)]), ("m2", &[("a", 1)])]);
-        let status = |r: Result<(), (Status, String)>| r.err().map(|e| e.0);
+        let status = |r: Result<(), BrokerError>| r.err().map(|e| e.kind());
         assert_eq!(
             status(check_commit(&g, Some("m1"), Some(4), &[offset("a", 0), offset("b", 0)])),
             None
         );
         assert_eq!(
             status(check_commit(&g, None, None, &[offset("a", 0)])),
-            Some(Status::GroupNotEmpty)
+            Some(ErrorKind::GroupNotEmpty)
         );
         assert_eq!(
             status(check_commit(&g, Some("m9"), Some(4), &[offset("a", 0)])),
-            Some(Status::UnknownMember)
+            Some(ErrorKind::UnknownMember)
         );
         assert_eq!(
             status(check_commit(&g, Some("m1"), Some(3), &[offset("a", 0)])),
-            Some(Status::IllegalGeneration)
+            Some(ErrorKind::IllegalGeneration)
         );
         // Queue 0 of broker a is not queue 0 of broker b.
         assert_eq!(
             status(check_commit(&g, Some("m2"), Some(4), &[offset("b", 1)])),
-            Some(Status::NotQueueOwner)
+            Some(ErrorKind::NotQueueOwner)
         );
         assert_eq!(
             status(check_commit(&g, Some("m2"), Some(4), &[offset("a", 0)])),
-            Some(Status::NotQueueOwner)
+            Some(ErrorKind::NotQueueOwner)
         );
     }
 

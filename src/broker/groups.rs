@@ -10,6 +10,7 @@ use super::handler::{io_err, mailbox, malformed, ok, BrokerHandler, Reply};
 use crate::actors::group_coordinator::{self as gc};
 use crate::client::core::route_queues;
 use crate::client::ClientError;
+use crate::error::{BrokerError, ErrorKind};
 use crate::groups::assignment::{MessageQueue, Strategy};
 use crate::groups::types::{ConsumeMode, GroupConfig, GroupDescription};
 use crate::observe::Tracked;
@@ -23,15 +24,15 @@ use crate::wire::group::{
 };
 use crate::wire::{Command, Status};
 
-fn bad(msg: impl Into<String>) -> (Status, String) {
-    (Status::InvalidArgument, msg.into())
+fn bad(msg: impl Into<String>) -> BrokerError {
+    BrokerError::new(ErrorKind::InvalidArgument, msg.into())
 }
 
-fn check_name(what: &str, name: &str) -> Result<(), (Status, String)> {
+fn check_name(what: &str, name: &str) -> Result<(), BrokerError> {
     validate_topic_name(name).map_err(|e| bad(format!("{what}: {e}")))
 }
 
-fn parse_mode(mode: Option<&str>) -> Result<ConsumeMode, (Status, String)> {
+fn parse_mode(mode: Option<&str>) -> Result<ConsumeMode, BrokerError> {
     match mode.unwrap_or("clustering") {
         "clustering" => Ok(ConsumeMode::Clustering),
         "broadcasting" => Ok(ConsumeMode::Broadcasting),
@@ -145,14 +146,17 @@ impl BrokerHandler {
                     .map_err(io_err)?;
                 ok(to_json(&OffsetAt { offset }))
             }
-            other => Err((Status::UnknownCommand, format!("{other:?} is not a group command"))),
+            other => Err(BrokerError::new(
+                ErrorKind::Unsupported,
+                format!("{other:?} is not a group command"),
+            )),
         }
     }
 
-    fn coordinator(&self, group: &str) -> Result<Tracked<gc::GroupCoordinator>, (Status, String)> {
+    fn coordinator(&self, group: &str) -> Result<Tracked<gc::GroupCoordinator>, BrokerError> {
         self.groups.get(group).ok_or_else(|| {
-            (
-                Status::UnknownMember,
+            BrokerError::new(
+                ErrorKind::UnknownMember,
                 format!("group {group} has no members here: join first"),
             )
         })
@@ -161,11 +165,11 @@ impl BrokerHandler {
     /// Refuses a member request for a group coordinated elsewhere, so that
     /// a group never has two coordinators for long (e.g. after its
     /// coordinator came back from a crash).
-    async fn check_coordinator(&self, group: &str) -> Result<(), (Status, String)> {
+    async fn check_coordinator(&self, group: &str) -> Result<(), BrokerError> {
         match self.coordination.coordinator(group).await {
             Coordinator::Local => Ok(()),
-            Coordinator::Remote(addr) => Err((
-                Status::NotCoordinator,
+            Coordinator::Remote(addr) => Err(BrokerError::new(
+                ErrorKind::NotCoordinator,
                 format!("group {group} is coordinated by {addr}, not by this broker"),
             )),
         }
@@ -199,7 +203,7 @@ impl BrokerHandler {
                     ..GroupConfig::default()
                 },
             )
-            .ok_or_else(|| (Status::SystemError, "group registry unavailable".to_string()))?;
+            .ok_or_else(|| BrokerError::new(ErrorKind::Internal, "group registry unavailable".to_string()))?;
         let join = gc::Join {
             member_id: j.member_id,
             client_id: j.client_id,
@@ -225,7 +229,7 @@ impl BrokerHandler {
             for topic in topics {
                 match self.topic_queues(&topic).await {
                     Ok(queues) => addr.do_send(gc::SetTopicQueues { topic, queues }),
-                    Err((_, e)) => tracing::debug!(%group, %topic, error = %e, "route refresh failed"),
+                    Err(e) => tracing::debug!(%group, %topic, error = %e, "route refresh failed"),
                 }
             }
         }
@@ -233,7 +237,7 @@ impl BrokerHandler {
 
     /// Every queue of a topic across its brokers (from the name server),
     /// or this broker's own queues when no name server knows it yet.
-    async fn topic_queues(&self, topic: &str) -> Result<Vec<MessageQueue>, (Status, String)> {
+    async fn topic_queues(&self, topic: &str) -> Result<Vec<MessageQueue>, BrokerError> {
         match self.routes.route(topic, true).await {
             Ok(route) => Ok(route_queues(&route)
                 .into_iter()
@@ -245,7 +249,10 @@ impl BrokerHandler {
                     .map(|q| MessageQueue::new(topic, &self.cfg.name, q))
                     .collect())
             }
-            Err(e) => Err((Status::SystemError, format!("cannot look up the route of {topic}: {e}"))),
+            Err(e) => Err(BrokerError::new(
+                ErrorKind::Internal,
+                format!("cannot look up the route of {topic}: {e}"),
+            )),
         }
     }
 
@@ -269,13 +276,13 @@ impl BrokerHandler {
     /// Checks a `COMMIT_OFFSETS` request and stores it: every queue must be
     /// one of this broker group's, the offset within the queue, and the
     /// sender allowed to commit it by the group's coordinator.
-    async fn commit_request(&self, c: CommitOffsets) -> Result<(), (Status, String)> {
+    async fn commit_request(&self, c: CommitOffsets) -> Result<(), BrokerError> {
         check_name("group", &c.group)?;
         for o in &c.offsets {
             check_name("topic", &o.topic)?;
             if o.broker_name != self.cfg.name {
-                return Err((
-                    Status::NotQueueOwner,
+                return Err(BrokerError::new(
+                    ErrorKind::NotQueueOwner,
                     format!(
                         "queue {}/{}/{} belongs to broker group {}; this is {}: commit it there",
                         o.topic, o.broker_name, o.queue, o.broker_name, self.cfg.name
@@ -285,8 +292,8 @@ impl BrokerHandler {
             self.existing_queue(&o.topic, o.queue)?;
             let max = self.store.queues.get(&o.topic, o.queue).map_or(0, |q| q.max_offset());
             if o.offset > max {
-                return Err((
-                    Status::InvalidArgument,
+                return Err(BrokerError::new(
+                    ErrorKind::InvalidArgument,
                     format!(
                         "offset {} of {}/{}/{} is above the queue's max offset {max}",
                         o.offset, o.topic, o.broker_name, o.queue
@@ -314,7 +321,7 @@ impl BrokerHandler {
     /// remote answer that refuses is asked again (the group may have just
     /// rebalanced); an unreachable coordinator is not a reason to lose
     /// progress, so the commit is then taken.
-    async fn guard_commit(&self, c: &CommitOffsets) -> Result<(), (Status, String)> {
+    async fn guard_commit(&self, c: &CommitOffsets) -> Result<(), BrokerError> {
         let check = |d: &WireDescription| check_commit(d, c.member_id.as_deref(), c.generation, &c.offsets);
         match self.coordination.coordinator(&c.group).await {
             Coordinator::Local => check(&self.describe_members(&c.group).await?),
@@ -332,7 +339,7 @@ impl BrokerHandler {
     }
 
     /// Membership of `group` as the coordinator here knows it (no offsets).
-    async fn describe_members(&self, group: &str) -> Result<WireDescription, (Status, String)> {
+    async fn describe_members(&self, group: &str) -> Result<WireDescription, BrokerError> {
         let desc = match self.groups.get(group) {
             Some(addr) => addr.send(gc::Describe).await.map_err(mailbox)?,
             None => crate::groups::coordinator::GroupState::new(group, GroupConfig::default()).describe(0),
@@ -340,7 +347,7 @@ impl BrokerHandler {
         Ok(describe_to_wire(desc, Vec::new()))
     }
 
-    async fn describe(&self, group: &str) -> Result<WireDescription, (Status, String)> {
+    async fn describe(&self, group: &str) -> Result<WireDescription, BrokerError> {
         let mut d = self.describe_members(group).await?;
         d.offsets = self.committed(group, None);
         Ok(d)
@@ -348,7 +355,7 @@ impl BrokerHandler {
 
     /// Live members of `group` per its coordinator; `None` when the
     /// coordinator cannot be asked.
-    async fn live_members(&self, group: &str) -> Result<Option<usize>, (Status, String)> {
+    async fn live_members(&self, group: &str) -> Result<Option<usize>, BrokerError> {
         Ok(match self.coordination.coordinator(group).await {
             Coordinator::Local => Some(self.describe_members(group).await?.members.len()),
             Coordinator::Remote(addr) => self
@@ -364,8 +371,8 @@ impl BrokerHandler {
         match self.live_members(&r.group).await? {
             Some(0) => {}
             Some(live) => {
-                return Err((
-                    Status::GroupNotEmpty,
+                return Err(BrokerError::new(
+                    ErrorKind::GroupNotEmpty,
                     format!(
                         "group {} has {live} live members; stop them before resetting offsets",
                         r.group
@@ -373,8 +380,8 @@ impl BrokerHandler {
                 ))
             }
             None => {
-                return Err((
-                    Status::ServiceUnavailable,
+                return Err(BrokerError::new(
+                    ErrorKind::Unavailable,
                     format!(
                         "the coordinator of group {} is unreachable: cannot tell whether it has live members",
                         r.group
@@ -383,19 +390,18 @@ impl BrokerHandler {
             }
         }
         if !r.create && self.store.offsets.group(&r.group).is_empty() {
-            return Err((
-                Status::GroupNotExist,
+            return Err(BrokerError::new(
+                ErrorKind::GroupNotExist,
                 format!(
                     "group {} has no committed offset on broker group {} (pass create to make them)",
                     r.group, self.cfg.name
                 ),
             ));
         }
-        let cfg = self
-            .store
-            .topics
-            .get(&r.topic)
-            .ok_or_else(|| (Status::TopicNotExist, format!("topic {} does not exist", r.topic)))?;
+        let cfg =
+            self.store.topics.get(&r.topic).ok_or_else(|| {
+                BrokerError::new(ErrorKind::TopicNotExist, format!("topic {} does not exist", r.topic))
+            })?;
         let mut commits = Vec::new();
         for queue in 0..cfg.queues {
             let (min, max) = self

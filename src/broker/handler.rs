@@ -8,13 +8,15 @@ use actix::Addr;
 use bytes::{Bytes, BytesMut};
 use futures::future::LocalBoxFuture;
 
-use crate::actors::commitlog_writer::{Append, CommitLogWriter, DeleteTopicData};
+use crate::actors::commitlog_writer::{CommitLogWriter, DeleteTopicData};
 use crate::actors::namesrv_client::{NameServerClient, RegisterNow};
 use crate::actors::queue_actor::{Pull, QueueActor};
 use crate::actors::queue_delivery::{Receive, RequesterGone, Settle};
 use crate::actors::queue_registry::QueueRegistry;
+use crate::actors::services::AppendBatch;
 use crate::clock::now_millis;
 use crate::config::BrokerSection;
+use crate::error::{BrokerError, ErrorKind};
 use crate::observe::clients::ClientRole;
 use crate::observe::Tracked;
 use crate::record::MessageId;
@@ -29,7 +31,7 @@ use crate::wire::control::{
 use crate::wire::delivery::{encode_settled, ReceiveRequest, SettleRequest};
 use crate::wire::pull::PullRequest;
 use crate::wire::send::SendRequest;
-use crate::wire::{Command, DecodeError, Frame, Status};
+use crate::wire::{Command, DecodeError, Frame};
 
 /// Most records one key query returns.
 const MAX_QUERY_RESULTS: u32 = 64;
@@ -65,7 +67,7 @@ pub struct BrokerHandler {
 }
 
 /// A command's answer: a success frame or an error status and message.
-pub type Reply = Result<Frame, (Status, String)>;
+pub type Reply = Result<Frame, BrokerError>;
 
 /// A success frame with `body`.
 pub fn ok(body: Bytes) -> Reply {
@@ -73,23 +75,23 @@ pub fn ok(body: Bytes) -> Reply {
 }
 
 /// A decoding failure as `MALFORMED_FRAME`.
-pub fn malformed(e: DecodeError) -> (Status, String) {
-    (Status::MalformedFrame, e.to_string())
+pub fn malformed(e: DecodeError) -> BrokerError {
+    BrokerError::new(ErrorKind::Malformed, e.to_string())
 }
 
 /// A bad field as `INVALID_ARGUMENT`.
-pub fn invalid(e: DecodeError) -> (Status, String) {
-    (Status::InvalidArgument, e.to_string())
+pub fn invalid(e: DecodeError) -> BrokerError {
+    BrokerError::new(ErrorKind::InvalidArgument, e.to_string())
 }
 
 /// An unreachable actor as `SERVICE_UNAVAILABLE`.
-pub fn mailbox(e: actix::MailboxError) -> (Status, String) {
-    (Status::ServiceUnavailable, format!("broker component unavailable: {e}"))
+pub fn mailbox(e: actix::MailboxError) -> BrokerError {
+    BrokerError::new(ErrorKind::Unavailable, format!("broker component unavailable: {e}"))
 }
 
 /// A store failure as `STORE_ERROR`.
-pub fn io_err(e: std::io::Error) -> (Status, String) {
-    (Status::StoreError, e.to_string())
+pub fn io_err(e: std::io::Error) -> BrokerError {
+    BrokerError::new(ErrorKind::Store, e.to_string())
 }
 
 impl RequestHandler for BrokerHandler {
@@ -122,12 +124,12 @@ impl RequestHandler for BrokerHandler {
                 Command::CreateTopic => self.create_topic(&frame.header).await,
                 Command::DeleteTopic => self.delete_topic(&frame.header).await,
                 Command::TopicStats => self.topic_stats(&frame.header),
-                other => Err((
-                    Status::UnknownCommand,
+                other => Err(BrokerError::new(
+                    ErrorKind::Unsupported,
                     format!("command {other:?} ({}) is not served by a broker", other.code()),
                 )),
             };
-            result.unwrap_or_else(|(status, msg)| Frame::error(0, status, msg))
+            result.unwrap_or_else(crate::server::status::error_frame)
         })
     }
 
@@ -144,13 +146,13 @@ impl BrokerHandler {
     }
 
     /// The topic's settings, creating it when auto-creation is on.
-    async fn topic_for_send(&self, topic: &str) -> Result<TopicConfig, (Status, String)> {
+    async fn topic_for_send(&self, topic: &str) -> Result<TopicConfig, BrokerError> {
         if let Some(cfg) = self.store.topics.get(topic) {
             return Ok(cfg);
         }
         if !self.cfg.auto_create_topics {
-            return Err((
-                Status::TopicNotExist,
+            return Err(BrokerError::new(
+                ErrorKind::TopicNotExist,
                 format!("topic {topic} does not exist and auto-creation is off"),
             ));
         }
@@ -166,12 +168,12 @@ impl BrokerHandler {
         Ok(cfg)
     }
 
-    pub(super) fn existing_queue(&self, topic: &str, queue_id: u32) -> Result<(), (Status, String)> {
+    pub(super) fn existing_queue(&self, topic: &str, queue_id: u32) -> Result<(), BrokerError> {
         let cfg = self
             .store
             .topics
             .get(topic)
-            .ok_or_else(|| (Status::TopicNotExist, format!("topic {topic} does not exist")))?;
+            .ok_or_else(|| BrokerError::new(ErrorKind::TopicNotExist, format!("topic {topic} does not exist")))?;
         check_queue(topic, queue_id, cfg)
     }
 
@@ -179,25 +181,20 @@ impl BrokerHandler {
         let req = SendRequest::decode(body).map_err(malformed)?;
         let cfg = self.topic_for_send(&req.topic).await?;
         check_queue(&req.topic, req.queue_id, cfg)?;
-        if let Some(delays) = super::delayed::check_batch(&req, self.services.delivery.max_delay_ms)? {
-            let response =
-                super::delayed::send_with_delays(&self.services, &self.delays, self.store_host, req, delays).await?;
-            return ok(response.encode());
-        }
-        let append = Append {
-            topic: Arc::from(req.topic.as_str()),
+        let batch = AppendBatch {
+            topic: req.topic,
             queue_id: req.queue_id,
             entries: req.entries.into_iter().map(AppendEntry::from).collect(),
             born_host: peer,
         };
-        let response = self.writer.send(append).await.map_err(mailbox)??;
+        let response = self.services.append_batch(batch).await?;
         ok(response.encode())
     }
 
-    fn queue_actor(&self, topic: &str, queue_id: u32) -> Result<Tracked<QueueActor>, (Status, String)> {
+    fn queue_actor(&self, topic: &str, queue_id: u32) -> Result<Tracked<QueueActor>, BrokerError> {
         self.queues
             .get_or_start(topic, queue_id)
-            .ok_or_else(|| (Status::SystemError, "queue registry unavailable".to_string()))
+            .ok_or_else(|| BrokerError::new(ErrorKind::Internal, "queue registry unavailable".to_string()))
     }
 
     /// A requested long-poll wait, clamped to `max_poll_wait_ms`.
@@ -258,8 +255,8 @@ impl BrokerHandler {
         let q: QueryById = control::from_json(header, "header").map_err(malformed)?;
         let id: MessageId = q.msg_id.parse().map_err(invalid)?;
         if id.store_host != self.store_host {
-            return Err((
-                Status::MessageNotFound,
+            return Err(BrokerError::new(
+                ErrorKind::MessageNotFound,
                 format!(
                     "message {} was stored by {}, not by this broker ({})",
                     q.msg_id, id.store_host, self.store_host
@@ -269,7 +266,7 @@ impl BrokerHandler {
         let raw = self
             .store
             .raw_record_by_id(&id)
-            .map_err(|e| (Status::MessageNotFound, format!("no message {}: {e}", q.msg_id)))?;
+            .map_err(|e| BrokerError::new(ErrorKind::MessageNotFound, format!("no message {}: {e}", q.msg_id)))?;
         ok(raw)
     }
 
@@ -289,8 +286,8 @@ impl BrokerHandler {
         let req: CreateTopic = control::from_json(header, "header").map_err(malformed)?;
         validate_topic_name(&req.topic).map_err(invalid)?;
         if req.queues == 0 || req.queues > MAX_QUEUES_PER_TOPIC {
-            return Err((
-                Status::InvalidArgument,
+            return Err(BrokerError::new(
+                ErrorKind::InvalidArgument,
                 format!("queues must be between 1 and {MAX_QUEUES_PER_TOPIC}"),
             ));
         }
@@ -323,7 +320,10 @@ impl BrokerHandler {
     async fn delete_topic(&self, header: &[u8]) -> Reply {
         let req: TopicRef = control::from_json(header, "header").map_err(malformed)?;
         if self.store.topics.remove(&req.topic).map_err(io_err)?.is_none() {
-            return Err((Status::TopicNotExist, format!("topic {} does not exist", req.topic)));
+            return Err(BrokerError::new(
+                ErrorKind::TopicNotExist,
+                format!("topic {} does not exist", req.topic),
+            ));
         }
         self.store.subscriptions.remove_topic(&req.topic).map_err(io_err)?;
         // A topic created again under the same name starts with no
@@ -350,11 +350,10 @@ impl BrokerHandler {
 
     fn topic_stats(&self, header: &[u8]) -> Reply {
         let req: TopicRef = control::from_json(header, "header").map_err(malformed)?;
-        let cfg = self
-            .store
-            .topics
-            .get(&req.topic)
-            .ok_or_else(|| (Status::TopicNotExist, format!("topic {} does not exist", req.topic)))?;
+        let cfg =
+            self.store.topics.get(&req.topic).ok_or_else(|| {
+                BrokerError::new(ErrorKind::TopicNotExist, format!("topic {} does not exist", req.topic))
+            })?;
         let queues = (0..cfg.queues)
             .map(|queue| {
                 let o = self.queue_offsets(&req.topic, queue);
@@ -372,10 +371,10 @@ impl BrokerHandler {
     }
 }
 
-fn check_queue(topic: &str, queue_id: u32, cfg: TopicConfig) -> Result<(), (Status, String)> {
+fn check_queue(topic: &str, queue_id: u32, cfg: TopicConfig) -> Result<(), BrokerError> {
     if queue_id >= cfg.queues {
-        return Err((
-            Status::QueueNotExist,
+        return Err(BrokerError::new(
+            ErrorKind::QueueNotExist,
             format!(
                 "topic {topic} has {} queues; queue {queue_id} does not exist",
                 cfg.queues

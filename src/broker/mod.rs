@@ -8,7 +8,6 @@
 //! and the flusher thread.
 
 pub mod coordination;
-pub mod delayed;
 pub mod groups;
 pub mod handler;
 
@@ -204,6 +203,7 @@ async fn serve_until_signal(
             DelayScheduler::new(services).with_stats(stats)
         })
     };
+    services.set_delays(delays.addr().clone());
     // Queues that groups receive with acknowledgements come back at once,
     // so TTL expiry runs before any consumer reconnects.
     for topic in store.subscriptions.topics() {

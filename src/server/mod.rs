@@ -3,5 +3,6 @@
 
 mod budget;
 pub mod connection;
+pub mod status;
 
 pub use connection::{serve, ConnectionHandle, RequestHandler, ServeOptions};

@@ -3,27 +3,27 @@
 //! [`crate::actors::delay_scheduler`]) and handed to the scheduler.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 
-use crate::actors::delay_scheduler::{DelayScheduler, Scheduled};
-use crate::actors::services::BrokerServices;
+use actix::Addr;
+
+use super::delay_scheduler::{DelayScheduler, Scheduled};
+use super::services::{AppendBatch, BrokerServices};
 use crate::clock::now_millis;
 use crate::delivery::delay::{requested_delay, Delayed, DELAY_TOPIC};
 use crate::delivery::props;
-use crate::observe::Tracked;
+use crate::error::{BrokerError, ErrorKind};
 use crate::store::append::AppendEntry;
-use crate::wire::send::{SendRequest, SendResponse, StoredAt};
-use crate::wire::Status;
+use crate::wire::send::{SendResponse, StoredAt};
 
 /// Checks a batch's delivery properties in one pass: a `TTL` must be a
 /// number of milliseconds. Returns each entry's delay when any entry asks
 /// for one, `None` for an ordinary batch.
-pub fn check_batch(req: &SendRequest, max_delay_ms: u64) -> Result<Option<Vec<Option<Delayed>>>, (Status, String)> {
+pub fn check_batch(entries: &[AppendEntry], max_delay_ms: u64) -> Result<Option<Vec<Option<Delayed>>>, BrokerError> {
     let mut asks_delay = false;
-    for e in &req.entries {
+    for e in entries {
         if let Some(bad) = e.properties.get(props::TTL).filter(|v| v.parse::<u64>().is_err()) {
-            return Err((
-                Status::InvalidArgument,
+            return Err(BrokerError::new(
+                ErrorKind::InvalidArgument,
                 format!("TTL {bad:?} is not a number of milliseconds"),
             ));
         }
@@ -32,16 +32,19 @@ pub fn check_batch(req: &SendRequest, max_delay_ms: u64) -> Result<Option<Vec<Op
     if !asks_delay {
         return Ok(None);
     }
-    let delays = delays_of(req, max_delay_ms)?;
+    let delays = delays_of(entries, max_delay_ms)?;
     Ok(delays.iter().any(Option::is_some).then_some(delays))
 }
 
 /// The delay each entry of a batch asks for; errors name the bad property.
-fn delays_of(req: &SendRequest, max_delay_ms: u64) -> Result<Vec<Option<Delayed>>, (Status, String)> {
+fn delays_of(entries: &[AppendEntry], max_delay_ms: u64) -> Result<Vec<Option<Delayed>>, BrokerError> {
     let now = now_millis();
-    req.entries
+    entries
         .iter()
-        .map(|e| requested_delay(&e.properties, now, max_delay_ms).map_err(|m| (Status::InvalidArgument, m)))
+        .map(|e| {
+            requested_delay(&e.properties, now, max_delay_ms)
+                .map_err(|m| BrokerError::new(ErrorKind::InvalidArgument, m))
+        })
         .collect()
 }
 
@@ -50,13 +53,12 @@ fn delays_of(req: &SendRequest, max_delay_ms: u64) -> Result<Vec<Option<Delayed>
 /// lists, in batch order, where each was stored (for a delayed message:
 /// its place in the delay topic, which its message id locates). Appends go
 /// through `services`; the delayed ones are announced to `scheduler`.
-pub(super) async fn send_with_delays(
+pub async fn send_with_delays(
     services: &BrokerServices,
-    scheduler: &Tracked<DelayScheduler>,
-    store_host: SocketAddr,
-    req: SendRequest,
+    scheduler: &Addr<DelayScheduler>,
+    req: AppendBatch,
     delays: Vec<Option<Delayed>>,
-) -> Result<SendResponse, (Status, String)> {
+) -> Result<SendResponse, BrokerError> {
     let mut stored = vec![
         StoredAt {
             queue_offset: 0,
@@ -67,7 +69,7 @@ pub(super) async fn send_with_delays(
     let mut immediate: Vec<(usize, AppendEntry)> = Vec::new();
     let mut held: BTreeMap<u32, Vec<(usize, u64, AppendEntry)>> = BTreeMap::new();
     for (i, (entry, delay)) in req.entries.into_iter().zip(delays).enumerate() {
-        let mut entry = AppendEntry::from(entry);
+        let mut entry = entry;
         match delay {
             None => immediate.push((i, entry)),
             Some(d) => {
@@ -84,7 +86,9 @@ pub(super) async fn send_with_delays(
     }
     if !immediate.is_empty() {
         let (idx, entries): (Vec<usize>, Vec<AppendEntry>) = immediate.into_iter().unzip();
-        let resp = services.append(&req.topic, req.queue_id, entries).await?;
+        let resp = services
+            .append_from(&req.topic, req.queue_id, entries, req.born_host)
+            .await?;
         for (i, s) in idx.into_iter().zip(resp.stored) {
             stored[i] = s;
         }
@@ -98,7 +102,9 @@ pub(super) async fn send_with_delays(
             dues.push(due);
             entries.push(e);
         }
-        let resp = services.append(DELAY_TOPIC, delay_queue, entries).await?;
+        let resp = services
+            .append_from(DELAY_TOPIC, delay_queue, entries, req.born_host)
+            .await?;
         let scheduled = resp
             .stored
             .iter()
@@ -112,7 +118,7 @@ pub(super) async fn send_with_delays(
     }
     Ok(SendResponse {
         queue_id: req.queue_id,
-        store_host,
+        store_host: services.store_host,
         stored,
     })
 }
