@@ -71,26 +71,20 @@ pub struct DeliverySection {
     pub max_delay_ms: u64,
 }
 
+/// RocketMQ's retry schedule: the wait before the 1st, 2nd, … redelivery.
+pub const DEFAULT_RETRY_BACKOFF_MS: [u64; 16] = [
+    10_000, 30_000, 60_000, 120_000, 180_000, 240_000, 300_000, 360_000, 420_000, 480_000, 540_000, 600_000, 1_200_000,
+    1_800_000, 3_600_000, 7_200_000,
+];
+
 impl Default for DeliverySection {
     fn default() -> Self {
-        let retry = crate::delivery::RetryPolicy::default();
         DeliverySection {
-            retry_backoff_ms: retry.backoff_ms,
-            max_retries: retry.max_retries,
-            max_unsettled: retry.max_unsettled,
+            retry_backoff_ms: DEFAULT_RETRY_BACKOFF_MS.to_vec(),
+            max_retries: 16,
+            max_unsettled: 10_000,
             commit_interval_ms: 200,
             max_delay_ms: 7 * 86_400_000,
-        }
-    }
-}
-
-impl DeliverySection {
-    /// The retry rules these settings describe.
-    pub fn retry_policy(&self) -> crate::delivery::RetryPolicy {
-        crate::delivery::RetryPolicy {
-            backoff_ms: self.retry_backoff_ms.clone(),
-            max_retries: self.max_retries,
-            max_unsettled: self.max_unsettled.max(1),
         }
     }
 }

@@ -19,6 +19,8 @@ pub mod props;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::DeliverySection;
+
 /// Why a message went to a dead-letter topic (the `DLQ_REASON` property).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -42,11 +44,7 @@ impl DeadLetterReason {
     }
 }
 
-/// RocketMQ's retry schedule: the wait before the 1st, 2nd, … redelivery.
-pub const DEFAULT_RETRY_BACKOFF_MS: [u64; 16] = [
-    10_000, 30_000, 60_000, 120_000, 180_000, 240_000, 300_000, 360_000, 420_000, 480_000, 540_000, 600_000, 1_200_000,
-    1_800_000, 3_600_000, 7_200_000,
-];
+pub use crate::config::DEFAULT_RETRY_BACKOFF_MS;
 
 /// Retry rules of per-message delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,11 +61,21 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
+    /// The policy of a default `[delivery]` section.
     fn default() -> RetryPolicy {
+        DeliverySection::default().retry_policy()
+    }
+}
+
+// The conversion lives here, not in `config`, so that `config` stays a
+// leaf every layer may import.
+impl DeliverySection {
+    /// The retry rules these settings describe.
+    pub fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy {
-            backoff_ms: DEFAULT_RETRY_BACKOFF_MS.to_vec(),
-            max_retries: 16,
-            max_unsettled: 10_000,
+            backoff_ms: self.retry_backoff_ms.clone(),
+            max_retries: self.max_retries,
+            max_unsettled: self.max_unsettled.max(1),
         }
     }
 }

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
+pub mod props;
+
 /// Property holding the message's tag (one word; filters match on it).
 pub const PROPERTY_TAGS: &str = "TAGS";
 /// Property holding the message's keys, separated by spaces (indexed).
@@ -60,13 +62,13 @@ impl Message {
     /// delivered and goes to each consuming group's dead-letter topic.
     pub fn with_ttl(self, ttl: std::time::Duration) -> Message {
         let ms = ttl.as_millis().min(u128::from(u64::MAX)) as u64;
-        self.with_property(crate::delivery::props::TTL, ms.to_string())
+        self.with_property(props::TTL, ms.to_string())
     }
 
     /// Delays delivery by one of the 18 delay levels (1 = 1 s … 18 = 2 h;
     /// see [`crate::delivery::delay::DELAY_LEVELS_MS`]).
     pub fn with_delay_level(self, level: u32) -> Message {
-        self.with_property(crate::delivery::props::DELAY_LEVEL, level.to_string())
+        self.with_property(props::DELAY_LEVEL, level.to_string())
     }
 
     /// Delays delivery until `at` (at most the broker's maximum delay ahead).
@@ -74,7 +76,7 @@ impl Message {
         let ms = at
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        self.with_property(crate::delivery::props::DELIVER_AT, ms.to_string())
+        self.with_property(props::DELIVER_AT, ms.to_string())
     }
 
     /// The tag, if any.
