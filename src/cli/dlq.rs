@@ -6,7 +6,7 @@ use super::output::Format;
 use super::{CliResult, NamesrvOpt};
 use crate::client::dlq::ResendSelection;
 use crate::client::Admin;
-use crate::delivery::props;
+use crate::message::props;
 use crate::render::dead_letter_json;
 
 /// `ferromq dlq …`.

@@ -94,7 +94,7 @@ impl ProduceArgs {
             m = m.with_delay_level(level);
         }
         if let Some(at) = self.deliver_at {
-            m = m.with_property(crate::delivery::props::DELIVER_AT, at.to_string());
+            m = m.with_property(crate::message::props::DELIVER_AT, at.to_string());
         }
         m
     }

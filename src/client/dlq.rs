@@ -15,7 +15,7 @@ use super::consumer::PullConsumer;
 use super::core::{ClientCore, MessageQueue};
 use super::error::{ClientError, ClientResult};
 use super::producer::{Producer, SendResult};
-use crate::delivery::props::{self, dlq_topic, DEAD_LETTER_PROPERTIES};
+use crate::message::props::{self, dlq_topic, DEAD_LETTER_PROPERTIES};
 use crate::message::Message;
 use crate::record::StoredRecord;
 use crate::wire::control::{from_json, to_json};
