@@ -88,7 +88,7 @@ pub fn mailbox(e: actix::MailboxError) -> (Status, String) {
 }
 
 /// A store failure as `STORE_ERROR`.
-pub fn io_err(e: std::io::Error) -> (Status, String) {
+pub fn io_err(e: impl std::fmt::Display) -> (Status, String) {
     (Status::StoreError, e.to_string())
 }
 

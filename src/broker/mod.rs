@@ -96,7 +96,7 @@ pub fn run(cfg: Config) -> io::Result<()> {
         let _ = arbiter.join();
     }
     flusher.stop();
-    let shutdown = store.shutdown();
+    let shutdown = store.shutdown().map_err(io::Error::from);
     match (result, shutdown) {
         (Err(e), _) | (Ok(()), Err(e)) => Err(e),
         (Ok(()), Ok(())) => {

@@ -46,6 +46,7 @@ use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::store::error::{StoreError, StoreResult};
 use crate::store::mmap_file::MappedFile;
 
 /// Magic of a key-index file ("FIDX").
@@ -121,18 +122,20 @@ impl Header {
         b
     }
 
-    /// Parses and checks a header against the file's length.
-    fn decode(b: &[u8], actual_len: usize) -> Result<Header, String> {
+    /// Parses and checks a header against the file's length; errors name
+    /// the file at `path`.
+    fn decode(b: &[u8], actual_len: usize, path: &Path) -> StoreResult<Header> {
+        let bad = |detail: String| corrupt(path, detail);
         if b.len() < HEADER_LEN {
-            return Err(format!("file is {actual_len} bytes, shorter than a header"));
+            return Err(bad(format!("file is {actual_len} bytes, shorter than a header")));
         }
         let magic = be32(b, 0);
         if magic != INDEX_MAGIC {
-            return Err(format!("bad magic {magic:#010x}"));
+            return Err(bad(format!("bad magic {magic:#010x}")));
         }
         let version = be32(b, 4);
         if version != INDEX_VERSION {
-            return Err(format!("unsupported version {version}"));
+            return Err(bad(format!("unsupported version {version}")));
         }
         let h = Header {
             slots: be32(b, 8),
@@ -146,36 +149,36 @@ impl Header {
             state: be32(b, 56),
         };
         if h.slots == 0 || h.capacity == 0 {
-            return Err(format!(
+            return Err(bad(format!(
                 "{} slots and {} entries: both must be positive",
                 h.slots, h.capacity
-            ));
+            )));
         }
         if file_len(h.slots, h.capacity) != Some(actual_len) {
-            return Err(format!(
+            return Err(bad(format!(
                 "file is {actual_len} bytes, but {} slots and {} entries need {:?}",
                 h.slots,
                 h.capacity,
                 file_len(h.slots, h.capacity)
-            ));
+            )));
         }
         if h.count > h.capacity {
-            return Err(format!("entry count {} exceeds capacity {}", h.count, h.capacity));
+            return Err(bad(format!("entry count {} exceeds capacity {}", h.count, h.capacity)));
         }
         if h.used_slots > h.slots {
-            return Err(format!(
+            return Err(bad(format!(
                 "used slot count {} exceeds slot count {}",
                 h.used_slots, h.slots
-            ));
+            )));
         }
         if h.state > STATE_REBUILDING {
-            return Err(format!("unknown state {}", h.state));
+            return Err(bad(format!("unknown state {}", h.state)));
         }
         if h.count > 0 && h.begin_phys > h.end_phys {
-            return Err(format!(
+            return Err(bad(format!(
                 "begin phys offset {} is past end phys offset {}",
                 h.begin_phys, h.end_phys
-            ));
+            )));
         }
         Ok(h)
     }
@@ -223,12 +226,9 @@ fn be64(b: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(a)
 }
 
-/// An `InvalidData` error naming the index file.
-fn corrupt(path: &Path, msg: impl std::fmt::Display) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!("index file {}: {msg}", path.display()),
-    )
+/// Damage found in the index file at `path`.
+fn corrupt(path: &Path, detail: String) -> StoreError {
+    StoreError::corrupt("index file", path, detail)
 }
 
 /// One key-index file (see the module documentation for its layout).
@@ -248,27 +248,25 @@ pub struct IndexFile {
 impl IndexFile {
     /// Creates a new, empty index file at `path` (which must not exist) with
     /// `slots` hash slots and room for `entries` entries.
-    pub fn create(path: impl AsRef<Path>, slots: u32, entries: u32) -> io::Result<IndexFile> {
+    pub fn create(path: impl AsRef<Path>, slots: u32, entries: u32) -> StoreResult<IndexFile> {
         let path = path.as_ref();
         if slots == 0 || entries == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("index file {}: slots and entries must be positive", path.display()),
-            ));
+            return Err(StoreError::InvalidArgument(format!(
+                "index file {}: slots and entries must be positive",
+                path.display()
+            )));
         }
         let len = file_len(slots, entries).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "index file {}: {slots} slots and {entries} entries are too large",
-                    path.display()
-                ),
-            )
+            StoreError::InvalidArgument(format!(
+                "index file {}: {slots} slots and {entries} entries are too large",
+                path.display()
+            ))
         })?;
         if path.exists() {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("index file {} already exists", path.display()),
+            return Err(StoreError::io(
+                "create index file",
+                path,
+                io::Error::new(io::ErrorKind::AlreadyExists, "it already exists"),
             ));
         }
         let file = MappedFile::create_or_open(path, len)?;
@@ -296,12 +294,12 @@ impl IndexFile {
 
     /// Opens an existing index file, checking its header; finishes a slot
     /// rebuild that a crash interrupted.
-    pub fn open(path: impl AsRef<Path>) -> io::Result<IndexFile> {
+    pub fn open(path: impl AsRef<Path>) -> StoreResult<IndexFile> {
         let path = path.as_ref();
         let file = MappedFile::open_existing(path)?;
         let len = file.len();
         let bytes = file.read_at(0, HEADER_LEN.min(len))?;
-        let header = Header::decode(bytes, len).map_err(|m| corrupt(path, m))?;
+        let header = Header::decode(bytes, len, path)?;
         let mut index = IndexFile {
             file,
             header,
@@ -365,12 +363,12 @@ impl IndexFile {
     /// Idempotent: a put below [`max_phys_offset`](Self::max_phys_offset) is
     /// taken as already indexed and ignored, and so is a repeated
     /// (key hash, offset) pair at the largest offset; both return `Ok(true)`.
-    pub fn put(&mut self, key: &str, phys_offset: u64, store_timestamp: u64) -> io::Result<bool> {
+    pub fn put(&mut self, key: &str, phys_offset: u64, store_timestamp: u64) -> StoreResult<bool> {
         self.put_hash(key_hash(key), phys_offset, store_timestamp)
     }
 
     /// [`put`](Self::put) of an already hashed key.
-    pub(crate) fn put_hash(&mut self, hash: u32, phys_offset: u64, store_timestamp: u64) -> io::Result<bool> {
+    pub(crate) fn put_hash(&mut self, hash: u32, phys_offset: u64, store_timestamp: u64) -> StoreResult<bool> {
         let h = self.header;
         // Below the largest offset: indexed already. At it: maybe (a repeat).
         if h.count > 0
@@ -418,7 +416,7 @@ impl IndexFile {
 
     /// Whether the chain of `hash`'s slot already holds (`hash`, `phys`);
     /// only the chain's head entries at offset `phys` need looking at.
-    fn chain_has(&self, hash: u32, phys: u64) -> io::Result<bool> {
+    fn chain_has(&self, hash: u32, phys: u64) -> StoreResult<bool> {
         let mut cur = self.slot(hash % self.header.slots)?;
         while cur != 0 && cur <= self.header.count {
             let e = self.entry(cur)?;
@@ -487,7 +485,7 @@ impl IndexFile {
     /// Rebuilding rather than unlinking keeps this correct even if slot
     /// pages were not flushed before a crash; a crash during the rebuild is
     /// finished by [`open`](Self::open).
-    pub fn truncate_from(&mut self, phys_offset: u64) -> io::Result<()> {
+    pub fn truncate_from(&mut self, phys_offset: u64) -> StoreResult<()> {
         if self.header.count == 0 || self.header.end_phys < phys_offset {
             return Ok(());
         }
@@ -508,7 +506,7 @@ impl IndexFile {
     /// Relinks the slots and chains from entries `1..=count` and
     /// recomputes the header's summary fields, under the "rebuilding" state
     /// so a crash midway is finished on the next open.
-    fn rebuild_slots(&mut self) -> io::Result<()> {
+    fn rebuild_slots(&mut self) -> StoreResult<()> {
         self.header.state = STATE_REBUILDING;
         self.write_header()?;
         self.file.flush_range(0, HEADER_LEN)?;
@@ -556,7 +554,7 @@ impl IndexFile {
     }
 
     /// Writes modified pages to disk (`msync`), if there are any.
-    pub fn flush(&self) -> io::Result<()> {
+    pub fn flush(&self) -> StoreResult<()> {
         if self.dirty.swap(false, Ordering::AcqRel) {
             if let Err(e) = self.file.flush() {
                 self.dirty.store(true, Ordering::Release);
@@ -566,7 +564,7 @@ impl IndexFile {
         Ok(())
     }
 
-    fn write_header(&mut self) -> io::Result<()> {
+    fn write_header(&mut self) -> StoreResult<()> {
         let bytes = self.header.encode();
         self.file.write_at(0, &bytes)
     }
@@ -575,11 +573,11 @@ impl IndexFile {
         HEADER_LEN + slot as usize * SLOT_LEN
     }
 
-    fn slot(&self, slot: u32) -> io::Result<u32> {
+    fn slot(&self, slot: u32) -> StoreResult<u32> {
         Ok(be32(self.file.read_at(Self::slot_pos(slot), SLOT_LEN)?, 0))
     }
 
-    fn write_slot(&mut self, slot: u32, n: u32) -> io::Result<()> {
+    fn write_slot(&mut self, slot: u32, n: u32) -> StoreResult<()> {
         self.file.write_at(Self::slot_pos(slot), &n.to_be_bytes())
     }
 
@@ -589,11 +587,11 @@ impl IndexFile {
         HEADER_LEN + self.header.slots as usize * SLOT_LEN + (n.saturating_sub(1) as usize) * ENTRY_LEN
     }
 
-    fn entry(&self, n: u32) -> io::Result<Entry> {
+    fn entry(&self, n: u32) -> StoreResult<Entry> {
         Ok(Entry::decode(self.file.read_at(self.entry_pos(n), ENTRY_LEN)?))
     }
 
-    fn write_entry(&mut self, n: u32, e: &Entry) -> io::Result<()> {
+    fn write_entry(&mut self, n: u32, e: &Entry) -> StoreResult<()> {
         let pos = self.entry_pos(n);
         self.file.write_at(pos, &e.encode())
     }
@@ -706,7 +704,7 @@ mod tests {
         assert_eq!(f.max_phys_offset(), Some(49));
         assert_eq!(f.timestamp_range(), Some((5, 54)));
         assert_eq!(
-            IndexFile::create(&path, 8, 100).unwrap_err().kind(),
+            IndexFile::create(&path, 8, 100).unwrap_err().io_kind(),
             io::ErrorKind::AlreadyExists
         );
     }
@@ -784,7 +782,7 @@ mod tests {
             mutate(&mut bad);
             std::fs::write(&path, &bad).unwrap();
             let err = IndexFile::open(&path).unwrap_err();
-            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{what}: {err}");
+            assert_eq!(err.io_kind(), io::ErrorKind::InvalidData, "{what}: {err}");
             assert!(err.to_string().contains("00000000000000000000"), "{what}: {err}");
         }
     }
