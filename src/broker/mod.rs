@@ -31,6 +31,7 @@ use crate::actors::queue_registry::QueueRegistry;
 use crate::actors::services::BrokerServices;
 use crate::config::Config;
 use crate::delivery::delay::{DELAY_QUEUES, DELAY_TOPIC};
+use crate::delivery::expiry::expire_at;
 use crate::observe::{kind, ActorTree};
 use crate::server::{serve, ServeOptions};
 use crate::store::append::AppendEntry;
@@ -71,7 +72,7 @@ fn internal_topics() -> [(&'static str, TopicConfig); 1] {
 pub fn run(cfg: Config) -> io::Result<()> {
     // The lock (inside Store::open) comes before binding any port, so a
     // second broker on the same directory fails on the lock.
-    let (store, _report) = Store::open_with_internal_topics(&cfg.store, &internal_topics())?;
+    let (store, _report) = Store::open_with_internal_topics(&cfg.store, &internal_topics(), expire_at)?;
     let store = Arc::new(store);
     let flusher = Flusher::start(store.clone(), Duration::from_millis(cfg.store.flush_interval_ms))?;
     let system = actix_rt::System::new();

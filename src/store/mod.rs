@@ -40,6 +40,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::config::StoreSection;
 use crate::message::{split_keys, tag_hash};
+use append::ExpiryFn;
 use checkpoint::{Checkpoint, CheckpointFile};
 use commitlog::{CommitLog, RecoveryReport};
 use consume_queue::{ConsumeQueues, CqEntry};
@@ -112,6 +113,8 @@ pub struct Store {
     /// Next queue offset per (topic, queue); only the commitlog writer uses
     /// it. Kept here so a restarted writer resumes where it stopped.
     queue_offsets: Mutex<HashMap<(Arc<str>, u32), u64>>,
+    /// The TTL deadline of appended records (None: nothing expires).
+    expire_at: Option<ExpiryFn>,
     _lock: DirLock,
 }
 
@@ -123,18 +126,34 @@ impl Store {
     /// Locks the data directory, opens everything and recovers: finds the
     /// end of the commitlog by CRC, cuts a torn tail, and replays records
     /// past the checkpoint into consume queues and the index. The store's
-    /// own internal topic (committed offsets) is created first.
+    /// own internal topic (committed offsets) is created first. Appended
+    /// records get no TTL deadline (see [`Store::open_with_internal_topics`]).
     pub fn open(cfg: &StoreSection) -> StoreResult<(Store, RecoveryReport)> {
-        Store::open_with_internal_topics(cfg, &[])
+        Store::open_inner(cfg, &[], None)
     }
 
     /// [`Store::open`], creating the caller's internal topics (name and
     /// settings; the broker's delay topic) before recovery, so that replay
     /// indexes their records instead of skipping them like those of a
     /// deleted topic. Existing topics keep their settings.
+    ///
+    /// `expire_at` computes each appended record's TTL deadline, which
+    /// [`append::append_batch`] hands to the Dispatcher in
+    /// [`DispatchEntry::expire_at`]: the store stores the topic's default
+    /// TTL but does not interpret TTLs (the broker passes
+    /// `delivery::expiry::expire_at`).
     pub fn open_with_internal_topics(
         cfg: &StoreSection,
         internal_topics: &[(&str, topics::TopicConfig)],
+        expire_at: ExpiryFn,
+    ) -> StoreResult<(Store, RecoveryReport)> {
+        Store::open_inner(cfg, internal_topics, Some(expire_at))
+    }
+
+    fn open_inner(
+        cfg: &StoreSection,
+        internal_topics: &[(&str, topics::TopicConfig)],
+        expire_at: Option<ExpiryFn>,
     ) -> StoreResult<(Store, RecoveryReport)> {
         let dir = &cfg.data_dir;
         std::fs::create_dir_all(dir).at("create data directory", dir)?;
@@ -162,6 +181,7 @@ impl Store {
             checkpoint: CheckpointFile::new(dir),
             dispatched: AtomicU64::new(0),
             queue_offsets: Mutex::new(HashMap::new()),
+            expire_at,
             _lock: lock,
         };
         let (report, replayed) = store.recover()?;
