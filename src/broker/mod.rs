@@ -141,7 +141,7 @@ async fn serve_until_signal(
     let tree = Arc::new(ActorTree::default());
     let embedded = if cfg.broker.embedded_namesrv {
         Some(
-            crate::namesrv::start_embedded(&cfg.namesrv, opts, network.clone(), &tree)
+            crate::namesrv_server::start_embedded(&cfg.namesrv, opts, network.clone(), &tree)
                 .await?
                 .0,
         )
