@@ -127,6 +127,12 @@ impl From<std::io::Error> for BrokerError {
     }
 }
 
+impl From<crate::store::error::StoreError> for BrokerError {
+    fn from(e: crate::store::error::StoreError) -> BrokerError {
+        BrokerError::store(e.to_string())
+    }
+}
+
 impl From<actix::MailboxError> for BrokerError {
     fn from(e: actix::MailboxError) -> BrokerError {
         BrokerError::mailbox(e)

@@ -8,6 +8,8 @@
 //! * [`store`] — commitlog, consume queues, indexes, recovery.
 //! * [`actors`] — the actor tree: commitlog writer, dispatcher, queue actors,
 //!   name server.
+//! * [`namesrv`] — the name server's registry (pure state machine);
+//!   [`namesrv_server`] — serving it: request handler, start-up.
 //! * [`server`] — framed TCP sessions routing requests to actors.
 //! * [`client`] — the Rust client library; [`cli`] — the `ferromq` command.
 //! * [`render`] — JSON renderings shared by the CLI and the HTTP API.
@@ -25,6 +27,7 @@ pub mod groups;
 pub mod http;
 pub mod message;
 pub mod namesrv;
+pub mod namesrv_server;
 pub mod observe;
 pub mod record;
 pub mod render;

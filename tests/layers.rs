@@ -134,7 +134,7 @@ fn lower_layers_never_name_higher_ones() {
             &["wire", "store", "record", "delivery", "groups", "actors", "client"],
         ),
         ("config", &["wire", "store", "delivery", "groups", "actors", "client"]),
-        ("error", &["wire", "store", "delivery", "groups", "actors", "client"]),
+        ("error", &["wire", "delivery", "groups", "actors", "client"]),
         ("wire", &["store", "delivery", "groups", "actors", "client"]),
         ("store", &["wire", "delivery", "groups", "actors", "client"]),
         ("delivery", &["wire", "actors", "client"]),

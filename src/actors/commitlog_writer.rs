@@ -166,7 +166,7 @@ impl Handler<DeleteTopicData> for CommitLogWriter {
     fn handle(&mut self, DeleteTopicData(topic): DeleteTopicData, _: &mut Context<Self>) -> Self::Result {
         let _timer = self.stats.handling();
         if let Err(e) = self.store.forget_topic_offsets(&topic) {
-            return Box::pin(async move { Err(e) });
+            return Box::pin(async move { Err(e.into()) });
         }
         let forget = self.dispatcher.send(ForgetTopic(topic));
         Box::pin(async move { forget.await.map_err(std::io::Error::other)? })

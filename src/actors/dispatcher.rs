@@ -114,7 +114,7 @@ impl Handler<ForgetTopic> for Dispatcher {
     fn handle(&mut self, ForgetTopic(topic): ForgetTopic, _: &mut Context<Self>) -> Self::Result {
         let _timer = self.stats.handling();
         self.queues.retire_topic(&topic);
-        self.store.queues.remove_topic(&topic)
+        Ok(self.store.queues.remove_topic(&topic)?)
     }
 }
 

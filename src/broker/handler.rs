@@ -90,8 +90,8 @@ pub fn mailbox(e: actix::MailboxError) -> BrokerError {
 }
 
 /// A store failure as `STORE_ERROR`.
-pub fn io_err(e: std::io::Error) -> BrokerError {
-    BrokerError::new(ErrorKind::Store, e.to_string())
+pub fn io_err(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::store(e.to_string())
 }
 
 impl RequestHandler for BrokerHandler {

@@ -30,6 +30,7 @@ use crate::actors::queue_registry::QueueRegistry;
 use crate::actors::services::BrokerServices;
 use crate::config::Config;
 use crate::delivery::delay::{DELAY_QUEUES, DELAY_TOPIC};
+use crate::delivery::expiry::expire_at;
 use crate::observe::{kind, ActorTree};
 use crate::server::{serve, ServeOptions};
 use crate::store::append::AppendEntry;
@@ -70,7 +71,7 @@ fn internal_topics() -> [(&'static str, TopicConfig); 1] {
 pub fn run(cfg: Config) -> io::Result<()> {
     // The lock (inside Store::open) comes before binding any port, so a
     // second broker on the same directory fails on the lock.
-    let (store, _report) = Store::open_with_internal_topics(&cfg.store, &internal_topics())?;
+    let (store, _report) = Store::open_with_internal_topics(&cfg.store, &internal_topics(), expire_at)?;
     let store = Arc::new(store);
     let flusher = Flusher::start(store.clone(), Duration::from_millis(cfg.store.flush_interval_ms))?;
     let system = actix_rt::System::new();
@@ -95,7 +96,7 @@ pub fn run(cfg: Config) -> io::Result<()> {
         let _ = arbiter.join();
     }
     flusher.stop();
-    let shutdown = store.shutdown();
+    let shutdown = store.shutdown().map_err(io::Error::from);
     match (result, shutdown) {
         (Err(e), _) | (Ok(()), Err(e)) => Err(e),
         (Ok(()), Ok(())) => {
@@ -139,7 +140,7 @@ async fn serve_until_signal(
     let tree = Arc::new(ActorTree::default());
     let embedded = if cfg.broker.embedded_namesrv {
         Some(
-            crate::namesrv::start_embedded(&cfg.namesrv, opts, network.clone(), &tree)
+            crate::namesrv_server::start_embedded(&cfg.namesrv, opts, network.clone(), &tree)
                 .await?
                 .0,
         )

@@ -89,7 +89,7 @@ pub fn run_namesrv(a: NamesrvArgs) -> i32 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    match crate::namesrv::run_standalone(cfg) {
+    match crate::namesrv_server::run_standalone(cfg) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e}");

@@ -1,6 +1,10 @@
 //! One batch append, as the commitlog writer performs it: reserve queue
 //! offsets, encode and copy the records, and describe them for the
 //! Dispatcher. Plain code, so tests can drive the store without actors.
+//!
+//! The store does not interpret TTLs: each record's deadline comes from the
+//! [`ExpiryFn`] the store was opened with
+//! ([`Store::open_with_internal_topics`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,9 +15,15 @@ use bytes::Bytes;
 use super::commitlog::{AppendError, Appender};
 use super::record::RecordFields;
 use super::{DispatchEntry, Store};
-use crate::delivery::expiry::expire_at;
 use crate::message::{tag_hash, PROPERTY_KEYS, PROPERTY_TAGS};
 pub use crate::record::StoredAt;
+
+/// Computes when a record expires, in ms since the epoch, from its store
+/// time, its properties and its topic's default TTL (`None`: the topic has
+/// none). Returns `None` when the record never expires. The broker passes
+/// `delivery::expiry::expire_at`.
+pub type ExpiryFn =
+    fn(store_timestamp: u64, properties: &BTreeMap<String, String>, topic_ttl_ms: Option<u64>) -> Option<u64>;
 
 /// One message to append: everything but where it gets stored. The
 /// broker converts each `SEND_MESSAGE` entry into one by moving its fields
@@ -97,6 +107,7 @@ pub fn append_batch(
         })
         .collect();
     let topic_ttl = store.topics.get(topic).and_then(|t| t.ttl_ms);
+    let expiry = store.expire_at;
     let dispatch = entries
         .iter()
         .zip(&placed)
@@ -110,7 +121,7 @@ pub fn append_batch(
             tag_hash: e.properties.get(PROPERTY_TAGS).map_or(0, |t| tag_hash(t)),
             keys: e.properties.get(PROPERTY_KEYS).cloned(),
             store_timestamp: ctx.now_ms,
-            expire_at: expire_at(ctx.now_ms, &e.properties, topic_ttl),
+            expire_at: expiry.and_then(|f| f(ctx.now_ms, &e.properties, topic_ttl)),
         })
         .collect();
     Ok(AppendedBatch {

@@ -1,11 +1,11 @@
 //! The checkpoint: how far consume queues and the key index are known to be
 //! durable, so recovery replays only the commitlog past it.
 
-use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::error::{StoreError, StoreResult};
 use super::fsutil::write_atomic;
 
 /// Contents of `<data_dir>/checkpoint`.
@@ -43,8 +43,11 @@ impl CheckpointFile {
     }
 
     /// Stores a checkpoint atomically.
-    pub fn store(&self, cp: Checkpoint) -> io::Result<()> {
-        let bytes = serde_json::to_vec(&cp).map_err(io::Error::other)?;
+    pub fn store(&self, cp: Checkpoint) -> StoreResult<()> {
+        let bytes = serde_json::to_vec(&cp).map_err(|source| StoreError::Encode {
+            what: "checkpoint",
+            source,
+        })?;
         write_atomic(&self.path, &bytes)
     }
 }

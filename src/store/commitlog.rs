@@ -7,16 +7,19 @@
 //! written records with a release store of `write_pos`; readers read only
 //! below an acquire load of it. The flusher thread fdatasyncs below `write_pos`.
 
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::{Bytes, BytesMut};
 
+use super::error::{IoContext, StoreError, StoreResult};
 use super::fsutil::{list_offset_files, offset_file_name};
 use super::mmap_file::{MappedFile, WriteMode};
 use super::record::{self, Probe, RecordFields, StoredRecord, BLANK_HEADER_LEN};
+
+mod gather;
+pub use gather::Gather;
 
 /// One segment file.
 #[derive(Debug)]
@@ -49,25 +52,30 @@ pub enum AppendError {
         /// Configured segment size.
         segment_bytes: u64,
     },
-    /// The disk refused (full, I/O error).
+    /// The disk refused (full, I/O error), or the store's state did.
     #[error("commitlog write failed: {0}")]
-    Io(#[from] io::Error),
+    Io(#[from] StoreError),
 }
 
 impl CommitLog {
     /// Opens (creating the directory) the segments in `dir`. The write
     /// position is unknown until [`CommitLog::recover`] runs.
-    pub fn open(dir: &Path, segment_bytes: u64) -> io::Result<CommitLog> {
-        std::fs::create_dir_all(dir)?;
+    pub fn open(dir: &Path, segment_bytes: u64) -> StoreResult<CommitLog> {
+        if segment_bytes <= BLANK_HEADER_LEN as u64 {
+            return Err(StoreError::InvalidArgument(format!(
+                "a segment size of {segment_bytes} bytes is too small"
+            )));
+        }
+        std::fs::create_dir_all(dir).at("create directory", dir)?;
         let mut segments = Vec::new();
         for start in list_offset_files(dir)? {
             if start % segment_bytes != 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
+                return Err(StoreError::corrupt(
+                    "segment",
+                    dir.join(offset_file_name(start)),
                     format!(
-                        "segment {} does not start at a multiple of the segment size {segment_bytes}; \
-                         was store.segment_bytes changed?",
-                        dir.join(offset_file_name(start)).display()
+                        "does not start at a multiple of the segment size {segment_bytes}; \
+                         was store.segment_bytes changed?"
                     ),
                 ));
             }
@@ -121,7 +129,7 @@ impl CommitLog {
 
     /// Copies the `size` bytes at `offset` (which must lie below the write
     /// position, within one segment) onto `out`.
-    pub fn read_into(&self, offset: u64, size: usize, out: &mut BytesMut) -> io::Result<()> {
+    pub fn read_into(&self, offset: u64, size: usize, out: &mut BytesMut) -> StoreResult<()> {
         self.check_published(offset, size)?;
         let (seg, pos) = self.locate(offset)?;
         out.extend_from_slice(seg.file.read_at(pos, size)?);
@@ -130,12 +138,12 @@ impl CommitLog {
 
     /// Fails unless `offset..offset + size` lies below the write position;
     /// returns its end.
-    fn check_published(&self, offset: u64, size: usize) -> io::Result<u64> {
+    fn check_published(&self, offset: u64, size: usize) -> StoreResult<u64> {
         let end = offset
             .checked_add(size as u64)
-            .ok_or_else(|| invalid("offset overflow"))?;
+            .ok_or_else(|| StoreError::InvalidArgument(format!("range {offset}+{size} overflows")))?;
         if end > self.write_pos() {
-            return Err(invalid(format!(
+            return Err(StoreError::InvalidArgument(format!(
                 "range {offset}+{size} is past the end of the commitlog"
             )));
         }
@@ -143,40 +151,46 @@ impl CommitLog {
     }
 
     /// The segment holding `offset`, and the offset's position in it.
-    fn locate(&self, offset: u64) -> io::Result<(Arc<Segment>, usize)> {
+    fn locate(&self, offset: u64) -> StoreResult<(Arc<Segment>, usize)> {
         let seg = self
             .segment_for(offset)
-            .ok_or_else(|| invalid(format!("no segment holds offset {offset}")))?;
+            .ok_or_else(|| StoreError::NotFound(format!("no segment holds offset {offset}")))?;
         let pos = (offset - seg.start) as usize;
         Ok((seg, pos))
     }
 
     /// Reads and decodes the record starting at `offset`.
-    pub fn record_at(&self, offset: u64) -> io::Result<StoredRecord> {
+    pub fn record_at(&self, offset: u64) -> StoreResult<StoredRecord> {
+        let no_record = || StoreError::NotFound(format!("no record starts at offset {offset}"));
         let mut head = BytesMut::with_capacity(4);
         self.read_into(offset, 4, &mut head)?;
         let size = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
         if size < BLANK_HEADER_LEN || size as u64 > self.segment_bytes {
-            return Err(invalid(format!("no record starts at offset {offset}")));
+            return Err(no_record());
         }
         let mut buf = BytesMut::with_capacity(size);
         self.read_into(offset, size, &mut buf)?;
-        let rec = StoredRecord::decode(buf.freeze()).map_err(|e| invalid(e.to_string()))?;
+        let rec = StoredRecord::decode(buf.freeze()).map_err(|e| StoreError::Corrupt {
+            what: "commitlog record",
+            path: None,
+            offset: Some(offset),
+            detail: e.to_string(),
+        })?;
         if rec.phys_offset != offset {
-            return Err(invalid(format!("no record starts at offset {offset}")));
+            return Err(no_record());
         }
         Ok(rec)
     }
 
     /// Makes everything below `target` durable (fdatasync). Called by the
     /// flusher thread only. Returns the new flushed position.
-    pub fn flush_to(&self, target: u64) -> io::Result<u64> {
+    pub fn flush_to(&self, target: u64) -> StoreResult<u64> {
         let target = target.min(self.write_pos());
         let mut from = self.flushed_pos();
         while from < target {
             let seg = self
                 .segment_for(from)
-                .ok_or_else(|| invalid(format!("no segment at {from}")))?;
+                .ok_or_else(|| StoreError::NotFound(format!("no segment holds offset {from} to flush")))?;
             let seg_end = seg.start + self.segment_bytes;
             let upto = target.min(seg_end);
             // fdatasync: segments are written with pwrite (see WriteMode).
@@ -190,7 +204,7 @@ impl CommitLog {
     /// Starts (without waiting) writeback of everything written since the
     /// last call, so dirty pages never pile up until the kernel throttles
     /// the writer. Called by the flusher thread only.
-    pub fn start_writeback(&self) -> io::Result<()> {
+    pub fn start_writeback(&self) -> StoreResult<()> {
         let target = self.write_pos();
         let mut from = self.writeback_pos.load(Ordering::Acquire).max(self.flushed_pos());
         while from < target {
@@ -204,14 +218,14 @@ impl CommitLog {
         Ok(())
     }
 
-    fn add_segment(&self, start: u64) -> io::Result<Arc<Segment>> {
+    fn add_segment(&self, start: u64) -> StoreResult<Arc<Segment>> {
         let path = self.dir.join(offset_file_name(start));
-        let file = MappedFile::create_or_open_with(&path, self.segment_bytes as usize, WriteMode::Pwrite)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot create segment {}: {e}", path.display())))?;
+        // The error names the segment's file (and, for I/O, what failed).
+        let file = MappedFile::create_or_open_with(&path, self.segment_bytes as usize, WriteMode::Pwrite)?;
         let seg = Arc::new(Segment { start, file });
         self.segments
             .write()
-            .map_err(|_| invalid("segment table poisoned"))?
+            .map_err(|_| StoreError::Poisoned("segment table"))?
             .push(seg.clone());
         Ok(seg)
     }
@@ -221,9 +235,13 @@ impl CommitLog {
     /// CRCs. Everything after the last whole record is erased: the rest of
     /// that segment is zeroed and later segments are deleted. Calls `visit`
     /// for every valid record at or after `from`. Sets the write position.
-    pub fn recover(&self, from: u64, mut visit: impl FnMut(u64, &[u8])) -> io::Result<RecoveryReport> {
+    pub fn recover(&self, from: u64, mut visit: impl FnMut(u64, &[u8])) -> StoreResult<RecoveryReport> {
         let mut report = RecoveryReport::default();
-        let segs: Vec<Arc<Segment>> = self.segments.read().map_err(|_| invalid("poisoned"))?.clone();
+        let segs: Vec<Arc<Segment>> = self
+            .segments
+            .read()
+            .map_err(|_| StoreError::Poisoned("segment table"))?
+            .clone();
         let Some(first) = segs.first() else {
             return Ok(report);
         };
@@ -277,7 +295,7 @@ impl CommitLog {
         Ok(report)
     }
 
-    fn truncate_after(&self, end: u64, segs: &[Arc<Segment>], report: &mut RecoveryReport) -> io::Result<()> {
+    fn truncate_after(&self, end: u64, segs: &[Arc<Segment>], report: &mut RecoveryReport) -> StoreResult<()> {
         let mut keep = Vec::new();
         for seg in segs {
             let seg_end = seg.start + self.segment_bytes;
@@ -289,11 +307,14 @@ impl CommitLog {
                 keep.push(seg.clone());
             } else {
                 tracing::warn!(segment = %seg.file.path().display(), "deleting segment past the end of the log");
-                std::fs::remove_file(seg.file.path())?;
+                std::fs::remove_file(seg.file.path()).at("delete segment", seg.file.path())?;
                 report.deleted_segments += 1;
             }
         }
-        *self.segments.write().map_err(|_| invalid("poisoned"))? = keep;
+        *self
+            .segments
+            .write()
+            .map_err(|_| StoreError::Poisoned("segment table"))? = keep;
         Ok(())
     }
 }
@@ -305,7 +326,7 @@ impl CommitLog {
 /// zeroes: when the first chunk after `from` is all zero nothing is touched
 /// (this keeps start-up from faulting in a whole pre-allocated segment).
 /// Otherwise every non-zero chunk up to the end of the file is zeroed.
-fn zero_tail(file: &MappedFile, from: usize) -> io::Result<u64> {
+fn zero_tail(file: &MappedFile, from: usize) -> StoreResult<u64> {
     const CHUNK: usize = 64 * 1024;
     let first = CHUNK.min(file.len().saturating_sub(from));
     if file.read_at(from, first)?.iter().all(|b| *b == 0) {
@@ -339,10 +360,6 @@ pub struct RecoveryReport {
     pub zeroed_bytes: u64,
     /// Segment files past the end that were deleted.
     pub deleted_segments: u64,
-}
-
-fn invalid(msg: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
 /// Where one appended record went.
@@ -468,7 +485,7 @@ impl Appender {
         Ok(out)
     }
 
-    fn current_segment(&self, pos: u64) -> io::Result<Arc<Segment>> {
+    fn current_segment(&self, pos: u64) -> StoreResult<Arc<Segment>> {
         if let Some(seg) = self.log.segment_for(pos) {
             return Ok(seg);
         }
@@ -486,7 +503,7 @@ const INLINE_BODY_MAX: usize = 256;
 
 /// Writes the scratch bytes with `bodies` spliced in at their offsets, as
 /// one `pwritev` at log position `at` of `seg`.
-fn write_gathered(seg: &Segment, at: u64, scratch: &[u8], bodies: &[(usize, &[u8])]) -> io::Result<()> {
+fn write_gathered(seg: &Segment, at: u64, scratch: &[u8], bodies: &[(usize, &[u8])]) -> StoreResult<()> {
     let mut parts: Vec<&[u8]> = Vec::with_capacity(2 * bodies.len() + 1);
     let mut from = 0;
     for &(offset, body) in bodies {
@@ -498,101 +515,8 @@ fn write_gathered(seg: &Segment, at: u64, scratch: &[u8], bodies: &[(usize, &[u8
     seg.file.pwritev_at((at - seg.start) as usize, &parts)
 }
 
-/// A range of a segment's mapping, owned: keeps the segment mapped while a
-/// response built from it waits to be written.
-struct MappedRange {
-    segment: Arc<Segment>,
-    pos: usize,
-    len: usize,
-}
-
-impl AsRef<[u8]> for MappedRange {
-    fn as_ref(&self) -> &[u8] {
-        // The range was checked when the gatherer built it; an empty slice
-        // is the harmless answer should that ever not hold.
-        self.segment.file.read_at(self.pos, self.len).unwrap_or(&[])
-    }
-}
-
-/// Collects records for a response without copying them: consecutive
-/// records of one segment become one [`Bytes`] that borrows the mapping.
-pub struct Gather<'a> {
-    log: &'a CommitLog,
-    run: Option<MappedRange>,
-    chunks: Vec<Bytes>,
-    len: usize,
-}
-
-impl<'a> Gather<'a> {
-    /// An empty gather over `log`.
-    pub fn new(log: &'a CommitLog) -> Gather<'a> {
-        Gather {
-            log,
-            run: None,
-            chunks: Vec::new(),
-            len: 0,
-        }
-    }
-
-    /// Adds the `size` bytes at `offset` (below the write position, within
-    /// one segment) and returns them for inspection.
-    pub fn push(&mut self, offset: u64, size: usize) -> io::Result<&[u8]> {
-        let end = self.log.check_published(offset, size)?;
-        let contiguous = self.run.as_ref().is_some_and(|r| {
-            r.segment.start + (r.pos + r.len) as u64 == offset && end <= r.segment.start + self.log.segment_bytes
-        });
-        if !contiguous {
-            let (segment, pos) = self.log.locate(offset)?;
-            segment.file.read_at(pos, size)?;
-            self.close_run();
-            self.run = Some(MappedRange { segment, pos, len: 0 });
-        }
-        self.len += size;
-        match self.run.as_mut() {
-            Some(run) => {
-                run.len += size;
-                run.segment.file.read_at(run.pos + run.len - size, size)
-            }
-            None => Err(invalid("no run")),
-        }
-    }
-
-    /// Takes back the record [`Gather::push`] just added (`size` bytes).
-    pub fn pop(&mut self, size: usize) {
-        if let Some(run) = self.run.as_mut() {
-            let size = size.min(run.len);
-            run.len -= size;
-            self.len -= size;
-        }
-    }
-
-    /// Bytes gathered so far.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True when nothing is gathered.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    fn close_run(&mut self) {
-        if let Some(run) = self.run.take() {
-            if run.len > 0 {
-                self.chunks.push(Bytes::from_owner(run));
-            }
-        }
-    }
-
-    /// The gathered bytes, in order, as chunks of the mappings.
-    pub fn finish(mut self) -> Vec<Bytes> {
-        self.close_run();
-        self.chunks
-    }
-}
-
 /// Reads a whole record's raw bytes: the frame-ready form pulls return.
-pub fn read_raw(log: &CommitLog, offset: u64, size: u32) -> io::Result<Bytes> {
+pub fn read_raw(log: &CommitLog, offset: u64, size: u32) -> StoreResult<Bytes> {
     let mut buf = BytesMut::with_capacity(size as usize);
     log.read_into(offset, size as usize, &mut buf)?;
     Ok(buf.freeze())

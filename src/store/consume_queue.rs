@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use super::error::{IoContext, StoreError, StoreResult};
 use super::fsutil::{list_offset_files, offset_file_name};
 use super::mmap_file::MappedFile;
 
@@ -82,32 +83,29 @@ pub struct ConsumeQueue {
     flushed_offset: AtomicU64,
 }
 
-fn invalid(msg: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+/// Damage found in the consume queue file or directory `path`.
+fn corrupt(path: &Path, detail: String) -> StoreError {
+    StoreError::corrupt("consume queue", path, detail)
 }
 
 impl ConsumeQueue {
     /// Opens the queue in `dir` (creating the directory), finding its end.
-    pub fn open(dir: &Path, max_file_entries: u64) -> io::Result<ConsumeQueue> {
-        std::fs::create_dir_all(dir)?;
+    pub fn open(dir: &Path, max_file_entries: u64) -> StoreResult<ConsumeQueue> {
+        std::fs::create_dir_all(dir).at("create directory", dir)?;
         let mut files: Vec<Arc<CqFile>> = Vec::new();
         for start in list_offset_files(dir)? {
             let path = dir.join(offset_file_name(start));
             let file = MappedFile::open_existing(&path)?;
             if file.len() % CQ_ENTRY_LEN != 0 {
-                return Err(invalid(format!(
-                    "{}: size {} is not a whole number of entries",
-                    path.display(),
-                    file.len()
-                )));
+                return Err(corrupt(
+                    &path,
+                    format!("size {} is not a whole number of entries", file.len()),
+                ));
             }
             let entries = (file.len() / CQ_ENTRY_LEN) as u64;
             if let Some(prev) = files.last() {
                 if prev.start + prev.entries != start {
-                    return Err(invalid(format!(
-                        "{}: does not follow the previous file",
-                        path.display()
-                    )));
+                    return Err(corrupt(&path, "does not follow the previous file".into()));
                 }
             }
             files.push(Arc::new(CqFile { start, entries, file }));
@@ -172,22 +170,22 @@ impl ConsumeQueue {
 
     /// Writes the entry for `offset`, which must be the next one (or an
     /// identical replay of an existing one).
-    pub fn put(&self, offset: u64, entry: CqEntry) -> io::Result<PutOutcome> {
+    pub fn put(&self, offset: u64, entry: CqEntry) -> StoreResult<PutOutcome> {
         let max = self.max_offset();
         if offset < max {
             if self.get(offset) == Some(entry) {
                 return Ok(PutOutcome::AlreadyPresent);
             }
-            return Err(invalid(format!(
-                "{}: entry {offset} already holds a different record",
-                self.dir.display()
-            )));
+            return Err(corrupt(
+                &self.dir,
+                format!("entry {offset} already holds a different record"),
+            ));
         }
         if offset > max {
-            return Err(invalid(format!(
-                "{}: entry {offset} would leave a gap after {max}",
-                self.dir.display()
-            )));
+            return Err(corrupt(
+                &self.dir,
+                format!("entry {offset} would leave a gap after {max}"),
+            ));
         }
         let f = match self.file_for(offset) {
             Some(f) => f,
@@ -204,11 +202,11 @@ impl ConsumeQueue {
     /// first page, so the first message dispatched to the queue does not pay
     /// for creating, mapping and faulting it in (done when a topic is
     /// created, before any producer waits on it).
-    pub fn prepare(&self) -> io::Result<()> {
+    pub fn prepare(&self) -> StoreResult<()> {
         let empty = self
             .files
             .read()
-            .map_err(|_| invalid("consume queue lock poisoned"))?
+            .map_err(|_| StoreError::Poisoned("consume queue"))?
             .is_empty();
         if empty {
             let f = self.add_file(self.max_offset())?;
@@ -219,8 +217,8 @@ impl ConsumeQueue {
 
     /// Adds the file starting at `start` (the current end): twice the size
     /// of the previous one, up to the maximum.
-    fn add_file(&self, start: u64) -> io::Result<Arc<CqFile>> {
-        let mut files = self.files.write().map_err(|_| invalid("consume queue lock poisoned"))?;
+    fn add_file(&self, start: u64) -> StoreResult<Arc<CqFile>> {
+        let mut files = self.files.write().map_err(|_| StoreError::Poisoned("consume queue"))?;
         let entries = files
             .last()
             .map_or(FIRST_FILE_ENTRIES, |f| f.entries.saturating_mul(2))
@@ -239,7 +237,7 @@ impl ConsumeQueue {
 
     /// Drops entries whose record lies at or past `log_end` (after the
     /// commitlog lost a torn tail). Returns how many were dropped.
-    pub fn truncate_to_log_end(&self, log_end: u64) -> io::Result<u64> {
+    pub fn truncate_to_log_end(&self, log_end: u64) -> StoreResult<u64> {
         let mut dropped = 0;
         loop {
             let max = self.max_offset();
@@ -267,7 +265,7 @@ impl ConsumeQueue {
     }
 
     /// Makes written entries durable; a no-op when nothing is new.
-    pub fn flush(&self) -> io::Result<()> {
+    pub fn flush(&self) -> StoreResult<()> {
         let max = self.max_offset();
         let mut from = self.flushed_offset.load(Ordering::Acquire);
         while from < max {
@@ -299,17 +297,18 @@ pub struct ConsumeQueues {
 
 impl ConsumeQueues {
     /// Opens every queue under `root` (`<data_dir>/consumequeue`).
-    pub fn open(root: &Path, entries_per_file: u64) -> io::Result<ConsumeQueues> {
-        std::fs::create_dir_all(root)?;
+    pub fn open(root: &Path, entries_per_file: u64) -> StoreResult<ConsumeQueues> {
+        std::fs::create_dir_all(root).at("create directory", root)?;
         let mut queues = HashMap::new();
-        for topic_dir in std::fs::read_dir(root)? {
-            let topic_dir = topic_dir?;
-            if !topic_dir.file_type()?.is_dir() {
+        for topic_dir in std::fs::read_dir(root).at("list directory", root)? {
+            let topic_dir = topic_dir.at("list directory", root)?;
+            if !topic_dir.file_type().at("stat", &topic_dir.path())?.is_dir() {
                 continue;
             }
             let topic = topic_dir.file_name().to_string_lossy().into_owned();
-            for q in std::fs::read_dir(topic_dir.path())? {
-                let q = q?;
+            let topic_path = topic_dir.path();
+            for q in std::fs::read_dir(&topic_path).at("list directory", &topic_path)? {
+                let q = q.at("list directory", &topic_path)?;
                 let Ok(queue_id) = q.file_name().to_string_lossy().parse::<u32>() else {
                     tracing::warn!(dir = %q.path().display(), "ignoring unexpected directory");
                     continue;
@@ -334,14 +333,14 @@ impl ConsumeQueues {
     }
 
     /// The queue, created empty when missing.
-    pub fn get_or_create(&self, topic: &str, queue_id: u32) -> io::Result<Arc<ConsumeQueue>> {
+    pub fn get_or_create(&self, topic: &str, queue_id: u32) -> StoreResult<Arc<ConsumeQueue>> {
         if let Some(q) = self.get(topic, queue_id) {
             return Ok(q);
         }
         let mut queues = self
             .queues
             .write()
-            .map_err(|_| invalid("consume queue table poisoned"))?;
+            .map_err(|_| StoreError::Poisoned("consume queue table"))?;
         let topic_queues = queues.entry(topic.to_string()).or_default();
         if let Some(q) = topic_queues.get(&queue_id) {
             return Ok(q.clone());
@@ -354,7 +353,7 @@ impl ConsumeQueues {
 
     /// Creates and [prepares](ConsumeQueue::prepare) queues `0..queues` of
     /// `topic`.
-    pub fn prepare_topic(&self, topic: &str, queues: u32) -> io::Result<()> {
+    pub fn prepare_topic(&self, topic: &str, queues: u32) -> StoreResult<()> {
         for queue_id in 0..queues {
             self.get_or_create(topic, queue_id)?.prepare()?;
         }
@@ -374,15 +373,15 @@ impl ConsumeQueues {
     }
 
     /// Forgets a topic's queues and deletes their files.
-    pub fn remove_topic(&self, topic: &str) -> io::Result<()> {
+    pub fn remove_topic(&self, topic: &str) -> StoreResult<()> {
         let mut queues = self
             .queues
             .write()
-            .map_err(|_| invalid("consume queue table poisoned"))?;
+            .map_err(|_| StoreError::Poisoned("consume queue table"))?;
         queues.remove(topic);
         let dir = self.root.join(topic);
         match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StoreError::io("remove", &dir, e)),
             _ => Ok(()),
         }
     }

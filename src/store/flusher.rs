@@ -14,10 +14,23 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::error::{IoContext, StoreError, StoreResult};
 use super::Store;
 
-/// Result of a durability request; the error is the I/O error's text.
-pub type FlushResult = Result<(), String>;
+/// Why a durability request failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FlushError {
+    /// The flusher thread is gone (the broker is stopping).
+    #[error("the flusher has stopped")]
+    Stopped,
+    /// Making the commitlog durable failed; every request served by the
+    /// same fdatasync shares the error.
+    #[error("{0}")]
+    Failed(Arc<StoreError>),
+}
+
+/// Result of a durability request.
+pub type FlushResult = Result<(), FlushError>;
 
 enum FlushCmd {
     Durable {
@@ -48,7 +61,7 @@ impl FlushHandle {
     pub fn durable(&self, upto: u64) -> oneshot::Receiver<FlushResult> {
         let (reply, rx) = oneshot::channel();
         if let Err(mpsc::SendError(FlushCmd::Durable { reply, .. })) = self.tx.send(FlushCmd::Durable { upto, reply }) {
-            let _ = reply.send(Err("the flusher has stopped".into()));
+            let _ = reply.send(Err(FlushError::Stopped));
         }
         rx
     }
@@ -65,11 +78,12 @@ impl Flusher {
     /// Starts the thread. Every `interval` it flushes the whole commitlog
     /// (the async-flush policy), the consume queues and the index, and
     /// moves the checkpoint.
-    pub fn start(store: Arc<Store>, interval: Duration) -> std::io::Result<Flusher> {
+    pub fn start(store: Arc<Store>, interval: Duration) -> StoreResult<Flusher> {
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("ferromq-flusher".into())
-            .spawn(move || run(store, rx, interval))?;
+            .spawn(move || run(store, rx, interval))
+            .during("start the flusher thread")?;
         Ok(Flusher {
             handle: FlushHandle { tx },
             thread: Some(thread),
@@ -117,7 +131,7 @@ fn run(store: Arc<Store>, rx: mpsc::Receiver<FlushCmd>, interval: Duration) {
                 metrics::histogram!("ferromq_store_flush_seconds").record(started.elapsed().as_secs_f64());
                 let result = flushed.map(|_| ()).map_err(|e| {
                     tracing::error!(error = %e, "commitlog flush failed");
-                    e.to_string()
+                    FlushError::Failed(Arc::new(e))
                 });
                 for (_, reply) in waiters.drain(..) {
                     let _ = reply.send(result.clone());

@@ -1,21 +1,24 @@
 //! Small durable-file helpers.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::Write;
 use std::path::Path;
+
+use super::error::{IoContext, StoreResult};
 
 /// Writes `data` to `path` atomically and durably: temp file, fsync,
 /// rename, fsync of the directory.
-pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+pub fn write_atomic(path: &Path, data: &[u8]) -> StoreResult<()> {
     let tmp = path.with_extension("tmp");
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
+    File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(data)?;
+            f.sync_all()
+        })
+        .at("write", &tmp)?;
+    fs::rename(&tmp, path).at("rename into place", &tmp)?;
     if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
+        File::open(dir).and_then(|d| d.sync_all()).at("sync directory", dir)?;
     }
     Ok(())
 }
@@ -27,10 +30,10 @@ pub fn offset_file_name(offset: u64) -> String {
 
 /// Start offsets of the files in `dir` named by [`offset_file_name`],
 /// ascending. Other names are ignored (with a warning).
-pub fn list_offset_files(dir: &Path) -> io::Result<Vec<u64>> {
+pub fn list_offset_files(dir: &Path) -> StoreResult<Vec<u64>> {
     let mut out = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
+    for entry in fs::read_dir(dir).at("list directory", dir)? {
+        let entry = entry.at("list directory", dir)?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
         match name.parse::<u64>() {

@@ -5,6 +5,8 @@ use std::io::{self, Read, Seek, Write};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
+use super::error::{IoContext, StoreError, StoreResult};
+
 /// Holds an exclusive `flock` on `<data_dir>/lock` for the broker's life.
 #[derive(Debug)]
 pub struct DirLock {
@@ -12,15 +14,17 @@ pub struct DirLock {
 }
 
 impl DirLock {
-    /// Takes the lock or fails naming the holder.
-    pub fn acquire(data_dir: &Path) -> io::Result<DirLock> {
+    /// Takes the lock or fails naming the holder
+    /// ([`StoreError::Locked`]).
+    pub fn acquire(data_dir: &Path) -> StoreResult<DirLock> {
         let path = data_dir.join("lock");
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .open(&path)?;
+            .open(&path)
+            .at("open lock file", &path)?;
         // SAFETY: plain syscall on an owned, open descriptor.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {
@@ -28,21 +32,18 @@ impl DirLock {
             if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
                 let mut holder = String::new();
                 let _ = file.read_to_string(&mut holder);
-                return Err(io::Error::new(
-                    io::ErrorKind::WouldBlock,
-                    format!(
-                        "data directory {} is locked by another broker (pid {})",
-                        data_dir.display(),
-                        holder.trim()
-                    ),
-                ));
+                return Err(StoreError::Locked {
+                    dir: data_dir.to_path_buf(),
+                    holder: holder.trim().to_string(),
+                });
             }
-            return Err(err);
+            return Err(StoreError::io("lock", &path, err));
         }
-        file.set_len(0)?;
-        file.rewind()?;
-        write!(file, "{}", std::process::id())?;
-        file.sync_all()?;
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| write!(file, "{}", std::process::id()))
+            .and_then(|()| file.sync_all())
+            .at("write the broker's pid to", &path)?;
         Ok(DirLock { _file: file })
     }
 }

@@ -6,7 +6,7 @@
 //! A new file is built under a temporary name (`<name>.tmp`), its space is
 //! reserved for real with `posix_fallocate` (falling back to writing zeroes
 //! where the file system cannot allocate), synced, and only then renamed into
-//! place. So a full disk is an [`io::Error`] when the file is created, never a
+//! place. So a full disk is an error when the file is created, never a
 //! `SIGBUS` on a later store into a sparse hole, and a file under its final
 //! name always has its full length. An existing file of any other length is
 //! refused.
@@ -35,6 +35,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use memmap2::MmapRaw;
+
+use super::error::{IoContext, StoreError, StoreResult};
 
 /// Most buffers passed to one `pwritev` (Linux's `IOV_MAX`).
 const MAX_IOVECS: usize = 1024;
@@ -72,32 +74,31 @@ impl MappedFile {
     /// Opens the file at `path`, which must be exactly `len` bytes long, or
     /// creates it with `len` bytes reserved on disk (zero-filled).
     ///
-    /// Errors: `InvalidInput` for `len == 0`, `InvalidData` for an existing
-    /// file of another length, and any I/O error (notably "no space left")
-    /// from creating or allocating it. Errors name the file.
-    pub fn create_or_open(path: impl AsRef<Path>, len: usize) -> io::Result<MappedFile> {
+    /// Errors: [`StoreError::InvalidArgument`] for `len == 0`,
+    /// [`StoreError::Corrupt`] for an existing file of another length, and
+    /// [`StoreError::Io`] (notably "no space left") from creating or
+    /// allocating it. Errors name the file.
+    pub fn create_or_open(path: impl AsRef<Path>, len: usize) -> StoreResult<MappedFile> {
         Self::create_or_open_with(path, len, WriteMode::Mapped)
     }
 
     /// [`create_or_open`](Self::create_or_open) with a choice of write mode.
-    pub fn create_or_open_with(path: impl AsRef<Path>, len: usize, mode: WriteMode) -> io::Result<MappedFile> {
+    pub fn create_or_open_with(path: impl AsRef<Path>, len: usize, mode: WriteMode) -> StoreResult<MappedFile> {
         let path = path.as_ref();
         if len == 0 {
-            return Err(with_path(
-                path,
-                io::Error::new(io::ErrorKind::InvalidInput, "a mapped file cannot be empty"),
-            ));
+            return Err(StoreError::InvalidArgument(format!(
+                "{}: a mapped file cannot be empty",
+                path.display()
+            )));
         }
         match OpenOptions::new().read(true).write(true).open(path) {
             Ok(file) => {
-                let actual = file.metadata().map_err(|e| with_path(path, e))?.len();
+                let actual = file.metadata().at("stat", path)?.len();
                 if actual != len as u64 {
-                    return Err(with_path(
+                    return Err(StoreError::corrupt(
+                        "mapped file",
                         path,
-                        io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!("file is {actual} bytes, expected {len}"),
-                        ),
+                        format!("file is {actual} bytes, expected {len}"),
                     ));
                 }
                 Self::map(path, file, len, mode)
@@ -106,38 +107,29 @@ impl MappedFile {
                 let file = create_allocated(path, len)?;
                 Self::map(path, file, len, mode)
             }
-            Err(e) => Err(with_path(path, e)),
+            Err(e) => Err(StoreError::io("open", path, e)),
         }
     }
 
     /// Opens an existing file and maps it at whatever (non-zero) length it
     /// has; for callers that learn the expected size from the file itself.
-    pub fn open_existing(path: impl AsRef<Path>) -> io::Result<MappedFile> {
+    pub fn open_existing(path: impl AsRef<Path>) -> StoreResult<MappedFile> {
         let path = path.as_ref();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| with_path(path, e))?;
-        let actual = file.metadata().map_err(|e| with_path(path, e))?.len();
-        let len = usize::try_from(actual).ok().filter(|&l| l > 0).ok_or_else(|| {
-            with_path(
-                path,
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("cannot map a file of {actual} bytes"),
-                ),
-            )
-        })?;
+        let file = OpenOptions::new().read(true).write(true).open(path).at("open", path)?;
+        let actual = file.metadata().at("stat", path)?.len();
+        let len = usize::try_from(actual)
+            .ok()
+            .filter(|&l| l > 0)
+            .ok_or_else(|| StoreError::corrupt("mapped file", path, format!("cannot map a file of {actual} bytes")))?;
         Self::map(path, file, len, WriteMode::Mapped)
     }
 
-    fn map(path: &Path, file: File, len: usize, mode: WriteMode) -> io::Result<MappedFile> {
+    fn map(path: &Path, file: File, len: usize, mode: WriteMode) -> StoreResult<MappedFile> {
         let map = match mode {
             WriteMode::Mapped => MmapRaw::map_raw(&file),
             WriteMode::Pwrite => memmap2::MmapOptions::new().map_raw_read_only(&file),
         }
-        .map_err(|e| with_path(path, e))?;
+        .at("map", path)?;
         // Pre-allocated files are written front to back through the map;
         // readahead would make every write fault zero-fill large folios of
         // unwritten extents ahead of it (measured: 63% of broker CPU under
@@ -146,9 +138,10 @@ impl MappedFile {
             tracing::debug!(path = %path.display(), error = %e, "madvise(MADV_RANDOM) failed");
         }
         if map.len() != len {
-            return Err(with_path(
+            return Err(StoreError::corrupt(
+                "mapped file",
                 path,
-                io::Error::new(io::ErrorKind::InvalidData, "file changed length while being mapped"),
+                "file changed length while being mapped",
             ));
         }
         Ok(MappedFile {
@@ -176,7 +169,7 @@ impl MappedFile {
     }
 
     /// Copies `data` into the file at `pos`; an error if it does not fit.
-    pub fn write_at(&mut self, pos: usize, data: &[u8]) -> io::Result<()> {
+    pub fn write_at(&mut self, pos: usize, data: &[u8]) -> StoreResult<()> {
         // SAFETY: `&mut self` excludes every other reader and writer of this
         // mapping in this process.
         unsafe { self.write_at_shared(pos, data) }
@@ -192,13 +185,13 @@ impl MappedFile {
     /// (from [`read_at`](Self::read_at)) overlapping `pos..pos + data.len()`.
     /// In practice: only the single writer calls this, and only on ranges it
     /// has not yet published to readers (see the module documentation).
-    pub unsafe fn write_at_shared(&self, pos: usize, data: &[u8]) -> io::Result<()> {
+    pub unsafe fn write_at_shared(&self, pos: usize, data: &[u8]) -> StoreResult<()> {
         self.check_range(pos, data.len())?;
         if !self.writable_map {
-            return Err(with_path(
-                &self.path,
-                io::Error::new(io::ErrorKind::Unsupported, "read-only mapping: write with pwrite_at"),
-            ));
+            return Err(StoreError::InvalidArgument(format!(
+                "{}: read-only mapping: write with pwrite_at",
+                self.path.display()
+            )));
         }
         // SAFETY: the range lies inside the mapping (checked above), the
         // source is a distinct Rust slice, and the caller guarantees nobody
@@ -211,7 +204,7 @@ impl MappedFile {
 
     /// The `len` bytes at `pos`; an error if they are not all inside the
     /// file. Only read ranges the writer has published.
-    pub fn read_at(&self, pos: usize, len: usize) -> io::Result<&[u8]> {
+    pub fn read_at(&self, pos: usize, len: usize) -> StoreResult<&[u8]> {
         self.check_range(pos, len)?;
         // SAFETY: the range lies inside the mapping, which lives as long as
         // `self`. Writes go through `&mut self` (excluded by this borrow) or
@@ -223,18 +216,16 @@ impl MappedFile {
     /// Writes `data` at `pos` with `pwrite`; readers of the mapping see it
     /// (one page cache). Safe through `&self`: no Rust reference to the
     /// mapped bytes is created.
-    pub fn pwrite_at(&self, pos: usize, data: &[u8]) -> io::Result<()> {
+    pub fn pwrite_at(&self, pos: usize, data: &[u8]) -> StoreResult<()> {
         use std::os::unix::fs::FileExt;
         self.check_range(pos, data.len())?;
-        self.file
-            .write_all_at(data, pos as u64)
-            .map_err(|e| with_path(&self.path, e))
+        self.file.write_all_at(data, pos as u64).at("write", &self.path)
     }
 
     /// Writes `parts` back to back at `pos` with `pwritev` (as many calls
     /// as partial writes and the iovec limit need). Like
     /// [`pwrite_at`](Self::pwrite_at), safe through `&self`.
-    pub fn pwritev_at(&self, pos: usize, parts: &[&[u8]]) -> io::Result<()> {
+    pub fn pwritev_at(&self, pos: usize, parts: &[&[u8]]) -> StoreResult<()> {
         use std::os::fd::AsRawFd;
         let total: usize = parts.iter().map(|p| p.len()).sum();
         self.check_range(pos, total)?;
@@ -276,10 +267,10 @@ impl MappedFile {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                return Err(with_path(&self.path, e));
+                return Err(StoreError::io("write", &self.path, e));
             }
             if n == 0 {
-                return Err(with_path(&self.path, io::ErrorKind::WriteZero.into()));
+                return Err(StoreError::io("write", &self.path, io::ErrorKind::WriteZero.into()));
             }
             let mut written = n as usize;
             at += written;
@@ -301,7 +292,7 @@ impl MappedFile {
     /// Starts writing `pos..pos + len` back to disk without waiting
     /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`); durability still needs
     /// [`sync_data`](Self::sync_data).
-    pub fn start_writeback(&self, pos: usize, len: usize) -> io::Result<()> {
+    pub fn start_writeback(&self, pos: usize, len: usize) -> StoreResult<()> {
         use std::os::fd::AsRawFd;
         self.check_range(pos, len)?;
         // SAFETY: plain system call on a valid, open descriptor; in range.
@@ -314,46 +305,48 @@ impl MappedFile {
             )
         };
         if rc != 0 {
-            return Err(with_path(&self.path, io::Error::last_os_error()));
+            return Err(StoreError::io(
+                "start writeback of",
+                &self.path,
+                io::Error::last_os_error(),
+            ));
         }
         Ok(())
     }
 
     /// Makes every written byte durable (`fdatasync`).
-    pub fn sync_data(&self) -> io::Result<()> {
-        self.file.sync_data().map_err(|e| with_path(&self.path, e))
+    pub fn sync_data(&self) -> StoreResult<()> {
+        self.file.sync_data().at("sync", &self.path)
     }
 
     /// Writes all modified pages back to disk and waits (`msync(MS_SYNC)`).
-    pub fn flush(&self) -> io::Result<()> {
-        self.map.flush().map_err(|e| with_path(&self.path, e))
+    pub fn flush(&self) -> StoreResult<()> {
+        self.map.flush().at("flush", &self.path)
     }
 
     /// Writes the pages covering `pos..pos + len` back to disk and waits.
-    pub fn flush_range(&self, pos: usize, len: usize) -> io::Result<()> {
+    pub fn flush_range(&self, pos: usize, len: usize) -> StoreResult<()> {
         self.check_range(pos, len)?;
         if len == 0 {
             return Ok(());
         }
-        self.map.flush_range(pos, len).map_err(|e| with_path(&self.path, e))
+        self.map.flush_range(pos, len).at("flush", &self.path)
     }
 
     /// Starts writing all modified pages back to disk without waiting
     /// (`msync(MS_ASYNC)`).
-    pub fn flush_async(&self) -> io::Result<()> {
-        self.map.flush_async().map_err(|e| with_path(&self.path, e))
+    pub fn flush_async(&self) -> StoreResult<()> {
+        self.map.flush_async().at("flush", &self.path)
     }
 
-    fn check_range(&self, pos: usize, len: usize) -> io::Result<()> {
+    fn check_range(&self, pos: usize, len: usize) -> StoreResult<()> {
         match pos.checked_add(len) {
             Some(end) if end <= self.len => Ok(()),
-            _ => Err(with_path(
-                &self.path,
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("range {pos}+{len} is outside the file's {} bytes", self.len),
-                ),
-            )),
+            _ => Err(StoreError::InvalidArgument(format!(
+                "{}: range {pos}+{len} is outside the file's {} bytes",
+                self.path.display(),
+                self.len
+            ))),
         }
     }
 }
@@ -361,7 +354,7 @@ impl MappedFile {
 /// Builds `path` with `len` allocated zero bytes: under a temporary name,
 /// then synced and renamed, so a crash never leaves a short file under the
 /// final name.
-fn create_allocated(path: &Path, len: usize) -> io::Result<File> {
+fn create_allocated(path: &Path, len: usize) -> StoreResult<File> {
     let mut tmp_name = path.as_os_str().to_owned();
     tmp_name.push(".tmp");
     let tmp = PathBuf::from(tmp_name);
@@ -372,35 +365,38 @@ fn create_allocated(path: &Path, len: usize) -> io::Result<File> {
             .write(true)
             .create(true)
             .truncate(true)
-            .open(&tmp)?;
-        reserve_space(&file, len)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
+            .open(&tmp)
+            .at("create", &tmp)?;
+        reserve_space(&file, len).map_err(|e| match e {
+            StoreError::Io { op, path: None, source } => StoreError::io(op, &tmp, source),
+            other => other,
+        })?;
+        file.sync_all().at("sync", &tmp)?;
+        fs::rename(&tmp, path).at("rename into place", &tmp)?;
         sync_parent_dir(path)?;
         Ok(file)
     })();
-    result.map_err(|e| {
+    result.inspect_err(|_| {
         // Best effort: do not leave a half-allocated file taking up space.
         let _ = fs::remove_file(&tmp);
-        with_path(path, e)
     })
 }
 
 /// Reserves `len` bytes for the (empty) `file` for real: `posix_fallocate`,
 /// or written zeroes where the file system cannot preallocate. A full disk
 /// is an error here rather than a SIGBUS on a later write to a mapping.
-pub fn reserve_space(file: &File, len: usize) -> io::Result<()> {
+pub fn reserve_space(file: &File, len: usize) -> StoreResult<()> {
     use std::os::fd::AsRawFd;
     let off_len = libc::off_t::try_from(len)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{len} bytes is too large")))?;
+        .map_err(|_| StoreError::InvalidArgument(format!("{len} bytes is too large to reserve")))?;
     // SAFETY: plain system call on a valid, open descriptor.
     let ret = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, off_len) };
     match ret {
         0 => Ok(()),
         // The file system cannot preallocate: write the zeroes ourselves.
-        libc::EOPNOTSUPP | libc::EINVAL => fill_zeroes(file, len),
+        libc::EOPNOTSUPP | libc::EINVAL => fill_zeroes(file, len).during("reserve space by writing zeroes"),
         // posix_fallocate returns the error number instead of setting errno.
-        err => Err(io::Error::from_raw_os_error(err)),
+        err => Err(io::Error::from_raw_os_error(err)).during("reserve space"),
     }
 }
 
@@ -417,16 +413,12 @@ fn fill_zeroes(mut file: &File, len: usize) -> io::Result<()> {
 }
 
 /// Makes a rename or removal in the directory holding `path` durable.
-pub(crate) fn sync_parent_dir(path: &Path) -> io::Result<()> {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => File::open(dir)?.sync_all(),
-        _ => File::open(".")?.sync_all(),
-    }
-}
-
-/// Wraps `e` so its message names `path`, keeping its kind.
-fn with_path(path: &Path, e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+pub(crate) fn sync_parent_dir(path: &Path) -> StoreResult<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    File::open(dir).and_then(|d| d.sync_all()).at("sync directory", dir)
 }
 
 #[cfg(test)]
@@ -508,24 +500,24 @@ mod tests {
         let path = dir.path().join("f");
         drop(MappedFile::create_or_open(&path, 4096).unwrap());
         let err = MappedFile::create_or_open(&path, 8192).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(err.io_kind(), io::ErrorKind::InvalidData);
         assert!(err.to_string().contains(&path.display().to_string()), "{err}");
         assert_eq!(fs::metadata(&path).unwrap().len(), 4096, "left untouched");
 
         let empty = dir.path().join("empty");
         File::create(&empty).unwrap();
         assert_eq!(
-            MappedFile::create_or_open(&empty, 10).unwrap_err().kind(),
+            MappedFile::create_or_open(&empty, 10).unwrap_err().io_kind(),
             io::ErrorKind::InvalidData
         );
         assert_eq!(
-            MappedFile::open_existing(&empty).unwrap_err().kind(),
+            MappedFile::open_existing(&empty).unwrap_err().io_kind(),
             io::ErrorKind::InvalidData
         );
         assert_eq!(
             MappedFile::create_or_open(dir.path().join("zero"), 0)
                 .unwrap_err()
-                .kind(),
+                .io_kind(),
             io::ErrorKind::InvalidInput
         );
         assert!(MappedFile::open_existing(dir.path().join("missing")).is_err());

@@ -18,6 +18,7 @@ pub mod append;
 pub mod checkpoint;
 pub mod commitlog;
 pub mod consume_queue;
+pub mod error;
 pub mod flusher;
 pub mod fsutil;
 pub mod index;
@@ -39,13 +40,16 @@ use bytes::{Bytes, BytesMut};
 
 use crate::config::StoreSection;
 use crate::message::{split_keys, tag_hash};
+use append::ExpiryFn;
 use checkpoint::{Checkpoint, CheckpointFile};
 use commitlog::{CommitLog, RecoveryReport};
 use consume_queue::{ConsumeQueues, CqEntry};
+use error::IoContext;
+pub use error::{StoreError, StoreErrorKind, StoreResult};
 use index::IndexStore;
 use lock::DirLock;
 use offsets::{decode_commits, OffsetTable, OFFSETS_TOPIC};
-use record::{MessageId, StoredRecord};
+use record::{MessageId, RecordView, StoredRecord};
 use topics::TopicTable;
 
 /// What the Dispatcher needs to index one appended record.
@@ -109,33 +113,50 @@ pub struct Store {
     /// Next queue offset per (topic, queue); only the commitlog writer uses
     /// it. Kept here so a restarted writer resumes where it stopped.
     queue_offsets: Mutex<HashMap<(Arc<str>, u32), u64>>,
+    /// The TTL deadline of appended records (None: nothing expires).
+    expire_at: Option<ExpiryFn>,
     _lock: DirLock,
 }
 
-fn poisoned(what: &str) -> io::Error {
-    io::Error::other(format!("{what} lock poisoned"))
+fn poisoned(what: &'static str) -> StoreError {
+    StoreError::Poisoned(what)
 }
 
 impl Store {
     /// Locks the data directory, opens everything and recovers: finds the
     /// end of the commitlog by CRC, cuts a torn tail, and replays records
     /// past the checkpoint into consume queues and the index. The store's
-    /// own internal topic (committed offsets) is created first.
-    pub fn open(cfg: &StoreSection) -> io::Result<(Store, RecoveryReport)> {
-        Store::open_with_internal_topics(cfg, &[])
+    /// own internal topic (committed offsets) is created first. Appended
+    /// records get no TTL deadline (see [`Store::open_with_internal_topics`]).
+    pub fn open(cfg: &StoreSection) -> StoreResult<(Store, RecoveryReport)> {
+        Store::open_inner(cfg, &[], None)
     }
 
     /// [`Store::open`], creating the caller's internal topics (name and
     /// settings; the broker's delay topic) before recovery, so that replay
     /// indexes their records instead of skipping them like those of a
     /// deleted topic. Existing topics keep their settings.
+    ///
+    /// `expire_at` computes each appended record's TTL deadline, which
+    /// [`append::append_batch`] hands to the Dispatcher in
+    /// [`DispatchEntry::expire_at`]: the store stores the topic's default
+    /// TTL but does not interpret TTLs (the broker passes
+    /// `delivery::expiry::expire_at`).
     pub fn open_with_internal_topics(
         cfg: &StoreSection,
         internal_topics: &[(&str, topics::TopicConfig)],
-    ) -> io::Result<(Store, RecoveryReport)> {
+        expire_at: ExpiryFn,
+    ) -> StoreResult<(Store, RecoveryReport)> {
+        Store::open_inner(cfg, internal_topics, Some(expire_at))
+    }
+
+    fn open_inner(
+        cfg: &StoreSection,
+        internal_topics: &[(&str, topics::TopicConfig)],
+        expire_at: Option<ExpiryFn>,
+    ) -> StoreResult<(Store, RecoveryReport)> {
         let dir = &cfg.data_dir;
-        std::fs::create_dir_all(dir)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot create data directory {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).at("create data directory", dir)?;
         let lock = DirLock::acquire(dir)?;
         let started = Instant::now();
         let abort_marker = dir.join("abort");
@@ -160,10 +181,11 @@ impl Store {
             checkpoint: CheckpointFile::new(dir),
             dispatched: AtomicU64::new(0),
             queue_offsets: Mutex::new(HashMap::new()),
+            expire_at,
             _lock: lock,
         };
         let (report, replayed) = store.recover()?;
-        std::fs::write(&abort_marker, b"")?;
+        std::fs::write(&abort_marker, b"").at("write the crash marker", &abort_marker)?;
         tracing::info!(
             data_dir = %dir.display(),
             previous_run_crashed = crashed,
@@ -178,7 +200,7 @@ impl Store {
         Ok((store, report))
     }
 
-    fn recover(&self) -> io::Result<(RecoveryReport, u64)> {
+    fn recover(&self) -> StoreResult<(RecoveryReport, u64)> {
         let cp = self.checkpoint.load();
         let indexed = self
             .index
@@ -229,7 +251,7 @@ impl Store {
 
     /// Rebuilds the committed-offset table: the snapshot, then every commit
     /// record after the position it covers. Returns the records replayed.
-    fn replay_offset_commits(&self) -> io::Result<u64> {
+    fn replay_offset_commits(&self) -> StoreResult<u64> {
         let Some(cq) = self.queues.get(OFFSETS_TOPIC, 0) else {
             return Ok(0);
         };
@@ -250,7 +272,7 @@ impl Store {
     /// The first offset of (topic, queue) whose record was stored at or
     /// after `timestamp` (ms); the queue's end when none was. Binary search
     /// over the consume queue, reading store timestamps from the commitlog.
-    pub fn offset_for_timestamp(&self, topic: &str, queue: u32, timestamp: u64) -> io::Result<u64> {
+    pub fn offset_for_timestamp(&self, topic: &str, queue: u32, timestamp: u64) -> StoreResult<u64> {
         let Some(cq) = self.queues.get(topic, queue) else {
             return Ok(0);
         };
@@ -259,10 +281,15 @@ impl Store {
             let mid = lo + (hi - lo) / 2;
             let e = cq
                 .get(mid)
-                .ok_or_else(|| io::Error::other(format!("{topic}/{queue}: entry {mid} missing")))?;
+                .ok_or_else(|| StoreError::corrupt("consume queue", cq.dir(), format!("entry {mid} is missing")))?;
             let mut head = BytesMut::with_capacity(52);
             self.log.read_into(e.phys_offset, 52, &mut head)?;
-            let stored = u64::from_be_bytes(head[44..52].try_into().map_err(io::Error::other)?);
+            let stored = RecordView(&head).store_timestamp().ok_or_else(|| StoreError::Corrupt {
+                what: "commitlog record",
+                path: None,
+                offset: Some(e.phys_offset),
+                detail: "too short for a store timestamp".into(),
+            })?;
             if stored < timestamp {
                 lo = mid + 1;
             } else {
@@ -284,7 +311,7 @@ impl Store {
 
     /// Reserves `count` consecutive queue offsets for (topic, queue) and
     /// returns the first. Commitlog writer only.
-    pub fn reserve_queue_offsets(&self, topic: &Arc<str>, queue_id: u32, count: u64) -> io::Result<u64> {
+    pub fn reserve_queue_offsets(&self, topic: &Arc<str>, queue_id: u32, count: u64) -> StoreResult<u64> {
         let mut offsets = self.queue_offsets.lock().map_err(|_| poisoned("queue offsets"))?;
         let next = offsets.entry((topic.clone(), queue_id)).or_insert(0);
         let first = *next;
@@ -293,14 +320,14 @@ impl Store {
     }
 
     /// Gives back offsets reserved for a batch that failed to append.
-    pub fn release_queue_offsets(&self, topic: &Arc<str>, queue_id: u32, first: u64) -> io::Result<()> {
+    pub fn release_queue_offsets(&self, topic: &Arc<str>, queue_id: u32, first: u64) -> StoreResult<()> {
         let mut offsets = self.queue_offsets.lock().map_err(|_| poisoned("queue offsets"))?;
         offsets.insert((topic.clone(), queue_id), first);
         Ok(())
     }
 
     /// Forgets a deleted topic's queue offsets (a re-created topic starts at 0).
-    pub fn forget_topic_offsets(&self, topic: &str) -> io::Result<()> {
+    pub fn forget_topic_offsets(&self, topic: &str) -> StoreResult<()> {
         let mut offsets = self.queue_offsets.lock().map_err(|_| poisoned("queue offsets"))?;
         offsets.retain(|(t, _), _| &**t != topic);
         Ok(())
@@ -308,11 +335,11 @@ impl Store {
 
     /// Writes one record's consume-queue and index entries. Records of
     /// topics no longer in the topic table are skipped.
-    pub fn dispatch(&self, e: &DispatchEntry) -> io::Result<()> {
+    pub fn dispatch(&self, e: &DispatchEntry) -> StoreResult<()> {
         self.dispatch_one(e, true)
     }
 
-    fn dispatch_one(&self, e: &DispatchEntry, index_keys: bool) -> io::Result<()> {
+    fn dispatch_one(&self, e: &DispatchEntry, index_keys: bool) -> StoreResult<()> {
         if self.topics.get(&e.topic).is_none() {
             return Ok(());
         }
@@ -350,7 +377,7 @@ impl Store {
 
     /// Flushes consume queues and the index, then moves the checkpoint to
     /// what they now durably cover.
-    pub fn flush_and_checkpoint(&self) -> io::Result<()> {
+    pub fn flush_and_checkpoint(&self) -> StoreResult<()> {
         let dispatched = self.dispatched_offset();
         // Commits are applied to the table before their record is appended,
         // so a snapshot taken now includes every record below `covers`.
@@ -373,24 +400,24 @@ impl Store {
     }
 
     /// Clean shutdown: everything durable, crash marker removed.
-    pub fn shutdown(&self) -> io::Result<()> {
+    pub fn shutdown(&self) -> StoreResult<()> {
         self.log.flush_to(u64::MAX)?;
         self.flush_and_checkpoint()?;
         let marker = self.cfg.data_dir.join("abort");
-        match std::fs::remove_file(marker) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        match std::fs::remove_file(&marker) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StoreError::io("remove the crash marker", marker, e)),
             _ => Ok(()),
         }
     }
 
     /// The raw bytes of the record a message id names (this broker's).
-    pub fn raw_record_by_id(&self, id: &MessageId) -> io::Result<Bytes> {
+    pub fn raw_record_by_id(&self, id: &MessageId) -> StoreResult<Bytes> {
         let rec = self.log.record_at(id.phys_offset)?;
         commitlog::read_raw(&self.log, rec.phys_offset, rec.size)
     }
 
     /// Raw records of `topic` carrying `key`, newest first, at most `max`.
-    pub fn raw_records_by_key(&self, topic: &str, key: &str, max: usize) -> io::Result<(u32, Bytes)> {
+    pub fn raw_records_by_key(&self, topic: &str, key: &str, max: usize) -> StoreResult<(u32, Bytes)> {
         let candidates = self
             .index
             .lock()

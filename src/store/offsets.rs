@@ -14,6 +14,7 @@ use std::sync::RwLock;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
+use super::error::{StoreError, StoreResult};
 use super::fsutil::write_atomic;
 use crate::codec::{self as buf, DecodeError, Reader};
 
@@ -86,13 +87,13 @@ pub struct OffsetTable {
 impl OffsetTable {
     /// Loads the snapshot of a data directory; returns the table and the
     /// offsets-topic queue offset from which commits must be replayed.
-    pub fn open(data_dir: &Path) -> io::Result<(OffsetTable, u64)> {
+    pub fn open(data_dir: &Path) -> StoreResult<(OffsetTable, u64)> {
         let path = data_dir.join("config").join("offsets.json");
         let snap = match std::fs::read(&path) {
             Ok(b) => serde_json::from_slice::<Snapshot>(&b)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?,
+                .map_err(|e| StoreError::corrupt("offset snapshot", &path, e.to_string()))?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => Snapshot::default(),
-            Err(e) => return Err(e),
+            Err(e) => return Err(StoreError::io("read", &path, e)),
         };
         let covers = snap.covers;
         let table = OffsetTable {
@@ -170,15 +171,18 @@ impl OffsetTable {
 
     /// Writes a snapshot covering commits below offsets-topic offset
     /// `covers`, so start-up replays only what follows.
-    pub fn snapshot(&self, covers: u64) -> io::Result<()> {
+    pub fn snapshot(&self, covers: u64) -> StoreResult<()> {
         let offsets: Vec<(OffsetKey, u64)> = self
             .offsets
             .read()
-            .map_err(|_| io::Error::other("offset table poisoned"))?
+            .map_err(|_| StoreError::Poisoned("offset table"))?
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect();
-        let bytes = serde_json::to_vec(&Snapshot { covers, offsets }).map_err(io::Error::other)?;
+        let bytes = serde_json::to_vec(&Snapshot { covers, offsets }).map_err(|source| StoreError::Encode {
+            what: "offset snapshot",
+            source,
+        })?;
         write_atomic(&self.path, &bytes)?;
         if let Ok(mut c) = self.covers.write() {
             *c = covers;

@@ -10,6 +10,7 @@ use std::sync::RwLock;
 
 use serde::{Deserialize, Serialize};
 
+use super::error::{StoreError, StoreResult};
 use super::fsutil::write_atomic;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -28,16 +29,16 @@ pub struct SubscriptionTable {
 
 impl SubscriptionTable {
     /// Loads the table of a data directory (empty when there is none).
-    pub fn open(data_dir: &Path) -> io::Result<SubscriptionTable> {
+    pub fn open(data_dir: &Path) -> StoreResult<SubscriptionTable> {
         let path = data_dir.join("config").join("subscriptions.json");
         let topics = match std::fs::read(&path) {
             Ok(b) => {
                 serde_json::from_slice::<SubscriptionFile>(&b)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?
+                    .map_err(|e| StoreError::corrupt("subscription table", &path, e.to_string()))?
                     .topics
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(e),
+            Err(e) => return Err(StoreError::io("read", &path, e)),
         };
         Ok(SubscriptionTable {
             path,
@@ -46,14 +47,14 @@ impl SubscriptionTable {
     }
 
     /// Records that `group` receives `topic`; writes through when new.
-    pub fn add(&self, topic: &str, group: &str) -> io::Result<bool> {
+    pub fn add(&self, topic: &str, group: &str) -> StoreResult<bool> {
         if self.groups(topic).iter().any(|g| g == group) {
             return Ok(false);
         }
         let mut t = self
             .topics
             .write()
-            .map_err(|_| io::Error::other("subscription table poisoned"))?;
+            .map_err(|_| StoreError::Poisoned("subscription table"))?;
         if !t.entry(topic.to_string()).or_default().insert(group.to_string()) {
             return Ok(false);
         }
@@ -62,11 +63,11 @@ impl SubscriptionTable {
     }
 
     /// Forgets a deleted topic.
-    pub fn remove_topic(&self, topic: &str) -> io::Result<()> {
+    pub fn remove_topic(&self, topic: &str) -> StoreResult<()> {
         let mut t = self
             .topics
             .write()
-            .map_err(|_| io::Error::other("subscription table poisoned"))?;
+            .map_err(|_| StoreError::Poisoned("subscription table"))?;
         if t.remove(topic).is_some() {
             self.persist(&t)?;
         }
@@ -89,9 +90,12 @@ impl SubscriptionTable {
             .unwrap_or_default()
     }
 
-    fn persist(&self, t: &BTreeMap<String, BTreeSet<String>>) -> io::Result<()> {
+    fn persist(&self, t: &BTreeMap<String, BTreeSet<String>>) -> StoreResult<()> {
         let file = SubscriptionFile { topics: t.clone() };
-        let bytes = serde_json::to_vec_pretty(&file).map_err(io::Error::other)?;
+        let bytes = serde_json::to_vec_pretty(&file).map_err(|source| StoreError::Encode {
+            what: "subscription table",
+            source,
+        })?;
         write_atomic(&self.path, &bytes)
     }
 }

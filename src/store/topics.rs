@@ -7,6 +7,7 @@ use std::sync::RwLock;
 
 use serde::{Deserialize, Serialize};
 
+use super::error::{IoContext, StoreError, StoreResult};
 use super::fsutil::write_atomic;
 
 /// One topic's settings.
@@ -41,24 +42,24 @@ pub struct TopicTable {
     topics: RwLock<BTreeMap<String, TopicConfig>>,
 }
 
-fn poisoned() -> io::Error {
-    io::Error::other("topic table lock poisoned")
+fn poisoned() -> StoreError {
+    StoreError::Poisoned("topic table")
 }
 
 impl TopicTable {
     /// Loads the table of a data directory (empty when there is none yet).
-    pub fn open(data_dir: &Path) -> io::Result<TopicTable> {
+    pub fn open(data_dir: &Path) -> StoreResult<TopicTable> {
         let dir = data_dir.join("config");
-        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(&dir).at("create directory", &dir)?;
         let path = dir.join("topics.json");
         let topics = match std::fs::read(&path) {
             Ok(bytes) => {
                 serde_json::from_slice::<TopicFile>(&bytes)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?
+                    .map_err(|e| StoreError::corrupt("topic table", &path, e.to_string()))?
                     .topics
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(e),
+            Err(e) => return Err(StoreError::io("read", &path, e)),
         };
         Ok(TopicTable {
             path,
@@ -87,7 +88,7 @@ impl TopicTable {
 
     /// Creates a topic or changes its queue count; returns the previous
     /// settings. Written to disk before it takes effect.
-    pub fn upsert(&self, topic: &str, cfg: TopicConfig) -> io::Result<Option<TopicConfig>> {
+    pub fn upsert(&self, topic: &str, cfg: TopicConfig) -> StoreResult<Option<TopicConfig>> {
         let mut topics = self.topics.write().map_err(|_| poisoned())?;
         let mut next = topics.clone();
         let prev = next.insert(topic.to_string(), cfg);
@@ -97,7 +98,7 @@ impl TopicTable {
     }
 
     /// Creates a topic unless it exists; returns its settings.
-    pub fn get_or_create(&self, topic: &str, cfg: TopicConfig) -> io::Result<(TopicConfig, bool)> {
+    pub fn get_or_create(&self, topic: &str, cfg: TopicConfig) -> StoreResult<(TopicConfig, bool)> {
         if let Some(existing) = self.get(topic) {
             return Ok((existing, false));
         }
@@ -113,7 +114,7 @@ impl TopicTable {
     }
 
     /// Removes a topic; returns its settings if it existed.
-    pub fn remove(&self, topic: &str) -> io::Result<Option<TopicConfig>> {
+    pub fn remove(&self, topic: &str) -> StoreResult<Option<TopicConfig>> {
         let mut topics = self.topics.write().map_err(|_| poisoned())?;
         if !topics.contains_key(topic) {
             return Ok(None);
@@ -125,9 +126,12 @@ impl TopicTable {
         Ok(prev)
     }
 
-    fn persist(&self, topics: &BTreeMap<String, TopicConfig>) -> io::Result<()> {
+    fn persist(&self, topics: &BTreeMap<String, TopicConfig>) -> StoreResult<()> {
         let file = TopicFile { topics: topics.clone() };
-        let bytes = serde_json::to_vec_pretty(&file).map_err(io::Error::other)?;
+        let bytes = serde_json::to_vec_pretty(&file).map_err(|source| StoreError::Encode {
+            what: "topic table",
+            source,
+        })?;
         write_atomic(&self.path, &bytes)
     }
 }

@@ -46,6 +46,7 @@ use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::store::error::{StoreError, StoreResult};
 use crate::store::mmap_file::MappedFile;
 
 /// Magic of a key-index file ("FIDX").
@@ -121,18 +122,20 @@ impl Header {
         b
     }
 
-    /// Parses and checks a header against the file's length.
-    fn decode(b: &[u8], actual_len: usize) -> Result<Header, String> {
+    /// Parses and checks a header against the file's length; errors name
+    /// the file at `path`.
+    fn decode(b: &[u8], actual_len: usize, path: &Path) -> StoreResult<Header> {
+        let bad = |detail: String| corrupt(path, detail);
         if b.len() < HEADER_LEN {
-            return Err(format!("file is {actual_len} bytes, shorter than a header"));
+            return Err(bad(format!("file is {actual_len} bytes, shorter than a header")));
         }
         let magic = be32(b, 0);
         if magic != INDEX_MAGIC {
-            return Err(format!("bad magic {magic:#010x}"));
+            return Err(bad(format!("bad magic {magic:#010x}")));
         }
         let version = be32(b, 4);
         if version != INDEX_VERSION {
-            return Err(format!("unsupported version {version}"));
+            return Err(bad(format!("unsupported version {version}")));
         }
         let h = Header {
             slots: be32(b, 8),
@@ -146,36 +149,36 @@ impl Header {
             state: be32(b, 56),
         };
         if h.slots == 0 || h.capacity == 0 {
-            return Err(format!(
+            return Err(bad(format!(
                 "{} slots and {} entries: both must be positive",
                 h.slots, h.capacity
-            ));
+            )));
         }
         if file_len(h.slots, h.capacity) != Some(actual_len) {
-            return Err(format!(
+            return Err(bad(format!(
                 "file is {actual_len} bytes, but {} slots and {} entries need {:?}",
                 h.slots,
                 h.capacity,
                 file_len(h.slots, h.capacity)
-            ));
+            )));
         }
         if h.count > h.capacity {
-            return Err(format!("entry count {} exceeds capacity {}", h.count, h.capacity));
+            return Err(bad(format!("entry count {} exceeds capacity {}", h.count, h.capacity)));
         }
         if h.used_slots > h.slots {
-            return Err(format!(
+            return Err(bad(format!(
                 "used slot count {} exceeds slot count {}",
                 h.used_slots, h.slots
-            ));
+            )));
         }
         if h.state > STATE_REBUILDING {
-            return Err(format!("unknown state {}", h.state));
+            return Err(bad(format!("unknown state {}", h.state)));
         }
         if h.count > 0 && h.begin_phys > h.end_phys {
-            return Err(format!(
+            return Err(bad(format!(
                 "begin phys offset {} is past end phys offset {}",
                 h.begin_phys, h.end_phys
-            ));
+            )));
         }
         Ok(h)
     }
@@ -223,12 +226,9 @@ fn be64(b: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(a)
 }
 
-/// An `InvalidData` error naming the index file.
-fn corrupt(path: &Path, msg: impl std::fmt::Display) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!("index file {}: {msg}", path.display()),
-    )
+/// Damage found in the index file at `path`.
+fn corrupt(path: &Path, detail: String) -> StoreError {
+    StoreError::corrupt("index file", path, detail)
 }
 
 /// One key-index file (see the module documentation for its layout).
@@ -248,27 +248,25 @@ pub struct IndexFile {
 impl IndexFile {
     /// Creates a new, empty index file at `path` (which must not exist) with
     /// `slots` hash slots and room for `entries` entries.
-    pub fn create(path: impl AsRef<Path>, slots: u32, entries: u32) -> io::Result<IndexFile> {
+    pub fn create(path: impl AsRef<Path>, slots: u32, entries: u32) -> StoreResult<IndexFile> {
         let path = path.as_ref();
         if slots == 0 || entries == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("index file {}: slots and entries must be positive", path.display()),
-            ));
+            return Err(StoreError::InvalidArgument(format!(
+                "index file {}: slots and entries must be positive",
+                path.display()
+            )));
         }
         let len = file_len(slots, entries).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "index file {}: {slots} slots and {entries} entries are too large",
-                    path.display()
-                ),
-            )
+            StoreError::InvalidArgument(format!(
+                "index file {}: {slots} slots and {entries} entries are too large",
+                path.display()
+            ))
         })?;
         if path.exists() {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("index file {} already exists", path.display()),
+            return Err(StoreError::io(
+                "create index file",
+                path,
+                io::Error::new(io::ErrorKind::AlreadyExists, "it already exists"),
             ));
         }
         let file = MappedFile::create_or_open(path, len)?;
@@ -296,12 +294,12 @@ impl IndexFile {
 
     /// Opens an existing index file, checking its header; finishes a slot
     /// rebuild that a crash interrupted.
-    pub fn open(path: impl AsRef<Path>) -> io::Result<IndexFile> {
+    pub fn open(path: impl AsRef<Path>) -> StoreResult<IndexFile> {
         let path = path.as_ref();
         let file = MappedFile::open_existing(path)?;
         let len = file.len();
         let bytes = file.read_at(0, HEADER_LEN.min(len))?;
-        let header = Header::decode(bytes, len).map_err(|m| corrupt(path, m))?;
+        let header = Header::decode(bytes, len, path)?;
         let mut index = IndexFile {
             file,
             header,
@@ -365,12 +363,12 @@ impl IndexFile {
     /// Idempotent: a put below [`max_phys_offset`](Self::max_phys_offset) is
     /// taken as already indexed and ignored, and so is a repeated
     /// (key hash, offset) pair at the largest offset; both return `Ok(true)`.
-    pub fn put(&mut self, key: &str, phys_offset: u64, store_timestamp: u64) -> io::Result<bool> {
+    pub fn put(&mut self, key: &str, phys_offset: u64, store_timestamp: u64) -> StoreResult<bool> {
         self.put_hash(key_hash(key), phys_offset, store_timestamp)
     }
 
     /// [`put`](Self::put) of an already hashed key.
-    pub(crate) fn put_hash(&mut self, hash: u32, phys_offset: u64, store_timestamp: u64) -> io::Result<bool> {
+    pub(crate) fn put_hash(&mut self, hash: u32, phys_offset: u64, store_timestamp: u64) -> StoreResult<bool> {
         let h = self.header;
         // Below the largest offset: indexed already. At it: maybe (a repeat).
         if h.count > 0
@@ -418,7 +416,7 @@ impl IndexFile {
 
     /// Whether the chain of `hash`'s slot already holds (`hash`, `phys`);
     /// only the chain's head entries at offset `phys` need looking at.
-    fn chain_has(&self, hash: u32, phys: u64) -> io::Result<bool> {
+    fn chain_has(&self, hash: u32, phys: u64) -> StoreResult<bool> {
         let mut cur = self.slot(hash % self.header.slots)?;
         while cur != 0 && cur <= self.header.count {
             let e = self.entry(cur)?;
@@ -487,7 +485,7 @@ impl IndexFile {
     /// Rebuilding rather than unlinking keeps this correct even if slot
     /// pages were not flushed before a crash; a crash during the rebuild is
     /// finished by [`open`](Self::open).
-    pub fn truncate_from(&mut self, phys_offset: u64) -> io::Result<()> {
+    pub fn truncate_from(&mut self, phys_offset: u64) -> StoreResult<()> {
         if self.header.count == 0 || self.header.end_phys < phys_offset {
             return Ok(());
         }
@@ -508,7 +506,7 @@ impl IndexFile {
     /// Relinks the slots and chains from entries `1..=count` and
     /// recomputes the header's summary fields, under the "rebuilding" state
     /// so a crash midway is finished on the next open.
-    fn rebuild_slots(&mut self) -> io::Result<()> {
+    fn rebuild_slots(&mut self) -> StoreResult<()> {
         self.header.state = STATE_REBUILDING;
         self.write_header()?;
         self.file.flush_range(0, HEADER_LEN)?;
@@ -556,7 +554,7 @@ impl IndexFile {
     }
 
     /// Writes modified pages to disk (`msync`), if there are any.
-    pub fn flush(&self) -> io::Result<()> {
+    pub fn flush(&self) -> StoreResult<()> {
         if self.dirty.swap(false, Ordering::AcqRel) {
             if let Err(e) = self.file.flush() {
                 self.dirty.store(true, Ordering::Release);
@@ -566,7 +564,7 @@ impl IndexFile {
         Ok(())
     }
 
-    fn write_header(&mut self) -> io::Result<()> {
+    fn write_header(&mut self) -> StoreResult<()> {
         let bytes = self.header.encode();
         self.file.write_at(0, &bytes)
     }
@@ -575,11 +573,11 @@ impl IndexFile {
         HEADER_LEN + slot as usize * SLOT_LEN
     }
 
-    fn slot(&self, slot: u32) -> io::Result<u32> {
+    fn slot(&self, slot: u32) -> StoreResult<u32> {
         Ok(be32(self.file.read_at(Self::slot_pos(slot), SLOT_LEN)?, 0))
     }
 
-    fn write_slot(&mut self, slot: u32, n: u32) -> io::Result<()> {
+    fn write_slot(&mut self, slot: u32, n: u32) -> StoreResult<()> {
         self.file.write_at(Self::slot_pos(slot), &n.to_be_bytes())
     }
 
@@ -589,227 +587,15 @@ impl IndexFile {
         HEADER_LEN + self.header.slots as usize * SLOT_LEN + (n.saturating_sub(1) as usize) * ENTRY_LEN
     }
 
-    fn entry(&self, n: u32) -> io::Result<Entry> {
+    fn entry(&self, n: u32) -> StoreResult<Entry> {
         Ok(Entry::decode(self.file.read_at(self.entry_pos(n), ENTRY_LEN)?))
     }
 
-    fn write_entry(&mut self, n: u32, e: &Entry) -> io::Result<()> {
+    fn write_entry(&mut self, n: u32, e: &Entry) -> StoreResult<()> {
         let pos = self.entry_pos(n);
         self.file.write_at(pos, &e.encode())
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn new_file(dir: &tempfile::TempDir, slots: u32, entries: u32) -> IndexFile {
-        IndexFile::create(dir.path().join("00000000000000000000"), slots, entries).unwrap()
-    }
-
-    #[test]
-    fn layout_sizes() {
-        assert_eq!(file_len(4, 10), Some(64 + 16 + 240));
-        assert_eq!(file_len(500_000, 2_000_000), Some(64 + 2_000_000 + 48_000_000));
-        let dir = tempfile::tempdir().unwrap();
-        let f = new_file(&dir, 4, 10);
-        assert_eq!(std::fs::metadata(f.path()).unwrap().len(), 320);
-        assert_eq!(&std::fs::read(f.path()).unwrap()[..4], b"FIDX");
-    }
-
-    #[test]
-    fn put_and_lookup_with_tiny_slot_table() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut f = new_file(&dir, 4, 1000);
-        for i in 0..300u64 {
-            // Key k{i%30}: each key is put 10 times, at growing offsets.
-            assert!(f.put(&format!("k{}", i % 30), i * 100, 1_000 + i).unwrap());
-        }
-        assert_eq!(f.entry_count(), 300);
-        assert_eq!(f.used_slots(), 4);
-        for k in 0..30u64 {
-            let got = f.lookup(&format!("k{k}"), 100);
-            let want: Vec<u64> = (0..10).rev().map(|j| (j * 30 + k) * 100).collect();
-            assert_eq!(got, want, "key k{k}");
-            assert_eq!(f.lookup(&format!("k{k}"), 3), want[..3]);
-        }
-        assert!(f.lookup("k0", 0).is_empty());
-        assert!(f.lookup("absent", 10).is_empty());
-        assert_eq!(f.min_phys_offset(), Some(0));
-        assert_eq!(f.max_phys_offset(), Some(29_900));
-        assert_eq!(f.timestamp_range(), Some((1_000, 1_299)));
-    }
-
-    #[test]
-    fn full_file_refuses_puts() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut f = new_file(&dir, 2, 3);
-        assert!(f.put("a", 1, 0).unwrap());
-        assert!(f.put("b", 2, 0).unwrap());
-        assert!(f.put("c", 3, 0).unwrap());
-        assert!(f.is_full());
-        assert!(!f.put("d", 4, 0).unwrap());
-        // A repeat of what is already there is still "indexed".
-        assert!(f.put("c", 3, 0).unwrap());
-        assert_eq!(f.lookup("d", 10), Vec::<u64>::new());
-        assert_eq!(f.entry_count(), 3);
-    }
-
-    #[test]
-    fn reput_is_idempotent() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut f = new_file(&dir, 4, 100);
-        f.put("a", 10, 0).unwrap();
-        f.put("b", 10, 0).unwrap();
-        f.put("a", 20, 0).unwrap();
-        f.put("b", 20, 0).unwrap();
-        let count = f.entry_count();
-        f.put("a", 10, 0).unwrap();
-        f.put("a", 20, 0).unwrap();
-        f.put("b", 20, 0).unwrap();
-        assert_eq!(f.entry_count(), count);
-        assert_eq!(f.lookup("a", 10), [20, 10]);
-        assert_eq!(f.lookup("b", 10), [20, 10]);
-    }
-
-    #[test]
-    fn colliding_hashes_are_all_candidates() {
-        // Two keys with the same 32-bit hash (found by brute force).
-        let (k1, k2) = ("key-901258", "key-1540052");
-        assert_eq!(key_hash(k1), key_hash(k2));
-        assert_eq!(key_hash(k1), 0x2246_fc52, "the on-disk hash must never change");
-        let dir = tempfile::tempdir().unwrap();
-        let mut f = new_file(&dir, 16, 100);
-        f.put(k1, 100, 0).unwrap();
-        f.put("other", 150, 0).unwrap();
-        f.put(k2, 200, 0).unwrap();
-        assert_eq!(f.lookup(k1, 10), [200, 100]);
-        assert_eq!(f.lookup(k2, 10), [200, 100]);
-        assert_eq!(f.lookup("other", 10), [150]);
-    }
-
-    #[test]
-    fn reopen_keeps_everything() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("00000000000000000000");
-        {
-            let mut f = IndexFile::create(&path, 8, 100).unwrap();
-            for i in 0..50u64 {
-                f.put(&format!("k{}", i % 7), i, i + 5).unwrap();
-            }
-            f.flush().unwrap();
-            f.flush().unwrap();
-        }
-        let f = IndexFile::open(&path).unwrap();
-        assert_eq!((f.slots(), f.capacity(), f.entry_count()), (8, 100, 50));
-        assert_eq!(f.lookup("k3", 100), [45, 38, 31, 24, 17, 10, 3]);
-        assert_eq!(f.max_phys_offset(), Some(49));
-        assert_eq!(f.timestamp_range(), Some((5, 54)));
-        assert_eq!(
-            IndexFile::create(&path, 8, 100).unwrap_err().kind(),
-            io::ErrorKind::AlreadyExists
-        );
-    }
-
-    #[test]
-    fn truncate_drops_the_tail_and_allows_reindexing() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("00000000000000000000");
-        let mut f = IndexFile::create(&path, 4, 100).unwrap();
-        for i in 0..40u64 {
-            f.put(&format!("k{}", i % 5), i * 10, i).unwrap();
-        }
-        f.truncate_from(205).unwrap();
-        assert_eq!(f.entry_count(), 21);
-        assert_eq!(f.max_phys_offset(), Some(200));
-        assert_eq!(f.lookup("k0", 100), [200, 150, 100, 50, 0]);
-        assert_eq!(f.lookup("k1", 100), [160, 110, 60, 10]);
-        // The torn tail is rewritten differently and re-indexed.
-        f.put("k1", 210, 99).unwrap();
-        assert_eq!(f.lookup("k1", 100), [210, 160, 110, 60, 10]);
-        drop(f);
-        let mut f = IndexFile::open(&path).unwrap();
-        assert_eq!(f.lookup("k1", 100), [210, 160, 110, 60, 10]);
-        assert_eq!(f.timestamp_range(), Some((0, 99)));
-        // Truncating past the end changes nothing; at 0 empties the file.
-        f.truncate_from(1_000).unwrap();
-        assert_eq!(f.entry_count(), 22);
-        f.truncate_from(0).unwrap();
-        assert_eq!(f.entry_count(), 0);
-        assert_eq!(f.used_slots(), 0);
-        assert!(f.lookup("k0", 10).is_empty());
-        assert_eq!(f.max_phys_offset(), None);
-    }
-
-    #[test]
-    fn interrupted_rebuild_is_finished_on_open() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("00000000000000000000");
-        {
-            let mut f = IndexFile::create(&path, 4, 100).unwrap();
-            for i in 0..20u64 {
-                f.put(&format!("k{}", i % 3), i, 0).unwrap();
-            }
-            // Simulate a crash midway: state says rebuilding, slots zeroed.
-            f.header.state = STATE_REBUILDING;
-            f.write_header().unwrap();
-            f.file.write_at(HEADER_LEN, &[0u8; 16]).unwrap();
-        }
-        let f = IndexFile::open(&path).unwrap();
-        assert_eq!(f.lookup("k2", 100), [17, 14, 11, 8, 5, 2]);
-        let f2 = IndexFile::open(&path).unwrap();
-        assert_eq!(f2.header.state, STATE_CONSISTENT);
-    }
-
-    #[test]
-    fn corrupt_headers_are_errors_naming_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("00000000000000000000");
-        drop(IndexFile::create(&path, 4, 10).unwrap());
-        let good = std::fs::read(&path).unwrap();
-        type Mutation = Box<dyn Fn(&mut Vec<u8>)>;
-        let cases: Vec<(&str, Mutation)> = vec![
-            ("magic", Box::new(|b| b[0] = 0)),
-            ("version", Box::new(|b| b[7] = 9)),
-            ("slots", Box::new(|b| b[11] = 5)),
-            ("zero slots", Box::new(|b| b[8..12].fill(0))),
-            ("count", Box::new(|b| b[19] = 11)),
-            ("used", Box::new(|b| b[23] = 5)),
-            ("state", Box::new(|b| b[59] = 7)),
-            ("short", Box::new(|b| b.truncate(40))),
-            ("long", Box::new(|b| b.push(0))),
-        ];
-        for (what, mutate) in cases {
-            let mut bad = good.clone();
-            mutate(&mut bad);
-            std::fs::write(&path, &bad).unwrap();
-            let err = IndexFile::open(&path).unwrap_err();
-            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{what}: {err}");
-            assert!(err.to_string().contains("00000000000000000000"), "{what}: {err}");
-        }
-    }
-
-    #[test]
-    fn corrupt_chains_end_walks() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut f = new_file(&dir, 1, 10);
-        for i in 0..5u64 {
-            f.put("k", i, 0).unwrap();
-        }
-        // Make entry 3 point at itself and entry 5 (the head) forward.
-        let mut e3 = f.entry(3).unwrap();
-        e3.prev = 3;
-        f.write_entry(3, &e3).unwrap();
-        assert_eq!(f.lookup("k", 100), [4, 3, 2]);
-        let mut e5 = f.entry(5).unwrap();
-        e5.prev = 9;
-        f.write_entry(5, &e5).unwrap();
-        assert_eq!(f.lookup("k", 100), [4]);
-        // A slot pointing past the published entries is an empty chain.
-        f.write_slot(0, 7).unwrap();
-        assert!(f.lookup("k", 100).is_empty());
-        // Puts still work (and start a fresh chain).
-        f.put("k", 10, 0).unwrap();
-        assert_eq!(f.lookup("k", 100), [10]);
-    }
-}
+mod tests;

@@ -31,10 +31,10 @@
 pub mod file;
 
 use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::message::split_keys;
+use crate::store::error::{IoContext, StoreError, StoreResult};
 use crate::store::mmap_file::sync_parent_dir;
 
 pub use file::{key_hash, IndexFile};
@@ -82,26 +82,24 @@ impl IndexStore {
     ///
     /// Leftover `*.tmp` files (a creation cut short by a crash) are removed;
     /// other names are ignored. A damaged index file is an error naming it.
-    pub fn open(dir: impl AsRef<Path>, slots: u32, entries: u32) -> io::Result<IndexStore> {
+    pub fn open(dir: impl AsRef<Path>, slots: u32, entries: u32) -> StoreResult<IndexStore> {
         let dir = dir.as_ref();
         if slots == 0 || entries == 0 || file::file_len(slots, entries).is_none() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("index: {slots} slots and {entries} entries per file is not a usable size"),
-            ));
+            return Err(StoreError::InvalidArgument(format!(
+                "index: {slots} slots and {entries} entries per file is not a usable size"
+            )));
         }
-        let ctx = |e: io::Error| io::Error::new(e.kind(), format!("index directory {}: {e}", dir.display()));
-        fs::create_dir_all(dir).map_err(ctx)?;
+        fs::create_dir_all(dir).at("create index directory", dir)?;
         let mut files = Vec::new();
-        for dent in fs::read_dir(dir).map_err(ctx)? {
-            let dent = dent.map_err(ctx)?;
+        for dent in fs::read_dir(dir).at("list index directory", dir)? {
+            let dent = dent.at("list index directory", dir)?;
             let name = dent.file_name();
             let Some(name) = name.to_str() else { continue };
             if let Some(seq) = parse_name(name) {
                 files.push((seq, IndexFile::open(dent.path())?));
             } else if name.ends_with(".tmp") {
                 tracing::info!(file = %dent.path().display(), "removing unfinished index file");
-                fs::remove_file(dent.path()).map_err(ctx)?;
+                fs::remove_file(dent.path()).at("remove unfinished index file", &dent.path())?;
             }
         }
         files.sort_by_key(|(seq, _)| *seq);
@@ -131,7 +129,7 @@ impl IndexStore {
     /// count as indexed already and are skipped (see the module docs), so
     /// recovery can replay records freely; offsets must otherwise arrive in
     /// commitlog order.
-    pub fn put_keys(&mut self, topic: &str, keys: &str, phys_offset: u64, store_timestamp: u64) -> io::Result<()> {
+    pub fn put_keys(&mut self, topic: &str, keys: &str, phys_offset: u64, store_timestamp: u64) -> StoreResult<()> {
         if self.max_indexed_phys_offset().is_some_and(|max| phys_offset < max) {
             return Ok(());
         }
@@ -141,7 +139,7 @@ impl IndexStore {
         Ok(())
     }
 
-    fn put_hash(&mut self, hash: u32, phys_offset: u64, store_timestamp: u64) -> io::Result<()> {
+    fn put_hash(&mut self, hash: u32, phys_offset: u64, store_timestamp: u64) -> StoreResult<()> {
         if let Some((_, f)) = self.files.last_mut() {
             if f.put_hash(hash, phys_offset, store_timestamp)? {
                 return Ok(());
@@ -158,10 +156,7 @@ impl IndexStore {
         if fitted {
             Ok(())
         } else {
-            Err(io::Error::other(format!(
-                "index file {}: a new file refused an entry",
-                path.display()
-            )))
+            Err(StoreError::corrupt("index file", path, "a new file refused an entry"))
         }
     }
 
@@ -195,7 +190,7 @@ impl IndexStore {
     /// Forgets every entry for a record at `phys_offset` or beyond (after
     /// the commitlog was cut there): deletes files that start at or past it
     /// and truncates the one that straddles it (see the module docs).
-    pub fn truncate_from(&mut self, phys_offset: u64) -> io::Result<()> {
+    pub fn truncate_from(&mut self, phys_offset: u64) -> StoreResult<()> {
         let mut i = self.files.len();
         while i > 0 {
             i -= 1;
@@ -204,8 +199,7 @@ impl IndexStore {
                 None => {}
                 Some(begin) if begin >= phys_offset => {
                     let path = self.files[i].1.path().to_path_buf();
-                    fs::remove_file(&path)
-                        .map_err(|e| io::Error::new(e.kind(), format!("index file {}: {e}", path.display())))?;
+                    fs::remove_file(&path).at("remove index file", &path)?;
                     self.files.remove(i);
                     sync_parent_dir(&path)?;
                 }
@@ -219,7 +213,7 @@ impl IndexStore {
     }
 
     /// Writes every file's modified pages to disk.
-    pub fn flush(&self) -> io::Result<()> {
+    pub fn flush(&self) -> StoreResult<()> {
         self.files.iter().try_for_each(|(_, f)| f.flush())
     }
 }
@@ -380,7 +374,7 @@ mod tests {
         bytes[0..4].copy_from_slice(b"JUNK");
         fs::write(&path, &bytes).unwrap();
         let err = IndexStore::open(dir.path(), 4, 8).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(err.io_kind(), std::io::ErrorKind::InvalidData);
         assert!(err.to_string().contains("00000000000000000000"), "{err}");
 
         fs::write(&path, b"short").unwrap();
