@@ -5,8 +5,9 @@
 //! creating internal topics.
 //!
 //! The writer is given at construction (it is started first: it needs no
-//! services). The name-server registrar and the delay scheduler are
-//! started after the services they use, so they are set once, later.
+//! services). The name-server registrar and the delay scheduler start
+//! after these services (the scheduler appends through them), so they are
+//! set once, later.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
