@@ -349,6 +349,87 @@ async fn delayed_messages_arrive_on_time() {
     );
 }
 
+/// A batch mixing an immediate and a delayed message, sent over a raw
+/// socket: both records keep the producer socket's address as born host,
+/// the delayed one also after its release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_messages_keep_the_producers_address() {
+    use bytes::{Bytes, BytesMut};
+    use ferromq::client::RemotingConnection;
+    use ferromq::store::record::StoredRecord;
+    use ferromq::wire::pull::{PullRequest, PullResponse};
+    use ferromq::wire::send::{SendEntry, SendRequest, SendResponse};
+    use ferromq::wire::{Command, Frame};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let broker = ServerProcess::broker(dir.path(), &[], &delivery_env());
+    let cfg = ClientConfig::new([broker.namesrv_addr.clone()]);
+    Admin::new(cfg).create_topic("origins", 1).await.unwrap();
+
+    let entry = |body: &str, delay: Option<&str>| SendEntry {
+        flags: 0,
+        born_timestamp: now_ms(),
+        properties: delay
+            .map(|l| ("DELAY".to_string(), l.to_string()))
+            .into_iter()
+            .collect(),
+        body: Bytes::from(body.to_string()),
+    };
+    let req = SendRequest {
+        topic: "origins".into(),
+        queue_id: 0,
+        entries: vec![entry("later", Some("1")), entry("now", None)],
+    };
+    let mut socket = tokio::net::TcpStream::connect(&broker.broker_addr).await.unwrap();
+    let producer = socket.local_addr().unwrap();
+    let mut out = BytesMut::new();
+    Frame::request(Command::SendMessage, 1, Bytes::new(), req.encode()).encode(&mut out);
+    socket.write_all(&out).await.unwrap();
+    let mut inb = BytesMut::new();
+    let reply = loop {
+        if let Some(frame) = Frame::parse(&mut inb, 1 << 20).unwrap() {
+            break frame;
+        }
+        assert!(socket.read_buf(&mut inb).await.unwrap() > 0, "the broker answers");
+    };
+    assert_eq!(reply.code, 0, "{:?}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(SendResponse::decode(reply.body).unwrap().stored.len(), 2);
+
+    let conn = RemotingConnection::connect(&broker.broker_addr, Duration::from_secs(5), None)
+        .await
+        .unwrap();
+    let mut records = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while records.len() < 2 && Instant::now() < deadline {
+        let pull = PullRequest {
+            topic: "origins".into(),
+            queue_id: 0,
+            offset: records.len() as u64,
+            max_count: 8,
+            max_wait_ms: 1_000,
+            tag_expression: String::new(),
+        };
+        let (_, body) = conn
+            .request(
+                Command::PullMessage,
+                Bytes::new(),
+                pull.encode(),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        let resp = PullResponse::decode(body).unwrap();
+        records.extend(StoredRecord::decode_all(resp.records, resp.count).unwrap());
+    }
+    let seen: Vec<_> = records.iter().map(|r| (&r.body[..], r.born_host)).collect();
+    assert_eq!(seen, [(&b"now"[..], producer), (&b"later"[..], producer)]);
+    assert!(
+        records[1].properties.contains_key("DUE_AT"),
+        "released from the delay topic"
+    );
+}
+
 #[test]
 fn pending_delays_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,8 +1,10 @@
 //! `CommitLogWriter`: the only writer of the commitlog. Assigns queue
-//! offsets, appends each batch with one copy per segment, hands the batch to
-//! the Dispatcher, and answers the producer once the flush policy is met.
-//! Runs on its own arbiter; with sync flush it waits on the flusher thread
-//! without blocking, so later batches keep appending (group commit).
+//! offsets, appends each batch (possibly for several queues) atomically
+//! with one copy per segment, hands the batch to the Dispatcher, and
+//! answers when its [`AckPolicy`] says so (after the page cache, after
+//! fsync, later also after replicas). Runs on its own arbiter; waiting for
+//! the policy does not block it, so later batches keep appending (group
+//! commit). It imports no other actor but the Dispatcher.
 
 use crate::error::{BrokerError, ErrorKind};
 use crate::observe::{kind, ActorStats, Tracked};
@@ -11,27 +13,37 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
+use super::ack_policy::AckPolicy;
 use super::dispatcher::{Dispatch, Dispatcher, ForgetTopic};
 use crate::clock::now_millis;
-use crate::config::FlushMode;
-use crate::store::append::{append_batch, AppendContext, AppendEntry};
+use crate::store::append::{append_to, AppendContext, AppendEntry, Appended, Destination};
 use crate::store::commitlog::{AppendError, Appender};
-use crate::store::flusher::FlushHandle;
 use crate::store::Store;
-use crate::wire::send::SendResponse;
 
-/// Append a batch to one topic queue.
-#[derive(Message)]
-#[rtype(result = "Result<SendResponse, BrokerError>")]
-pub struct Append {
+/// Records for one (topic, queue) from one origin: one share of an
+/// [`Append`].
+#[derive(Debug)]
+pub struct AppendGroup {
     /// Topic (must exist).
     pub topic: Arc<str>,
     /// Queue (must be below the topic's queue count).
     pub queue_id: u32,
-    /// The batch.
-    pub entries: Vec<AppendEntry>,
-    /// The producer's address.
+    /// Who sent them: the producer, or this broker for its own records.
     pub born_host: SocketAddr,
+    /// The records, in order.
+    pub entries: Vec<AppendEntry>,
+}
+
+/// Append one batch, atomically: every record of every group is stored, or
+/// none is. The only message that writes records: producers' batches
+/// (their delayed messages in the delay topic's groups), dead letters,
+/// released delayed messages and offset commits all arrive as one.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<Appended, BrokerError>")]
+pub struct Append {
+    /// The groups, in order. [`Appended::stored`] lists their records in
+    /// this order, and its `queue_id` is the first group's.
+    pub groups: Vec<AppendGroup>,
 }
 
 /// Forget a deleted topic: its queue offsets here, then (in order after
@@ -46,8 +58,7 @@ pub struct CommitLogWriter {
     store: Arc<Store>,
     appender: Appender,
     dispatcher: Tracked<Dispatcher>,
-    flusher: FlushHandle,
-    mode: FlushMode,
+    ack: Arc<dyn AckPolicy>,
     store_host: SocketAddr,
 }
 
@@ -58,12 +69,11 @@ impl CommitLogWriter {
         self
     }
 
-    /// A writer for `store`'s commitlog.
+    /// A writer for `store`'s commitlog, answering under `ack`.
     pub fn new(
         store: Arc<Store>,
         dispatcher: Tracked<Dispatcher>,
-        flusher: FlushHandle,
-        mode: FlushMode,
+        ack: Arc<dyn AckPolicy>,
         store_host: SocketAddr,
     ) -> CommitLogWriter {
         let appender = Appender::new(store.log.clone());
@@ -72,8 +82,7 @@ impl CommitLogWriter {
             store,
             appender,
             dispatcher,
-            flusher,
-            mode,
+            ack,
             store_host,
         }
     }
@@ -98,23 +107,26 @@ impl Supervised for CommitLogWriter {
 }
 
 impl Handler<Append> for CommitLogWriter {
-    type Result = ResponseFuture<Result<SendResponse, BrokerError>>;
+    type Result = ResponseFuture<Result<Appended, BrokerError>>;
 
     fn handle(&mut self, msg: Append, ctx: &mut Context<Self>) -> Self::Result {
         let _timer = self.stats.handling();
         let actx = AppendContext {
-            born_host: msg.born_host,
+            born_host: self.store_host, // unused: each group names its own
             store_host: self.store_host,
             now_ms: now_millis(),
         };
-        let batch = match append_batch(
-            &self.store,
-            &mut self.appender,
-            &msg.topic,
-            msg.queue_id,
-            &msg.entries,
-            actx,
-        ) {
+        let dests: Vec<Destination<'_>> = msg
+            .groups
+            .iter()
+            .map(|g| Destination {
+                topic: &g.topic,
+                queue_id: g.queue_id,
+                born_host: g.born_host,
+                entries: &g.entries,
+            })
+            .collect();
+        let batch = match append_to(&self.store, &mut self.appender, &dests, actx) {
             Ok(b) => b,
             Err(err) => {
                 tracing::warn!(error = %err, "append failed");
@@ -130,33 +142,30 @@ impl Handler<Append> for CommitLogWriter {
             }
         };
         let end = batch.end;
-        let labels = [("topic", msg.topic.to_string()), ("queue", msg.queue_id.to_string())];
-        metrics::counter!("ferromq_queue_messages_in_total", &labels).increment(batch.dispatch.len() as u64);
+        let mut records = batch.dispatch.iter();
+        for g in &msg.groups {
+            let n = g.entries.len();
+            let bytes: u64 = records.by_ref().take(n).map(|d| u64::from(d.size)).sum();
+            let labels = [("topic", g.topic.to_string()), ("queue", g.queue_id.to_string())];
+            metrics::counter!("ferromq_queue_messages_in_total", &labels).increment(n as u64);
+            metrics::counter!("ferromq_queue_bytes_in_total", &labels).increment(bytes);
+        }
         crate::observe::totals::add_in(batch.dispatch.len() as u64);
-        let bytes: u64 = batch.dispatch.iter().map(|d| u64::from(d.size)).sum();
-        metrics::counter!("ferromq_queue_bytes_in_total", &labels).increment(bytes);
         self.dispatcher.do_send(Dispatch {
             entries: batch.dispatch,
             end,
         });
-        let response = SendResponse {
-            queue_id: msg.queue_id,
+        let appended = Appended {
+            queue_id: msg.groups.first().map_or(0, |g| g.queue_id),
             store_host: self.store_host,
             stored: batch.stored,
         };
-        match self.mode {
-            FlushMode::Async => Box::pin(async move { Ok(response) }),
-            FlushMode::Sync => {
-                let durable = self.flusher.durable(end);
-                Box::pin(async move {
-                    match durable.await {
-                        Ok(Ok(())) => Ok(response),
-                        Ok(Err(e)) => Err(BrokerError::new(ErrorKind::Store, format!("flush failed: {e}"))),
-                        Err(_) => Err(BrokerError::new(ErrorKind::Unavailable, "the flusher stopped")),
-                    }
-                })
-            }
-        }
+        // The flush (and later replication) policy decides when to answer.
+        let answered = self.ack.when_answered(end);
+        Box::pin(async move {
+            answered.await?;
+            Ok(appended)
+        })
     }
 }
 

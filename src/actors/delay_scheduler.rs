@@ -11,12 +11,15 @@
 
 use crate::observe::{kind, ActorStats};
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::BytesMut;
 
+use super::commitlog_writer::AppendGroup;
+pub use super::delayed_send::Scheduled;
 use super::services::BrokerServices;
 use crate::clock::now_millis;
 use crate::delivery::delay::{DelayTable, DELAY_GROUP, DELAY_QUEUES, DELAY_TOPIC};
@@ -30,11 +33,6 @@ type HeldAt = (u32, u64);
 
 /// Wait before trying a failed release again.
 const RELEASE_RETRY_MS: u64 = 1_000;
-
-/// Messages just stored in the delay topic: (delay queue, offset, due at).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Scheduled(pub Vec<(u32, u64, u64)>);
 
 /// The delay scheduler actor.
 pub struct DelayScheduler {
@@ -111,8 +109,9 @@ impl DelayScheduler {
         }
     }
 
-    /// Reads one held message and turns it back into its real send.
-    fn held(&self, queue: u32, offset: u64) -> Option<(String, u32, AppendEntry)> {
+    /// Reads one held message and turns it back into its real send, from
+    /// its producer's address (the held record keeps it).
+    fn held(&self, queue: u32, offset: u64) -> Option<(String, u32, SocketAddr, AppendEntry)> {
         let store = &self.services.store;
         let e = store.queues.get(DELAY_TOPIC, queue)?.get(offset)?;
         let mut buf = BytesMut::with_capacity(e.size as usize);
@@ -124,6 +123,7 @@ impl DelayScheduler {
         Some((
             topic,
             real_queue,
+            rec.born_host,
             AppendEntry {
                 flags: rec.flags,
                 born_timestamp: rec.born_timestamp,
@@ -136,11 +136,12 @@ impl DelayScheduler {
     fn release_due(&mut self, ctx: &mut Context<Self>) {
         let now = now_millis();
         let due = self.table.take_due(now);
-        // One append per real queue, in delay-queue order.
-        let mut batches: BTreeMap<(String, u32), Vec<(HeldAt, AppendEntry)>> = BTreeMap::new();
+        // One atomic append of everything due: a group per real queue and
+        // producer, in delay-queue order within each.
+        let mut batches: BTreeMap<(String, u32, SocketAddr), Vec<(HeldAt, AppendEntry)>> = BTreeMap::new();
         for (queue, offset) in due {
             match self.held(queue, offset) {
-                Some((topic, real_queue, entry)) => {
+                Some((topic, real_queue, born_host, entry)) => {
                     let exists = self
                         .services
                         .store
@@ -149,7 +150,7 @@ impl DelayScheduler {
                         .is_some_and(|t| real_queue < t.queues);
                     if exists {
                         batches
-                            .entry((topic, real_queue))
+                            .entry((topic, real_queue, born_host))
                             .or_default()
                             .push(((queue, offset), entry));
                     } else {
@@ -163,10 +164,28 @@ impl DelayScheduler {
                 }
             }
         }
-        for ((topic, real_queue), items) in batches {
-            let (ids, entries): (Vec<HeldAt>, Vec<AppendEntry>) = items.into_iter().unzip();
+        if !batches.is_empty() {
+            let mut ids: Vec<HeldAt> = Vec::new();
+            let groups: Vec<AppendGroup> = batches
+                .into_iter()
+                .map(|((topic, queue_id, born_host), items)| {
+                    let entries = items
+                        .into_iter()
+                        .map(|(id, entry)| {
+                            ids.push(id);
+                            entry
+                        })
+                        .collect();
+                    AppendGroup {
+                        topic: Arc::from(topic),
+                        queue_id,
+                        born_host,
+                        entries,
+                    }
+                })
+                .collect();
             let services = self.services.clone();
-            let fut = async move { services.append(&topic, real_queue, entries).await };
+            let fut = async move { services.append_groups(groups).await };
             ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
                 match res {
                     Ok(_) => {

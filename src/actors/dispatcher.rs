@@ -2,14 +2,36 @@
 //! and tells queue actors what is new. Runs on its own arbiter (creating a
 //! consume-queue file must not stall appends), fed by the CommitLogWriter
 //! one batch per message.
+//!
+//! It knows its listeners only as [`QueueListener`] trait objects (the queue
+//! registry is one), so this module imports neither the registry nor the
+//! queue actor: the writer → dispatcher → listeners edge is no import loop.
 
 use crate::observe::{kind, ActorStats};
 use std::sync::Arc;
 
 use actix::prelude::*;
 
-use super::queue_registry::QueueRegistry;
 use crate::store::{DispatchEntry, Store};
+
+/// Told what the Dispatcher indexed: the queue registry, which wakes the
+/// queue actors. Called on the dispatch arbiter, so it must not block.
+pub trait QueueListener: Send + Sync {
+    /// (topic, queue) now ends at `max_offset`; `expiring` lists the
+    /// (queue offset, expire-at ms) of the new records that have a TTL.
+    fn queue_grew(&self, topic: &Arc<str>, queue_id: u32, max_offset: u64, expiring: Vec<(u64, u64)>);
+
+    /// A deleted topic's queues are gone.
+    fn topic_deleted(&self, topic: &str);
+}
+
+/// Adds a listener. The queue registry is built after the writer (it hands
+/// out services that hold the writer, which holds this dispatcher), so it
+/// subscribes once built: before anything can append, as nothing appends
+/// until the broker's listeners and actors start after it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Subscribe(pub Arc<dyn QueueListener>);
 
 /// Records just appended, in commitlog order.
 #[derive(Message)]
@@ -31,7 +53,7 @@ pub struct ForgetTopic(pub String);
 pub struct Dispatcher {
     stats: Arc<ActorStats>,
     store: Arc<Store>,
-    queues: Arc<QueueRegistry>,
+    listeners: Vec<Arc<dyn QueueListener>>,
 }
 
 impl Dispatcher {
@@ -41,12 +63,13 @@ impl Dispatcher {
         self
     }
 
-    /// A dispatcher writing into `store` and notifying `queues`.
-    pub fn new(store: Arc<Store>, queues: Arc<QueueRegistry>) -> Dispatcher {
+    /// A dispatcher writing into `store`, with no listener yet
+    /// ([`Subscribe`] adds them).
+    pub fn new(store: Arc<Store>) -> Dispatcher {
         Dispatcher {
             stats: ActorStats::detached(kind::DISPATCHER, "0"),
             store,
-            queues,
+            listeners: Vec::new(),
         }
     }
 }
@@ -84,6 +107,9 @@ impl Handler<Dispatch> for Dispatcher {
             return;
         }
         self.store.mark_dispatched(msg.end);
+        let Some((last_listener, others)) = self.listeners.split_last() else {
+            return;
+        };
         // A batch usually targets one queue: notify once per queue run,
         // with the TTL deadlines of that run.
         let mut i = 0;
@@ -101,10 +127,20 @@ impl Handler<Dispatch> for Dispatcher {
                 j += 1;
             }
             let last = &msg.entries[j - 1];
-            self.queues
-                .notify(&last.topic, last.queue_id, last.queue_offset + 1, expiring);
+            for l in others {
+                l.queue_grew(&last.topic, last.queue_id, last.queue_offset + 1, expiring.clone());
+            }
+            last_listener.queue_grew(&last.topic, last.queue_id, last.queue_offset + 1, expiring);
             i = j;
         }
+    }
+}
+
+impl Handler<Subscribe> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, Subscribe(listener): Subscribe, _: &mut Context<Self>) {
+        self.listeners.push(listener);
     }
 }
 
@@ -113,7 +149,9 @@ impl Handler<ForgetTopic> for Dispatcher {
 
     fn handle(&mut self, ForgetTopic(topic): ForgetTopic, _: &mut Context<Self>) -> Self::Result {
         let _timer = self.stats.handling();
-        self.queues.retire_topic(&topic);
+        for l in &self.listeners {
+            l.topic_deleted(&topic);
+        }
         Ok(self.store.queues.remove_topic(&topic)?)
     }
 }

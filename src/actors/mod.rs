@@ -2,18 +2,21 @@
 //! only through its mailbox, and is a thin shell over a plain state machine
 //! or store call; see `docs/architecture.md` for the tree.
 //!
-//! * [`commitlog_writer`] — the only commitlog writer; group commit.
+//! * [`commitlog_writer`] — the only commitlog writer; group commit; it
+//!   answers under an [`ack_policy`] step.
 //! * [`dispatcher`] — consume-queue and index entries for appended records.
 //! * [`queue_actor`] — one per topic-queue: pulls and long polling
 //!   ([`long_poll`], [`pull`] hold its pure logic; [`queue_registry`] finds it).
 //!   [`queue_delivery`] adds per-message delivery (ack/nack, retries, dead
 //!   letters, TTL) on top.
 //! * [`delay_scheduler`] — releases delayed messages when due.
-//! * [`services`] — the one append path (`append_batch`; delayed messages
-//!   through [`delayed_send`]), offset commits and internal topics.
+//! * [`services`] — the one append path (`append_batch`, `append`,
+//!   `append_groups`: one atomic writer message per batch; delayed messages
+//!   routed by [`delayed_send`]), offset commits and internal topics.
 //! * [`namesrv`] — the name server's registry of live brokers and routes.
 //! * [`namesrv_client`] — a broker's registration with its name servers.
 
+pub mod ack_policy;
 pub mod commitlog_writer;
 pub mod delay_scheduler;
 pub mod delayed_send;

@@ -368,11 +368,9 @@ mod tests {
         let (store, _) = Store::open(&small_config(dir)).unwrap();
         let store = Arc::new(store);
         append(&store, "t", 0, &[entry("first", None, None)]);
-        let services = Arc::new(BrokerServices::new(
+        let services = Arc::new(crate::actors::services::testing::services(
             store.clone(),
             "127.0.0.1:1".parse().unwrap(),
-            Default::default(),
-            Default::default(),
         ));
         (store, services)
     }

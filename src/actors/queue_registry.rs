@@ -156,3 +156,15 @@ impl QueueRegistry {
         self.len() == 0
     }
 }
+
+/// The Dispatcher's notices reach queue actors through the registry (the
+/// dispatcher knows only the trait, so it imports nothing from here).
+impl super::dispatcher::QueueListener for QueueRegistry {
+    fn queue_grew(&self, topic: &Arc<str>, queue_id: u32, max_offset: u64, expiring: Vec<(u64, u64)>) {
+        self.notify(topic, queue_id, max_offset, expiring);
+    }
+
+    fn topic_deleted(&self, topic: &str) {
+        self.retire_topic(topic);
+    }
+}

@@ -187,8 +187,8 @@ impl BrokerHandler {
             entries: req.entries.into_iter().map(AppendEntry::from).collect(),
             born_host: peer,
         };
-        let response = self.services.append_batch(batch).await?;
-        ok(response.encode())
+        let appended = self.services.append_batch(batch).await?;
+        ok(crate::wire::send::SendResponse::from(appended).encode())
     }
 
     fn queue_actor(&self, topic: &str, queue_id: u32) -> Result<Tracked<QueueActor>, BrokerError> {

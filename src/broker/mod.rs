@@ -20,9 +20,10 @@ use actix::{Arbiter, ArbiterHandle};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::actors::ack_policy::policy_for;
 use crate::actors::commitlog_writer::CommitLogWriter;
 use crate::actors::delay_scheduler::DelayScheduler;
-use crate::actors::dispatcher::Dispatcher;
+use crate::actors::dispatcher::{Dispatcher, Subscribe};
 use crate::actors::group_registry::GroupRegistry;
 use crate::actors::heartbeat_scanner::HeartbeatScanner;
 use crate::actors::namesrv_client::{BrokerIdentity, IsRegistered, NameServerClient, RegisterNow, Unregister};
@@ -33,12 +34,12 @@ use crate::delivery::delay::{DELAY_QUEUES, DELAY_TOPIC};
 use crate::delivery::expiry::expire_at;
 use crate::observe::{kind, ActorTree};
 use crate::server::{serve, ServeOptions};
-use crate::store::append::AppendEntry;
+use crate::store::append::{AppendEntry, Appended};
 use crate::store::flusher::{FlushHandle, Flusher};
 use crate::store::topics::TopicConfig;
 use crate::store::Store;
 use crate::wire::control::TopicInfo;
-use crate::wire::send::SendEntry;
+use crate::wire::send::{SendEntry, SendResponse};
 pub use handler::BrokerHandler;
 
 /// A `SEND_MESSAGE` entry as the store's append input: its fields move
@@ -60,6 +61,18 @@ const _: () = assert!(
     std::mem::size_of::<SendEntry>() == std::mem::size_of::<AppendEntry>()
         && std::mem::align_of::<SendEntry>() == std::mem::align_of::<AppendEntry>()
 );
+
+/// An append's result as the `SEND_MESSAGE` reply: the native protocol's
+/// encoding of the domain type (fields move).
+impl From<Appended> for SendResponse {
+    fn from(a: Appended) -> SendResponse {
+        SendResponse {
+            queue_id: a.queue_id,
+            store_host: a.store_host,
+            stored: a.stored,
+        }
+    }
+}
 
 /// The broker's internal topics besides the store's own: the delay topic.
 fn internal_topics() -> [(&'static str, TopicConfig); 1] {
@@ -152,26 +165,31 @@ async fn serve_until_signal(
         _ => cfg.broker.namesrv_addrs.clone(),
     };
 
+    // The store side first, each part given what it uses at construction:
+    // dispatcher → writer → services → queue registry, which then
+    // subscribes to the dispatcher (before anything can append).
+    let dispatcher = {
+        let store = store.clone();
+        tree.start(kind::DISPATCHER, "0", Some(&dispatch_arbiter), move |stats| {
+            Dispatcher::new(store).with_stats(stats)
+        })
+    };
+    let writer = {
+        let (store, dispatcher) = (store.clone(), dispatcher.clone());
+        let ack = policy_for(cfg.store.flush, flusher);
+        tree.start(kind::COMMITLOG_WRITER, "0", Some(&store_arbiter), move |stats| {
+            CommitLogWriter::new(store, dispatcher, ack, store_host).with_stats(stats)
+        })
+    };
     let services = Arc::new(BrokerServices::new(
         store.clone(),
         store_host,
         cfg.delivery.clone(),
         tree.clone(),
+        writer.clone(),
     ));
     let queues = Arc::new(QueueRegistry::new(services.clone(), network.clone()));
-    let dispatcher = {
-        let (store, queues) = (store.clone(), queues.clone());
-        tree.start(kind::DISPATCHER, "0", Some(&dispatch_arbiter), move |stats| {
-            Dispatcher::new(store, queues).with_stats(stats)
-        })
-    };
-    let writer = {
-        let (store, dispatcher, mode) = (store.clone(), dispatcher.clone(), cfg.store.flush);
-        tree.start(kind::COMMITLOG_WRITER, "0", Some(&store_arbiter), move |stats| {
-            CommitLogWriter::new(store, dispatcher, flusher, mode, store_host).with_stats(stats)
-        })
-    };
-    services.set_writer(writer.clone());
+    dispatcher.do_send(Subscribe(queues.clone()));
     let identity = BrokerIdentity {
         cluster: cfg.broker.cluster.clone(),
         broker_name: cfg.broker.name.clone(),
@@ -204,7 +222,7 @@ async fn serve_until_signal(
             DelayScheduler::new(services).with_stats(stats)
         })
     };
-    services.set_delays(delays.addr().clone());
+    services.set_delays(delays.addr().clone().recipient());
     // Queues that groups receive with acknowledgements come back at once,
     // so TTL expiry runs before any consumer reconnects.
     for topic in store.subscriptions.topics() {
