@@ -92,7 +92,16 @@ mod tests {
     }
 
     fn pull(store: &Store, queue: u32, offset: u64, max: u32, filter: &TagFilter) -> PullBatch {
-        serve_pull(&StoreLog::new(store, "t", queue), "t/0", 5_000, offset, max, filter).unwrap()
+        serve_pull(
+            &StoreLog::new(store, "t", queue),
+            "t",
+            queue,
+            5_000,
+            offset,
+            max,
+            filter,
+        )
+        .unwrap()
     }
 
     #[test]

@@ -397,7 +397,7 @@ impl<W: Requester> QueueDelivery<W> {
     /// A pull: answered at once, or parked until a message at its next
     /// offset arrives (see [`QueueDelivery::new_messages`]) or its wait ends.
     pub fn pull(&mut self, now: u64, q: PullQuery, requester: W, log: &impl QueueLog, fx: &mut Effects<W>) {
-        let served = serve_pull(log, &self.queue_name(), now, q.offset, q.max_count, &q.filter);
+        let served = serve_pull(log, &self.topic, self.queue_id, now, q.offset, q.max_count, &q.filter);
         match served {
             Ok(b) if b.may_wait() && q.max_wait_ms > 0 => {
                 let deadline = now.saturating_add(q.max_wait_ms);
@@ -659,10 +659,6 @@ impl<W: Requester> QueueDelivery<W> {
             .map(|(n, g)| (n.as_str(), g.cursor.stats().in_flight))
     }
 
-    fn queue_name(&self) -> String {
-        format!("{}/{}", self.topic, self.queue_id)
-    }
-
     /// Answers parked requests that can now be served or whose wait ended:
     /// receives whose group has something ready, and (with the queue's new
     /// `end`) pulls waiting for an offset below it.
@@ -687,7 +683,7 @@ impl<W: Requester> QueueDelivery<W> {
         for p in due {
             match p.waiter.wait {
                 Wait::Pull(q) => {
-                    let served = serve_pull(log, &self.queue_name(), now, p.offset, q.max_count, &q.filter);
+                    let served = serve_pull(log, &self.topic, self.queue_id, now, p.offset, q.max_count, &q.filter);
                     match served {
                         // Only filtered-out messages arrived: wait further on.
                         Ok(b) if b.may_wait() => self.polls.park(

@@ -26,10 +26,12 @@ const MAX_CLAIM_SCAN: usize = 16 * 1024;
 const MAX_RECEIVE_BYTES: usize = 8 << 20;
 
 /// Reads up to `max_count` records from `offset` that match `filter` and
-/// have not expired at `now`. `queue` names the queue in errors.
+/// have not expired at `now`. `topic` and `queue_id` name the queue in
+/// errors.
 pub fn serve_pull<L: QueueLog>(
     log: &L,
-    queue: &str,
+    topic: &str,
+    queue_id: u32,
     now: u64,
     offset: u64,
     max_count: u32,
@@ -64,9 +66,12 @@ pub fn serve_pull<L: QueueLog>(
             }
         }
         let size = entry.size as usize;
-        let record = records
-            .push(entry.phys, size)
-            .map_err(|e| BrokerError::new(ErrorKind::Store, format!("reading {queue} offset {}: {e}", next - 1)))?;
+        let record = records.push(entry.phys, size).map_err(|e| {
+            BrokerError::new(
+                ErrorKind::Store,
+                format!("reading {topic}/{queue_id} offset {}: {e}", next - 1),
+            )
+        })?;
         // An expired message is never delivered.
         let expired = raw_expire_at(record, topic_ttl).is_some_and(|at| at <= now);
         // Hashes collide, and patterns have none: confirm the real tag.
@@ -134,7 +139,7 @@ impl<W: Requester> QueueDelivery<W> {
         let topic_ttl = log.topic_ttl();
         let want = q.max_count.clamp(1, MAX_BATCH_COUNT) as usize;
         let policy = self.policy.clone();
-        let queue = self.queue_name();
+        let (topic, queue_id) = (self.topic.clone(), self.queue_id);
         let g = self.group_mut(q, log, fx);
         let mut found: Vec<Delivered> = Vec::new();
         let mut bytes = 0usize;
@@ -159,7 +164,7 @@ impl<W: Requester> QueueDelivery<W> {
                 let record = log.entry(claim.offset).and_then(|e| log.record(e.phys, e.size).ok());
                 let Some(raw) = record else {
                     // Unreadable (a deleted topic's last moments): nothing to deliver.
-                    tracing::warn!(%queue, offset = claim.offset, "cannot read a claimed record; skipping it");
+                    tracing::warn!(%topic, queue_id, offset = claim.offset, "cannot read a claimed record; skipping it");
                     g.cursor.skip(claim.offset);
                     continue;
                 };
