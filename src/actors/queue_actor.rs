@@ -63,7 +63,7 @@ pub struct QueueActor {
     parked_gauges: [metrics::Gauge; 2],
     reported_parked: [usize; 2],
     /// `ferromq_group_in_flight` last reported, per group.
-    pub(super) reported_in_flight: HashMap<String, usize>,
+    reported_in_flight: HashMap<String, usize>,
     /// Shared with the registry: see its `notify`.
     notice_pending: Arc<AtomicBool>,
     /// `ferromq_queue_messages_out_total` of this queue, looked up once.

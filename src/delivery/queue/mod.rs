@@ -431,6 +431,7 @@ impl<W: Requester> QueueDelivery<W> {
             }
             None => {
                 let deadline = now.saturating_add(q.max_wait_ms);
+                // A receive waits for its group's cursor, not for an offset.
                 self.polls.park(
                     0,
                     deadline,
