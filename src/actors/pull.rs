@@ -1,164 +1,107 @@
-//! Serving one pull from a consume queue and the commitlog: the pure part of
-//! the queue actor (no actor, no timers), unit-testable on a temp store.
+//! The queue's log as the delivery state machine reads it: a
+//! [`QueueLog`] over the [`Store`] (consume queue, commitlog, topic TTL,
+//! committed offsets). Pull serving itself is
+//! [`crate::delivery::queue::serve_pull`].
 
-use bytes::{Bytes, BytesMut};
+use std::io;
+use std::sync::Arc;
 
-use crate::delivery::expiry::raw_expire_at;
-use crate::error::{BrokerError, ErrorKind};
-use crate::message::{TagFilter, PROPERTY_TAGS};
-use crate::store::commitlog::Gather;
-use crate::store::record::RecordView;
+use bytes::Bytes;
+
+use crate::delivery::queue::{LogEntry, QueueLog};
+use crate::store::commitlog::{read_raw, Gather};
+use crate::store::consume_queue::ConsumeQueue;
+use crate::store::offsets::OffsetKey;
 use crate::store::Store;
-use crate::wire::pull::{PullResponse, PullStatus, MAX_PULL_COUNT, PULL_RESPONSE_HEAD_LEN};
 
-/// Most consume-queue entries one pull scans (tag filters may skip many).
-const MAX_SCAN: u64 = 16 * 1024;
-/// Pulls stop adding records past this many bytes (but return at least one).
-const MAX_PULL_BYTES: usize = 8 << 20;
-
-/// A pull response body: the encoded head, then the records as chunks of
-/// the commitlog mapping (sent without copying, see `Frame::body_tail`).
-#[derive(Debug, Clone, Default)]
-pub struct PullPayload {
-    /// `PullResponse` head.
-    pub head: Bytes,
-    /// The records, back to back.
-    pub records: Vec<Bytes>,
-}
-
-#[cfg(test)]
-impl PullPayload {
-    /// The body as one buffer (copies).
-    pub fn to_bytes(&self) -> Bytes {
-        let mut out = BytesMut::from(&self.head[..]);
-        for chunk in &self.records {
-            out.extend_from_slice(chunk);
-        }
-        out.freeze()
-    }
-}
-
-/// The answer to a pull, or why it may wait.
-#[derive(Debug, Clone)]
-pub struct PullServed {
-    /// The response body.
-    pub body: PullPayload,
-    /// How the pull went.
-    pub status: PullStatus,
-    /// Records returned.
-    pub count: u32,
-    /// Where the next pull (or a parked retry) starts.
-    pub next_offset: u64,
-}
-
-impl PullServed {
-    /// True when nothing was found at the end of the queue, so a long poll
-    /// may wait for new data.
-    pub fn may_wait(&self) -> bool {
-        matches!(self.status, PullStatus::NoNewMessage | PullStatus::NoMatched)
-    }
-}
-
-/// Reads up to `max_count` records of (topic, queue) from `offset` that
-/// match `filter`.
-pub fn serve_pull(
-    store: &Store,
-    topic: &str,
+/// One topic-queue of the store, read by the delivery state machine.
+pub struct StoreLog<'a> {
+    store: &'a Store,
+    topic: &'a str,
     queue_id: u32,
-    offset: u64,
-    max_count: u32,
-    filter: &TagFilter,
-) -> Result<PullServed, BrokerError> {
-    let max_count = max_count.clamp(1, MAX_PULL_COUNT);
-    let Some(cq) = store.queues.get(topic, queue_id) else {
-        // Never written: an empty queue at offset 0.
-        let status = if offset == 0 {
-            PullStatus::NoNewMessage
-        } else {
-            PullStatus::OffsetMoved
-        };
-        return Ok(respond(status, 0, 0, 0, 0, Vec::new()));
-    };
-    let (min, max) = (cq.min_offset(), cq.max_offset());
-    if offset < min || offset > max {
-        let next = if offset < min { min } else { max };
-        return Ok(respond(PullStatus::OffsetMoved, next, min, max, 0, Vec::new()));
-    }
-    let hashes = filter.hashes();
-    let topic_ttl = store.topics.get(topic).and_then(|t| t.ttl_ms);
-    let now = crate::clock::now_millis();
-    let mut records = Gather::new(&store.log);
-    let mut count = 0u32;
-    let mut next = offset;
-    let scan_end = max.min(offset.saturating_add(MAX_SCAN));
-    while next < scan_end && count < max_count && records.len() < MAX_PULL_BYTES {
-        let Some(entry) = cq.get(next) else { break };
-        next += 1;
-        if let Some(h) = &hashes {
-            if !h.contains(&entry.tag_hash) {
-                continue;
-            }
-        }
-        let size = entry.size as usize;
-        let record = match records.push(entry.phys_offset, size) {
-            Ok(r) => r,
-            Err(e) => {
-                return Err(BrokerError::new(
-                    ErrorKind::Store,
-                    format!("reading {topic}/{queue_id} offset {}: {e}", next - 1),
-                ))
-            }
-        };
-        // An expired message is never delivered.
-        let expired = raw_expire_at(record, topic_ttl).is_some_and(|at| at <= now);
-        // Hashes collide, and patterns have none: confirm the real tag.
-        let filtered = !expired
-            && (hashes.is_some() || !filter.is_all())
-            && !filter.matches(RecordView(record).property(PROPERTY_TAGS));
-        if expired || filtered {
-            records.pop(size);
-            continue;
-        }
-        count += 1;
-    }
-    let status = if count > 0 {
-        PullStatus::Found
-    } else if next == offset {
-        PullStatus::NoNewMessage
-    } else {
-        PullStatus::NoMatched
-    };
-    Ok(respond(status, next, min, max, count, records.finish()))
+    /// The consume queue, when it exists (looked up once per input).
+    cq: Option<Arc<ConsumeQueue>>,
 }
 
-fn respond(status: PullStatus, next: u64, min: u64, max: u64, count: u32, records: Vec<Bytes>) -> PullServed {
-    let mut head = BytesMut::with_capacity(PULL_RESPONSE_HEAD_LEN);
-    PullResponse::put_head(&mut head, status, next, min, max, count);
-    PullServed {
-        body: PullPayload {
-            head: head.freeze(),
-            records,
-        },
-        status,
-        count,
-        next_offset: next,
+impl<'a> StoreLog<'a> {
+    /// (topic, queue) of `store`.
+    pub fn new(store: &'a Store, topic: &'a str, queue_id: u32) -> StoreLog<'a> {
+        StoreLog {
+            store,
+            topic,
+            queue_id,
+            cq: store.queues.get(topic, queue_id),
+        }
+    }
+}
+
+impl QueueLog for StoreLog<'_> {
+    type Gather<'b>
+        = Gather<'b>
+    where
+        Self: 'b;
+
+    fn bounds(&self) -> Option<(u64, u64)> {
+        self.cq.as_ref().map(|q| (q.min_offset(), q.max_offset()))
+    }
+
+    fn entry(&self, offset: u64) -> Option<LogEntry> {
+        self.cq.as_ref()?.get(offset).map(|e| LogEntry {
+            phys: e.phys_offset,
+            size: e.size,
+            tag_hash: e.tag_hash,
+        })
+    }
+
+    fn record(&self, phys: u64, size: u32) -> io::Result<Bytes> {
+        read_raw(&self.store.log, phys, size)
+    }
+
+    fn gather(&self) -> Gather<'_> {
+        Gather::new(&self.store.log)
+    }
+
+    fn topic_ttl(&self) -> Option<u64> {
+        self.store.topics.get(self.topic).and_then(|t| t.ttl_ms)
+    }
+
+    fn committed(&self, group: &str) -> Option<u64> {
+        self.store.offsets.get(&OffsetKey {
+            group: group.to_string(),
+            topic: self.topic.to_string(),
+            queue: self.queue_id,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delivery::queue::{serve_pull, PullBatch, PullOutcome};
+    use crate::message::TagFilter;
     use crate::store::record::StoredRecord;
     use crate::store::testing::{append, entry, small_config};
-    use crate::wire::pull::PullResponse;
 
-    fn offsets(served: &PullServed) -> Vec<u64> {
-        let resp = PullResponse::decode(served.body.to_bytes()).unwrap();
-        StoredRecord::decode_all(resp.records, resp.count)
+    fn offsets(served: &PullBatch) -> Vec<u64> {
+        let records: Vec<u8> = served.records.iter().flat_map(|c| c.iter().copied()).collect();
+        StoredRecord::decode_all(Bytes::from(records), served.count)
             .unwrap()
             .iter()
             .map(|r| r.queue_offset)
             .collect()
+    }
+
+    fn pull(store: &Store, queue: u32, offset: u64, max: u32, filter: &TagFilter) -> PullBatch {
+        serve_pull(
+            &StoreLog::new(store, "t", queue),
+            "t",
+            queue,
+            5_000,
+            offset,
+            max,
+            filter,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -176,23 +119,23 @@ mod tests {
             .collect();
         append(&store, "t", 0, &batch);
 
-        let all = serve_pull(&store, "t", 0, 0, 20, &TagFilter::All).unwrap();
-        assert_eq!((all.status, all.next_offset), (PullStatus::Found, 20));
+        let all = pull(&store, 0, 0, 20, &TagFilter::All);
+        assert_eq!((all.status, all.next_offset), (PullOutcome::Found, 20));
         assert_eq!(offsets(&all), (0..20).collect::<Vec<_>>());
 
-        let rare = serve_pull(&store, "t", 0, 1, 100, &TagFilter::parse("rare")).unwrap();
+        let rare = pull(&store, 0, 1, 100, &TagFilter::parse("rare"));
         assert_eq!(offsets(&rare), [10, 20, 30, 40]);
         assert_eq!(rare.next_offset, 50);
 
-        let none = serve_pull(&store, "t", 0, 41, 100, &TagFilter::parse("rare")).unwrap();
-        assert_eq!((none.status, none.next_offset), (PullStatus::NoMatched, 50));
+        let none = pull(&store, 0, 41, 100, &TagFilter::parse("rare"));
+        assert_eq!((none.status, none.next_offset), (PullOutcome::NoMatched, 50));
         assert!(none.may_wait());
 
-        let end = serve_pull(&store, "t", 0, 50, 10, &TagFilter::All).unwrap();
-        assert_eq!(end.status, PullStatus::NoNewMessage);
-        let moved = serve_pull(&store, "t", 0, 77, 10, &TagFilter::All).unwrap();
-        assert_eq!((moved.status, moved.next_offset), (PullStatus::OffsetMoved, 50));
-        let empty = serve_pull(&store, "t", 3, 0, 10, &TagFilter::All).unwrap();
-        assert_eq!(empty.status, PullStatus::NoNewMessage);
+        let end = pull(&store, 0, 50, 10, &TagFilter::All);
+        assert_eq!(end.status, PullOutcome::NoNewMessage);
+        let moved = pull(&store, 0, 77, 10, &TagFilter::All);
+        assert_eq!((moved.status, moved.next_offset), (PullOutcome::OffsetMoved, 50));
+        let empty = pull(&store, 3, 0, 10, &TagFilter::All);
+        assert_eq!(empty.status, PullOutcome::NoNewMessage);
     }
 }

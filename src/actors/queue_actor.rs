@@ -1,40 +1,37 @@
-//! `QueueActor`: one per topic-queue. Serves pulls from the consume queue and
-//! parks long-polling pulls until the Dispatcher reports new messages or
-//! their wait expires. A thin shell over [`serve_pull`] and [`LongPolls`].
-//! It also tracks per-message delivery for groups that receive with
-//! acknowledgements (in-flight table, retries, dead letters, TTL expiry):
-//! see [`super::queue_delivery`].
+//! `QueueActor`: one per topic-queue, a thin shell over the queue's
+//! delivery state machine ([`QueueDelivery`]): it feeds it pulls, receives,
+//! settles, new-message notices and timer ticks with `now` read once per
+//! handler, and carries out its effects (answers through oneshots, dead
+//! letters and offset commits through [`BrokerServices`], one timer armed
+//! for the earliest wake-up it asks for). The store side of the queue is
+//! [`StoreLog`]; the receive/settle handlers and the effects are in
+//! [`super::queue_delivery`].
 
-use crate::error::{BrokerError, ErrorKind};
-use crate::observe::{kind, ActorStats};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
-use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::long_poll::LongPolls;
-use super::pull::{serve_pull, PullPayload};
-use super::queue_delivery::{Deliveries, RequesterGone};
+use super::pull::StoreLog;
+use super::queue_delivery::{RequesterGone, Waiter};
 use super::services::BrokerServices;
-use crate::message::TagFilter;
+use crate::clock::now_millis;
+use crate::delivery::queue::{Answer, Effects, PullBatch, PullQuery, QueueDelivery, QueueLog};
+use crate::error::{BrokerError, ErrorKind};
+use crate::observe::{kind, ActorStats};
 use crate::store::Store;
-use crate::wire::pull::{PullRequest, PullResponse, PullStatus};
 
-/// A pull's answer: the encoded response body, or an error status.
-pub type PullReply = Result<PullPayload, BrokerError>;
+/// A pull's answer.
+pub type PullReply = Result<PullBatch, BrokerError>;
 
 /// Read messages (see `PULL_MESSAGE`); a long poll of a requester that is
 /// gone (its connection closed) is dropped.
 #[derive(Message)]
 #[rtype(result = "PullReply")]
-pub struct Pull(pub PullRequest, pub RequesterGone);
-
-/// How often a queue actor with parked pulls or receives drops those whose
-/// connection closed (they are also dropped on every wake-up).
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
+pub struct Pull(pub PullQuery, pub RequesterGone);
 
 /// The Dispatcher's notice that the queue now ends at `max_offset`.
 #[derive(Message)]
@@ -46,24 +43,10 @@ pub struct NewMessages {
     pub expiring: Vec<(u64, u64)>,
 }
 
-/// The queue's topic was deleted: answer parked pulls and stop.
+/// The queue's topic was deleted: answer parked requests and stop.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Retire;
-
-struct Waiter {
-    max_count: u32,
-    filter: TagFilter,
-    reply: oneshot::Sender<PullReply>,
-    gone: RequesterGone,
-}
-
-impl Waiter {
-    /// Nobody waits for the answer any more.
-    fn is_gone(&self) -> bool {
-        self.gone.load(Ordering::Acquire) || self.reply.is_closed()
-    }
-}
 
 /// The actor serving one topic-queue.
 pub struct QueueActor {
@@ -72,16 +55,15 @@ pub struct QueueActor {
     pub(super) store: Arc<Store>,
     pub(super) topic: Arc<str>,
     pub(super) queue_id: u32,
-    pub(super) deliveries: Deliveries,
-    polls: LongPolls<Waiter>,
-    epoch: Instant,
-    timer: Option<SpawnHandle>,
-    /// The sweep for parked requests of closed connections, while any are parked.
-    sweep: Option<SpawnHandle>,
+    pub(super) delivery: QueueDelivery<Waiter>,
+    /// The one timer: when it fires and its handle.
+    timer: Option<(u64, SpawnHandle)>,
     /// `ferromq_parked_requests{kind}` of pulls and receives, and what this
     /// actor last added to them.
     parked_gauges: [metrics::Gauge; 2],
     reported_parked: [usize; 2],
+    /// `ferromq_group_in_flight` last reported, per group.
+    reported_in_flight: HashMap<String, usize>,
     /// Shared with the registry: see its `notify`.
     notice_pending: Arc<AtomicBool>,
     /// `ferromq_queue_messages_out_total` of this queue, looked up once.
@@ -105,22 +87,29 @@ impl QueueActor {
         QueueActor {
             stats: ActorStats::detached(kind::QUEUE, format!("{topic}/{queue_id}")),
             store: services.store.clone(),
+            delivery: Self::fresh_delivery(&services, &topic, queue_id),
             services,
             topic,
             queue_id,
-            deliveries: Deliveries::default(),
-            polls: LongPolls::default(),
-            epoch: Instant::now(),
             timer: None,
-            sweep: None,
             parked_gauges: [
                 metrics::gauge!("ferromq_parked_requests", "kind" => "pull"),
                 metrics::gauge!("ferromq_parked_requests", "kind" => "receive"),
             ],
             reported_parked: [0, 0],
+            reported_in_flight: HashMap::new(),
             notice_pending: Arc::new(AtomicBool::new(false)),
             messages_out,
         }
+    }
+
+    fn fresh_delivery(services: &BrokerServices, topic: &Arc<str>, queue_id: u32) -> QueueDelivery<Waiter> {
+        QueueDelivery::new(
+            topic.clone(),
+            queue_id,
+            services.retry.clone(),
+            services.delivery.commit_interval_ms,
+        )
     }
 
     /// Shares the registry's notice flag (cleared on each `NewMessages`).
@@ -129,54 +118,71 @@ impl QueueActor {
         self
     }
 
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
-    fn serve(&self, offset: u64, max_count: u32, filter: &TagFilter) -> Result<super::pull::PullServed, BrokerError> {
-        let served = serve_pull(&self.store, &self.topic, self.queue_id, offset, max_count, filter)?;
-        self.count_out(u64::from(served.count));
-        Ok(served)
-    }
-
     /// Counts messages handed to consumers (pulls and receives).
-    pub(super) fn count_out(&self, n: u64) {
+    fn count_out(&self, n: u64) {
         if n > 0 {
             self.messages_out.increment(n);
             crate::observe::totals::add_out(n);
         }
     }
 
-    /// One timer, armed for the earliest deadline (not a periodic scan).
-    fn arm_timer(&mut self, ctx: &mut Context<Self>) {
-        if let Some(h) = self.timer.take() {
+    /// Carries out what the state machine asked for, then reports gauges
+    /// and arms the timer for its next wake-up.
+    pub(super) fn carry_out(&mut self, now: u64, fx: Effects<Waiter>, ctx: &mut Context<Self>) {
+        for (waiter, answer) in fx.replies {
+            let _ = waiter.reply.send(answer);
+        }
+        for group in fx.subscribe {
+            if let Err(e) = self.store.subscriptions.add(&self.topic, &group) {
+                tracing::warn!(%group, topic = %self.topic, error = %e, "cannot record subscription");
+            }
+        }
+        self.count_out(fx.delivered);
+        for (group, n) in fx.redelivered {
+            let labels = [
+                ("group", group),
+                ("topic", self.topic.to_string()),
+                ("queue", self.queue_id.to_string()),
+            ];
+            metrics::counter!("ferromq_group_redeliveries_total", &labels).increment(n);
+        }
+        for append in fx.dead_letters {
+            self.write_dead_letters(append, ctx);
+        }
+        if !fx.commits.is_empty() {
+            self.write_commits(fx.commits, ctx);
+        }
+        self.report();
+        self.arm_timer(now, ctx);
+    }
+
+    /// One timer, armed for the state machine's earliest wake-up.
+    fn arm_timer(&mut self, now: u64, ctx: &mut Context<Self>) {
+        let next = self.delivery.next_wakeup(now);
+        if next == self.timer.as_ref().map(|(at, _)| *at) {
+            return;
+        }
+        if let Some((_, h)) = self.timer.take() {
             ctx.cancel_future(h);
         }
-        if let Some(deadline) = self.polls.next_deadline() {
-            let wait = Duration::from_millis(deadline.saturating_sub(self.now_ms()));
-            self.timer = Some(ctx.run_later(wait, |act, ctx| {
+        if let Some(at) = next {
+            let wait = Duration::from_millis(at.saturating_sub(now));
+            let handle = ctx.run_later(wait, |act, ctx| {
                 act.timer = None;
-                let now = act.now_ms();
-                for p in act.polls.take_expired(now) {
-                    let reply = act.empty_reply(p.offset);
-                    let _ = p.waiter.reply.send(reply);
-                }
-                act.arm_timer(ctx);
-                act.parked_changed(ctx);
-            }));
+                let now = now_millis();
+                let mut fx = Effects::default();
+                let log = StoreLog::new(&act.store, &act.topic, act.queue_id);
+                act.delivery.tick(now, &log, &mut fx);
+                act.carry_out(now, fx, ctx);
+            });
+            self.timer = Some((at, handle));
         }
     }
 
-    /// Drops parked pulls and receives whose connection closed.
-    fn sweep_gone(&mut self) {
-        self.polls.take_matching(|p| p.waiter.is_gone());
-        self.sweep_gone_receives();
-    }
-
-    /// Reports the parked counts and keeps a sweep armed while anything is
-    /// parked: called after every change to the parked tables.
-    pub(super) fn parked_changed(&mut self, ctx: &mut Context<Self>) {
-        let now = [self.polls.len(), self.parked_receives()];
+    /// Reports the parked counts and the groups' in-flight counts that changed.
+    fn report(&mut self) {
+        let (pulls, receives) = self.delivery.parked();
+        let now = [pulls, receives];
         for ((gauge, was), is) in self.parked_gauges.iter().zip(self.reported_parked).zip(now) {
             if is > was {
                 gauge.increment((is - was) as f64);
@@ -185,33 +191,36 @@ impl QueueActor {
             }
         }
         self.reported_parked = now;
-        if self.sweep.is_none() && now != [0, 0] {
-            self.sweep = Some(ctx.run_later(SWEEP_EVERY, |act, ctx| {
-                act.sweep = None;
-                act.sweep_gone();
-                act.parked_changed(ctx);
-            }));
+        for (group, n) in self.delivery.in_flight() {
+            if self.reported_in_flight.get(group) == Some(&n) {
+                continue;
+            }
+            self.reported_in_flight.insert(group.to_string(), n);
+            let labels = [
+                ("group", group.to_string()),
+                ("topic", self.topic.to_string()),
+                ("queue", self.queue_id.to_string()),
+            ];
+            metrics::gauge!("ferromq_group_in_flight", &labels).set(n as f64);
         }
     }
 
-    fn empty_reply(&self, offset: u64) -> PullReply {
-        let (min, max) = self
+    /// Loads the groups that receive this topic (after a start or restart)
+    /// and begins the scan that finds the TTLs of their backlog.
+    fn resume(&mut self, ctx: &mut Context<Self>) {
+        let log = StoreLog::new(&self.store, &self.topic, self.queue_id);
+        let groups: Vec<(String, u64)> = self
             .store
-            .queues
-            .get(&self.topic, self.queue_id)
-            .map_or((0, 0), |q| (q.min_offset(), q.max_offset()));
-        let resp = PullResponse {
-            status: PullStatus::NoNewMessage,
-            next_offset: offset,
-            min_offset: min,
-            max_offset: max,
-            count: 0,
-            records: Bytes::new(),
-        };
-        Ok(PullPayload {
-            head: resp.encode(),
-            records: Vec::new(),
-        })
+            .subscriptions
+            .groups(&self.topic)
+            .into_iter()
+            .filter_map(|group| {
+                let committed = log.committed(&group)?;
+                Some((group, committed))
+            })
+            .collect();
+        self.delivery.resume(groups, &log);
+        self.carry_out(now_millis(), Effects::default(), ctx);
     }
 }
 
@@ -222,57 +231,48 @@ impl Actor for QueueActor {
         self.stats.started();
         // Pulls are answered quickly; a deeper mailbox only adds latency.
         ctx.set_mailbox_capacity(1024);
-        self.resume_deliveries(ctx);
+        self.resume(ctx);
     }
 }
 
 impl Supervised for QueueActor {
-    fn restarting(&mut self, ctx: &mut Context<Self>) {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
         self.stats.restarting();
-        // Parked pulls are dropped; their senders see a closed reply and
-        // answer SERVICE_UNAVAILABLE, and the clients simply pull again.
-        self.polls.take_all();
+        // Parked requests are dropped; their senders see a closed reply and
+        // answer SERVICE_UNAVAILABLE, and the clients simply ask again.
+        let mut fx = Effects::default();
+        self.delivery.retire(None, &mut fx);
         self.timer = None;
-        self.sweep = None;
-        self.drop_deliveries(None);
-        self.parked_changed(ctx);
+        self.report();
     }
+}
+
+/// The answer a parked request gets when the actor restarts under it.
+fn restarted(what: &str) -> BrokerError {
+    BrokerError::new(ErrorKind::Unavailable, format!("queue actor restarted; {what} again"))
+}
+
+/// Waits for the answer of a request handed to the state machine.
+pub(super) async fn answer_of(rx: oneshot::Receiver<Answer>, what: &'static str) -> Result<Answer, BrokerError> {
+    rx.await.map_err(|_| restarted(what))
 }
 
 impl Handler<Pull> for QueueActor {
     type Result = ResponseFuture<PullReply>;
 
-    fn handle(&mut self, Pull(req, gone): Pull, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, Pull(query, gone): Pull, ctx: &mut Context<Self>) -> Self::Result {
         let _timer = self.stats.handling();
-        let filter = TagFilter::parse(&req.tag_expression);
-        let served = match self.serve(req.offset, req.max_count, &filter) {
-            Ok(s) => s,
-            Err(e) => return Box::pin(async move { Err(e) }),
-        };
-        if !(served.may_wait() && req.max_wait_ms > 0) {
-            return Box::pin(async move { Ok(served.body) });
-        }
+        let now = now_millis();
         let (reply, rx) = oneshot::channel();
-        let deadline = self.now_ms() + u64::from(req.max_wait_ms);
-        self.polls.park(
-            served.next_offset,
-            deadline,
-            Waiter {
-                max_count: req.max_count,
-                filter,
-                reply,
-                gone,
-            },
-        );
-        self.arm_timer(ctx);
-        self.parked_changed(ctx);
+        let mut fx = Effects::default();
+        let log = StoreLog::new(&self.store, &self.topic, self.queue_id);
+        self.delivery.pull(now, query, Waiter { reply, gone }, &log, &mut fx);
+        self.carry_out(now, fx, ctx);
         Box::pin(async move {
-            rx.await.unwrap_or_else(|_| {
-                Err(BrokerError::new(
-                    ErrorKind::Unavailable,
-                    "queue actor restarted; pull again",
-                ))
-            })
+            match answer_of(rx, "pull").await? {
+                Answer::Pull(r) => r,
+                Answer::Receive(_) => Err(BrokerError::new(ErrorKind::Internal, "a pull got a receive's answer")),
+            }
         })
     }
 }
@@ -287,38 +287,12 @@ impl Handler<NewMessages> for QueueActor {
         // dispatcher's (releasing) swap, so the end read below includes
         // every batch whose notice was skipped.
         self.notice_pending.swap(false, Ordering::AcqRel);
-        let end = self
-            .store
-            .queues
-            .get(&self.topic, self.queue_id)
-            .map_or(0, |q| q.max_offset())
-            .max(msg.max_offset);
-        self.deliveries.add_expiries(&msg.expiring);
-        self.serve_parked(ctx);
-        if !msg.expiring.is_empty() {
-            self.arm_delivery_timer(ctx);
-        }
-        // Pulls of closed connections are dropped, not served.
-        self.polls.take_matching(|p| p.waiter.is_gone());
-        let ready = self.polls.take_ready(end);
-        if ready.is_empty() {
-            self.parked_changed(ctx);
-            return;
-        }
-        for p in ready {
-            match self.serve(p.offset, p.waiter.max_count, &p.waiter.filter) {
-                // Only filtered-out messages arrived: keep waiting further on.
-                Ok(s) if s.may_wait() => self.polls.park(s.next_offset, p.deadline, p.waiter),
-                Ok(s) => {
-                    let _ = p.waiter.reply.send(Ok(s.body));
-                }
-                Err(e) => {
-                    let _ = p.waiter.reply.send(Err(e));
-                }
-            }
-        }
-        self.arm_timer(ctx);
-        self.parked_changed(ctx);
+        let now = now_millis();
+        let log = StoreLog::new(&self.store, &self.topic, self.queue_id);
+        let end = log.bounds().map_or(0, |(_, max)| max).max(msg.max_offset);
+        let mut fx = Effects::default();
+        self.delivery.new_messages(now, end, &msg.expiring, &log, &mut fx);
+        self.carry_out(now, fx, ctx);
     }
 }
 
@@ -327,17 +301,13 @@ impl Handler<Retire> for QueueActor {
 
     fn handle(&mut self, _: Retire, ctx: &mut Context<Self>) {
         let _timer = self.stats.handling();
-        for p in self.polls.take_all() {
-            let _ = p.waiter.reply.send(Err(BrokerError::new(
-                ErrorKind::TopicNotExist,
-                format!("topic {} was deleted", self.topic),
-            )));
+        let mut fx = Effects::default();
+        let error = BrokerError::new(ErrorKind::TopicNotExist, format!("topic {} was deleted", self.topic));
+        self.delivery.retire(Some(error), &mut fx);
+        for (waiter, answer) in fx.replies {
+            let _ = waiter.reply.send(answer);
         }
-        self.drop_deliveries(Some(BrokerError::new(
-            ErrorKind::TopicNotExist,
-            format!("topic {} was deleted", self.topic),
-        )));
-        self.parked_changed(ctx);
+        self.report();
         ctx.stop();
     }
 }
@@ -346,16 +316,19 @@ crate::observe::failable!(QueueActor);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delivery::queue::{PullOutcome, SWEEP_EVERY_MS};
+    use crate::message::TagFilter;
     use crate::store::testing::{append, entry, small_config};
+    use std::time::Instant;
 
-    fn pull_req(offset: u64, wait: u32) -> PullRequest {
-        PullRequest {
-            topic: "t".into(),
-            queue_id: 0,
+    const SWEEP_EVERY: Duration = Duration::from_millis(SWEEP_EVERY_MS);
+
+    fn pull_req(offset: u64, wait: u64) -> PullQuery {
+        PullQuery {
             offset,
             max_count: 8,
             max_wait_ms: wait,
-            tag_expression: String::new(),
+            filter: TagFilter::parse(""),
         }
     }
 
@@ -375,8 +348,8 @@ mod tests {
         (store, services)
     }
 
-    fn status(reply: PullReply) -> PullStatus {
-        PullResponse::decode(reply.unwrap().to_bytes()).unwrap().status
+    fn status(reply: PullReply) -> PullOutcome {
+        reply.unwrap().status
     }
 
     #[actix_rt::test]
@@ -407,8 +380,8 @@ mod tests {
             .unwrap()
             .unwrap()
             .unwrap();
-        let resp = PullResponse::decode(woken.unwrap().to_bytes()).unwrap();
-        assert_eq!((resp.status, resp.count, resp.next_offset), (PullStatus::Found, 2, 3));
+        let resp = woken.unwrap();
+        assert_eq!((resp.status, resp.count, resp.next_offset), (PullOutcome::Found, 2, 3));
     }
 
     #[actix_rt::test]
@@ -452,13 +425,13 @@ mod tests {
             .unwrap()
             .unwrap()
             .unwrap();
-        assert_eq!(status(woken), PullStatus::Found);
+        assert_eq!(status(woken), PullOutcome::Found);
 
         // A short wait with nothing new ends at its deadline.
         let started = Instant::now();
         assert_eq!(
             status(addr.send(Pull(pull_req(2, 100), not_gone())).await.unwrap()),
-            PullStatus::NoNewMessage
+            PullOutcome::NoNewMessage
         );
         assert!(started.elapsed() >= Duration::from_millis(90));
 
@@ -471,7 +444,7 @@ mod tests {
         assert!(answered.is_err(), "parked pulls are answered, not lost");
         assert_eq!(
             status(addr.send(Pull(pull_req(0, 0), not_gone())).await.unwrap()),
-            PullStatus::Found
+            PullOutcome::Found
         );
     }
 }

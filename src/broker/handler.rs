@@ -207,8 +207,9 @@ impl BrokerHandler {
         req.max_wait_ms = self.poll_wait(req.max_wait_ms);
         self.existing_queue(&req.topic, req.queue_id)?;
         let actor = self.queue_actor(&req.topic, req.queue_id)?;
-        let payload = actor.send(Pull(req, gone)).await.map_err(mailbox)??;
-        Ok(Frame::ok(0, Bytes::new(), payload.head).with_body_tail(payload.records))
+        let query = crate::server::delivery_frames::pull_query(&req);
+        let batch = actor.send(Pull(query, gone)).await.map_err(mailbox)??;
+        Ok(crate::server::delivery_frames::pull_frame(batch))
     }
 
     async fn receive(&self, body: Bytes, gone: RequesterGone) -> Reply {
@@ -216,8 +217,9 @@ impl BrokerHandler {
         req.max_wait_ms = self.poll_wait(req.max_wait_ms);
         self.existing_queue(&req.topic, req.queue_id)?;
         let actor = self.queue_actor(&req.topic, req.queue_id)?;
-        let body = actor.send(Receive(req, gone)).await.map_err(mailbox)??;
-        ok(body)
+        let query = crate::server::delivery_frames::receive_query(req);
+        let batch = actor.send(Receive(query, gone)).await.map_err(mailbox)??;
+        Ok(crate::server::delivery_frames::receive_frame(&batch))
     }
 
     async fn settle(&self, body: Bytes, nack: bool) -> Reply {
@@ -228,7 +230,8 @@ impl BrokerHandler {
             // messages will be delivered again.
             return ok(encode_settled(0));
         };
-        let n = actor.send(Settle { req, nack }).await.map_err(mailbox)??;
+        let query = crate::server::delivery_frames::settle_query(req, nack);
+        let n = actor.send(Settle(query)).await.map_err(mailbox)??;
         ok(encode_settled(n))
     }
 

@@ -3,6 +3,7 @@
 
 mod budget;
 pub mod connection;
+pub mod delivery_frames;
 pub mod status;
 
 pub use connection::{serve, ConnectionHandle, RequestHandler, ServeOptions};
