@@ -54,7 +54,7 @@ impl QueueLog for StoreLog<'_> {
     }
 
     fn record(&self, phys: u64, size: u32) -> io::Result<Bytes> {
-        read_raw(&self.store.log, phys, size)
+        read_raw(&self.store.log, phys, size).map_err(io::Error::from)
     }
 
     fn gather(&self) -> Gather<'_> {

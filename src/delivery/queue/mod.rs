@@ -75,7 +75,7 @@ pub trait RecordGather {
 
 impl RecordGather for crate::store::commitlog::Gather<'_> {
     fn push(&mut self, phys: u64, size: usize) -> io::Result<&[u8]> {
-        crate::store::commitlog::Gather::push(self, phys, size)
+        crate::store::commitlog::Gather::push(self, phys, size).map_err(io::Error::from)
     }
     fn pop(&mut self, size: usize) {
         crate::store::commitlog::Gather::pop(self, size)
