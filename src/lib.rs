@@ -10,6 +10,7 @@
 //!   name server.
 //! * [`server`] — framed TCP sessions routing requests to actors.
 //! * [`client`] — the Rust client library; [`cli`] — the `ferromq` command.
+//! * [`push`] — protocol-neutral events pushed to clients.
 //! * [`render`] — JSON renderings shared by the CLI and the HTTP API.
 
 pub mod actors;
@@ -26,6 +27,7 @@ pub mod http;
 pub mod message;
 pub mod namesrv;
 pub mod observe;
+pub mod push;
 pub mod record;
 pub mod render;
 pub mod server;

@@ -8,8 +8,8 @@
 //! and the flusher thread.
 
 pub mod coordination;
-pub mod groups;
-pub mod handler;
+pub mod core;
+pub mod session;
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -20,6 +20,7 @@ use actix::{Arbiter, ArbiterHandle};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
+pub use self::core::BrokerCore;
 use crate::actors::commitlog_writer::CommitLogWriter;
 use crate::actors::delay_scheduler::DelayScheduler;
 use crate::actors::dispatcher::Dispatcher;
@@ -38,7 +39,6 @@ use crate::store::topics::TopicConfig;
 use crate::store::Store;
 use crate::wire::control::TopicInfo;
 use crate::wire::send::SendEntry;
-pub use handler::BrokerHandler;
 
 /// A `SEND_MESSAGE` entry as the store's append input: its fields move
 /// (the body stays a slice of the request frame).
@@ -215,16 +215,16 @@ async fn serve_until_signal(
         tracing::warn!("no name server acknowledged the first registration; retrying every register_interval_ms");
     }
 
-    let clients = Arc::new(std::sync::Mutex::new(crate::observe::clients::ClientTable::default()));
+    let sessions = Arc::new(session::SessionRegistry::default());
     {
-        let clients = clients.clone();
+        let clients: Arc<dyn crate::actors::heartbeat_scanner::ClientExpiry> = sessions.clone();
         let expiry = cfg.broker.client_expiry_ms;
         tree.start(kind::HEARTBEAT_SCANNER, "0", None, move |stats| {
             HeartbeatScanner::new(clients, expiry).with_stats(stats)
         });
     }
     let coordination = Arc::new(coordination::Coordination::new(routes.clone(), store_host.to_string()));
-    let handler = Arc::new(BrokerHandler {
+    let core = Arc::new(BrokerCore {
         groups,
         routes,
         coordination,
@@ -236,21 +236,22 @@ async fn serve_until_signal(
         store_host,
         services,
         delays,
-        clients: clients.clone(),
+        sessions,
     });
     {
-        let handler = handler.clone();
+        let core = core.clone();
         let period = Duration::from_millis(cfg.group.route_refresh_ms.max(100));
         actix_rt::spawn(async move {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                handler.refresh_group_routes().await;
+                core.refresh_group_routes().await;
             }
         });
     }
-    actix_rt::spawn(serve(listener, network, handler, opts));
+    let native = Arc::new(crate::server::native::NativeAdapter::new(core.clone()));
+    actix_rt::spawn(serve(listener, network, native, opts));
     let http_text = match cfg.http.enabled() {
         Some(addr) => {
             let state = crate::http::HttpState {
@@ -264,7 +265,8 @@ async fn serve_until_signal(
                 namesrv_addrs: http_namesrv,
                 broker_name: cfg.broker.name.clone(),
                 broker_addr: store_host.to_string(),
-                clients,
+                core: core.clone(),
+                session: Arc::new(session::Session::internal(store_host)),
             };
             crate::http::start(addr, state)?.to_string()
         }
