@@ -36,7 +36,7 @@ use std::sync::Arc;
 
 use actix::Addr;
 
-pub use groups::{JoinSpec, MemberRef, OffsetCommit, ResetSpec};
+pub use groups::{GroupOffset, GroupView, JoinSpec, MemberRef, OffsetCommit, ResetSpec, ResetTo};
 pub use queries::MAX_QUERY_RESULTS;
 pub use topics::{QueueRange, QueueStat, TopicQueues, TopicSpec, MAX_QUEUES_PER_TOPIC};
 

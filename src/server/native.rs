@@ -14,7 +14,8 @@ use futures::future::LocalBoxFuture;
 use super::{ConnectionHandle, RequestHandler};
 use crate::actors::group_coordinator::MemberAssignment;
 use crate::actors::services::AppendBatch;
-use crate::broker::core::{BrokerCore, JoinSpec, MemberRef, OffsetCommit, ResetSpec, TopicSpec};
+use crate::broker::coordination::group_description;
+use crate::broker::core::{BrokerCore, GroupOffset, JoinSpec, MemberRef, OffsetCommit, ResetSpec, ResetTo, TopicSpec};
 use crate::broker::session::Session;
 use crate::clock::now_millis;
 use crate::error::{BrokerError, ErrorKind};
@@ -27,7 +28,8 @@ use crate::wire::control::{
 use crate::wire::delivery::{encode_settled, ReceiveRequest, SettleRequest};
 use crate::wire::group::{
     AssignedQueue, CommitOffsets, CommittedOffsets, FetchOffsets, GroupAssignment, GroupList, GroupRef, HeartbeatReply,
-    JoinGroup, LeaveGroup, MemberRef as WireMember, OffsetAt, RebalanceNotice, ResetOffsets, SearchOffset,
+    JoinGroup, LeaveGroup, MemberRef as WireMember, OffsetAt, QueueOffset, RebalanceNotice, ResetOffsets, ResetTarget,
+    SearchOffset,
 };
 use crate::wire::pull::PullRequest;
 use crate::wire::send::SendRequest;
@@ -241,7 +243,7 @@ impl NativeAdapter {
                     group: c.group,
                     member_id: c.member_id,
                     generation: c.generation,
-                    offsets: c.offsets,
+                    offsets: c.offsets.into_iter().map(GroupOffset::from).collect(),
                 };
                 core.commit_offsets(s, commit).await?;
                 ok(Bytes::new())
@@ -249,25 +251,31 @@ impl NativeAdapter {
             Command::FetchOffsets => {
                 let f: FetchOffsets = header(&frame)?;
                 let offsets = core.fetch_offsets(s, &f.group, f.topic.as_deref())?;
-                ok(control::to_json(&CommittedOffsets { offsets }))
+                ok(control::to_json(&committed(offsets)))
             }
             Command::ListGroups => ok(control::to_json(&GroupList {
                 groups: core.list_groups(s)?,
             })),
             Command::DescribeGroup => {
                 let g: GroupRef = header(&frame)?;
-                ok(control::to_json(&core.describe_group(s, &g.group).await?))
+                let view = core.describe_group(s, &g.group).await?;
+                ok(control::to_json(&group_description(view.members, view.offsets)))
             }
             Command::ResetOffsets => {
                 let r: ResetOffsets = header(&frame)?;
                 let spec = ResetSpec {
                     group: r.group,
                     topic: r.topic,
-                    to: r.to,
+                    to: match r.to {
+                        ResetTarget::Earliest => ResetTo::Earliest,
+                        ResetTarget::Latest => ResetTo::Latest,
+                        ResetTarget::Timestamp(t) => ResetTo::Timestamp(t),
+                        ResetTarget::Offset(o) => ResetTo::Offset(o),
+                    },
                     create: r.create,
                 };
                 let offsets = core.reset_offsets(s, spec).await?;
-                ok(control::to_json(&CommittedOffsets { offsets }))
+                ok(control::to_json(&committed(offsets)))
             }
             Command::SearchOffset => {
                 let q: SearchOffset = header(&frame)?;
@@ -279,6 +287,12 @@ impl NativeAdapter {
                 format!("command {other:?} ({}) is not served by a broker", other.code()),
             )),
         }
+    }
+}
+
+fn committed(offsets: Vec<GroupOffset>) -> CommittedOffsets {
+    CommittedOffsets {
+        offsets: offsets.into_iter().map(QueueOffset::from).collect(),
     }
 }
 

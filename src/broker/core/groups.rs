@@ -2,16 +2,16 @@
 //! when this broker coordinates the group) and the offsets this broker
 //! keeps for its own queues.
 //!
-//! Committed offsets and descriptions keep the shapes of
-//! `wire::group::{QueueOffset, GroupDescription}`: plain data that the
-//! coordination with other brokers (`broker::coordination`, over the
-//! native protocol) exchanges as well.
+//! A group's description keeps the shape brokers exchange
+//! (`wire::group::GroupDescription`, built by
+//! `broker::coordination::group_description`): the commit rule is checked
+//! against it whether the coordinator is here or on another broker.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{io_err, mailbox, BrokerCore, Operation};
 use crate::actors::group_coordinator::{self as gc, MemberAssignment};
-use crate::broker::coordination::{check_commit, Coordinator};
+use crate::broker::coordination::{check_commit, group_description, Coordinator};
 use crate::broker::session::Session;
 use crate::client::core::route_queues;
 use crate::client::ClientError;
@@ -21,8 +21,67 @@ use crate::groups::types::{ConsumeMode, GroupConfig, GroupDescription};
 use crate::observe::Tracked;
 use crate::store::offsets::OffsetKey;
 use crate::wire::control::validate_topic_name;
-use crate::wire::group::{AssignedQueue, GroupDescription as Description, MemberInfo, QueueOffset, ResetTarget};
+use crate::wire::group::{GroupDescription as Description, QueueOffset};
 use crate::wire::Status;
+
+/// The committed (or to-be-committed) offset of one queue, named by topic,
+/// broker group and queue id: the next offset to consume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupOffset {
+    /// Topic.
+    pub topic: String,
+    /// Broker group owning the queue.
+    pub broker_name: String,
+    /// Queue id within that broker group.
+    pub queue: u32,
+    /// Next offset to consume.
+    pub offset: u64,
+}
+
+impl From<QueueOffset> for GroupOffset {
+    fn from(o: QueueOffset) -> GroupOffset {
+        GroupOffset {
+            topic: o.topic,
+            broker_name: o.broker_name,
+            queue: o.queue,
+            offset: o.offset,
+        }
+    }
+}
+
+impl From<GroupOffset> for QueueOffset {
+    fn from(o: GroupOffset) -> QueueOffset {
+        QueueOffset {
+            topic: o.topic,
+            broker_name: o.broker_name,
+            queue: o.queue,
+            offset: o.offset,
+        }
+    }
+}
+
+/// Where a reset moves a group's offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetTo {
+    /// Each queue's smallest stored offset.
+    Earliest,
+    /// Each queue's end.
+    Latest,
+    /// The first message stored at or after this time (ms since the epoch).
+    Timestamp(u64),
+    /// This offset, clamped into each queue's range.
+    Offset(u64),
+}
+
+/// This broker's view of a group.
+#[derive(Debug, Clone)]
+pub struct GroupView {
+    /// Membership, from the group's coordinator here (empty when it is
+    /// coordinated elsewhere).
+    pub members: GroupDescription,
+    /// The offsets this broker keeps for the group.
+    pub offsets: Vec<GroupOffset>,
+}
 
 /// A member joining (or rejoining) a group.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +124,7 @@ pub struct OffsetCommit {
     /// The member's generation.
     pub generation: Option<u64>,
     /// The offsets.
-    pub offsets: Vec<QueueOffset>,
+    pub offsets: Vec<GroupOffset>,
 }
 
 /// Moving a stopped group's offsets of one topic on this broker.
@@ -76,7 +135,7 @@ pub struct ResetSpec {
     /// Topic whose queues are reset.
     pub topic: String,
     /// Where to.
-    pub to: ResetTarget,
+    pub to: ResetTo,
     /// Create offsets for a group this broker does not know.
     pub create: bool,
 }
@@ -94,40 +153,6 @@ fn parse_mode(mode: Option<&str>) -> Result<ConsumeMode, BrokerError> {
         "clustering" => Ok(ConsumeMode::Clustering),
         "broadcasting" => Ok(ConsumeMode::Broadcasting),
         other => Err(bad(format!("mode {other:?} is not clustering or broadcasting"))),
-    }
-}
-
-/// A broker's own description of a group: membership from its coordinator
-/// here (if any) and the offsets it keeps.
-fn describe(d: GroupDescription, offsets: Vec<QueueOffset>) -> Description {
-    let text = |v: serde_json::Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
-    Description {
-        group: d.group,
-        state: text(serde_json::to_value(d.state).unwrap_or_default()),
-        generation: d.generation,
-        strategy: d.strategy.as_str().to_string(),
-        mode: text(serde_json::to_value(d.mode).unwrap_or_default()),
-        members: d
-            .members
-            .into_iter()
-            .map(|m| MemberInfo {
-                member_id: m.member_id,
-                client_id: m.client_id,
-                topics: m.topics.into_iter().collect(),
-                last_heartbeat_age_ms: m.last_heartbeat_age_ms,
-                assignment: m
-                    .assignment
-                    .into_iter()
-                    .map(|q| AssignedQueue {
-                        topic: q.topic,
-                        broker_name: q.broker_name,
-                        queue: q.queue_id,
-                    })
-                    .collect(),
-            })
-            .collect(),
-        offsets,
-        unreachable: Vec::new(),
     }
 }
 
@@ -244,7 +269,7 @@ impl BrokerCore {
         session: &Session,
         group: &str,
         topic: Option<&str>,
-    ) -> Result<Vec<QueueOffset>, BrokerError> {
+    ) -> Result<Vec<GroupOffset>, BrokerError> {
         self.admit(session, &Operation::DescribeGroups)?;
         Ok(self.committed(group, topic))
     }
@@ -259,11 +284,12 @@ impl BrokerCore {
 
     /// This broker's view of `group`: membership from its coordinator here
     /// (empty when coordinated elsewhere) and the offsets kept here.
-    pub async fn describe_group(&self, session: &Session, group: &str) -> Result<Description, BrokerError> {
+    pub async fn describe_group(&self, session: &Session, group: &str) -> Result<GroupView, BrokerError> {
         self.admit(session, &Operation::DescribeGroups)?;
-        let mut d = self.describe_members(group).await?;
-        d.offsets = self.committed(group, None);
-        Ok(d)
+        Ok(GroupView {
+            members: self.group_state(group).await?,
+            offsets: self.committed(group, None),
+        })
     }
 
     /// Looks up the topic routes of every group coordinated here and hands
@@ -308,13 +334,13 @@ impl BrokerCore {
 
     /// The offsets this broker keeps for `group` (all of them its own
     /// queues), optionally of one topic.
-    fn committed(&self, group: &str, topic: Option<&str>) -> Vec<QueueOffset> {
+    fn committed(&self, group: &str, topic: Option<&str>) -> Vec<GroupOffset> {
         self.store
             .offsets
             .group(group)
             .into_iter()
             .filter(|(k, _)| topic.is_none_or(|t| k.topic == t))
-            .map(|(k, offset)| QueueOffset {
+            .map(|(k, offset)| GroupOffset {
                 topic: k.topic,
                 broker_name: self.cfg.name.clone(),
                 queue: k.queue,
@@ -389,13 +415,18 @@ impl BrokerCore {
         }
     }
 
-    /// Membership of `group` as the coordinator here knows it (no offsets).
-    async fn describe_members(&self, group: &str) -> Result<Description, BrokerError> {
-        let desc = match self.groups.get(group) {
+    /// Membership of `group` as the coordinator here knows it.
+    async fn group_state(&self, group: &str) -> Result<GroupDescription, BrokerError> {
+        Ok(match self.groups.get(group) {
             Some(addr) => addr.send(gc::Describe).await.map_err(mailbox)?,
             None => crate::groups::coordinator::GroupState::new(group, GroupConfig::default()).describe(0),
-        };
-        Ok(describe(desc, Vec::new()))
+        })
+    }
+
+    /// Membership of `group` as the coordinator here knows it, in the shape
+    /// brokers exchange (no offsets).
+    async fn describe_members(&self, group: &str) -> Result<Description, BrokerError> {
+        Ok(group_description(self.group_state(group).await?, Vec::new()))
     }
 
     /// Live members of `group` per its coordinator; `None` when the
@@ -413,7 +444,7 @@ impl BrokerCore {
 
     /// Moves a stopped group's offsets of one topic on this broker; answers
     /// the new offsets. Refused while the group has live members.
-    pub async fn reset_offsets(&self, session: &Session, r: ResetSpec) -> Result<Vec<QueueOffset>, BrokerError> {
+    pub async fn reset_offsets(&self, session: &Session, r: ResetSpec) -> Result<Vec<GroupOffset>, BrokerError> {
         self.admit(session, &Operation::WriteOffsets { group: &r.group })?;
         check_name("group", &r.group)?;
         match self.live_members(&r.group).await? {
@@ -455,10 +486,10 @@ impl BrokerCore {
                 .get(&r.topic, queue)
                 .map_or((0, 0), |q| (q.min_offset(), q.max_offset()));
             let offset = match r.to {
-                ResetTarget::Earliest => min,
-                ResetTarget::Latest => max,
-                ResetTarget::Offset(o) => o.clamp(min, max),
-                ResetTarget::Timestamp(t) => self.store.offset_for_timestamp(&r.topic, queue, t).map_err(io_err)?,
+                ResetTo::Earliest => min,
+                ResetTo::Latest => max,
+                ResetTo::Offset(o) => o.clamp(min, max),
+                ResetTo::Timestamp(t) => self.store.offset_for_timestamp(&r.topic, queue, t).map_err(io_err)?,
             };
             commits.push((
                 OffsetKey {
@@ -482,7 +513,7 @@ impl BrokerCore {
         }
         Ok(commits
             .into_iter()
-            .map(|(k, offset)| QueueOffset {
+            .map(|(k, offset)| GroupOffset {
                 topic: k.topic,
                 broker_name: self.cfg.name.clone(),
                 queue: k.queue,
