@@ -12,6 +12,7 @@
 //!   [`namesrv_server`] — serving it: request handler, start-up.
 //! * [`server`] — framed TCP sessions routing requests to actors.
 //! * [`client`] — the Rust client library; [`cli`] — the `ferromq` command.
+//! * [`push`] — protocol-neutral events pushed to clients.
 //! * [`render`] — JSON renderings shared by the CLI and the HTTP API.
 
 pub mod actors;
@@ -25,10 +26,12 @@ pub mod delivery;
 pub mod error;
 pub mod groups;
 pub mod http;
+pub mod launch;
 pub mod message;
 pub mod namesrv;
 pub mod namesrv_server;
 pub mod observe;
+pub mod push;
 pub mod record;
 pub mod render;
 pub mod server;

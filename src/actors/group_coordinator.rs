@@ -1,8 +1,10 @@
 //! `GroupCoordinator`: one per consumer group. A thin shell over
 //! [`GroupState`]: it feeds requests and one timer (armed for the state's
 //! next deadline, not a periodic scan) into the state machine and carries
-//! out the effects: answering parked joins and pushing rebalance notices to
-//! members' connections.
+//! out the effects: answering parked joins and pushing rebalance events to
+//! members' sessions. It speaks no wire format: a notice is a
+//! [`PushEvent::Rebalance`] handed to the member's [`PushSink`], which the
+//! adapter the member is connected through encodes.
 
 use std::sync::Arc;
 
@@ -12,16 +14,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use crate::groups::assignment::MessageQueue;
 use crate::groups::coordinator::GroupState;
 use crate::groups::types::{Effect, GroupConfig, GroupDescription, GroupError, HeartbeatOutcome, JoinRequest};
-use crate::server::ConnectionHandle;
-use crate::wire::control::to_json;
-use crate::wire::group::{AssignedQueue, GroupAssignment, RebalanceNotice};
-use crate::wire::{Command, Frame};
+use crate::push::{PushEvent, PushSink};
 
 /// An error answer.
 pub type GroupFailure = BrokerError;
@@ -37,20 +35,23 @@ pub fn failure(e: GroupError) -> GroupFailure {
     BrokerError::new(kind, e.to_string())
 }
 
-fn wire_queues(queues: Vec<MessageQueue>) -> Vec<AssignedQueue> {
-    queues
-        .into_iter()
-        .map(|q| AssignedQueue {
-            topic: q.topic,
-            broker_name: q.broker_name,
-            queue: q.queue_id,
-        })
-        .collect()
+/// A member's share of a generation: the answer to a join or a sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberAssignment {
+    /// The member's id (used in its every later request).
+    pub member_id: String,
+    /// Generation of the assignment.
+    pub generation: u64,
+    /// The queues the member owns in this generation.
+    pub queues: Vec<MessageQueue>,
 }
+
+/// Where a member's rebalance notices go (its session).
+pub type Notify = Arc<dyn PushSink>;
 
 /// Join (or rejoin); answered when the rebalance completes.
 #[derive(Message)]
-#[rtype(result = "Result<GroupAssignment, GroupFailure>")]
+#[rtype(result = "Result<MemberAssignment, GroupFailure>")]
 pub struct Join {
     /// Member id (rejoin) or none (new member).
     pub member_id: Option<String>,
@@ -63,12 +64,12 @@ pub struct Join {
     /// Current queues of every subscribed topic.
     pub queues_by_topic: BTreeMap<String, Vec<MessageQueue>>,
     /// Where rebalance notices go.
-    pub conn: ConnectionHandle,
+    pub notify: Notify,
 }
 
 /// Re-read an assignment.
 #[derive(Message)]
-#[rtype(result = "Result<GroupAssignment, GroupFailure>")]
+#[rtype(result = "Result<MemberAssignment, GroupFailure>")]
 pub struct Sync {
     /// Member id.
     pub member_id: String,
@@ -84,8 +85,8 @@ pub struct Heartbeat {
     pub member_id: String,
     /// Its generation.
     pub generation: u64,
-    /// The connection it heartbeats on (notices go there from now on).
-    pub conn: ConnectionHandle,
+    /// The session it heartbeats on (notices go there from now on).
+    pub notify: Notify,
 }
 
 /// Leave at once.
@@ -118,7 +119,7 @@ pub struct SetTopicQueues {
 }
 
 /// Where a parked join's answer goes.
-type JoinReplyTx = oneshot::Sender<Result<GroupAssignment, GroupFailure>>;
+type JoinReplyTx = oneshot::Sender<Result<MemberAssignment, GroupFailure>>;
 
 /// The coordinator of one group.
 pub struct GroupCoordinator {
@@ -128,7 +129,7 @@ pub struct GroupCoordinator {
     timer: Option<SpawnHandle>,
     next_request: u64,
     parked: HashMap<u64, JoinReplyTx>,
-    connections: HashMap<String, ConnectionHandle>,
+    connections: HashMap<String, Notify>,
 }
 
 impl GroupCoordinator {
@@ -166,10 +167,10 @@ impl GroupCoordinator {
                     assignment,
                 } => {
                     if let Some(reply) = self.parked.remove(&request_id) {
-                        let _ = reply.send(Ok(GroupAssignment {
+                        let _ = reply.send(Ok(MemberAssignment {
                             member_id,
                             generation,
-                            assignment: wire_queues(assignment),
+                            queues: assignment,
                         }));
                     }
                 }
@@ -179,10 +180,12 @@ impl GroupCoordinator {
                     }
                 }
                 Effect::NotifyRebalance { member_id } => {
-                    if let Some(conn) = self.connections.get(&member_id) {
-                        let header = to_json(&RebalanceNotice { group: group.clone() });
-                        let frame = Frame::request(Command::NotifyRebalance, 0, header, Bytes::new());
-                        if !conn.push(frame) {
+                    if let Some(notify) = self.connections.get(&member_id) {
+                        let event = PushEvent::Rebalance {
+                            group: group.clone(),
+                            generation: self.state.generation(),
+                        };
+                        if !notify.push(event) {
                             tracing::debug!(%group, %member_id, "rebalance notice not delivered; the heartbeat will tell");
                         }
                     }
@@ -237,7 +240,7 @@ impl Supervised for GroupCoordinator {
 }
 
 impl Handler<Join> for GroupCoordinator {
-    type Result = ResponseFuture<Result<GroupAssignment, GroupFailure>>;
+    type Result = ResponseFuture<Result<MemberAssignment, GroupFailure>>;
 
     fn handle(&mut self, msg: Join, ctx: &mut Context<Self>) -> Self::Result {
         let _timer = self.stats.handling();
@@ -267,7 +270,7 @@ impl Handler<Join> for GroupCoordinator {
         }
         self.apply(effects, ctx);
         // The member's id is known once answered: bind its connection then.
-        let pending_conn = msg.conn;
+        let pending = msg.notify;
         let registered = ctx.address();
         Box::pin(async move {
             let result = rx.await.unwrap_or_else(|_| {
@@ -279,7 +282,7 @@ impl Handler<Join> for GroupCoordinator {
             if let Ok(a) = &result {
                 registered.do_send(BindConnection {
                     member_id: a.member_id.clone(),
-                    conn: pending_conn,
+                    notify: pending,
                 });
             }
             result
@@ -287,12 +290,12 @@ impl Handler<Join> for GroupCoordinator {
     }
 }
 
-/// Internal: remember which connection a member uses.
+/// Internal: remember which session a member uses.
 #[derive(Message)]
 #[rtype(result = "()")]
 struct BindConnection {
     member_id: String,
-    conn: ConnectionHandle,
+    notify: Notify,
 }
 
 impl Handler<BindConnection> for GroupCoordinator {
@@ -307,21 +310,21 @@ impl Handler<BindConnection> for GroupCoordinator {
             .iter()
             .any(|m| m.member_id == msg.member_id)
         {
-            self.connections.insert(msg.member_id, msg.conn);
+            self.connections.insert(msg.member_id, msg.notify);
         }
     }
 }
 
 impl Handler<Sync> for GroupCoordinator {
-    type Result = Result<GroupAssignment, GroupFailure>;
+    type Result = Result<MemberAssignment, GroupFailure>;
 
     fn handle(&mut self, msg: Sync, _: &mut Context<Self>) -> Self::Result {
         let _timer = self.stats.handling();
         let queues = self.state.sync(&msg.member_id, msg.generation).map_err(failure)?;
-        Ok(GroupAssignment {
+        Ok(MemberAssignment {
             member_id: msg.member_id,
             generation: msg.generation,
-            assignment: wire_queues(queues),
+            queues,
         })
     }
 }
@@ -335,7 +338,7 @@ impl Handler<Heartbeat> for GroupCoordinator {
             .state
             .heartbeat(&msg.member_id, msg.generation, self.now())
             .map_err(failure)?;
-        self.connections.insert(msg.member_id, msg.conn);
+        self.connections.insert(msg.member_id, msg.notify);
         self.arm_timer(ctx);
         Ok(outcome == HeartbeatOutcome::RebalanceInProgress)
     }

@@ -1,30 +1,42 @@
 //! `HeartbeatScanner`: expires clients (producers, consumers, admins) that
-//! stopped talking to the broker, from the shared
-//! [`crate::observe::clients::ClientTable`] that every request updates.
-//! One timer armed for the next possible expiry, not a periodic scan.
+//! stopped talking to the broker, from the broker's sessions (read through
+//! [`ClientExpiry`], implemented by `broker::session::SessionRegistry`:
+//! every request updates its session's last-seen time atomically, without
+//! a lock). One timer armed for the next possible expiry, not a periodic
+//! scan.
 //! Consumer-group members are expired by their group coordinators (session
 //! timeouts); brokers by the name server.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 
 use crate::clock::now_millis;
-use crate::observe::clients::ClientTable;
+use crate::observe::clients::ClientRole;
 use crate::observe::{kind, ActorStats};
+
+/// The clients the scanner watches.
+pub trait ClientExpiry: Send + Sync {
+    /// Forgets the roles of clients silent since before `now - timeout_ms`
+    /// (they count again once they speak); returns them.
+    fn expire(&self, now: u64, timeout_ms: u64) -> Vec<(u64, ClientRole)>;
+
+    /// When the quietest client will have been silent `timeout_ms`.
+    fn next_expiry(&self, timeout_ms: u64) -> Option<u64>;
+}
 
 /// The scanner actor.
 pub struct HeartbeatScanner {
     stats: Arc<ActorStats>,
-    clients: Arc<Mutex<ClientTable>>,
+    clients: Arc<dyn ClientExpiry>,
     timeout_ms: u64,
     timer: Option<SpawnHandle>,
 }
 
 impl HeartbeatScanner {
     /// A scanner expiring clients of `clients` silent for `timeout_ms`.
-    pub fn new(clients: Arc<Mutex<ClientTable>>, timeout_ms: u64) -> HeartbeatScanner {
+    pub fn new(clients: Arc<dyn ClientExpiry>, timeout_ms: u64) -> HeartbeatScanner {
         HeartbeatScanner {
             stats: ActorStats::detached(kind::HEARTBEAT_SCANNER, "0"),
             clients,
@@ -42,10 +54,8 @@ impl HeartbeatScanner {
     fn scan(&mut self, ctx: &mut Context<Self>) {
         let _timer = self.stats.handling();
         let now = now_millis();
-        let (gone, next) = match self.clients.lock() {
-            Ok(mut t) => (t.expire(now, self.timeout_ms), t.next_expiry(self.timeout_ms)),
-            Err(_) => (Vec::new(), None),
-        };
+        let gone = self.clients.expire(now, self.timeout_ms);
+        let next = self.clients.next_expiry(self.timeout_ms);
         for (id, role) in gone {
             tracing::info!(
                 connection = id,

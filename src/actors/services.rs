@@ -263,7 +263,9 @@ mod tests {
     fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let internal = [(DELAY_TOPIC, TopicConfig::with_queues(DELAY_QUEUES))];
-        let (store, _) = Store::open_with_internal_topics(&small_config(dir.path()), &internal, crate::delivery::expiry::expire_at).unwrap();
+        let (store, _) =
+            Store::open_with_internal_topics(&small_config(dir.path()), &internal, crate::delivery::expiry::expire_at)
+                .unwrap();
         let store = Arc::new(store);
         store.topics.get_or_create("t", TopicConfig::with_queues(2)).unwrap();
         let (services, writer) = testing::services_and_writer(store.clone(), "127.0.0.1:2".parse().unwrap());

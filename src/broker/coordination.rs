@@ -21,10 +21,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::core::GroupOffset;
 use crate::client::core::ClientCore;
 use crate::error::{BrokerError, ErrorKind};
+use crate::groups::types::GroupDescription as GroupState;
 use crate::wire::control::{from_json, to_json};
-use crate::wire::group::{coordinator_for, GroupDescription, GroupRef, QueueOffset};
+use crate::wire::group::{coordinator_for, AssignedQueue, GroupDescription, GroupRef, MemberInfo, QueueOffset};
 use crate::wire::Command;
 
 /// How long a cluster view or a remote membership answer is trusted.
@@ -140,6 +142,41 @@ impl Coordination {
     }
 }
 
+/// A broker's description of a group in the shape brokers exchange (and
+/// `DESCRIBE_GROUP` answers): membership from the coordinator's state
+/// machine and the offsets this broker keeps.
+pub fn group_description(d: GroupState, offsets: Vec<GroupOffset>) -> GroupDescription {
+    let text = |v: serde_json::Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+    GroupDescription {
+        group: d.group,
+        state: text(serde_json::to_value(d.state).unwrap_or_default()),
+        generation: d.generation,
+        strategy: d.strategy.as_str().to_string(),
+        mode: text(serde_json::to_value(d.mode).unwrap_or_default()),
+        members: d
+            .members
+            .into_iter()
+            .map(|m| MemberInfo {
+                member_id: m.member_id,
+                client_id: m.client_id,
+                topics: m.topics.into_iter().collect(),
+                last_heartbeat_age_ms: m.last_heartbeat_age_ms,
+                assignment: m
+                    .assignment
+                    .into_iter()
+                    .map(|q| AssignedQueue {
+                        topic: q.topic,
+                        broker_name: q.broker_name,
+                        queue: q.queue_id,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        offsets: offsets.into_iter().map(QueueOffset::from).collect(),
+        unreachable: Vec::new(),
+    }
+}
+
 /// Checks a commit against the coordinator's view of the group: a group
 /// with live members accepts commits only from a current member, in its
 /// generation, for queues that member owns. A group without live members
@@ -148,7 +185,7 @@ pub fn check_commit(
     desc: &GroupDescription,
     member_id: Option<&str>,
     generation: Option<u64>,
-    offsets: &[QueueOffset],
+    offsets: &[GroupOffset],
 ) -> Result<(), BrokerError> {
     if desc.members.is_empty() {
         return Ok(());
@@ -199,10 +236,9 @@ pub fn check_commit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::group::{AssignedQueue, MemberInfo};
 
-    fn offset(broker: &str, queue: u32) -> QueueOffset {
-        QueueOffset {
+    fn offset(broker: &str, queue: u32) -> GroupOffset {
+        GroupOffset {
             topic: "t".into(),
             broker_name: broker.into(),
             queue,

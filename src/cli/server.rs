@@ -70,7 +70,7 @@ pub fn run_broker(a: BrokerArgs) -> i32 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    match crate::broker::run(cfg) {
+    match crate::launch::run(cfg) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e}");

@@ -154,7 +154,18 @@ impl Admin {
         queues: u32,
         ttl: Option<std::time::Duration>,
     ) -> ClientResult<()> {
-        let masters: Vec<String> = self
+        let masters = self.master_addrs().await?;
+        if masters.is_empty() {
+            return Err(ClientError::NoRoute(
+                "no live master broker to create the topic on".into(),
+            ));
+        }
+        self.create_topic_on(&masters, topic, queues, ttl).await
+    }
+
+    /// Addresses of the live master brokers (from the name servers).
+    pub async fn master_addrs(&self) -> ClientResult<Vec<String>> {
+        Ok(self
             .core
             .cluster_info()
             .await?
@@ -162,19 +173,24 @@ impl Admin {
             .into_iter()
             .filter(|b| b.broker_id == 0)
             .map(|b| b.addr)
-            .collect();
-        if masters.is_empty() {
-            return Err(ClientError::NoRoute(
-                "no live master broker to create the topic on".into(),
-            ));
-        }
+            .collect())
+    }
+
+    /// Creates `topic` (or changes it) on the brokers at `addrs`, in order.
+    pub async fn create_topic_on(
+        &self,
+        addrs: &[String],
+        topic: &str,
+        queues: u32,
+        ttl: Option<std::time::Duration>,
+    ) -> ClientResult<()> {
         let header = to_json(&CreateTopic {
             topic: topic.to_string(),
             queues,
             ttl_ms: ttl.map(|t| t.as_millis() as u64),
         });
-        for addr in masters {
-            self.broker(&addr, Command::CreateTopic, header.clone()).await?;
+        for addr in addrs {
+            self.broker(addr, Command::CreateTopic, header.clone()).await?;
         }
         self.core.invalidate(topic);
         Ok(())
@@ -182,14 +198,23 @@ impl Admin {
 
     /// Deletes `topic` on every broker serving it.
     pub async fn delete_topic(&self, topic: &str) -> ClientResult<()> {
+        let addrs = self.topic_addrs(topic).await?;
+        self.delete_topic_on(&addrs, topic).await
+    }
+
+    /// Addresses of every live broker (masters and slaves) serving `topic`.
+    pub async fn topic_addrs(&self, topic: &str) -> ClientResult<Vec<String>> {
         let route = self.core.route(topic, true).await?;
+        Ok(route.brokers.iter().flat_map(|b| b.addrs.values().cloned()).collect())
+    }
+
+    /// Deletes `topic` on the brokers at `addrs`, in order.
+    pub async fn delete_topic_on(&self, addrs: &[String], topic: &str) -> ClientResult<()> {
         let header = to_json(&TopicRef {
             topic: topic.to_string(),
         });
-        for b in &route.brokers {
-            for addr in b.addrs.values() {
-                self.broker(addr, Command::DeleteTopic, header.clone()).await?;
-            }
+        for addr in addrs {
+            self.broker(addr, Command::DeleteTopic, header.clone()).await?;
         }
         self.core.invalidate(topic);
         Ok(())
@@ -271,23 +296,39 @@ impl Admin {
 
     /// Messages of `topic` carrying `key`, newest first, from every broker.
     pub async fn find_messages(&self, topic: &str, key: &str, max: u32) -> ClientResult<Vec<StoredRecord>> {
+        let mut out = Vec::new();
+        for addr in self.topic_master_addrs(topic).await? {
+            out.extend(self.find_messages_on(&addr, topic, key, max).await?);
+        }
+        Ok(out)
+    }
+
+    /// Addresses of the live masters serving `topic`, in route order.
+    pub async fn topic_master_addrs(&self, topic: &str) -> ClientResult<Vec<String>> {
         let route = self.core.route(topic, true).await?;
+        Ok(route.brokers.iter().filter_map(|b| b.addrs.get(&0).cloned()).collect())
+    }
+
+    /// Messages of `topic` carrying `key`, newest first, from the broker at
+    /// `addr`.
+    pub async fn find_messages_on(
+        &self,
+        addr: &str,
+        topic: &str,
+        key: &str,
+        max: u32,
+    ) -> ClientResult<Vec<StoredRecord>> {
         let header = to_json(&QueryByKey {
             topic: topic.to_string(),
             key: key.to_string(),
             max,
         });
-        let mut out = Vec::new();
-        for b in &route.brokers {
-            let Some(addr) = b.addrs.get(&0) else { continue };
-            let body = self.broker(addr, Command::QueryMessageByKey, header.clone()).await?;
-            if body.len() < 4 {
-                return Err(DecodeError::invalid("key query", "missing count").into());
-            }
-            let count = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
-            out.extend(StoredRecord::decode_all(body.slice(4..), count)?);
+        let body = self.broker(addr, Command::QueryMessageByKey, header).await?;
+        if body.len() < 4 {
+            return Err(DecodeError::invalid("key query", "missing count").into());
         }
-        Ok(out)
+        let count = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+        Ok(StoredRecord::decode_all(body.slice(4..), count)?)
     }
 
     /// Address of the broker coordinating `group`.

@@ -1,6 +1,15 @@
 //! The JSON API under `/api/…` that the web console and `ferromq
-//! cluster|stats` read (`docs/http.md`). Handlers go through the Rust client
-//! library, so what they show is what any client of the cluster sees.
+//! cluster|stats` read (`docs/http.md`).
+//!
+//! What is this broker's own is done in-process through the broker core
+//! (`BrokerCore`, with the API's session): its share of a topic created or
+//! deleted, message lookups by id of messages it stored, and its share of
+//! a key lookup. What spans the cluster — the name servers' views (cluster,
+//! topics, groups), the other brokers' shares of those operations, topic
+//! and group descriptions gathered from every broker group, dead-letter
+//! queues on every broker group, and producing (which picks a queue on any
+//! broker) — goes through the Rust client library's routing, so it shows
+//! what any client of the cluster sees.
 
 use actix_web::{web, HttpResponse};
 use bytes::Bytes;
@@ -8,10 +17,13 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::HttpState;
+use crate::broker::core::TopicSpec;
 use crate::client::dlq::ResendSelection;
 use crate::client::ClientError;
+use crate::error::{BrokerError, ErrorKind};
 use crate::message::Message;
 use crate::observe::{metrics, totals};
+use crate::record::{MessageId, StoredRecord};
 use crate::wire::Status;
 
 /// Registers the routes.
@@ -50,6 +62,24 @@ fn error(e: ClientError) -> HttpResponse {
     }
 }
 
+/// A broker core error as an HTTP answer, as [`error`] maps the same
+/// statuses.
+fn core_error(e: BrokerError) -> HttpResponse {
+    let status = match e.kind() {
+        ErrorKind::TopicNotExist | ErrorKind::MessageNotFound | ErrorKind::QueueNotExist | ErrorKind::GroupNotExist => {
+            actix_web::http::StatusCode::NOT_FOUND
+        }
+        ErrorKind::InvalidArgument | ErrorKind::Malformed => actix_web::http::StatusCode::BAD_REQUEST,
+        _ => actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    HttpResponse::build(status).json(json!({"error": e.to_string()}))
+}
+
+/// Records in their stored format, decoded (a failure is the broker's).
+fn decode_records(raw: Bytes, count: u32) -> Result<Vec<StoredRecord>, BrokerError> {
+    StoredRecord::decode_all(raw, count).map_err(|e| BrokerError::internal(format!("bad stored record: {e}")))
+}
+
 fn bad_request(msg: impl Into<String>) -> HttpResponse {
     HttpResponse::BadRequest().json(json!({"error": msg.into()}))
 }
@@ -60,15 +90,12 @@ async fn overview(state: web::Data<HttpState>) -> HttpResponse {
     let topics = state.admin.list_topics().await.unwrap_or_default();
     let groups = state.admin.list_groups().await.unwrap_or_default();
     let clients: serde_json::Map<String, serde_json::Value> = state
-        .clients
-        .lock()
-        .map(|t| {
-            t.by_role()
-                .into_iter()
-                .map(|(r, n)| (r.as_str().to_string(), n.into()))
-                .collect()
-        })
-        .unwrap_or_default();
+        .core
+        .sessions
+        .by_role()
+        .into_iter()
+        .map(|(r, n)| (r.as_str().to_string(), n.into()))
+        .collect();
     HttpResponse::Ok().json(json!({
         "broker": {"name": state.broker_name, "addr": state.broker_addr},
         "namesrv": state.namesrv_addrs,
@@ -123,12 +150,35 @@ fn default_queues() -> u32 {
 
 async fn create_topic(state: web::Data<HttpState>, req: web::Json<NewTopic>) -> HttpResponse {
     let ttl = req.ttl_ms.map(std::time::Duration::from_millis);
-    match state.admin.create_topic_with_ttl(&req.topic, req.queues, ttl).await {
+    // Every live master gets the topic: this broker in-process, the others
+    // through the client library.
+    let masters = match state.admin.master_addrs().await {
+        Ok(m) => m,
+        Err(e) => return error(e),
+    };
+    if masters.is_empty() {
+        return error(ClientError::NoRoute(
+            "no live master broker to create the topic on".into(),
+        ));
+    }
+    let (here, others): (Vec<String>, Vec<String>) = masters.into_iter().partition(|a| *a == state.broker_addr);
+    if !here.is_empty() {
+        let spec = TopicSpec {
+            topic: req.topic.clone(),
+            queues: req.queues,
+            ttl_ms: req.ttl_ms,
+        };
+        if let Err(e) = state.core.create_topic(&state.session, spec).await {
+            return core_error(e);
+        }
+    }
+    match state.admin.create_topic_on(&others, &req.topic, req.queues, ttl).await {
         Ok(()) => HttpResponse::Created().json(json!({"topic": req.topic, "queues": req.queues})),
         Err(e) => error(e),
     }
 }
 
+/// Gathered from every broker group serving the topic (client library).
 async fn describe_topic(state: web::Data<HttpState>, topic: web::Path<String>) -> HttpResponse {
     match state.admin.describe_topic(&topic).await {
         Ok(per_broker) => {
@@ -144,7 +194,19 @@ async fn describe_topic(state: web::Data<HttpState>, topic: web::Path<String>) -
 }
 
 async fn delete_topic(state: web::Data<HttpState>, topic: web::Path<String>) -> HttpResponse {
-    match state.admin.delete_topic(&topic).await {
+    // Every broker serving the topic drops it: this one in-process, the
+    // others through the client library.
+    let addrs = match state.admin.topic_addrs(&topic).await {
+        Ok(a) => a,
+        Err(e) => return error(e),
+    };
+    let (here, others): (Vec<String>, Vec<String>) = addrs.into_iter().partition(|a| *a == state.broker_addr);
+    if !here.is_empty() {
+        if let Err(e) = state.core.delete_topic(&state.session, &topic).await {
+            return core_error(e);
+        }
+    }
+    match state.admin.delete_topic_on(&others, &topic).await {
         Ok(()) => HttpResponse::Ok().json(json!({"deleted": *topic})),
         Err(e) => error(e),
     }
@@ -157,6 +219,8 @@ async fn list_groups(state: web::Data<HttpState>) -> HttpResponse {
     }
 }
 
+/// Membership from the group's coordinator (any broker) and offsets from
+/// every broker group: a cluster view (client library).
 async fn describe_group(state: web::Data<HttpState>, group: web::Path<String>) -> HttpResponse {
     let d = match state.admin.describe_group(&group).await {
         Ok(d) => d,
@@ -210,21 +274,56 @@ struct FindQuery {
 }
 
 async fn find_messages(state: web::Data<HttpState>, q: web::Query<FindQuery>) -> HttpResponse {
-    match state.admin.find_messages(&q.topic, &q.key, 32).await {
-        Ok(found) => HttpResponse::Ok().json(json!({
-            "messages": found.iter().map(crate::render::message_json).collect::<Vec<_>>(),
-        })),
-        Err(e) => error(e),
+    // Every master serving the topic is asked: this broker in-process.
+    let addrs = match state.admin.topic_master_addrs(&q.topic).await {
+        Ok(a) => a,
+        Err(e) => return error(e),
+    };
+    let mut found = Vec::new();
+    for addr in addrs {
+        if addr == state.broker_addr {
+            let (count, raw) = match state.core.query_by_key(&state.session, &q.topic, &q.key, 32) {
+                Ok(r) => r,
+                Err(e) => return core_error(e),
+            };
+            match decode_records(raw, count) {
+                Ok(records) => found.extend(records),
+                Err(e) => return core_error(e),
+            }
+        } else {
+            match state.admin.find_messages_on(&addr, &q.topic, &q.key, 32).await {
+                Ok(records) => found.extend(records),
+                Err(e) => return error(e),
+            }
+        }
     }
+    HttpResponse::Ok().json(json!({
+        "messages": found.iter().map(crate::render::message_json).collect::<Vec<_>>(),
+    }))
 }
 
 async fn get_message(state: web::Data<HttpState>, id: web::Path<String>) -> HttpResponse {
+    // A message this broker stored is read in-process; another broker's
+    // (or a malformed id) through the client library.
+    let ours = id
+        .parse::<MessageId>()
+        .is_ok_and(|m| m.store_host == state.core.store_host);
+    if ours {
+        return match state.core.query_by_id(&state.session, &id) {
+            Ok(raw) => match StoredRecord::decode(raw) {
+                Ok(r) => HttpResponse::Ok().json(crate::render::message_json(&r)),
+                Err(e) => core_error(BrokerError::internal(format!("bad stored record: {e}"))),
+            },
+            Err(e) => core_error(e),
+        };
+    }
     match state.admin.get_message(&id).await {
         Ok(r) => HttpResponse::Ok().json(crate::render::message_json(&r)),
         Err(e) => error(e),
     }
 }
 
+/// A group's dead letters on every broker group (client library).
 async fn list_dead_letters(state: web::Data<HttpState>, group: web::Path<String>) -> HttpResponse {
     match state.admin.dlq_list(&group).await {
         Ok(list) => HttpResponse::Ok().json(json!({

@@ -42,8 +42,11 @@ pub struct HttpState {
     pub broker_name: String,
     /// This broker's client address.
     pub broker_addr: String,
-    /// Connected clients by role.
-    pub clients: Arc<std::sync::Mutex<crate::observe::clients::ClientTable>>,
+    /// The broker core, called in-process for this broker's own data (and
+    /// its sessions, for the client counts).
+    pub core: Arc<crate::broker::BrokerCore>,
+    /// The session the API's in-process calls to the core run in.
+    pub session: Arc<crate::broker::session::Session>,
 }
 
 /// The console page (HTML, CSS and JS in one file, embedded at build time).
@@ -105,10 +108,8 @@ async fn prometheus(state: web::Data<HttpState>) -> HttpResponse {
         return HttpResponse::ServiceUnavailable().body("metrics recorder unavailable in this process\n");
     };
     metrics::refresh(&state.tree, &state.store);
-    if let Ok(t) = state.clients.lock() {
-        for (role, n) in t.by_role() {
-            ::metrics::gauge!("ferromq_clients", "role" => role.as_str()).set(n as f64);
-        }
+    for (role, n) in state.core.sessions.by_role() {
+        ::metrics::gauge!("ferromq_clients", "role" => role.as_str()).set(n as f64);
     }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")

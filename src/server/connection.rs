@@ -84,6 +84,9 @@ pub struct ConnectionHandle {
     /// Set when the connection stops reading (the client went away);
     /// requests still being served can then drop their work.
     closed: Arc<AtomicBool>,
+    /// What the handler attached when the connection opened
+    /// ([`RequestHandler::opened`]), e.g. the broker's session.
+    state: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 /// A frame on its way to the socket, with what it holds until it has been
@@ -120,6 +123,12 @@ impl ConnectionHandle {
     /// the request (a parked pull or receive).
     pub fn closed_flag(&self) -> Arc<AtomicBool> {
         self.closed.clone()
+    }
+
+    /// What the handler attached to this connection when it opened, if it
+    /// is a `T`.
+    pub fn state<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
+        self.state.clone().and_then(|s| s.downcast::<T>().ok())
     }
 }
 
@@ -208,6 +217,13 @@ pub trait RequestHandler: Send + Sync + 'static {
     /// The returned frame's correlation id is set by the caller; for oneway
     /// requests it is dropped.
     fn handle(self: Arc<Self>, conn: ConnectionHandle, cmd: Command, frame: Frame) -> LocalBoxFuture<'static, Frame>;
+
+    /// A connection opened (before its first request): what is returned
+    /// travels with the connection's handle ([`ConnectionHandle::state`]).
+    /// The handle given here carries no state yet.
+    fn opened(&self, _conn: &ConnectionHandle) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        None
+    }
 
     /// Connection `id` closed.
     fn closed(&self, _id: u64) {}
@@ -540,12 +556,14 @@ async fn run_session(stream: TcpStream, peer: SocketAddr, handler: Arc<dyn Reque
     let (close_tx, close_rx) = watch::channel(false);
     actix_rt::spawn(write_loop(writer, rx, close_rx));
 
-    let conn = ConnectionHandle {
+    let mut conn = ConnectionHandle {
         id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
         peer,
         push: out_tx.clone(),
         closed: Arc::new(AtomicBool::new(false)),
+        state: None,
     };
+    conn.state = handler.opened(&conn);
     let tx = Reply(out_tx);
     let max_inflight = opts.max_inflight.max(1);
     let permits = Arc::new(Semaphore::new(max_inflight));

@@ -1,28 +1,144 @@
-//! The broker's consumer-group commands (`docs/protocol.md` §7): each one
-//! decodes its JSON header and asks the group's coordinator or the store.
+//! Consumer groups: membership (asked of the group's coordinator actor
+//! when this broker coordinates the group) and the offsets this broker
+//! keeps for its own queues.
+//!
+//! A group's description keeps the shape brokers exchange
+//! (`wire::group::GroupDescription`, built by
+//! `broker::coordination::group_description`): the commit rule is checked
+//! against it whether the coordinator is here or on another broker.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use bytes::Bytes;
-
-use super::coordination::{check_commit, Coordinator};
-use super::handler::{io_err, mailbox, malformed, ok, BrokerHandler, Reply};
-use crate::actors::group_coordinator::{self as gc};
+use super::{io_err, mailbox, BrokerCore, Operation};
+use crate::actors::group_coordinator::{self as gc, MemberAssignment};
+use crate::broker::coordination::{check_commit, group_description, Coordinator};
+use crate::broker::session::Session;
 use crate::client::core::route_queues;
 use crate::client::ClientError;
 use crate::error::{BrokerError, ErrorKind};
 use crate::groups::assignment::{MessageQueue, Strategy};
 use crate::groups::types::{ConsumeMode, GroupConfig, GroupDescription};
 use crate::observe::Tracked;
-use crate::server::ConnectionHandle;
 use crate::store::offsets::OffsetKey;
-use crate::wire::control::{from_json, to_json, validate_topic_name};
-use crate::wire::group::{
-    AssignedQueue, CommitOffsets, CommittedOffsets, FetchOffsets, GroupDescription as WireDescription, GroupList,
-    GroupRef, HeartbeatReply, JoinGroup, LeaveGroup, MemberInfo, MemberRef, OffsetAt, QueueOffset, ResetOffsets,
-    ResetTarget, SearchOffset,
-};
-use crate::wire::{Command, Status};
+use crate::wire::control::validate_topic_name;
+use crate::wire::group::{GroupDescription as Description, QueueOffset};
+use crate::wire::Status;
+
+/// The committed (or to-be-committed) offset of one queue, named by topic,
+/// broker group and queue id: the next offset to consume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupOffset {
+    /// Topic.
+    pub topic: String,
+    /// Broker group owning the queue.
+    pub broker_name: String,
+    /// Queue id within that broker group.
+    pub queue: u32,
+    /// Next offset to consume.
+    pub offset: u64,
+}
+
+impl From<QueueOffset> for GroupOffset {
+    fn from(o: QueueOffset) -> GroupOffset {
+        GroupOffset {
+            topic: o.topic,
+            broker_name: o.broker_name,
+            queue: o.queue,
+            offset: o.offset,
+        }
+    }
+}
+
+impl From<GroupOffset> for QueueOffset {
+    fn from(o: GroupOffset) -> QueueOffset {
+        QueueOffset {
+            topic: o.topic,
+            broker_name: o.broker_name,
+            queue: o.queue,
+            offset: o.offset,
+        }
+    }
+}
+
+/// Where a reset moves a group's offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetTo {
+    /// Each queue's smallest stored offset.
+    Earliest,
+    /// Each queue's end.
+    Latest,
+    /// The first message stored at or after this time (ms since the epoch).
+    Timestamp(u64),
+    /// This offset, clamped into each queue's range.
+    Offset(u64),
+}
+
+/// This broker's view of a group.
+#[derive(Debug, Clone)]
+pub struct GroupView {
+    /// Membership, from the group's coordinator here (empty when it is
+    /// coordinated elsewhere).
+    pub members: GroupDescription,
+    /// The offsets this broker keeps for the group.
+    pub offsets: Vec<GroupOffset>,
+}
+
+/// A member joining (or rejoining) a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinSpec {
+    /// Group name.
+    pub group: String,
+    /// The id a previous join returned; `None` for a new member.
+    pub member_id: Option<String>,
+    /// Stable client name; member ids derive from it.
+    pub client_id: String,
+    /// Subscribed topics (at least one).
+    pub topics: Vec<String>,
+    /// Silence after which the member is removed.
+    pub session_timeout_ms: u64,
+    /// `range` (default), `round-robin` or `sticky`; set by the first member.
+    pub strategy: Option<String>,
+    /// `clustering` (default) or `broadcasting`; set by the first member.
+    pub mode: Option<String>,
+}
+
+/// A member of a group in a generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRef {
+    /// Group name.
+    pub group: String,
+    /// Member id.
+    pub member_id: String,
+    /// The generation it works in.
+    pub generation: u64,
+}
+
+/// Offsets to store for a group; every queue must be this broker group's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetCommit {
+    /// Group name.
+    pub group: String,
+    /// The committing member (`None`: accepted only while the group has no
+    /// live member).
+    pub member_id: Option<String>,
+    /// The member's generation.
+    pub generation: Option<u64>,
+    /// The offsets.
+    pub offsets: Vec<GroupOffset>,
+}
+
+/// Moving a stopped group's offsets of one topic on this broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResetSpec {
+    /// Group name.
+    pub group: String,
+    /// Topic whose queues are reset.
+    pub topic: String,
+    /// Where to.
+    pub to: ResetTo,
+    /// Create offsets for a group this broker does not know.
+    pub create: bool,
+}
 
 fn bad(msg: impl Into<String>) -> BrokerError {
     BrokerError::new(ErrorKind::InvalidArgument, msg.into())
@@ -40,119 +156,7 @@ fn parse_mode(mode: Option<&str>) -> Result<ConsumeMode, BrokerError> {
     }
 }
 
-/// A broker's own description of a group: membership from its coordinator
-/// here (if any) and the offsets it keeps.
-fn describe_to_wire(d: GroupDescription, offsets: Vec<QueueOffset>) -> WireDescription {
-    let text = |v: serde_json::Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
-    WireDescription {
-        group: d.group,
-        state: text(serde_json::to_value(d.state).unwrap_or_default()),
-        generation: d.generation,
-        strategy: d.strategy.as_str().to_string(),
-        mode: text(serde_json::to_value(d.mode).unwrap_or_default()),
-        members: d
-            .members
-            .into_iter()
-            .map(|m| MemberInfo {
-                member_id: m.member_id,
-                client_id: m.client_id,
-                topics: m.topics.into_iter().collect(),
-                last_heartbeat_age_ms: m.last_heartbeat_age_ms,
-                assignment: m
-                    .assignment
-                    .into_iter()
-                    .map(|q| AssignedQueue {
-                        topic: q.topic,
-                        broker_name: q.broker_name,
-                        queue: q.queue_id,
-                    })
-                    .collect(),
-            })
-            .collect(),
-        offsets,
-        unreachable: Vec::new(),
-    }
-}
-
-impl BrokerHandler {
-    /// Routes a group command.
-    pub(super) async fn group_request(&self, conn: ConnectionHandle, cmd: Command, header: &[u8]) -> Reply {
-        match cmd {
-            Command::JoinGroup => {
-                self.join_group(conn, from_json(header, "header").map_err(malformed)?)
-                    .await
-            }
-            Command::SyncGroup => {
-                let m: MemberRef = from_json(header, "header").map_err(malformed)?;
-                self.check_coordinator(&m.group).await?;
-                let addr = self.coordinator(&m.group)?;
-                let a = addr
-                    .send(gc::Sync {
-                        member_id: m.member_id,
-                        generation: m.generation,
-                    })
-                    .await
-                    .map_err(mailbox)??;
-                ok(to_json(&a))
-            }
-            Command::Heartbeat => {
-                let m: MemberRef = from_json(header, "header").map_err(malformed)?;
-                self.check_coordinator(&m.group).await?;
-                let addr = self.coordinator(&m.group)?;
-                let hb = gc::Heartbeat {
-                    member_id: m.member_id,
-                    generation: m.generation,
-                    conn,
-                };
-                let rebalance = addr.send(hb).await.map_err(mailbox)??;
-                ok(to_json(&HeartbeatReply { rebalance }))
-            }
-            Command::LeaveGroup => {
-                let m: LeaveGroup = from_json(header, "header").map_err(malformed)?;
-                self.coordinator(&m.group)?
-                    .send(gc::Leave { member_id: m.member_id })
-                    .await
-                    .map_err(mailbox)??;
-                ok(Bytes::new())
-            }
-            Command::CommitOffsets => {
-                let c: CommitOffsets = from_json(header, "header").map_err(malformed)?;
-                self.commit_request(c).await?;
-                ok(Bytes::new())
-            }
-            Command::FetchOffsets => {
-                let f: FetchOffsets = from_json(header, "header").map_err(malformed)?;
-                ok(to_json(&CommittedOffsets {
-                    offsets: self.committed(&f.group, f.topic.as_deref()),
-                }))
-            }
-            Command::ListGroups => {
-                let mut groups: BTreeSet<String> = self.groups.names().into_iter().collect();
-                groups.extend(self.store.offsets.groups());
-                ok(to_json(&GroupList {
-                    groups: groups.into_iter().collect(),
-                }))
-            }
-            Command::DescribeGroup => {
-                let g: GroupRef = from_json(header, "header").map_err(malformed)?;
-                ok(to_json(&self.describe(&g.group).await?))
-            }
-            Command::ResetOffsets => self.reset(from_json(header, "header").map_err(malformed)?).await,
-            Command::SearchOffset => {
-                let s: SearchOffset = from_json(header, "header").map_err(malformed)?;
-                let offset = self
-                    .store
-                    .offset_for_timestamp(&s.topic, s.queue, s.timestamp)
-                    .map_err(io_err)?;
-                ok(to_json(&OffsetAt { offset }))
-            }
-            other => Err(BrokerError::new(
-                ErrorKind::Unsupported,
-                format!("{other:?} is not a group command"),
-            )),
-        }
-    }
-
+impl BrokerCore {
     fn coordinator(&self, group: &str) -> Result<Tracked<gc::GroupCoordinator>, BrokerError> {
         self.groups.get(group).ok_or_else(|| {
             BrokerError::new(
@@ -175,7 +179,15 @@ impl BrokerHandler {
         }
     }
 
-    async fn join_group(&self, conn: ConnectionHandle, j: JoinGroup) -> Reply {
+    /// Joins (or rejoins) a group coordinated here; answered when the
+    /// rebalance it takes part in ends. Rebalance notices go to `session`.
+    pub async fn join_group(
+        &self,
+        session: &std::sync::Arc<Session>,
+        j: JoinSpec,
+    ) -> Result<MemberAssignment, BrokerError> {
+        self.admit(session, &Operation::GroupMember { group: &j.group })?;
+        session.set_client_id(&j.client_id);
         check_name("group", &j.group)?;
         self.check_coordinator(&j.group).await?;
         if j.topics.is_empty() {
@@ -210,17 +222,81 @@ impl BrokerHandler {
             topics: j.topics.into_iter().collect(),
             session_timeout_ms: j.session_timeout_ms,
             queues_by_topic,
-            conn,
+            notify: session.clone(),
         };
-        let assignment = addr.send(join).await.map_err(mailbox)??;
-        ok(to_json(&assignment))
+        addr.send(join).await.map_err(mailbox)?
+    }
+
+    /// A member's assignment in its generation, again.
+    pub async fn sync_group(&self, session: &Session, m: MemberRef) -> Result<MemberAssignment, BrokerError> {
+        self.admit(session, &Operation::GroupMember { group: &m.group })?;
+        self.check_coordinator(&m.group).await?;
+        let addr = self.coordinator(&m.group)?;
+        addr.send(gc::Sync {
+            member_id: m.member_id,
+            generation: m.generation,
+        })
+        .await
+        .map_err(mailbox)?
+    }
+
+    /// Keeps a member alive; true when a rebalance is under way (the member
+    /// must stop and rejoin). Rebalance notices go to `session` from now on.
+    pub async fn heartbeat(&self, session: &std::sync::Arc<Session>, m: MemberRef) -> Result<bool, BrokerError> {
+        self.admit(session, &Operation::GroupMember { group: &m.group })?;
+        self.check_coordinator(&m.group).await?;
+        let addr = self.coordinator(&m.group)?;
+        let hb = gc::Heartbeat {
+            member_id: m.member_id,
+            generation: m.generation,
+            notify: session.clone(),
+        };
+        addr.send(hb).await.map_err(mailbox)?
+    }
+
+    /// Removes a member at once.
+    pub async fn leave_group(&self, session: &Session, group: &str, member_id: String) -> Result<(), BrokerError> {
+        self.admit(session, &Operation::GroupMember { group })?;
+        self.coordinator(group)?
+            .send(gc::Leave { member_id })
+            .await
+            .map_err(mailbox)?
+    }
+
+    /// The offsets this broker keeps for `group`, optionally of one topic.
+    pub fn fetch_offsets(
+        &self,
+        session: &Session,
+        group: &str,
+        topic: Option<&str>,
+    ) -> Result<Vec<GroupOffset>, BrokerError> {
+        self.admit(session, &Operation::DescribeGroups)?;
+        Ok(self.committed(group, topic))
+    }
+
+    /// Groups coordinated here or with offsets here, sorted.
+    pub fn list_groups(&self, session: &Session) -> Result<Vec<String>, BrokerError> {
+        self.admit(session, &Operation::DescribeGroups)?;
+        let mut groups: BTreeSet<String> = self.groups.names().into_iter().collect();
+        groups.extend(self.store.offsets.groups());
+        Ok(groups.into_iter().collect())
+    }
+
+    /// This broker's view of `group`: membership from its coordinator here
+    /// (empty when coordinated elsewhere) and the offsets kept here.
+    pub async fn describe_group(&self, session: &Session, group: &str) -> Result<GroupView, BrokerError> {
+        self.admit(session, &Operation::DescribeGroups)?;
+        Ok(GroupView {
+            members: self.group_state(group).await?,
+            offsets: self.committed(group, None),
+        })
     }
 
     /// Looks up the topic routes of every group coordinated here and hands
     /// them to its coordinator, which rebalances when queues appeared or
     /// vanished (a broker group died or came back). A failed lookup
     /// changes nothing.
-    pub(super) async fn refresh_group_routes(&self) {
+    pub async fn refresh_group_routes(&self) {
         for group in self.groups.names() {
             let Some(addr) = self.groups.get(&group) else { continue };
             let Ok(topics) = addr.send(gc::SubscribedTopics).await else {
@@ -258,13 +334,13 @@ impl BrokerHandler {
 
     /// The offsets this broker keeps for `group` (all of them its own
     /// queues), optionally of one topic.
-    fn committed(&self, group: &str, topic: Option<&str>) -> Vec<QueueOffset> {
+    fn committed(&self, group: &str, topic: Option<&str>) -> Vec<GroupOffset> {
         self.store
             .offsets
             .group(group)
             .into_iter()
             .filter(|(k, _)| topic.is_none_or(|t| k.topic == t))
-            .map(|(k, offset)| QueueOffset {
+            .map(|(k, offset)| GroupOffset {
                 topic: k.topic,
                 broker_name: self.cfg.name.clone(),
                 queue: k.queue,
@@ -273,10 +349,11 @@ impl BrokerHandler {
             .collect()
     }
 
-    /// Checks a `COMMIT_OFFSETS` request and stores it: every queue must be
-    /// one of this broker group's, the offset within the queue, and the
-    /// sender allowed to commit it by the group's coordinator.
-    async fn commit_request(&self, c: CommitOffsets) -> Result<(), BrokerError> {
+    /// Checks a commit and stores it: every queue must be one of this
+    /// broker group's, the offset within the queue, and the sender allowed
+    /// to commit it by the group's coordinator.
+    pub async fn commit_offsets(&self, session: &Session, c: OffsetCommit) -> Result<(), BrokerError> {
+        self.admit(session, &Operation::WriteOffsets { group: &c.group })?;
         check_name("group", &c.group)?;
         for o in &c.offsets {
             check_name("topic", &o.topic)?;
@@ -321,8 +398,8 @@ impl BrokerHandler {
     /// remote answer that refuses is asked again (the group may have just
     /// rebalanced); an unreachable coordinator is not a reason to lose
     /// progress, so the commit is then taken.
-    async fn guard_commit(&self, c: &CommitOffsets) -> Result<(), BrokerError> {
-        let check = |d: &WireDescription| check_commit(d, c.member_id.as_deref(), c.generation, &c.offsets);
+    async fn guard_commit(&self, c: &OffsetCommit) -> Result<(), BrokerError> {
+        let check = |d: &Description| check_commit(d, c.member_id.as_deref(), c.generation, &c.offsets);
         match self.coordination.coordinator(&c.group).await {
             Coordinator::Local => check(&self.describe_members(&c.group).await?),
             Coordinator::Remote(addr) => {
@@ -338,19 +415,18 @@ impl BrokerHandler {
         }
     }
 
-    /// Membership of `group` as the coordinator here knows it (no offsets).
-    async fn describe_members(&self, group: &str) -> Result<WireDescription, BrokerError> {
-        let desc = match self.groups.get(group) {
+    /// Membership of `group` as the coordinator here knows it.
+    async fn group_state(&self, group: &str) -> Result<GroupDescription, BrokerError> {
+        Ok(match self.groups.get(group) {
             Some(addr) => addr.send(gc::Describe).await.map_err(mailbox)?,
             None => crate::groups::coordinator::GroupState::new(group, GroupConfig::default()).describe(0),
-        };
-        Ok(describe_to_wire(desc, Vec::new()))
+        })
     }
 
-    async fn describe(&self, group: &str) -> Result<WireDescription, BrokerError> {
-        let mut d = self.describe_members(group).await?;
-        d.offsets = self.committed(group, None);
-        Ok(d)
+    /// Membership of `group` as the coordinator here knows it, in the shape
+    /// brokers exchange (no offsets).
+    async fn describe_members(&self, group: &str) -> Result<Description, BrokerError> {
+        Ok(group_description(self.group_state(group).await?, Vec::new()))
     }
 
     /// Live members of `group` per its coordinator; `None` when the
@@ -366,7 +442,10 @@ impl BrokerHandler {
         })
     }
 
-    async fn reset(&self, r: ResetOffsets) -> Reply {
+    /// Moves a stopped group's offsets of one topic on this broker; answers
+    /// the new offsets. Refused while the group has live members.
+    pub async fn reset_offsets(&self, session: &Session, r: ResetSpec) -> Result<Vec<GroupOffset>, BrokerError> {
+        self.admit(session, &Operation::WriteOffsets { group: &r.group })?;
         check_name("group", &r.group)?;
         match self.live_members(&r.group).await? {
             Some(0) => {}
@@ -398,10 +477,7 @@ impl BrokerHandler {
                 ),
             ));
         }
-        let cfg =
-            self.store.topics.get(&r.topic).ok_or_else(|| {
-                BrokerError::new(ErrorKind::TopicNotExist, format!("topic {} does not exist", r.topic))
-            })?;
+        let cfg = self.topic(&r.topic)?;
         let mut commits = Vec::new();
         for queue in 0..cfg.queues {
             let (min, max) = self
@@ -410,10 +486,10 @@ impl BrokerHandler {
                 .get(&r.topic, queue)
                 .map_or((0, 0), |q| (q.min_offset(), q.max_offset()));
             let offset = match r.to {
-                ResetTarget::Earliest => min,
-                ResetTarget::Latest => max,
-                ResetTarget::Offset(o) => o.clamp(min, max),
-                ResetTarget::Timestamp(t) => self.store.offset_for_timestamp(&r.topic, queue, t).map_err(io_err)?,
+                ResetTo::Earliest => min,
+                ResetTo::Latest => max,
+                ResetTo::Offset(o) => o.clamp(min, max),
+                ResetTo::Timestamp(t) => self.store.offset_for_timestamp(&r.topic, queue, t).map_err(io_err)?,
             };
             commits.push((
                 OffsetKey {
@@ -435,15 +511,14 @@ impl BrokerHandler {
                     .map_err(mailbox)?;
             }
         }
-        let offsets = commits
+        Ok(commits
             .into_iter()
-            .map(|(k, offset)| QueueOffset {
+            .map(|(k, offset)| GroupOffset {
                 topic: k.topic,
                 broker_name: self.cfg.name.clone(),
                 queue: k.queue,
                 offset,
             })
-            .collect();
-        ok(to_json(&CommittedOffsets { offsets }))
+            .collect())
     }
 }
