@@ -5,10 +5,11 @@
 //! * [`commitlog_writer`] — the only commitlog writer; group commit; it
 //!   answers under an [`ack_policy`] step.
 //! * [`dispatcher`] — consume-queue and index entries for appended records.
-//! * [`queue_actor`] — one per topic-queue: pulls and long polling
-//!   ([`long_poll`], [`pull`] hold its pure logic; [`queue_registry`] finds it).
-//!   [`queue_delivery`] adds per-message delivery (ack/nack, retries, dead
-//!   letters, TTL) on top.
+//! * [`queue_actor`] — one per topic-queue, a shell over
+//!   `delivery::queue::QueueDelivery` (pulls, receives, acks, retries, dead
+//!   letters, TTLs, long polls); [`queue_delivery`] carries out its effects,
+//!   [`pull`] reads the store for it (`StoreLog`), [`long_poll`] re-exports
+//!   `delivery::long_poll`, and [`queue_registry`] finds the actors.
 //! * [`delay_scheduler`] — releases delayed messages when due.
 //! * [`services`] — the one append path (`append_batch`, `append`,
 //!   `append_groups`: one atomic writer message per batch; delayed messages
