@@ -144,6 +144,15 @@ impl Coordination {
 
 /// A broker's description of a group in the shape brokers exchange (and
 /// `DESCRIBE_GROUP` answers): membership from the coordinator's state
+/// A queue of an assignment in the shape brokers and clients exchange.
+pub fn assigned_queue(q: crate::groups::assignment::MessageQueue) -> AssignedQueue {
+    AssignedQueue {
+        topic: q.topic,
+        broker_name: q.broker_name,
+        queue: q.queue_id,
+    }
+}
+
 /// machine and the offsets this broker keeps.
 pub fn group_description(d: GroupState, offsets: Vec<GroupOffset>) -> GroupDescription {
     let text = |v: serde_json::Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
@@ -161,15 +170,7 @@ pub fn group_description(d: GroupState, offsets: Vec<GroupOffset>) -> GroupDescr
                 client_id: m.client_id,
                 topics: m.topics.into_iter().collect(),
                 last_heartbeat_age_ms: m.last_heartbeat_age_ms,
-                assignment: m
-                    .assignment
-                    .into_iter()
-                    .map(|q| AssignedQueue {
-                        topic: q.topic,
-                        broker_name: q.broker_name,
-                        queue: q.queue_id,
-                    })
-                    .collect(),
+                assignment: m.assignment.into_iter().map(assigned_queue).collect(),
             })
             .collect(),
         offsets: offsets.into_iter().map(QueueOffset::from).collect(),

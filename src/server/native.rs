@@ -15,7 +15,7 @@ use super::delivery_frames as frames;
 use super::{ConnectionHandle, RequestHandler};
 use crate::actors::group_coordinator::MemberAssignment;
 use crate::actors::services::AppendBatch;
-use crate::broker::coordination::group_description;
+use crate::broker::coordination::{assigned_queue, group_description};
 use crate::broker::core::{BrokerCore, GroupOffset, JoinSpec, MemberRef, OffsetCommit, ResetSpec, ResetTo, TopicSpec};
 use crate::broker::session::Session;
 use crate::clock::now_millis;
@@ -28,8 +28,8 @@ use crate::wire::control::{
 };
 use crate::wire::delivery::{encode_settled, ReceiveRequest, SettleRequest};
 use crate::wire::group::{
-    AssignedQueue, CommitOffsets, CommittedOffsets, FetchOffsets, GroupAssignment, GroupList, GroupRef, HeartbeatReply,
-    JoinGroup, LeaveGroup, MemberRef as WireMember, OffsetAt, QueueOffset, RebalanceNotice, ResetOffsets, ResetTarget,
+    CommitOffsets, CommittedOffsets, FetchOffsets, GroupAssignment, GroupList, GroupRef, HeartbeatReply, JoinGroup,
+    LeaveGroup, MemberRef as WireMember, OffsetAt, QueueOffset, RebalanceNotice, ResetOffsets, ResetTarget,
     SearchOffset,
 };
 use crate::wire::pull::PullRequest;
@@ -86,15 +86,7 @@ fn wire_assignment(a: MemberAssignment) -> GroupAssignment {
     GroupAssignment {
         member_id: a.member_id,
         generation: a.generation,
-        assignment: a
-            .queues
-            .into_iter()
-            .map(|q| AssignedQueue {
-                topic: q.topic,
-                broker_name: q.broker_name,
-                queue: q.queue_id,
-            })
-            .collect(),
+        assignment: a.queues.into_iter().map(assigned_queue).collect(),
     }
 }
 
