@@ -99,6 +99,22 @@ fn report(out: &RetentionOutcome, expired: usize, over_size: usize) {
     for (topic, queue, old, new) in &out.queues {
         tracing::info!(%topic, queue, from = old, to = new, "retention: queue min offset advanced");
     }
+    for (group, topic, queue, skipped) in &out.skipped {
+        tracing::warn!(
+            %group,
+            %topic,
+            queue,
+            skipped,
+            "retention deleted messages the group had not consumed; it continues from the queue's new minimum"
+        );
+        metrics::counter!(
+            "ferromq_group_messages_skipped_total",
+            "group" => group.clone(),
+            "topic" => topic.clone(),
+            "queue" => queue.to_string()
+        )
+        .increment(*skipped);
+    }
     metrics::counter!("ferromq_store_segments_deleted_total").increment(out.segments);
     metrics::counter!("ferromq_store_bytes_reclaimed_total").increment(out.bytes);
 }

@@ -108,6 +108,12 @@ pub struct RetentionOutcome {
     pub new_start: u64,
     /// Queues whose `min_offset` advanced: (topic, queue, old min, new min).
     pub queues: Vec<(String, u32, u64, u64)>,
+    /// Messages groups lose: for each committed offset below a queue's new
+    /// minimum, (group, topic, queue, messages between the higher of the
+    /// committed offset and the old minimum, and the new minimum). Counted
+    /// once per deletion, so a group offline across several deletions is
+    /// not counted twice; such a group continues from the minimum.
+    pub skipped: Vec<(String, String, u32, u64)>,
 }
 
 /// The broker's storage, shared (behind an `Arc`) by every actor.
@@ -362,6 +368,20 @@ impl Store {
             }
             out.consume_queue_files += files.len() as u64;
             unlink.extend(files);
+        }
+        if !out.queues.is_empty() {
+            for (key, committed) in self.offsets.all() {
+                let moved = out
+                    .queues
+                    .iter()
+                    .find(|(t, q, _, _)| *t == key.topic && *q == key.queue);
+                if let Some((_, _, old, new)) = moved {
+                    let lost = new.saturating_sub(committed.max(*old));
+                    if lost > 0 {
+                        out.skipped.push((key.group, key.topic, key.queue, lost));
+                    }
+                }
+            }
         }
         let segments = self.log.detach_segments_below(new_start)?;
         out.segments = segments.len() as u64;
@@ -683,6 +703,12 @@ mod tests {
         let (cq_before, index_before) = (cq_files(), index_files());
         let held = commitlog::read_raw(&store.log, stored[0].phys_offset, 100).unwrap();
 
+        let key = |g: &str| offsets::OffsetKey {
+            group: g.into(),
+            topic: "t".into(),
+            queue: 0,
+        };
+        store.offsets.apply(&[(key("behind"), 5), (key("ahead"), 390)]);
         let below = 4 * cfg.segment_bytes;
         let out = store.delete_segments_below(below).unwrap();
         assert_eq!(out.segments, 4);
@@ -693,6 +719,7 @@ mod tests {
         let cq = store.queues.get("t", 0).unwrap();
         assert_eq!(cq.min_offset(), first_kept);
         assert_eq!(out.queues, vec![("t".to_string(), 0, 0, first_kept)]);
+        assert_eq!(out.skipped, vec![("behind".into(), "t".into(), 0, first_kept - 5)]);
         assert!(cq_files() < cq_before && out.consume_queue_files > 0);
         assert!(index_files() < index_before && out.index_files > 0);
         assert_eq!(held.len(), 100, "a read already done stays valid");
