@@ -1,6 +1,6 @@
 //! `RetentionCleaner`: every `store.clean_interval_ms` it reads the clock
 //! and the hour of day, asks the store for its segments and
-//! [`store::retention::decide`] what to delete, and has the store delete it
+//! [`retention::decide`] what to delete, and has the store delete it
 //! ([`Store::delete_segments_below`]) on a blocking thread, so neither the
 //! actor's arbiter nor the append and pull paths wait on file deletion. One
 //! deletion at a time; a tick during one is skipped.

@@ -243,7 +243,7 @@ impl CommitLog {
     /// mtime is the time of its newest record (to the clock's precision),
     /// costs one `stat` and survives restarts. Segments reaching past
     /// `settled_below` (the active one, anything not yet durable or
-    /// dispatched) are marked active.
+    /// dispatched) are marked active, and so is the last segment.
     pub fn segment_infos(&self, settled_below: u64) -> StoreResult<Vec<SegmentInfo>> {
         let segs: Vec<Arc<Segment>> = self
             .segments
@@ -252,7 +252,8 @@ impl CommitLog {
             .clone();
         let settled_below = settled_below.min(self.flushed_pos()).min(self.write_pos());
         let mut out = Vec::with_capacity(segs.len());
-        for seg in segs {
+        let last = segs.len().saturating_sub(1);
+        for (i, seg) in segs.into_iter().enumerate() {
             let path = seg.file.path();
             let modified = std::fs::metadata(path)
                 .and_then(|m| m.modified())
@@ -265,7 +266,9 @@ impl CommitLog {
                 start: seg.start,
                 size: self.segment_bytes,
                 newest_ms,
-                active: end > settled_below,
+                // The last segment is the one appended to next, even when
+                // the write position sits exactly at its end.
+                active: i == last || end > settled_below,
             });
         }
         Ok(out)
