@@ -248,6 +248,31 @@ pub struct StoreSection {
     pub flush: FlushMode,
     /// Async flush period, and how often the checkpoint is written.
     pub flush_interval_ms: u64,
+    /// A commitlog segment whose newest record is older than this (ms) is
+    /// deleted by retention (unless it is the active segment).
+    pub retention_ms: u64,
+    /// How often the retention cleaner looks for segments to delete, ms.
+    pub clean_interval_ms: u64,
+    /// Hour of day (`"00"`..`"23"`, local time) during which expired
+    /// segments are deleted; `None`: as soon as they expire.
+    pub delete_when: Option<String>,
+    /// Largest total size of the commitlog (bytes, ± one segment); 0 means
+    /// unbounded. Oldest segments beyond it are deleted even if not expired.
+    pub retention_bytes: u64,
+}
+
+impl StoreSection {
+    /// [`StoreSection::delete_when`] as an hour of day, if set and valid.
+    pub fn delete_hour(&self) -> Result<Option<u8>, ConfigError> {
+        let Some(h) = &self.delete_when else { return Ok(None) };
+        let h = h.trim();
+        match h.parse::<u8>() {
+            Ok(n) if n < 24 && h.len() == 2 => Ok(Some(n)),
+            _ => Err(ConfigError(format!(
+                "store.delete_when must be an hour of day \"00\"..\"23\", not {h:?}"
+            ))),
+        }
+    }
 }
 
 impl Default for StoreSection {
@@ -260,6 +285,10 @@ impl Default for StoreSection {
             index_entries: 2_000_000,
             flush: FlushMode::Async,
             flush_interval_ms: 500,
+            retention_ms: 259_200_000,
+            clean_interval_ms: 10_000,
+            delete_when: None,
+            retention_bytes: 0,
         }
     }
 }
@@ -376,6 +405,16 @@ impl Config {
         if self.store.flush_interval_ms == 0 {
             return bad("store.flush_interval_ms must be positive");
         }
+        if self.store.retention_ms == 0 {
+            return bad("store.retention_ms must be positive");
+        }
+        if self.store.clean_interval_ms == 0 {
+            return bad("store.clean_interval_ms must be positive");
+        }
+        self.store.delete_hour()?;
+        if self.store.retention_bytes != 0 && self.store.retention_bytes < self.store.segment_bytes {
+            return bad("store.retention_bytes must be 0 (unbounded) or at least store.segment_bytes");
+        }
         if self.broker.default_topic_queues == 0 || self.broker.default_topic_queues > 1024 {
             return bad("broker.default_topic_queues must be between 1 and 1024");
         }
@@ -406,6 +445,29 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retention_settings_are_validated() {
+        let mut cfg = Config::default();
+        assert_eq!(cfg.store.delete_hour().unwrap(), None);
+        cfg.store.delete_when = Some("04".into());
+        assert_eq!(cfg.store.delete_hour().unwrap(), Some(4));
+        assert!(cfg.validate().is_ok());
+        for bad in ["24", "4", "4am", ""] {
+            cfg.store.delete_when = Some(bad.into());
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains("store.delete_when"), "{err}");
+        }
+        cfg.store.delete_when = None;
+        cfg.store.retention_bytes = 1;
+        assert!(cfg.validate().unwrap_err().to_string().contains("retention_bytes"));
+        cfg.store.retention_bytes = 0;
+        cfg.store.retention_ms = 0;
+        assert!(cfg.validate().unwrap_err().to_string().contains("retention_ms"));
+        cfg.store.retention_ms = 1;
+        cfg.store.clean_interval_ms = 0;
+        assert!(cfg.validate().unwrap_err().to_string().contains("clean_interval_ms"));
+    }
 
     #[test]
     fn shipped_config_file_equals_the_defaults() {

@@ -24,6 +24,7 @@ use crate::actors::group_registry::GroupRegistry;
 use crate::actors::heartbeat_scanner::HeartbeatScanner;
 use crate::actors::namesrv_client::{BrokerIdentity, IsRegistered, NameServerClient, RegisterNow, Unregister};
 use crate::actors::queue_registry::QueueRegistry;
+use crate::actors::retention_cleaner::RetentionCleaner;
 use crate::actors::services::BrokerServices;
 use crate::broker::BrokerCore;
 use crate::config::Config;
@@ -202,6 +203,12 @@ async fn serve_until_signal(
         let expiry = cfg.broker.client_expiry_ms;
         tree.start(kind::HEARTBEAT_SCANNER, "0", None, move |stats| {
             HeartbeatScanner::new(clients, expiry).with_stats(stats)
+        });
+    }
+    {
+        let (store, store_cfg) = (store.clone(), cfg.store.clone());
+        tree.start(kind::RETENTION_CLEANER, "0", None, move |stats| {
+            RetentionCleaner::new(store, &store_cfg).with_stats(stats)
         });
     }
     let coordination = Arc::new(crate::broker::coordination::Coordination::new(

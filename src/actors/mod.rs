@@ -11,6 +11,8 @@
 //!   [`pull`] reads the store for it (`StoreLog`), [`long_poll`] re-exports
 //!   `delivery::long_poll`, and [`queue_registry`] finds the actors.
 //! * [`delay_scheduler`] — releases delayed messages when due.
+//! * [`retention_cleaner`] — deletes expired commitlog segments (and what
+//!   points into them) by `store::retention`'s policy.
 //! * [`services`] — the one append path (`append_batch`, `append`,
 //!   `append_groups`: one atomic writer message per batch; delayed messages
 //!   routed by [`delayed_send`]), offset commits and internal topics.
@@ -32,4 +34,5 @@ pub mod pull;
 pub mod queue_actor;
 pub mod queue_delivery;
 pub mod queue_registry;
+pub mod retention_cleaner;
 pub mod services;

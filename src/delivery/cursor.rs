@@ -155,6 +155,26 @@ impl Cursor {
         out
     }
 
+    /// Moves the cursor up to `min`, a queue's new minimum after retention
+    /// deleted what lay below it: offsets below are forgotten (in flight,
+    /// waiting or settled) and the group continues from `min`. Returns how
+    /// many offsets were skipped without ever being delivered.
+    pub fn skip_below(&mut self, min: u64) -> u64 {
+        if self.committed >= min {
+            return 0;
+        }
+        let skipped = min.saturating_sub(self.next);
+        let below: Vec<u64> = self.slots.range(..min).map(|(o, _)| *o).collect();
+        for offset in below {
+            self.remove(offset);
+        }
+        self.settled = self.settled.split_off(&min);
+        self.committed = min;
+        self.next = self.next.max(min);
+        self.advance();
+        skipped
+    }
+
     /// True when [`Cursor::claim`] would hand something out now.
     pub fn has_ready(&self, now: u64, max_offset: u64, orderly: bool, policy: &RetryPolicy) -> bool {
         if orderly {

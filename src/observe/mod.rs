@@ -34,6 +34,8 @@ pub mod kind {
     pub const DELAY_SCHEDULER: &str = "delay_scheduler";
     /// Expires silent clients.
     pub const HEARTBEAT_SCANNER: &str = "heartbeat_scanner";
+    /// Deletes commitlog segments past retention.
+    pub const RETENTION_CLEANER: &str = "retention_cleaner";
     /// The embedded name server.
     pub const NAME_SERVER: &str = "name_server";
     /// The broker's registration with name servers.

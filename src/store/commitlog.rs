@@ -17,6 +17,7 @@ use super::error::{IoContext, StoreError, StoreResult};
 use super::fsutil::{list_offset_files, offset_file_name};
 use super::mmap_file::{MappedFile, WriteMode};
 use super::record::{self, Probe, RecordFields, StoredRecord, BLANK_HEADER_LEN};
+use super::retention::SegmentInfo;
 
 mod gather;
 pub use gather::Gather;
@@ -27,6 +28,13 @@ pub struct Segment {
     /// Physical offset of the segment's first byte.
     pub start: u64,
     file: MappedFile,
+}
+
+impl Segment {
+    /// The segment's file.
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
 }
 
 /// The shared commitlog.
@@ -154,7 +162,12 @@ impl CommitLog {
     fn locate(&self, offset: u64) -> StoreResult<(Arc<Segment>, usize)> {
         let seg = self
             .segment_for(offset)
-            .ok_or_else(|| StoreError::NotFound(format!("no segment holds offset {offset}")))?;
+            .ok_or_else(|| match self.first_segment_start() {
+                Some(first) if offset < first => StoreError::NotFound(format!(
+                    "offset {offset} moved: deleted by retention, the commitlog now starts at {first}"
+                )),
+                _ => StoreError::NotFound(format!("no segment holds offset {offset}")),
+            })?;
         let pos = (offset - seg.start) as usize;
         Ok((seg, pos))
     }
@@ -216,6 +229,67 @@ impl CommitLog {
         }
         self.writeback_pos.fetch_max(target, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// The first offset still stored: the oldest segment's start (the
+    /// write position when there is no segment).
+    pub fn start_offset(&self) -> u64 {
+        self.first_segment_start().unwrap_or_else(|| self.write_pos())
+    }
+
+    /// Every segment, oldest first, for the retention policy. A segment's
+    /// newest record time is its file's last modification time (as
+    /// RocketMQ does): every append is a `pwrite` into the file, so the
+    /// mtime is the time of its newest record (to the clock's precision),
+    /// costs one `stat` and survives restarts. Segments reaching past
+    /// `settled_below` (the active one, anything not yet durable or
+    /// dispatched) are marked active, and so is the last segment.
+    pub fn segment_infos(&self, settled_below: u64) -> StoreResult<Vec<SegmentInfo>> {
+        let segs: Vec<Arc<Segment>> = self
+            .segments
+            .read()
+            .map_err(|_| StoreError::Poisoned("segment table"))?
+            .clone();
+        let settled_below = settled_below.min(self.flushed_pos()).min(self.write_pos());
+        let mut out = Vec::with_capacity(segs.len());
+        let last = segs.len().saturating_sub(1);
+        for (i, seg) in segs.into_iter().enumerate() {
+            let path = seg.file.path();
+            let modified = std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .at("stat segment", path)?;
+            let newest_ms = modified
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let end = seg.start + self.segment_bytes;
+            out.push(SegmentInfo {
+                start: seg.start,
+                size: self.segment_bytes,
+                newest_ms,
+                // The last segment is the one appended to next, even when
+                // the write position sits exactly at its end.
+                active: i == last || end > settled_below,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Removes the segments wholly below `below` (which must not reach past
+    /// the flushed position) from the segment table and returns them, so
+    /// the caller deletes their files without holding any lock: new reads
+    /// below the new start fail with an "offset moved" error, while readers
+    /// already holding a segment (an `Arc`) keep a valid mapping of the
+    /// unlinked file until they drop it.
+    pub fn detach_segments_below(&self, below: u64) -> StoreResult<Vec<Arc<Segment>>> {
+        let below = below.min(self.flushed_pos());
+        let mut segs = self
+            .segments
+            .write()
+            .map_err(|_| StoreError::Poisoned("segment table"))?;
+        let n = segs.partition_point(|s| s.start + self.segment_bytes <= below);
+        // Never the segment being written (the last one).
+        let n = n.min(segs.len().saturating_sub(1));
+        Ok(segs.drain(..n).collect())
     }
 
     fn add_segment(&self, start: u64) -> StoreResult<Arc<Segment>> {

@@ -264,10 +264,39 @@ impl ConsumeQueue {
         Ok(dropped)
     }
 
+    /// Moves `min_offset` up to the first entry whose record lies at or past
+    /// `log_start` (the commitlog's new start after retention) and detaches
+    /// the files wholly below it (never the last one). Returns the old and
+    /// new minimum and the detached files' paths, for the caller to delete
+    /// without holding any lock. Entries point into the commitlog in
+    /// ascending order, so the first kept entry is found by binary search.
+    pub fn advance_min_to_log_start(&self, log_start: u64) -> StoreResult<(u64, u64, Vec<PathBuf>)> {
+        let old = self.min_offset();
+        let (mut lo, mut hi) = (old, self.max_offset());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.get(mid) {
+                Some(e) if e.phys_offset < log_start => lo = mid + 1,
+                _ => hi = mid,
+            }
+        }
+        if lo == old {
+            return Ok((old, old, Vec::new()));
+        }
+        self.min_offset.fetch_max(lo, Ordering::AcqRel);
+        let mut files = self.files.write().map_err(|_| StoreError::Poisoned("consume queue"))?;
+        let n = files
+            .partition_point(|f| f.start + f.entries <= lo)
+            .min(files.len().saturating_sub(1));
+        let detached = files.drain(..n).map(|f| f.file.path().to_path_buf()).collect();
+        Ok((old, lo, detached))
+    }
+
     /// Makes written entries durable; a no-op when nothing is new.
     pub fn flush(&self) -> StoreResult<()> {
         let max = self.max_offset();
-        let mut from = self.flushed_offset.load(Ordering::Acquire);
+        // Files below the minimum may have been deleted by retention.
+        let mut from = self.flushed_offset.load(Ordering::Acquire).max(self.min_offset());
         while from < max {
             let Some(f) = self.file_for(from) else { break };
             let upto = max.min(f.start + f.entries);

@@ -26,6 +26,7 @@ pub mod lock;
 pub mod mmap_file;
 pub mod offsets;
 pub mod record;
+pub mod retention;
 pub mod subscriptions;
 pub mod topics;
 
@@ -90,6 +91,29 @@ impl DispatchEntry {
             expire_at: None,
         }
     }
+}
+
+/// What [`Store::delete_segments_below`] deleted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionOutcome {
+    /// Commitlog segments deleted.
+    pub segments: u64,
+    /// Bytes of commitlog segments deleted.
+    pub bytes: u64,
+    /// Consume-queue files deleted.
+    pub consume_queue_files: u64,
+    /// Index files deleted.
+    pub index_files: u64,
+    /// The commitlog's start afterwards.
+    pub new_start: u64,
+    /// Queues whose `min_offset` advanced: (topic, queue, old min, new min).
+    pub queues: Vec<(String, u32, u64, u64)>,
+    /// Messages groups lose: for each committed offset below a queue's new
+    /// minimum, (group, topic, queue, messages between the higher of the
+    /// committed offset and the old minimum, and the new minimum). Counted
+    /// once per deletion, so a group offline across several deletions is
+    /// not counted twice; such a group continues from the minimum.
+    pub skipped: Vec<(String, String, u32, u64)>,
 }
 
 /// The broker's storage, shared (behind an `Arc`) by every actor.
@@ -236,6 +260,15 @@ impl Store {
             .lock()
             .map_err(|_| poisoned("index"))?
             .truncate_from(report.end)?;
+        // After retention, a queue's first file may still hold entries
+        // pointing below the commitlog's start: its minimum skips them.
+        let log_start = self.log.start_offset();
+        for (_, cq) in self.queues.all() {
+            let (_, _, files) = cq.advance_min_to_log_start(log_start)?;
+            for path in files {
+                std::fs::remove_file(&path).at("delete a consume-queue file below the commitlog", &path)?;
+            }
+        }
         let mut offsets = self.queue_offsets.lock().map_err(|_| poisoned("queue offsets"))?;
         for ((topic, queue), cq) in self.queues.all() {
             offsets.insert((Arc::from(topic.as_str()), queue), cq.max_offset());
@@ -297,6 +330,81 @@ impl Store {
             }
         }
         Ok(lo)
+    }
+
+    /// The commitlog's segments for the retention policy; a segment not
+    /// yet entirely durable and dispatched counts as active (never deleted).
+    pub fn segment_infos(&self) -> StoreResult<Vec<retention::SegmentInfo>> {
+        self.log.segment_infos(self.dispatched_offset())
+    }
+
+    /// Deletes the commitlog segments wholly below `below` (never the
+    /// active one) and everything that only points into them.
+    ///
+    /// Order: each consume queue's `min_offset` first moves to its first
+    /// entry at or past the new start (a pull below it then answers
+    /// OFFSET_MOVED), then the segments leave the segment table (a read
+    /// below the new start fails with "offset moved"; readers already
+    /// holding a segment keep a valid mapping), then consume-queue and
+    /// index files wholly below are detached likewise. Files are unlinked
+    /// last, with no lock held, so appends and pulls never wait on it. Run
+    /// it on a blocking thread.
+    pub fn delete_segments_below(&self, below: u64) -> StoreResult<RetentionOutcome> {
+        let below = below.min(self.dispatched_offset()).min(self.log.flushed_pos());
+        let mut out = RetentionOutcome::default();
+        let mut unlink: Vec<PathBuf> = Vec::new();
+        let new_start = {
+            // The first segment kept: everything below it goes.
+            let seg = self.log.segment_bytes();
+            below - below % seg
+        };
+        if new_start <= self.log.start_offset() {
+            return Ok(out);
+        }
+        for ((topic, queue), cq) in self.queues.all() {
+            let (old, new, files) = cq.advance_min_to_log_start(new_start)?;
+            if new > old {
+                out.queues.push((topic, queue, old, new));
+            }
+            out.consume_queue_files += files.len() as u64;
+            unlink.extend(files);
+        }
+        if !out.queues.is_empty() {
+            for (key, committed) in self.offsets.all() {
+                let moved = out
+                    .queues
+                    .iter()
+                    .find(|(t, q, _, _)| *t == key.topic && *q == key.queue);
+                if let Some((_, _, old, new)) = moved {
+                    let lost = new.saturating_sub(committed.max(*old));
+                    if lost > 0 {
+                        out.skipped.push((key.group, key.topic, key.queue, lost));
+                    }
+                }
+            }
+        }
+        let segments = self.log.detach_segments_below(new_start)?;
+        out.segments = segments.len() as u64;
+        out.bytes = segments.len() as u64 * self.log.segment_bytes();
+        unlink.extend(segments.iter().map(|s| s.path().to_path_buf()));
+        drop(segments);
+        let index_files = self
+            .index
+            .lock()
+            .map_err(|_| poisoned("index"))?
+            .detach_files_below(self.log.start_offset());
+        out.index_files = index_files.len() as u64;
+        unlink.extend(index_files);
+        out.new_start = self.log.start_offset();
+        for path in unlink {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(StoreError::io("delete a file after retention", path, e));
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
     }
 
     /// Configuration.
@@ -575,6 +683,65 @@ mod tests {
         // And once more, after the recovery checkpoint itself took a snapshot.
         let (store, _) = Store::open(&cfg).unwrap();
         assert_eq!(store.offsets.get(&key(0)), Some(9));
+    }
+
+    #[test]
+    fn retention_deletes_segments_queue_files_and_index_files_below_the_new_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = small_config(dir.path());
+        let body = "x".repeat(900);
+        let (store, _) = Store::open(&cfg).unwrap();
+        let batch: Vec<_> = (0..400).map(|i| entry(&body, None, Some(&format!("k{i}")))).collect();
+        let stored = append(&store, "t", 0, &batch);
+        store.log.flush_to(u64::MAX).unwrap();
+        let segments = store.log.segment_count();
+        assert!(segments >= 6);
+        let infos = store.segment_infos().unwrap();
+        assert_eq!(infos.iter().filter(|s| s.active).count(), 1, "only the last is active");
+        let cq_files = || std::fs::read_dir(dir.path().join("consumequeue/t/0")).unwrap().count();
+        let index_files = || std::fs::read_dir(dir.path().join("index")).unwrap().count();
+        let (cq_before, index_before) = (cq_files(), index_files());
+        let held = commitlog::read_raw(&store.log, stored[0].phys_offset, 100).unwrap();
+
+        let key = |g: &str| offsets::OffsetKey {
+            group: g.into(),
+            topic: "t".into(),
+            queue: 0,
+        };
+        store.offsets.apply(&[(key("behind"), 5), (key("ahead"), 390)]);
+        let below = 4 * cfg.segment_bytes;
+        let out = store.delete_segments_below(below).unwrap();
+        assert_eq!(out.segments, 4);
+        assert_eq!(out.bytes, 4 * cfg.segment_bytes);
+        assert_eq!(out.new_start, below);
+        assert_eq!(store.log.segment_count(), segments - 4);
+        let first_kept = stored.iter().position(|s| s.phys_offset >= below).unwrap() as u64;
+        let cq = store.queues.get("t", 0).unwrap();
+        assert_eq!(cq.min_offset(), first_kept);
+        assert_eq!(out.queues, vec![("t".to_string(), 0, 0, first_kept)]);
+        assert_eq!(out.skipped, vec![("behind".into(), "t".into(), 0, first_kept - 5)]);
+        assert!(cq_files() < cq_before && out.consume_queue_files > 0);
+        assert!(index_files() < index_before && out.index_files > 0);
+        assert_eq!(held.len(), 100, "a read already done stays valid");
+        let err = store.log.record_at(stored[0].phys_offset).unwrap_err();
+        assert!(err.to_string().contains("moved"), "{err}");
+        let e = cq.get(first_kept).unwrap();
+        assert_eq!(store.log.record_at(e.phys_offset).unwrap().queue_offset, first_kept);
+        assert_eq!(store.delete_segments_below(below).unwrap().segments, 0, "idempotent");
+        // Key lookups skip what is gone and find what is kept.
+        let (n, _) = store.raw_records_by_key("t", "k399", 1).unwrap();
+        assert_eq!(n, 1);
+        store.shutdown().unwrap();
+        drop(store);
+
+        // A restart keeps the new start and the queue's minimum.
+        let (store, _) = Store::open(&cfg).unwrap();
+        assert_eq!(store.log.start_offset(), below);
+        let cq = store.queues.get("t", 0).unwrap();
+        assert_eq!(cq.min_offset(), first_kept);
+        assert_eq!(cq.max_offset(), 400);
+        let again = append(&store, "t", 0, &[entry("after", None, None)]);
+        assert_eq!(again[0].queue_offset, 400);
     }
 
     #[test]

@@ -333,13 +333,19 @@ impl BrokerCore {
     }
 
     /// The offsets this broker keeps for `group` (all of them its own
-    /// queues), optionally of one topic.
+    /// queues), optionally of one topic. An offset below its queue's
+    /// minimum (retention deleted what it pointed at; the store counted
+    /// the skip) reads as the minimum: the group continues from there.
     fn committed(&self, group: &str, topic: Option<&str>) -> Vec<GroupOffset> {
         self.store
             .offsets
             .group(group)
             .into_iter()
             .filter(|(k, _)| topic.is_none_or(|t| k.topic == t))
+            .map(|(k, offset)| {
+                let min = self.store.queues.get(&k.topic, k.queue).map_or(0, |q| q.min_offset());
+                (k, offset.max(min))
+            })
             .map(|(k, offset)| GroupOffset {
                 topic: k.topic,
                 broker_name: self.cfg.name.clone(),

@@ -271,3 +271,19 @@ fn random_runs_settle_every_message_exactly_once() {
         assert!(done.iter().all(|&d| d == 1), "settled counts: {done:?}");
     }
 }
+
+#[test]
+fn skip_below_forgets_what_retention_deleted_and_continues_from_the_min() {
+    let p = policy();
+    let mut c = Cursor::new(0);
+    let got = c.claim(0, 5, 100, 1_000, false, &p);
+    assert_eq!(offsets(&got), [0, 1, 2, 3, 4]);
+    assert!(c.ack(3));
+    assert_eq!(c.skip_below(8), 3, "5, 6 and 7 were never delivered");
+    assert_eq!(c.committed(), 8);
+    assert_eq!(c.stats().in_flight, 0);
+    assert!(!c.ack(1), "forgotten");
+    assert_eq!(offsets(&c.claim(0, 2, 100, 1_000, false, &p)), [8, 9]);
+    assert_eq!(c.skip_below(8), 0, "nothing below any more");
+    assert_eq!(c.skip_below(5), 0);
+}

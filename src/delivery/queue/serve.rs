@@ -140,7 +140,14 @@ impl<W: Requester> QueueDelivery<W> {
         let want = q.max_count.clamp(1, MAX_BATCH_COUNT) as usize;
         let policy = self.policy.clone();
         let (topic, queue_id) = (self.topic.clone(), self.queue_id);
+        let min_offset = log.bounds().map_or(0, |(min, _)| min);
         let g = self.group_mut(q, log, fx);
+        // Retention moved the queue's start past the group (the store
+        // counted the loss when it deleted): continue from the minimum.
+        let skipped = g.cursor.skip_below(min_offset);
+        if skipped > 0 {
+            tracing::info!(%topic, queue_id, group = %q.group, skipped, to = min_offset, "group continues from the queue's new minimum");
+        }
         let mut found: Vec<Delivered> = Vec::new();
         let mut bytes = 0usize;
         let mut dead = Vec::new();

@@ -212,6 +212,18 @@ impl IndexStore {
         Ok(())
     }
 
+    /// Drops the oldest files whose entries all point below `log_start`
+    /// (the commitlog's new start after retention), never the newest file,
+    /// and returns their paths for the caller to delete outside the lock.
+    pub fn detach_files_below(&mut self, log_start: u64) -> Vec<PathBuf> {
+        let keep_last = self.files.len().saturating_sub(1);
+        let n = self.files[..keep_last]
+            .iter()
+            .take_while(|(_, f)| f.max_phys_offset().is_some_and(|m| m < log_start))
+            .count();
+        self.files.drain(..n).map(|(_, f)| f.path().to_path_buf()).collect()
+    }
+
     /// Writes every file's modified pages to disk.
     pub fn flush(&self) -> StoreResult<()> {
         self.files.iter().try_for_each(|(_, f)| f.flush())
