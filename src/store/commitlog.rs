@@ -68,7 +68,9 @@ impl CommitLog {
         }
         std::fs::create_dir_all(dir).at("create directory", dir)?;
         let mut segments = Vec::new();
-        for start in list_offset_files(dir)? {
+        let starts = list_offset_files(dir)?;
+        let newest = starts.last().copied();
+        for start in starts {
             if start % segment_bytes != 0 {
                 return Err(StoreError::corrupt(
                     "segment",
@@ -79,6 +81,7 @@ impl CommitLog {
                     ),
                 ));
             }
+            check_segment_size(&dir.join(offset_file_name(start)), segment_bytes, Some(start) == newest)?;
             let file = MappedFile::create_or_open_with(
                 dir.join(offset_file_name(start)),
                 segment_bytes as usize,
@@ -317,6 +320,51 @@ impl CommitLog {
             .map_err(|_| StoreError::Poisoned("segment table"))? = keep;
         Ok(())
     }
+}
+
+/// Checks a segment file's size before it is mapped, repairing what can be
+/// repaired without losing a record:
+///
+/// * the newest segment (`newest`) is set to `segment_bytes` either way:
+///   bytes past the segment size never hold a record (records never cross
+///   a segment's end), and zeroes appended to a short file read as the end
+///   of the log, which recovery then finds as usual;
+/// * an older segment that is too long is truncated for the same reason;
+/// * an older segment that is too short lost the end of its records: that
+///   is refused with an error naming the file and the fix, since padding it
+///   would silently drop those records.
+///
+/// Every repair is logged with the path and the old and new size.
+fn check_segment_size(path: &Path, segment_bytes: u64, newest: bool) -> StoreResult<()> {
+    let actual = std::fs::metadata(path).at("stat", path)?.len();
+    if actual == segment_bytes {
+        return Ok(());
+    }
+    if !newest && actual < segment_bytes {
+        return Err(StoreError::corrupt(
+            "segment",
+            path,
+            format!(
+                "file is {actual} bytes, expected {segment_bytes}: the end of an older segment is missing \
+                 (restore the file from a backup; or, accepting the loss of the records in the missing \
+                 bytes, pad it with `truncate -s {segment_bytes} {}` and restart)",
+                path.display()
+            ),
+        ));
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .at("open for repair", path)?;
+    file.set_len(segment_bytes).at("set the segment size", path)?;
+    file.sync_all().at("sync", path)?;
+    tracing::warn!(
+        segment = %path.display(),
+        old_size = actual,
+        new_size = segment_bytes,
+        "repaired the size of a commitlog segment"
+    );
+    Ok(())
 }
 
 /// Erases stale bytes after the end of the log so that no torn or old record
@@ -694,6 +742,55 @@ mod tests {
         log.recover(from, |off, _| seen.push(off)).unwrap();
         assert_eq!(seen.first(), Some(&from));
         assert_eq!(seen.len(), 80);
+    }
+
+    #[test]
+    fn a_newest_segment_of_the_wrong_size_is_repaired_an_older_short_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let placed;
+        {
+            let log = Arc::new(CommitLog::open(dir.path(), SEG).unwrap());
+            log.recover(0, |_, _| {}).unwrap();
+            placed = write(&log, 150, 1000, 0);
+        }
+        let last = dir.path().join(offset_file_name(2 * SEG));
+        for len in [SEG + 7, SEG - 3] {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&last)
+                .unwrap()
+                .set_len(len)
+                .unwrap();
+            let log = Arc::new(CommitLog::open(dir.path(), SEG).unwrap());
+            assert_eq!(std::fs::metadata(&last).unwrap().len(), SEG);
+            let mut seen = 0;
+            log.recover(0, |_, _| seen += 1).unwrap();
+            assert_eq!(seen, placed.len(), "nothing lost");
+        }
+        let older = dir.path().join(offset_file_name(SEG));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&older)
+            .unwrap()
+            .set_len(SEG + 5)
+            .unwrap();
+        CommitLog::open(dir.path(), SEG).unwrap();
+        assert_eq!(
+            std::fs::metadata(&older).unwrap().len(),
+            SEG,
+            "an older long one is cut"
+        );
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&older)
+            .unwrap()
+            .set_len(SEG - 5)
+            .unwrap();
+        let err = CommitLog::open(dir.path(), SEG).unwrap_err().to_string();
+        assert!(
+            err.contains(&older.display().to_string()) && err.contains("truncate -s"),
+            "{err}"
+        );
     }
 
     #[test]
