@@ -248,7 +248,8 @@ impl<W: Requester> QueueDelivery<W> {
 }
 
 /// The copy of a message for the dead-letter topic: its record with the
-/// origin properties added.
+/// origin properties added, and its `TTL` moved to `ORIGIN_TTL` so that the
+/// dead letter never expires inside the dead-letter topic.
 fn dead_letter_entry(
     topic: &str,
     queue_id: u32,
@@ -259,6 +260,9 @@ fn dead_letter_entry(
 ) -> Option<AppendEntry> {
     let rec = StoredRecord::decode(log.record(e.phys, e.size).ok()?).ok()?;
     let mut properties = rec.properties.clone();
+    if let Some(ttl) = properties.remove(props::TTL) {
+        properties.insert(props::ORIGIN_TTL.to_string(), ttl);
+    }
     let mut set = |k: &str, v: String| {
         properties.insert(k.to_string(), v);
     };
