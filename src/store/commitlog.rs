@@ -39,6 +39,10 @@ pub struct CommitLog {
     flushed_pos: AtomicU64,
     /// End of what writeback was started for (flusher thread only).
     writeback_pos: AtomicU64,
+    /// Damaged records found (by recovery or by a read) since start.
+    corrupt_records: AtomicU64,
+    /// Ranges recovery quarantined: `(offset, len)`, oldest first.
+    quarantined: std::sync::Mutex<Vec<(u64, u64)>>,
 }
 
 /// Why an append failed.
@@ -96,6 +100,8 @@ impl CommitLog {
             write_pos: AtomicU64::new(0),
             flushed_pos: AtomicU64::new(0),
             writeback_pos: AtomicU64::new(0),
+            corrupt_records: AtomicU64::new(0),
+            quarantined: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -112,6 +118,37 @@ impl CommitLog {
     /// End of what is known durable.
     pub fn flushed_pos(&self) -> u64 {
         self.flushed_pos.load(Ordering::Acquire)
+    }
+
+    /// Damaged records found since start: quarantined by recovery, or
+    /// skipped by a read whose CRC check failed
+    /// (`ferromq_store_corrupt_records_total`).
+    pub fn corrupt_records(&self) -> u64 {
+        self.corrupt_records.load(Ordering::Relaxed)
+    }
+
+    /// Counts a damaged record a reader found (and skipped) at `offset`,
+    /// with an error log line.
+    /// A range recovery quarantined was counted then, and is not again.
+    pub fn note_corrupt_record(&self, offset: u64, size: u32) {
+        let known = self
+            .quarantined
+            .lock()
+            .map(|q| q.iter().any(|(at, _)| *at == offset))
+            .unwrap_or(false);
+        if known {
+            tracing::debug!(offset, size, "skipping a quarantined commitlog record");
+            return;
+        }
+        self.corrupt_records.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(offset, size, "skipping a commitlog record that fails its CRC check");
+    }
+
+    /// The newest range recovery quarantined that starts below `offset`:
+    /// `(offset, len)`. Bytes there fail the CRC check of every reader.
+    pub fn quarantined_before(&self, offset: u64) -> Option<(u64, u64)> {
+        let q = self.quarantined.lock().ok()?;
+        q.iter().rev().find(|(at, _)| *at < offset).copied()
     }
 
     /// Number of segment files.
@@ -285,8 +322,39 @@ impl CommitLog {
                         continue 'segments;
                     }
                     Probe::End => {
-                        end = seg.start + p as u64;
-                        break 'segments;
+                        // A torn tail (nothing valid follows: the log ends
+                        // here) or damage in the middle (a valid record
+                        // follows: quarantine the bad bytes, keep the rest).
+                        let at = seg.start + p as u64;
+                        let resume = resync(data, p, seg.start).or_else(|| {
+                            let next = segs.get(i + 1)?;
+                            let seg_end = seg.start + self.segment_bytes;
+                            let head = next.file.read_at(0, seg_len).ok()?;
+                            (next.start == seg_end && valid_record_at(head, 0, next.start).is_some()).then_some(seg_len)
+                        });
+                        let Some(q) = resume else {
+                            end = at;
+                            break 'segments;
+                        };
+                        let len = (q - p) as u64;
+                        tracing::error!(
+                            segment = %seg.file.path().display(),
+                            offset = at,
+                            len,
+                            "corrupt commitlog record in the middle of the log: quarantined (never dispatched \
+                             or delivered); the valid records after it are kept"
+                        );
+                        self.corrupt_records.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(mut qs) = self.quarantined.lock() {
+                            qs.push((at, len));
+                        }
+                        report.corrupt_records += 1;
+                        if q == seg_len {
+                            pos = seg.start + self.segment_bytes;
+                            end = pos;
+                            continue 'segments;
+                        }
+                        p = q;
                     }
                 }
             }
@@ -306,7 +374,17 @@ impl CommitLog {
                 keep.push(seg.clone());
             } else if seg.start <= end {
                 // The segment the log ends in: erase whatever follows.
-                report.zeroed_bytes += zero_tail(&seg.file, (end - seg.start) as usize)?;
+                let zeroed = zero_tail(&seg.file, (end - seg.start) as usize)?;
+                if zeroed > 0 {
+                    tracing::warn!(
+                        segment = %seg.file.path().display(),
+                        from = end,
+                        to = seg_end,
+                        "the commitlog ends at a torn or partial record: erased the bytes from its end to the \
+                         segment's end (nothing valid follows)"
+                    );
+                }
+                report.zeroed_bytes += zeroed;
                 keep.push(seg.clone());
             } else {
                 tracing::warn!(segment = %seg.file.path().display(), "deleting segment past the end of the log");
@@ -320,6 +398,53 @@ impl CommitLog {
             .map_err(|_| StoreError::Poisoned("segment table"))? = keep;
         Ok(())
     }
+}
+
+/// The record at `p` of a segment (starting at log offset `seg_start`)
+/// whose bytes are `data`, if it is whole, its CRC matches and it names its
+/// own position: returns its size.
+fn valid_record_at(data: &[u8], p: usize, seg_start: u64) -> Option<usize> {
+    let Probe::Record(size) = record::probe(data.get(p..)?) else {
+        return None;
+    };
+    let phys = data.get(p + 28..p + 36)?;
+    (u64::from_be_bytes(phys.try_into().ok()?) == seg_start + p as u64).then_some(size)
+}
+
+/// Where the valid records resume after the damaged bytes at `p`, within
+/// this segment: `None` when nothing valid follows (a torn tail).
+///
+/// A bit flip in a record's body leaves its size intact, so the record
+/// that follows is tried first. Otherwise (a damaged size) the bytes after
+/// `p` are scanned for the next position holding a whole record with a
+/// matching CRC that names its own position. Records are written
+/// contiguously, so the scan stops at the first 64 KiB-aligned chunk of
+/// zeroes (the unwritten rest of the segment): a torn tail costs a short
+/// scan, never a walk over a whole pre-allocated segment.
+fn resync(data: &[u8], p: usize, seg_start: u64) -> Option<usize> {
+    const CHUNK: usize = 64 * 1024;
+    if let Some(head) = data.get(p..p + 4) {
+        let size = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        if size >= BLANK_HEADER_LEN {
+            if let Some(q) = p.checked_add(size).filter(|q| *q < data.len()) {
+                if valid_record_at(data, q, seg_start).is_some() {
+                    return Some(q);
+                }
+            }
+        }
+    }
+    let magic = record::RECORD_MAGIC.to_be_bytes();
+    let mut q = p + 1;
+    while q + BLANK_HEADER_LEN <= data.len() {
+        if q % CHUNK == 0 && data[q..(q + CHUNK).min(data.len())].iter().all(|b| *b == 0) {
+            return None;
+        }
+        if data[q + 4..q + 8] == magic && valid_record_at(data, q, seg_start).is_some() {
+            return Some(q);
+        }
+        q += 1;
+    }
+    None
 }
 
 /// Checks a segment file's size before it is mapped, repairing what can be
@@ -408,6 +533,9 @@ pub struct RecoveryReport {
     pub zeroed_bytes: u64,
     /// Segment files past the end that were deleted.
     pub deleted_segments: u64,
+    /// Damaged records in the middle of the log (valid records follow
+    /// them) that were quarantined: kept on disk, never visited.
+    pub corrupt_records: u64,
 }
 
 /// Where one appended record went.

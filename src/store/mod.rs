@@ -193,6 +193,7 @@ impl Store {
             records_replayed = report.records,
             torn_bytes_erased = report.zeroed_bytes,
             segments_deleted = report.deleted_segments,
+            corrupt_records_quarantined = report.corrupt_records,
             offset_commits_replayed = replayed,
             millis = started.elapsed().as_millis() as u64,
             "store recovered"
@@ -215,7 +216,10 @@ impl Store {
             match StoredRecord::decode(Bytes::copy_from_slice(bytes)) {
                 Ok(rec) => {
                     let reindex = indexed.is_none_or(|i| off >= i);
-                    if let Err(e) = self.dispatch_one(&DispatchEntry::from_record(&rec), reindex) {
+                    let dispatched = self
+                        .fill_quarantined_slots(&rec, off)
+                        .and_then(|()| self.dispatch_one(&DispatchEntry::from_record(&rec), reindex));
+                    if let Err(e) = dispatched {
                         failure = Some(e);
                     }
                 }
@@ -361,6 +365,41 @@ impl Store {
                     e.store_timestamp,
                 )?;
             }
+        }
+        Ok(())
+    }
+
+    /// During recovery: when recovery quarantined a damaged record before
+    /// `rec` (at log offset `off`) and `rec`'s queue has no entry for the
+    /// queue offsets just below `rec`'s, those slots belonged to damaged
+    /// records. They are filled with entries pointing at the quarantined
+    /// bytes, which fail every reader's CRC check and are skipped: the
+    /// queue has no gap and the damaged record is never delivered.
+    fn fill_quarantined_slots(&self, rec: &StoredRecord, off: u64) -> StoreResult<()> {
+        if self.topics.get(&rec.topic).is_none() {
+            return Ok(());
+        }
+        let Some((at, len)) = self.log.quarantined_before(off) else {
+            return Ok(());
+        };
+        let cq = self.queues.get_or_create(&rec.topic, rec.queue_id)?;
+        let size = u32::try_from(len).unwrap_or(u32::MAX);
+        for slot in cq.max_offset()..rec.queue_offset {
+            tracing::error!(
+                topic = %rec.topic,
+                queue = rec.queue_id,
+                queue_offset = slot,
+                commitlog_offset = at,
+                "a queue slot held a corrupt record: it is skipped by every reader"
+            );
+            cq.put(
+                slot,
+                CqEntry {
+                    phys_offset: at,
+                    size,
+                    tag_hash: 0,
+                },
+            )?;
         }
         Ok(())
     }

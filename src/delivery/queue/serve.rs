@@ -13,7 +13,7 @@ use crate::delivery::DeadLetterReason;
 use crate::error::{BrokerError, ErrorKind};
 use crate::message::{TagFilter, PROPERTY_TAGS};
 use crate::store::append::AppendEntry;
-use crate::store::record::{RecordView, StoredRecord};
+use crate::store::record::{is_intact, RecordView, StoredRecord};
 
 /// Most consume-queue entries one pull scans (tag filters may skip many).
 const MAX_SCAN: u64 = 16 * 1024;
@@ -72,6 +72,13 @@ pub fn serve_pull<L: QueueLog>(
                 format!("reading {topic}/{queue_id} offset {}: {e}", next - 1),
             )
         })?;
+        // A damaged record is skipped (and counted), never served: a
+        // client would reject it and the queue would stall on it.
+        if !is_intact(record) {
+            records.pop(size);
+            log.note_corrupt(entry.phys, entry.size);
+            continue;
+        }
         // An expired message is never delivered.
         let expired = raw_expire_at(record, topic_ttl).is_some_and(|at| at <= now);
         // Hashes collide, and patterns have none: confirm the real tag.
@@ -161,7 +168,15 @@ impl<W: Requester> QueueDelivery<W> {
             }
             scanned += claims.len();
             for claim in claims {
-                let record = log.entry(claim.offset).and_then(|e| log.record(e.phys, e.size).ok());
+                let record = log.entry(claim.offset).and_then(|e| {
+                    let raw = log.record(e.phys, e.size).ok()?;
+                    if is_intact(&raw) {
+                        Some(raw)
+                    } else {
+                        log.note_corrupt(e.phys, e.size);
+                        None
+                    }
+                });
                 let Some(raw) = record else {
                     // Unreadable (a deleted topic's last moments): nothing to deliver.
                     tracing::warn!(%topic, queue_id, offset = claim.offset, "cannot read a claimed record; skipping it");
