@@ -547,6 +547,46 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_damaged_record_mid_log_is_quarantined_and_its_queue_slot_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = small_config(dir.path());
+        let stored;
+        {
+            let (store, _) = Store::open(&cfg).unwrap();
+            let batch: Vec<_> = (0..100).map(|i| entry(&format!("message {i}"), None, None)).collect();
+            stored = append(&store, "orders", 1, &batch);
+            store.flush_and_checkpoint().unwrap();
+        }
+        // Flip a byte in the body of record 60, and lose the consume queues
+        // and the checkpoint so that recovery replays the whole log.
+        let victim = stored[60].phys_offset;
+        let seg_start = victim - victim % cfg.segment_bytes;
+        let path = dir.path().join("commitlog").join(fsutil::offset_file_name(seg_start));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[(stored[61].phys_offset - seg_start) as usize - 3] ^= 0x10;
+        std::fs::write(&path, bytes).unwrap();
+        std::fs::remove_dir_all(dir.path().join("consumequeue")).unwrap();
+        std::fs::remove_file(dir.path().join("checkpoint")).unwrap();
+
+        let (store, report) = Store::open(&cfg).unwrap();
+        assert_eq!(report.corrupt_records, 1);
+        assert_eq!(store.log.corrupt_records(), 1);
+        let last = stored.last().unwrap();
+        assert!(report.end > last.phys_offset, "later records are kept");
+        let cq = store.queues.get("orders", 1).unwrap();
+        assert_eq!(cq.max_offset(), 100, "no gap, nothing lost after the damage");
+        assert_eq!(cq.get(61).unwrap().phys_offset, stored[61].phys_offset);
+        let hole = cq.get(60).unwrap();
+        let raw = commitlog::read_raw(&store.log, hole.phys_offset, hole.size).unwrap();
+        assert!(!record::is_intact(&raw), "the damaged slot fails every reader's check");
+        // Read back, it is not counted twice.
+        store.log.note_corrupt_record(hole.phys_offset, hole.size);
+        assert_eq!(store.log.corrupt_records(), 1);
+        let again = append(&store, "orders", 1, &[entry("after", None, None)]);
+        assert_eq!(again[0].queue_offset, 100);
+    }
+
+    #[test]
     fn crash_with_a_torn_tail_recovers_consume_queues_and_offsets() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = small_config(dir.path());
