@@ -383,7 +383,10 @@ impl Store {
             return Ok(());
         };
         let cq = self.queues.get_or_create(&rec.topic, rec.queue_id)?;
-        let size = u32::try_from(len).unwrap_or(u32::MAX);
+        // A short prefix of the quarantined bytes is enough to fail the
+        // check (they failed it at any length), and keeps a reader from
+        // copying a long damaged run.
+        let size = len.min(64) as u32;
         for slot in cq.max_offset()..rec.queue_offset {
             tracing::error!(
                 topic = %rec.topic,
