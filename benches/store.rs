@@ -10,6 +10,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ferromq::config::StoreSection;
 use ferromq::store::append::{append_batch, AppendContext, AppendEntry};
 use ferromq::store::commitlog::{Appender, Gather};
+use ferromq::store::record::is_intact;
 use ferromq::store::topics::TopicConfig;
 use ferromq::store::Store;
 
@@ -74,6 +75,18 @@ fn store(c: &mut Criterion) {
             for off in 0..1000 {
                 let e = cq.get(off).expect("entry");
                 gather.push(e.phys_offset, e.size as usize).expect("gather");
+            }
+            gather.finish()
+        })
+    });
+    // The same with each record's CRC verified, as pulls do since #13.
+    g.bench_function("gather+crc", |b| {
+        b.iter(|| {
+            let mut gather = Gather::new(&store.log);
+            for off in 0..1000 {
+                let e = cq.get(off).expect("entry");
+                let raw = gather.push(e.phys_offset, e.size as usize).expect("gather");
+                assert!(is_intact(raw), "intact");
             }
             gather.finish()
         })

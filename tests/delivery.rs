@@ -258,7 +258,15 @@ fn expired_messages_are_dead_lettered_with_no_consumer_and_never_delivered() {
     for v in dlq(ns, "readers") {
         assert_eq!(v["properties"]["DLQ_REASON"], "expired", "{v}");
         assert_eq!(v["properties"]["DELIVERY_COUNT"], "0", "{v}");
+        // A dead letter never expires by the TTL that sent it there.
+        assert!(v["properties"].get("TTL").is_none(), "{v}");
+        if body(&v).starts_with("short-") {
+            assert_eq!(v["properties"]["ORIGIN_TTL"], "500", "{v}");
+        }
     }
+    // Well past every TTL, the dead letters are all still listed.
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert_eq!(dlq(ns, "readers").len(), 7, "{:?}", dlq(ns, "readers"));
     // Neither a group member nor a plain reader ever sees them.
     let member = consume_json(
         ns,

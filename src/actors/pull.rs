@@ -65,6 +65,10 @@ impl QueueLog for StoreLog<'_> {
         self.store.topics.get(self.topic).and_then(|t| t.ttl_ms)
     }
 
+    fn note_corrupt(&self, phys: u64, size: u32) {
+        self.store.log.note_corrupt_record(phys, size);
+    }
+
     fn committed(&self, group: &str) -> Option<u64> {
         self.store.offsets.get(&OffsetKey {
             group: group.to_string(),

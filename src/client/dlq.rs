@@ -100,7 +100,8 @@ pub async fn dlq_list(core: &Arc<ClientCore>, group: &str) -> ClientResult<Vec<(
     Ok(out)
 }
 
-/// The message a dead letter came from, ready to send back.
+/// The message a dead letter came from, ready to send back: the dead-letter
+/// properties removed and the original `TTL` restored from `ORIGIN_TTL`.
 pub fn original_message(dead: &StoredRecord) -> ClientResult<Message> {
     let topic = dead.properties.get(props::ORIGIN_TOPIC).ok_or_else(|| {
         ClientError::Invalid(format!(
@@ -110,6 +111,9 @@ pub fn original_message(dead: &StoredRecord) -> ClientResult<Message> {
         ))
     })?;
     let mut properties = dead.properties.clone();
+    if let Some(ttl) = properties.get(props::ORIGIN_TTL).cloned() {
+        properties.insert(props::TTL.to_string(), ttl);
+    }
     for p in DEAD_LETTER_PROPERTIES {
         properties.remove(p);
     }

@@ -28,6 +28,10 @@ pub const DELIVERY_COUNT: &str = "DELIVERY_COUNT";
 pub const DLQ_REASON: &str = "DLQ_REASON";
 /// On a dead letter: the group whose dead-letter topic holds it.
 pub const DLQ_GROUP: &str = "DLQ_GROUP";
+/// On a dead letter: the original message's [`TTL`]. A dead letter carries
+/// no `TTL` of its own (it must never expire by the TTL that may have sent
+/// it there); a resend restores the `TTL` from this property.
+pub const ORIGIN_TTL: &str = "ORIGIN_TTL";
 
 /// Prefix of dead-letter topics: `%DLQ%<group>`.
 pub const DLQ_PREFIX: &str = "%DLQ%";
@@ -38,7 +42,7 @@ pub fn dlq_topic(group: &str) -> String {
 }
 
 /// Properties a dead letter adds; a resend strips them again.
-pub const DEAD_LETTER_PROPERTIES: [&str; 7] = [
+pub const DEAD_LETTER_PROPERTIES: [&str; 8] = [
     ORIGIN_TOPIC,
     ORIGIN_QUEUE,
     ORIGIN_OFFSET,
@@ -46,4 +50,5 @@ pub const DEAD_LETTER_PROPERTIES: [&str; 7] = [
     DELIVERY_COUNT,
     DLQ_REASON,
     DLQ_GROUP,
+    ORIGIN_TTL,
 ];

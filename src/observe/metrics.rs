@@ -67,6 +67,7 @@ pub fn refresh(tree: &ActorTree, store: &Store) {
         metrics::counter!("ferromq_actor_messages_handled_total", &labels).absolute(a.handled);
         metrics::counter!("ferromq_actor_restarts_total", &labels).absolute(a.restarts);
     }
+    metrics::counter!("ferromq_store_corrupt_records_total").absolute(store.log.corrupt_records());
     for (topic, cfg) in store.topics.all() {
         for queue in 0..cfg.queues {
             let max = store.queues.get(&topic, queue).map_or(0, |q| q.max_offset());

@@ -47,6 +47,10 @@ pub struct CommitLog {
     flushed_pos: AtomicU64,
     /// End of what writeback was started for (flusher thread only).
     writeback_pos: AtomicU64,
+    /// Damaged records found (by recovery or by a read) since start.
+    corrupt_records: AtomicU64,
+    /// Ranges recovery quarantined: `(offset, len)`, oldest first.
+    quarantined: std::sync::Mutex<Vec<(u64, u64)>>,
 }
 
 /// Why an append failed.
@@ -76,7 +80,9 @@ impl CommitLog {
         }
         std::fs::create_dir_all(dir).at("create directory", dir)?;
         let mut segments = Vec::new();
-        for start in list_offset_files(dir)? {
+        let starts = list_offset_files(dir)?;
+        let newest = starts.last().copied();
+        for start in starts {
             if start % segment_bytes != 0 {
                 return Err(StoreError::corrupt(
                     "segment",
@@ -87,6 +93,7 @@ impl CommitLog {
                     ),
                 ));
             }
+            check_segment_size(&dir.join(offset_file_name(start)), segment_bytes, Some(start) == newest)?;
             let file = MappedFile::create_or_open_with(
                 dir.join(offset_file_name(start)),
                 segment_bytes as usize,
@@ -101,6 +108,8 @@ impl CommitLog {
             write_pos: AtomicU64::new(0),
             flushed_pos: AtomicU64::new(0),
             writeback_pos: AtomicU64::new(0),
+            corrupt_records: AtomicU64::new(0),
+            quarantined: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -117,6 +126,37 @@ impl CommitLog {
     /// End of what is known durable.
     pub fn flushed_pos(&self) -> u64 {
         self.flushed_pos.load(Ordering::Acquire)
+    }
+
+    /// Damaged records found since start: quarantined by recovery, or
+    /// skipped by a read whose CRC check failed
+    /// (`ferromq_store_corrupt_records_total`).
+    pub fn corrupt_records(&self) -> u64 {
+        self.corrupt_records.load(Ordering::Relaxed)
+    }
+
+    /// Counts a damaged record a reader found (and skipped) at `offset`,
+    /// with an error log line.
+    /// A range recovery quarantined was counted then, and is not again.
+    pub fn note_corrupt_record(&self, offset: u64, size: u32) {
+        let known = self
+            .quarantined
+            .lock()
+            .map(|q| q.iter().any(|(at, _)| *at == offset))
+            .unwrap_or(false);
+        if known {
+            tracing::debug!(offset, size, "skipping a quarantined commitlog record");
+            return;
+        }
+        self.corrupt_records.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(offset, size, "skipping a commitlog record that fails its CRC check");
+    }
+
+    /// The newest range recovery quarantined that starts below `offset`:
+    /// `(offset, len)`. Bytes there fail the CRC check of every reader.
+    pub fn quarantined_before(&self, offset: u64) -> Option<(u64, u64)> {
+        let q = self.quarantined.lock().ok()?;
+        q.iter().rev().find(|(at, _)| *at < offset).copied()
     }
 
     /// Number of segment files.
@@ -356,8 +396,39 @@ impl CommitLog {
                         continue 'segments;
                     }
                     Probe::End => {
-                        end = seg.start + p as u64;
-                        break 'segments;
+                        // A torn tail (nothing valid follows: the log ends
+                        // here) or damage in the middle (a valid record
+                        // follows: quarantine the bad bytes, keep the rest).
+                        let at = seg.start + p as u64;
+                        let resume = resync(data, p, seg.start).or_else(|| {
+                            let next = segs.get(i + 1)?;
+                            let seg_end = seg.start + self.segment_bytes;
+                            let head = next.file.read_at(0, seg_len).ok()?;
+                            (next.start == seg_end && valid_record_at(head, 0, next.start).is_some()).then_some(seg_len)
+                        });
+                        let Some(q) = resume else {
+                            end = at;
+                            break 'segments;
+                        };
+                        let len = (q - p) as u64;
+                        tracing::error!(
+                            segment = %seg.file.path().display(),
+                            offset = at,
+                            len,
+                            "corrupt commitlog record in the middle of the log: quarantined (never dispatched \
+                             or delivered); the valid records after it are kept"
+                        );
+                        self.corrupt_records.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(mut qs) = self.quarantined.lock() {
+                            qs.push((at, len));
+                        }
+                        report.corrupt_records += 1;
+                        if q == seg_len {
+                            pos = seg.start + self.segment_bytes;
+                            end = pos;
+                            continue 'segments;
+                        }
+                        p = q;
                     }
                 }
             }
@@ -377,7 +448,17 @@ impl CommitLog {
                 keep.push(seg.clone());
             } else if seg.start <= end {
                 // The segment the log ends in: erase whatever follows.
-                report.zeroed_bytes += zero_tail(&seg.file, (end - seg.start) as usize)?;
+                let zeroed = zero_tail(&seg.file, (end - seg.start) as usize)?;
+                if zeroed > 0 {
+                    tracing::warn!(
+                        segment = %seg.file.path().display(),
+                        from = end,
+                        to = seg_end,
+                        "the commitlog ends at a torn or partial record: erased the bytes from its end to the \
+                         segment's end (nothing valid follows)"
+                    );
+                }
+                report.zeroed_bytes += zeroed;
                 keep.push(seg.clone());
             } else {
                 tracing::warn!(segment = %seg.file.path().display(), "deleting segment past the end of the log");
@@ -391,6 +472,98 @@ impl CommitLog {
             .map_err(|_| StoreError::Poisoned("segment table"))? = keep;
         Ok(())
     }
+}
+
+/// The record at `p` of a segment (starting at log offset `seg_start`)
+/// whose bytes are `data`, if it is whole, its CRC matches and it names its
+/// own position: returns its size.
+fn valid_record_at(data: &[u8], p: usize, seg_start: u64) -> Option<usize> {
+    let Probe::Record(size) = record::probe(data.get(p..)?) else {
+        return None;
+    };
+    let phys = data.get(p + 28..p + 36)?;
+    (u64::from_be_bytes(phys.try_into().ok()?) == seg_start + p as u64).then_some(size)
+}
+
+/// Where the valid records resume after the damaged bytes at `p`, within
+/// this segment: `None` when nothing valid follows (a torn tail).
+///
+/// A bit flip in a record's body leaves its size intact, so the record
+/// that follows is tried first. Otherwise (a damaged size) the bytes after
+/// `p` are scanned for the next position holding a whole record with a
+/// matching CRC that names its own position. Records are written
+/// contiguously, so the scan stops at the first 64 KiB-aligned chunk of
+/// zeroes (the unwritten rest of the segment): a torn tail costs a short
+/// scan, never a walk over a whole pre-allocated segment.
+fn resync(data: &[u8], p: usize, seg_start: u64) -> Option<usize> {
+    const CHUNK: usize = 64 * 1024;
+    if let Some(head) = data.get(p..p + 4) {
+        let size = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        if size >= BLANK_HEADER_LEN {
+            if let Some(q) = p.checked_add(size).filter(|q| *q < data.len()) {
+                if valid_record_at(data, q, seg_start).is_some() {
+                    return Some(q);
+                }
+            }
+        }
+    }
+    let magic = record::RECORD_MAGIC.to_be_bytes();
+    let mut q = p + 1;
+    while q + BLANK_HEADER_LEN <= data.len() {
+        if q % CHUNK == 0 && data[q..(q + CHUNK).min(data.len())].iter().all(|b| *b == 0) {
+            return None;
+        }
+        if data[q + 4..q + 8] == magic && valid_record_at(data, q, seg_start).is_some() {
+            return Some(q);
+        }
+        q += 1;
+    }
+    None
+}
+
+/// Checks a segment file's size before it is mapped, repairing what can be
+/// repaired without losing a record:
+///
+/// * the newest segment (`newest`) is set to `segment_bytes` either way:
+///   bytes past the segment size never hold a record (records never cross
+///   a segment's end), and zeroes appended to a short file read as the end
+///   of the log, which recovery then finds as usual;
+/// * an older segment that is too long is truncated for the same reason;
+/// * an older segment that is too short lost the end of its records: that
+///   is refused with an error naming the file and the fix, since padding it
+///   would silently drop those records.
+///
+/// Every repair is logged with the path and the old and new size.
+fn check_segment_size(path: &Path, segment_bytes: u64, newest: bool) -> StoreResult<()> {
+    let actual = std::fs::metadata(path).at("stat", path)?.len();
+    if actual == segment_bytes {
+        return Ok(());
+    }
+    if !newest && actual < segment_bytes {
+        return Err(StoreError::corrupt(
+            "segment",
+            path,
+            format!(
+                "file is {actual} bytes, expected {segment_bytes}: the end of an older segment is missing \
+                 (restore the file from a backup; or, accepting the loss of the records in the missing \
+                 bytes, pad it with `truncate -s {segment_bytes} {}` and restart)",
+                path.display()
+            ),
+        ));
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .at("open for repair", path)?;
+    file.set_len(segment_bytes).at("set the segment size", path)?;
+    file.sync_all().at("sync", path)?;
+    tracing::warn!(
+        segment = %path.display(),
+        old_size = actual,
+        new_size = segment_bytes,
+        "repaired the size of a commitlog segment"
+    );
+    Ok(())
 }
 
 /// Erases stale bytes after the end of the log so that no torn or old record
@@ -434,6 +607,9 @@ pub struct RecoveryReport {
     pub zeroed_bytes: u64,
     /// Segment files past the end that were deleted.
     pub deleted_segments: u64,
+    /// Damaged records in the middle of the log (valid records follow
+    /// them) that were quarantined: kept on disk, never visited.
+    pub corrupt_records: u64,
 }
 
 /// Where one appended record went.
@@ -756,6 +932,44 @@ mod tests {
     }
 
     #[test]
+    fn damage_in_the_middle_is_quarantined_and_later_records_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let placed;
+        {
+            let log = Arc::new(CommitLog::open(dir.path(), SEG).unwrap());
+            log.recover(0, |_, _| {}).unwrap();
+            placed = write(&log, 40, 1000, 0);
+        }
+        let path = dir.path().join(offset_file_name(0));
+        let mut bytes = std::fs::read(&path).unwrap();
+        // A flipped bit in a body (the size stays valid) and a damaged size
+        // field (found again by scanning for the next whole record).
+        bytes[placed[10].phys_offset as usize + 500] ^= 0x01;
+        bytes[placed[20].phys_offset as usize + 1] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+
+        let log = Arc::new(CommitLog::open(dir.path(), SEG).unwrap());
+        let mut seen = Vec::new();
+        let report = log.recover(0, |off, _| seen.push(off)).unwrap();
+        let expected: Vec<u64> = placed
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 10 && *i != 20)
+            .map(|(_, p)| p.phys_offset)
+            .collect();
+        assert_eq!(seen, expected);
+        assert_eq!(report.corrupt_records, 2);
+        assert_eq!(log.corrupt_records(), 2);
+        let last = placed.last().unwrap();
+        assert_eq!(report.end, last.phys_offset + last.size as u64);
+        assert_eq!(report.zeroed_bytes, 0);
+        assert_eq!(
+            log.quarantined_before(placed[21].phys_offset),
+            Some((placed[20].phys_offset, placed[20].size as u64))
+        );
+    }
+
+    #[test]
     fn recovery_from_a_checkpoint_visits_only_later_records() {
         let dir = tempfile::tempdir().unwrap();
         let log = Arc::new(CommitLog::open(dir.path(), SEG).unwrap());
@@ -768,6 +982,55 @@ mod tests {
         log.recover(from, |off, _| seen.push(off)).unwrap();
         assert_eq!(seen.first(), Some(&from));
         assert_eq!(seen.len(), 80);
+    }
+
+    #[test]
+    fn a_newest_segment_of_the_wrong_size_is_repaired_an_older_short_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let placed;
+        {
+            let log = Arc::new(CommitLog::open(dir.path(), SEG).unwrap());
+            log.recover(0, |_, _| {}).unwrap();
+            placed = write(&log, 150, 1000, 0);
+        }
+        let last = dir.path().join(offset_file_name(2 * SEG));
+        for len in [SEG + 7, SEG - 3] {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&last)
+                .unwrap()
+                .set_len(len)
+                .unwrap();
+            let log = Arc::new(CommitLog::open(dir.path(), SEG).unwrap());
+            assert_eq!(std::fs::metadata(&last).unwrap().len(), SEG);
+            let mut seen = 0;
+            log.recover(0, |_, _| seen += 1).unwrap();
+            assert_eq!(seen, placed.len(), "nothing lost");
+        }
+        let older = dir.path().join(offset_file_name(SEG));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&older)
+            .unwrap()
+            .set_len(SEG + 5)
+            .unwrap();
+        CommitLog::open(dir.path(), SEG).unwrap();
+        assert_eq!(
+            std::fs::metadata(&older).unwrap().len(),
+            SEG,
+            "an older long one is cut"
+        );
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&older)
+            .unwrap()
+            .set_len(SEG - 5)
+            .unwrap();
+        let err = CommitLog::open(dir.path(), SEG).unwrap_err().to_string();
+        assert!(
+            err.contains(&older.display().to_string()) && err.contains("truncate -s"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -217,6 +217,7 @@ impl Store {
             records_replayed = report.records,
             torn_bytes_erased = report.zeroed_bytes,
             segments_deleted = report.deleted_segments,
+            corrupt_records_quarantined = report.corrupt_records,
             offset_commits_replayed = replayed,
             millis = started.elapsed().as_millis() as u64,
             "store recovered"
@@ -239,7 +240,10 @@ impl Store {
             match StoredRecord::decode(Bytes::copy_from_slice(bytes)) {
                 Ok(rec) => {
                     let reindex = indexed.is_none_or(|i| off >= i);
-                    if let Err(e) = self.dispatch_one(&DispatchEntry::from_record(&rec), reindex) {
+                    let dispatched = self
+                        .fill_quarantined_slots(&rec, off)
+                        .and_then(|()| self.dispatch_one(&DispatchEntry::from_record(&rec), reindex));
+                    if let Err(e) = dispatched {
                         failure = Some(e);
                     }
                 }
@@ -473,6 +477,44 @@ impl Store {
         Ok(())
     }
 
+    /// During recovery: when recovery quarantined a damaged record before
+    /// `rec` (at log offset `off`) and `rec`'s queue has no entry for the
+    /// queue offsets just below `rec`'s, those slots belonged to damaged
+    /// records. They are filled with entries pointing at the quarantined
+    /// bytes, which fail every reader's CRC check and are skipped: the
+    /// queue has no gap and the damaged record is never delivered.
+    fn fill_quarantined_slots(&self, rec: &StoredRecord, off: u64) -> StoreResult<()> {
+        if self.topics.get(&rec.topic).is_none() {
+            return Ok(());
+        }
+        let Some((at, len)) = self.log.quarantined_before(off) else {
+            return Ok(());
+        };
+        let cq = self.queues.get_or_create(&rec.topic, rec.queue_id)?;
+        // A short prefix of the quarantined bytes is enough to fail the
+        // check (they failed it at any length), and keeps a reader from
+        // copying a long damaged run.
+        let size = len.min(64) as u32;
+        for slot in cq.max_offset()..rec.queue_offset {
+            tracing::error!(
+                topic = %rec.topic,
+                queue = rec.queue_id,
+                queue_offset = slot,
+                commitlog_offset = at,
+                "a queue slot held a corrupt record: it is skipped by every reader"
+            );
+            cq.put(
+                slot,
+                CqEntry {
+                    phys_offset: at,
+                    size,
+                    tag_hash: 0,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
     /// Records that every record below `end` has been dispatched.
     pub fn mark_dispatched(&self, end: u64) {
         self.dispatched.fetch_max(end, Ordering::AcqRel);
@@ -614,6 +656,46 @@ pub mod testing {
 mod tests {
     use super::testing::{append, entry, small_config};
     use super::*;
+
+    #[test]
+    fn a_damaged_record_mid_log_is_quarantined_and_its_queue_slot_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = small_config(dir.path());
+        let stored;
+        {
+            let (store, _) = Store::open(&cfg).unwrap();
+            let batch: Vec<_> = (0..100).map(|i| entry(&format!("message {i}"), None, None)).collect();
+            stored = append(&store, "orders", 1, &batch);
+            store.flush_and_checkpoint().unwrap();
+        }
+        // Flip a byte in the body of record 60, and lose the consume queues
+        // and the checkpoint so that recovery replays the whole log.
+        let victim = stored[60].phys_offset;
+        let seg_start = victim - victim % cfg.segment_bytes;
+        let path = dir.path().join("commitlog").join(fsutil::offset_file_name(seg_start));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[(stored[61].phys_offset - seg_start) as usize - 3] ^= 0x10;
+        std::fs::write(&path, bytes).unwrap();
+        std::fs::remove_dir_all(dir.path().join("consumequeue")).unwrap();
+        std::fs::remove_file(dir.path().join("checkpoint")).unwrap();
+
+        let (store, report) = Store::open(&cfg).unwrap();
+        assert_eq!(report.corrupt_records, 1);
+        assert_eq!(store.log.corrupt_records(), 1);
+        let last = stored.last().unwrap();
+        assert!(report.end > last.phys_offset, "later records are kept");
+        let cq = store.queues.get("orders", 1).unwrap();
+        assert_eq!(cq.max_offset(), 100, "no gap, nothing lost after the damage");
+        assert_eq!(cq.get(61).unwrap().phys_offset, stored[61].phys_offset);
+        let hole = cq.get(60).unwrap();
+        let raw = commitlog::read_raw(&store.log, hole.phys_offset, hole.size).unwrap();
+        assert!(!record::is_intact(&raw), "the damaged slot fails every reader's check");
+        // Read back, it is not counted twice.
+        store.log.note_corrupt_record(hole.phys_offset, hole.size);
+        assert_eq!(store.log.corrupt_records(), 1);
+        let again = append(&store, "orders", 1, &[entry("after", None, None)]);
+        assert_eq!(again[0].queue_offset, 100);
+    }
 
     #[test]
     fn crash_with_a_torn_tail_recovers_consume_queues_and_offsets() {

@@ -138,6 +138,12 @@ pub fn probe(data: &[u8]) -> Probe {
     }
 }
 
+/// True when `data` is exactly one whole record whose CRC matches: what a
+/// reader checks before serving a record (a CRC-32C over its bytes).
+pub fn is_intact(data: &[u8]) -> bool {
+    probe(data) == Probe::Record(data.len())
+}
+
 /// Reads fields of an encoded record without decoding (or allocating) the
 /// rest: what the pull path needs per record to honour TTLs. The record's
 /// CRC was checked when it was written; malformed bytes give `None`.

@@ -108,6 +108,11 @@ pub trait QueueLog {
     fn topic_ttl(&self) -> Option<u64>;
     /// A group's committed offset on this queue.
     fn committed(&self, group: &str) -> Option<u64>;
+    /// A reader found the record at `phys` damaged (its CRC check failed)
+    /// and skipped it: count and log it.
+    fn note_corrupt(&self, phys: u64, size: u32) {
+        let _ = (phys, size);
+    }
 }
 
 /// Whoever waits for a parked request's answer.

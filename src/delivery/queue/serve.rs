@@ -13,7 +13,7 @@ use crate::delivery::DeadLetterReason;
 use crate::error::{BrokerError, ErrorKind};
 use crate::message::{TagFilter, PROPERTY_TAGS};
 use crate::store::append::AppendEntry;
-use crate::store::record::{RecordView, StoredRecord};
+use crate::store::record::{is_intact, RecordView, StoredRecord};
 
 /// Most consume-queue entries one pull scans (tag filters may skip many).
 const MAX_SCAN: u64 = 16 * 1024;
@@ -72,6 +72,13 @@ pub fn serve_pull<L: QueueLog>(
                 format!("reading {topic}/{queue_id} offset {}: {e}", next - 1),
             )
         })?;
+        // A damaged record is skipped (and counted), never served: a
+        // client would reject it and the queue would stall on it.
+        if !is_intact(record) {
+            records.pop(size);
+            log.note_corrupt(entry.phys, entry.size);
+            continue;
+        }
         // An expired message is never delivered.
         let expired = raw_expire_at(record, topic_ttl).is_some_and(|at| at <= now);
         // Hashes collide, and patterns have none: confirm the real tag.
@@ -168,7 +175,15 @@ impl<W: Requester> QueueDelivery<W> {
             }
             scanned += claims.len();
             for claim in claims {
-                let record = log.entry(claim.offset).and_then(|e| log.record(e.phys, e.size).ok());
+                let record = log.entry(claim.offset).and_then(|e| {
+                    let raw = log.record(e.phys, e.size).ok()?;
+                    if is_intact(&raw) {
+                        Some(raw)
+                    } else {
+                        log.note_corrupt(e.phys, e.size);
+                        None
+                    }
+                });
                 let Some(raw) = record else {
                     // Unreadable (a deleted topic's last moments): nothing to deliver.
                     tracing::warn!(%topic, queue_id, offset = claim.offset, "cannot read a claimed record; skipping it");
@@ -255,7 +270,8 @@ impl<W: Requester> QueueDelivery<W> {
 }
 
 /// The copy of a message for the dead-letter topic: its record with the
-/// origin properties added.
+/// origin properties added, and its `TTL` moved to `ORIGIN_TTL` so that the
+/// dead letter never expires inside the dead-letter topic.
 fn dead_letter_entry(
     topic: &str,
     queue_id: u32,
@@ -266,6 +282,9 @@ fn dead_letter_entry(
 ) -> Option<AppendEntry> {
     let rec = StoredRecord::decode(log.record(e.phys, e.size).ok()?).ok()?;
     let mut properties = rec.properties.clone();
+    if let Some(ttl) = properties.remove(props::TTL) {
+        properties.insert(props::ORIGIN_TTL.to_string(), ttl);
+    }
     let mut set = |k: &str, v: String| {
         properties.insert(k.to_string(), v);
     };

@@ -487,6 +487,11 @@ fn an_expired_message_is_dead_lettered_and_never_delivered() {
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].letters[0].offset, 0);
     assert_eq!(reason(&stored[0].entries[0]), "expired");
+    // The dead letter keeps the TTL only as ORIGIN_TTL: it never expires
+    // again inside the dead-letter topic.
+    let dead = &stored[0].entries[0].properties;
+    assert_eq!(dead.get(props::TTL), None);
+    assert_eq!(dead.get(props::ORIGIN_TTL).map(String::as_str), Some("500"));
     assert_eq!(r.receive("g", 5), [(1, 1)]);
     // A message whose TTL passed before any tick is caught when claimed.
     r.append(None, Some(10));
