@@ -23,7 +23,7 @@ pub use super::delayed_send::Scheduled;
 use super::services::BrokerServices;
 use crate::clock::now_millis;
 use crate::delivery::delay::{DelayTable, DELAY_GROUP, DELAY_QUEUES, DELAY_TOPIC};
-use crate::delivery::props;
+use crate::message::props;
 use crate::store::append::AppendEntry;
 use crate::store::offsets::OffsetKey;
 use crate::store::record::StoredRecord;

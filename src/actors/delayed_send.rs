@@ -12,8 +12,8 @@ use actix::Message;
 use super::commitlog_writer::{Append, AppendGroup};
 use crate::clock::now_millis;
 use crate::delivery::delay::{requested_delay, Delayed, DELAY_TOPIC};
-use crate::delivery::props;
 use crate::error::{BrokerError, ErrorKind};
+use crate::message::props;
 use crate::store::append::{AppendEntry, Appended, StoredAt};
 
 /// Checks a batch's delivery properties in one pass: a `TTL` must be a

@@ -8,8 +8,8 @@
 //! * [`queue_actor`] — one per topic-queue, a shell over
 //!   `delivery::queue::QueueDelivery` (pulls, receives, acks, retries, dead
 //!   letters, TTLs, long polls); [`queue_delivery`] carries out its effects,
-//!   [`pull`] reads the store for it (`StoreLog`), [`long_poll`] re-exports
-//!   `delivery::long_poll`, and [`queue_registry`] finds the actors.
+//!   [`pull`] reads the store for it (`StoreLog`), and [`queue_registry`]
+//!   finds the actors.
 //! * [`delay_scheduler`] — releases delayed messages when due.
 //! * [`retention_cleaner`] — deletes expired commitlog segments (and what
 //!   points into them) by `store::retention`'s policy.
@@ -27,7 +27,6 @@ pub mod dispatcher;
 pub mod group_coordinator;
 pub mod group_registry;
 pub mod heartbeat_scanner;
-pub mod long_poll;
 pub mod namesrv;
 pub mod namesrv_client;
 pub mod pull;

@@ -225,7 +225,7 @@ mod tests {
 
     use super::*;
     use crate::delivery::delay::{DELAY_QUEUES, DELAY_TOPIC};
-    use crate::delivery::props;
+    use crate::message::props;
     use crate::store::testing::small_config;
 
     /// Stands in for the delay scheduler.

@@ -11,7 +11,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
-use super::props;
+use crate::message::props;
 
 /// The internal topic holding delayed messages until they are due.
 pub const DELAY_TOPIC: &str = "__delay";

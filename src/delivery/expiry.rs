@@ -4,7 +4,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 
-use super::props;
+use crate::message::props;
 
 /// When a message expires: its store time plus its own `TTL` property, or
 /// else the topic's default TTL. `None` when it never expires. A malformed

@@ -12,13 +12,11 @@
 //! * [`queue`] — one queue's delivery (pulls, and receives for every group
 //!   with its cursor), with [`long_poll`] for parked requests.
 //! * [`delay`] — delay levels and the pending delayed messages.
-//! * [`props`] — the message properties this module gives meaning to.
 
 pub mod cursor;
 pub mod delay;
 pub mod expiry;
 pub mod long_poll;
-pub mod props;
 pub mod queue;
 
 use serde::{Deserialize, Serialize};

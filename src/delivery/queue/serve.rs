@@ -8,9 +8,9 @@ use super::{
 };
 use crate::delivery::cursor::DeadLetter;
 use crate::delivery::expiry::raw_expire_at;
-use crate::delivery::props::{self, dlq_topic};
 use crate::delivery::DeadLetterReason;
 use crate::error::{BrokerError, ErrorKind};
+use crate::message::props::{self, dlq_topic};
 use crate::message::{TagFilter, PROPERTY_TAGS};
 use crate::store::append::AppendEntry;
 use crate::store::record::{is_intact, RecordView, StoredRecord};

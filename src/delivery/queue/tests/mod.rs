@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 
 use super::*;
-use crate::delivery::{props, DeadLetterReason};
+use crate::delivery::DeadLetterReason;
+use crate::message::props;
 use crate::store::record::{RecordFields, StoredRecord};
 
 /// A queue in memory: records encoded as the store encodes them.
