@@ -1,6 +1,7 @@
 //! Multi-broker clusters of real processes (standalone name servers, two
 //! broker groups): group offsets per broker queue, a group remembering its
-//! start, dead brokers and name servers, and a seeded chaos run.
+//! start, dead brokers and name servers, one broker's HTTP API acting on
+//! both groups, and a seeded chaos run.
 //!
 //! Figures are printed as `figure: key=value` lines on stderr; collect them
 //! with `cargo test --test cluster -- --nocapture`. The tests of this file
@@ -1280,4 +1281,72 @@ fn seeded_chaos_loses_no_acknowledged_message() {
         actions.len(),
         problems.join("\n- ")
     );
+}
+
+/// The HTTP API of one broker acts on the whole cluster: what is its own
+/// it does in-process through the core, the other broker group's share
+/// through the client library. A topic created through broker A's console
+/// lands on both groups, a message stored by broker B is found through A
+/// by id and by key, and a delete through A removes the topic from both.
+#[test]
+fn one_brokers_http_api_spans_both_broker_groups() {
+    let _s = serial();
+    let c = Cluster::start(1, &[A, B], &[]);
+    let ns = c.ns();
+    let web = c.broker_http(A).to_string();
+    let json = |s: &str| serde_json::from_str::<Value>(s).unwrap_or_else(|e| panic!("{e}: {s}"));
+    let brokers_of = |web: &str| -> BTreeSet<String> {
+        let d = json(&http_get(web, "/api/topics/web"));
+        d["queues"]
+            .as_array()
+            .map(|qs| {
+                qs.iter()
+                    .filter_map(|q| q["broker"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+
+    let (status, resp) = http(&web, "POST", "/api/topics", Some(r#"{"topic":"web","queues":2}"#));
+    assert_eq!(status, 201, "{resp}");
+    let both = BTreeSet::from([A.to_string(), B.to_string()]);
+    assert!(
+        wait_until(Duration::from_secs(10), || brokers_of(&web) == both),
+        "both groups serve the topic: {:?}",
+        brokers_of(&web)
+    );
+
+    let lines: Vec<String> = (0..12).map(|i| format!("w-{i}")).collect();
+    let acks = produce(&ns, "web", &["--key", "shared"], &lines);
+    let on_b: Vec<&str> = acks
+        .iter()
+        .map(|a| a.msg_id.as_str())
+        .filter(|id| c.broker_of_msg_id(id) == Some(B))
+        .collect();
+    assert!(!on_b.is_empty(), "round-robin reaches broker B: {acks:?}");
+    for id in &on_b {
+        let (status, resp) = http(&web, "GET", &format!("/api/messages/{id}"), None);
+        assert_eq!(status, 200, "B's message {id} through A: {resp}");
+        assert_eq!(json(&resp)["msg_id"], *id);
+    }
+    let found = json(&http_get(&web, "/api/messages?topic=web&key=shared"));
+    let found: BTreeSet<String> = found["messages"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .filter_map(|m| m["msg_id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let sent: BTreeSet<String> = acks.iter().map(|a| a.msg_id.clone()).collect();
+    assert_eq!(found, sent, "a key lookup through A finds the messages of both groups");
+
+    let (status, resp) = http(&web, "DELETE", "/api/topics/web", None);
+    assert_eq!(status, 200, "{resp}");
+    for b in [A, B] {
+        let (status, resp) = http(c.broker_http(b), "GET", "/api/topics/web", None);
+        assert_eq!(status, 404, "{b} no longer serves the topic: {resp}");
+    }
+    assert!(wait_until(Duration::from_secs(10), || !cli_ok(&ns, &["topic", "list"])
+        .contains("web")));
 }
