@@ -65,6 +65,10 @@ impl QueueLog for StoreLog<'_> {
         self.store.topics.get(self.topic).and_then(|t| t.ttl_ms)
     }
 
+    fn needs_check(&self, phys: u64) -> bool {
+        self.store.log.needs_read_check(phys)
+    }
+
     fn note_corrupt(&self, phys: u64, size: u32) {
         self.store.log.note_corrupt_record(phys, size);
     }

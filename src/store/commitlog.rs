@@ -49,6 +49,11 @@ pub struct CommitLog {
     writeback_pos: AtomicU64,
     /// Damaged records found (by recovery or by a read) since start.
     corrupt_records: AtomicU64,
+    /// End of the log as recovery found it on disk: records below it came
+    /// from the disk and readers check their CRC; records this process
+    /// appended were encoded (with their CRC) here and are not checked
+    /// again on the hot read path.
+    read_checks_below: AtomicU64,
     /// Ranges recovery quarantined: `(offset, len)`, oldest first.
     quarantined: std::sync::Mutex<Vec<(u64, u64)>>,
 }
@@ -109,6 +114,7 @@ impl CommitLog {
             flushed_pos: AtomicU64::new(0),
             writeback_pos: AtomicU64::new(0),
             corrupt_records: AtomicU64::new(0),
+            read_checks_below: AtomicU64::new(0),
             quarantined: std::sync::Mutex::new(Vec::new()),
         })
     }
@@ -133,6 +139,13 @@ impl CommitLog {
     /// (`ferromq_store_corrupt_records_total`).
     pub fn corrupt_records(&self) -> u64 {
         self.corrupt_records.load(Ordering::Relaxed)
+    }
+
+    /// True when a reader should check the CRC of the record at `offset`:
+    /// it was on disk when the broker started (damage there is what reads
+    /// must not serve). Records appended since were encoded by this process.
+    pub fn needs_read_check(&self, offset: u64) -> bool {
+        offset < self.read_checks_below.load(Ordering::Acquire)
     }
 
     /// Counts a damaged record a reader found (and skipped) at `offset`,
@@ -437,6 +450,7 @@ impl CommitLog {
         self.truncate_after(end, &segs, &mut report)?;
         self.write_pos.store(end, Ordering::Release);
         self.flushed_pos.store(end, Ordering::Release);
+        self.read_checks_below.store(end, Ordering::Release);
         Ok(report)
     }
 

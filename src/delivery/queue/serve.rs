@@ -74,7 +74,7 @@ pub fn serve_pull<L: QueueLog>(
         })?;
         // A damaged record is skipped (and counted), never served: a
         // client would reject it and the queue would stall on it.
-        if !is_intact(record) {
+        if log.needs_check(entry.phys) && !is_intact(record) {
             records.pop(size);
             log.note_corrupt(entry.phys, entry.size);
             continue;
@@ -177,7 +177,7 @@ impl<W: Requester> QueueDelivery<W> {
             for claim in claims {
                 let record = log.entry(claim.offset).and_then(|e| {
                     let raw = log.record(e.phys, e.size).ok()?;
-                    if is_intact(&raw) {
+                    if !log.needs_check(e.phys) || is_intact(&raw) {
                         Some(raw)
                     } else {
                         log.note_corrupt(e.phys, e.size);
