@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// `[broker]`: identity, network, topics.
@@ -230,7 +230,7 @@ impl std::str::FromStr for FlushMode {
 }
 
 /// `[store]` section.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
     /// Directory holding commitlog, consume queues, indexes and config.
@@ -259,6 +259,14 @@ pub struct StoreSection {
     /// Largest total size of the commitlog (bytes, ± one segment); 0 means
     /// unbounded. Oldest segments beyond it are deleted even if not expired.
     pub retention_bytes: u64,
+    /// Used share of the data directory's file system (0..1) above which
+    /// expired segments are deleted at once, whatever `delete_when` says.
+    pub disk_clean_ratio: f64,
+    /// Used share above which the oldest segments are deleted even if not
+    /// expired (and segments held for messages still needed go too).
+    pub disk_force_clean_ratio: f64,
+    /// Used share above which sends are refused with `DISK_FULL`.
+    pub disk_refuse_ratio: f64,
 }
 
 impl StoreSection {
@@ -289,6 +297,9 @@ impl Default for StoreSection {
             clean_interval_ms: 10_000,
             delete_when: None,
             retention_bytes: 0,
+            disk_clean_ratio: 0.75,
+            disk_force_clean_ratio: 0.85,
+            disk_refuse_ratio: 0.90,
         }
     }
 }
@@ -414,6 +425,17 @@ impl Config {
         self.store.delete_hour()?;
         if self.store.retention_bytes != 0 && self.store.retention_bytes < self.store.segment_bytes {
             return bad("store.retention_bytes must be 0 (unbounded) or at least store.segment_bytes");
+        }
+        let (c, f, r) = (
+            self.store.disk_clean_ratio,
+            self.store.disk_force_clean_ratio,
+            self.store.disk_refuse_ratio,
+        );
+        if !(0.0 < c && c <= f && f <= r && r <= 1.0) {
+            return bad(&format!(
+                "store disk watermarks must satisfy 0 < disk_clean_ratio <= disk_force_clean_ratio <= \
+                 disk_refuse_ratio <= 1, not {c} / {f} / {r}"
+            ));
         }
         if self.broker.default_topic_queues == 0 || self.broker.default_topic_queues > 1024 {
             return bad("broker.default_topic_queues must be between 1 and 1024");

@@ -43,6 +43,8 @@ pub enum ErrorKind {
     Store,
     /// A component the operation needs is not available right now.
     Unavailable,
+    /// The disk is full: the write was refused, nothing was stored.
+    DiskFull,
 }
 
 /// An operation's failure: a kind and a message naming what failed.
@@ -129,7 +131,16 @@ impl From<std::io::Error> for BrokerError {
 
 impl From<crate::store::error::StoreError> for BrokerError {
     fn from(e: crate::store::error::StoreError) -> BrokerError {
+        if e.is_no_space() {
+            return BrokerError::new(ErrorKind::DiskFull, e.to_string());
+        }
         BrokerError::store(e.to_string())
+    }
+}
+
+impl From<crate::store::disk::DiskFull> for BrokerError {
+    fn from(e: crate::store::disk::DiskFull) -> BrokerError {
+        BrokerError::new(ErrorKind::DiskFull, e.to_string())
     }
 }
 

@@ -130,15 +130,21 @@ impl Handler<Append> for CommitLogWriter {
             Ok(b) => b,
             Err(err) => {
                 tracing::warn!(error = %err, "append failed");
-                let kind = match err {
+                let kind = match &err {
                     AppendError::TooLarge { .. } => ErrorKind::InvalidArgument,
+                    // Nothing was stored; the disk guard now refuses sends.
+                    AppendError::Io(e) if e.is_no_space() => ErrorKind::DiskFull,
                     AppendError::Io(_) => {
                         // A failing disk: restart the actor (state is in the store).
                         ctx.stop();
                         ErrorKind::Store
                     }
                 };
-                return Box::pin(async move { Err(BrokerError::new(kind, err.to_string())) });
+                let message = match err {
+                    AppendError::Io(e) => e.to_string(),
+                    other => other.to_string(),
+                };
+                return Box::pin(async move { Err(BrokerError::new(kind, message)) });
             }
         };
         let end = batch.end;

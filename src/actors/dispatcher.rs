@@ -3,12 +3,21 @@
 //! consume-queue file must not stall appends), fed by the CommitLogWriter
 //! one batch per message.
 //!
+//! A batch whose entries cannot be written (a disk error) is kept and
+//! tried again, with a growing pause, before any later batch: the queues
+//! never get a gap, the store's dispatched offset (and so the checkpoint)
+//! never passes an undispatched record, and nothing already acknowledged
+//! becomes unreadable. Entries are idempotent, so a retried batch may
+//! rewrite those that did go in.
+//!
 //! It knows its listeners only as [`QueueListener`] trait objects (the queue
 //! registry is one), so this module imports neither the registry nor the
 //! queue actor: the writer → dispatcher → listeners edge is no import loop.
 
 use crate::observe::{kind, ActorStats};
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 
@@ -49,11 +58,22 @@ pub struct Dispatch {
 #[rtype(result = "std::io::Result<()>")]
 pub struct ForgetTopic(pub String);
 
+/// First pause before a failed batch is tried again; it doubles up to
+/// [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+/// Longest pause between tries of a failed batch.
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
 /// The dispatcher actor.
 pub struct Dispatcher {
     stats: Arc<ActorStats>,
     store: Arc<Store>,
     listeners: Vec<Arc<dyn QueueListener>>,
+    /// Batches not dispatched yet, oldest first: non-empty only while the
+    /// oldest keeps failing.
+    pending: VecDeque<Dispatch>,
+    /// The pause before the next try, while one is scheduled.
+    retry_in: Option<Duration>,
 }
 
 impl Dispatcher {
@@ -70,6 +90,8 @@ impl Dispatcher {
             stats: ActorStats::detached(kind::DISPATCHER, "0"),
             store,
             listeners: Vec::new(),
+            pending: VecDeque::new(),
+            retry_in: None,
         }
     }
 }
@@ -88,25 +110,42 @@ impl Supervised for Dispatcher {
     }
 }
 
-impl Handler<Dispatch> for Dispatcher {
-    type Result = ();
-
-    fn handle(&mut self, msg: Dispatch, ctx: &mut Context<Self>) {
-        let _timer = self.stats.handling();
-        let mut failed = false;
-        for e in &msg.entries {
-            if let Err(err) = self.store.dispatch(e) {
-                // The commitlog holds the record; the next start-up replays
-                // it from the checkpoint, which this failure holds back.
-                tracing::error!(topic = %e.topic, queue = e.queue_id, offset = e.queue_offset, error = %err, "dispatch failed");
-                failed = true;
+impl Dispatcher {
+    /// Dispatches pending batches in order until one fails; then schedules
+    /// the next try (the failed batch stays first).
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        while let Some(batch) = self.pending.front() {
+            let failed = batch
+                .entries
+                .iter()
+                .find_map(|e| self.store.dispatch(e).err().map(|err| (e, err)));
+            if let Some((e, err)) = failed {
+                let pause = self.retry_in.map_or(RETRY_FIRST, |p| (p * 2).min(RETRY_MAX));
+                // The commitlog holds the record and nothing later is
+                // dispatched before it: it is retried until it goes in.
+                tracing::error!(
+                    topic = %e.topic,
+                    queue = e.queue_id,
+                    offset = e.queue_offset,
+                    error = %err,
+                    retry_in_ms = pause.as_millis() as u64,
+                    "dispatch failed; retrying"
+                );
+                metrics::counter!("ferromq_store_dispatch_retries_total").increment(1);
+                self.retry_in = Some(pause);
+                ctx.run_later(pause, |act, ctx| act.drain(ctx));
+                return;
+            }
+            self.retry_in = None;
+            if let Some(batch) = self.pending.pop_front() {
+                self.store.mark_dispatched(batch.end);
+                self.notify(&batch);
             }
         }
-        if failed {
-            ctx.stop();
-            return;
-        }
-        self.store.mark_dispatched(msg.end);
+    }
+
+    /// Tells the listeners which queues grew.
+    fn notify(&self, msg: &Dispatch) {
         let Some((last_listener, others)) = self.listeners.split_last() else {
             return;
         };
@@ -136,6 +175,19 @@ impl Handler<Dispatch> for Dispatcher {
     }
 }
 
+impl Handler<Dispatch> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: Dispatch, ctx: &mut Context<Self>) {
+        let _timer = self.stats.handling();
+        self.pending.push_back(msg);
+        // While a failed batch waits for its retry, later ones queue behind.
+        if self.retry_in.is_none() {
+            self.drain(ctx);
+        }
+    }
+}
+
 impl Handler<Subscribe> for Dispatcher {
     type Result = ();
 
@@ -149,6 +201,10 @@ impl Handler<ForgetTopic> for Dispatcher {
 
     fn handle(&mut self, ForgetTopic(topic): ForgetTopic, _: &mut Context<Self>) -> Self::Result {
         let _timer = self.stats.handling();
+        // Entries of the deleted topic waiting for a retry are moot.
+        for batch in &mut self.pending {
+            batch.entries.retain(|e| *e.topic != *topic);
+        }
         for l in &self.listeners {
             l.topic_deleted(&topic);
         }

@@ -171,19 +171,25 @@ impl BrokerServices {
     }
 
     /// Applies commits, then appends them to the offsets topic (applying
-    /// first keeps every appended commit inside any later snapshot).
+    /// first keeps every appended commit inside any later snapshot). When
+    /// the append fails (a full disk) the commits are taken back, so a
+    /// failed commit never shows as committed.
     pub async fn commit_offsets(&self, commits: Vec<(OffsetKey, u64)>) -> Result<(), BrokerError> {
         if commits.is_empty() {
             return Ok(());
         }
-        self.store.offsets.apply(&commits);
+        let applied = self.store.offsets.apply_returning_previous(&commits);
         let entry = AppendEntry {
             flags: 0,
             born_timestamp: now_millis(),
             properties: BTreeMap::new(),
             body: encode_commits(&commits),
         };
-        self.append(OFFSETS_TOPIC, 0, vec![entry]).await.map(|_| ())
+        let appended = self.append(OFFSETS_TOPIC, 0, vec![entry]).await;
+        if appended.is_err() {
+            self.store.offsets.revert(&applied);
+        }
+        appended.map(|_| ())
     }
 }
 

@@ -191,9 +191,18 @@ impl BrokerCore {
     /// decided. Nothing is refused yet: replication (a later issue) makes a
     /// slave's writes fail here with a kind telling the client to go to the
     /// master, once slaves are fed by their master instead of by clients.
+    ///
+    /// It also refuses sends and topic creation while the disk is full
+    /// (above `store.disk_refuse_ratio`, or after a write found no space):
+    /// `DISK_FULL`, saying what is full and how full. Reads, consumption,
+    /// acknowledgements and commits go on (commits are small; they fail
+    /// with `DISK_FULL` only if the disk truly has no room).
     pub fn check_writable(&self, op: &Operation<'_>) -> Result<(), BrokerError> {
         if op.is_write() && self.role() == BrokerRole::Slave {
             tracing::trace!(?op, "write on a slave broker (accepted until replication exists)");
+        }
+        if matches!(op, Operation::Produce { .. } | Operation::CreateTopic { .. }) {
+            self.store.disk.check_accepting()?;
         }
         Ok(())
     }

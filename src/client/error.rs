@@ -70,7 +70,8 @@ impl ClientError {
 
 /// Is a server status transient, i.e. may the same request succeed when
 /// retried? Transient: system error, busy, store error, service unavailable
-/// (starting or stopping), queue not existing (a stale route: retried after
+/// (starting or stopping), disk full (space comes back when retention runs,
+/// and a retry may go to another broker group), queue not existing (a stale route: retried after
 /// a fresh lookup) and a group rebalancing. Everything else — invalid
 /// argument, malformed frame, unsupported version, frame too large, unknown
 /// command, unknown topic (brokers not creating topics), message not found,
@@ -81,6 +82,7 @@ pub fn transient_status(status: Status) -> bool {
         | Status::SystemBusy
         | Status::StoreError
         | Status::ServiceUnavailable
+        | Status::DiskFull
         | Status::QueueNotExist
         | Status::RebalanceInProgress => true,
         // Permanent, and any status added later until classified here.

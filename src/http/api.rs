@@ -53,6 +53,8 @@ fn error(e: ClientError) -> HttpResponse {
             HttpResponse::NotFound().json(body)
         }
         Some(Status::InvalidArgument | Status::MalformedFrame) => HttpResponse::BadRequest().json(body),
+        // 507 Insufficient Storage: the broker's disk is full.
+        Some(Status::DiskFull) => HttpResponse::InsufficientStorage().json(body),
         Some(_) => HttpResponse::InternalServerError().json(body),
         None => match e {
             ClientError::Invalid(_) | ClientError::Decode(_) => HttpResponse::BadRequest().json(body),
@@ -70,6 +72,7 @@ fn core_error(e: BrokerError) -> HttpResponse {
             actix_web::http::StatusCode::NOT_FOUND
         }
         ErrorKind::InvalidArgument | ErrorKind::Malformed => actix_web::http::StatusCode::BAD_REQUEST,
+        ErrorKind::DiskFull => actix_web::http::StatusCode::INSUFFICIENT_STORAGE,
         _ => actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
     };
     HttpResponse::build(status).json(json!({"error": e.to_string()}))

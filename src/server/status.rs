@@ -24,6 +24,7 @@ pub fn status_of(kind: ErrorKind) -> Status {
         ErrorKind::NotQueueOwner => Status::NotQueueOwner,
         ErrorKind::Store => Status::StoreError,
         ErrorKind::Unavailable => Status::ServiceUnavailable,
+        ErrorKind::DiskFull => Status::DiskFull,
     }
 }
 
@@ -58,6 +59,7 @@ mod tests {
             NotQueueOwner,
             Store,
             Unavailable,
+            DiskFull,
         ];
         let statuses: std::collections::HashSet<_> = kinds.iter().map(|k| status_of(*k)).collect();
         assert_eq!(statuses.len(), kinds.len());

@@ -13,9 +13,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::commitlog::{AppendError, Appender};
+use super::error::StoreError;
 use super::record::RecordFields;
 use super::{DispatchEntry, Store};
-use crate::message::{tag_hash, PROPERTY_KEYS, PROPERTY_TAGS};
+use crate::message::{split_keys, tag_hash, PROPERTY_KEYS, PROPERTY_TAGS};
 pub use crate::record::StoredAt;
 
 /// Computes when a record expires, in ms since the epoch, from its store
@@ -116,7 +117,56 @@ pub fn append_batch(
 /// stored or none is (the reserved queue offsets are given back). The
 /// result lists records in destination order. `ctx.born_host` is unused:
 /// each destination names its own.
+///
+/// The consume-queue and index space the records will need is allocated
+/// before anything is written ([`ConsumeQueue::reserve_through`],
+/// [`IndexStore::reserve`]), so their dispatch cannot fail for want of
+/// space once the producer is answered. A write that finds no space fails
+/// with [`StoreError::DiskFull`] and makes the store's
+/// [`DiskGuard`](super::disk::DiskGuard) refuse sends until space is back.
+///
+/// [`ConsumeQueue::reserve_through`]: super::consume_queue::ConsumeQueue::reserve_through
+/// [`IndexStore::reserve`]: super::index::IndexStore::reserve
 pub fn append_to(
+    store: &Store,
+    appender: &mut Appender,
+    dests: &[Destination<'_>],
+    ctx: AppendContext,
+) -> Result<AppendedBatch, AppendError> {
+    match append_reserved(store, appender, dests, ctx) {
+        Err(AppendError::Io(e)) if e.is_no_space() => Err(AppendError::Io(store.no_space(e))),
+        other => other,
+    }
+}
+
+/// Allocates the consume-queue files for `dests`' queue offsets (from
+/// `firsts`) and index room for their keys; returns the keys reserved.
+fn reserve_dispatch_space(store: &Store, dests: &[Destination<'_>], firsts: &[u64]) -> Result<u64, StoreError> {
+    let mut keys = 0u64;
+    for (d, first) in dests.iter().zip(firsts) {
+        if d.entries.is_empty() {
+            continue;
+        }
+        let cq = store.queues.get_or_create(d.topic, d.queue_id)?;
+        cq.reserve_through(first + d.entries.len() as u64 - 1)?;
+        keys += d
+            .entries
+            .iter()
+            .filter_map(|e| e.properties.get(PROPERTY_KEYS))
+            .map(|k| split_keys(k).count() as u64)
+            .sum::<u64>();
+    }
+    if keys > 0 {
+        store
+            .index
+            .lock()
+            .map_err(|_| StoreError::Poisoned("index"))?
+            .reserve(keys)?;
+    }
+    Ok(keys)
+}
+
+fn append_reserved(
     store: &Store,
     appender: &mut Appender,
     dests: &[Destination<'_>],
@@ -134,6 +184,13 @@ pub fn append_to(
             }
         }
     }
+    let keys = match reserve_dispatch_space(store, dests, &firsts) {
+        Ok(keys) => keys,
+        Err(e) => {
+            release(store, dests, &firsts)?;
+            return Err(e.into());
+        }
+    };
     let total: usize = dests.iter().map(|d| d.entries.len()).sum();
     // Records are asked for in order (0..total, twice): walk the
     // destinations with a cursor instead of searching for each index.
@@ -166,6 +223,11 @@ pub fn append_to(
         Ok(p) => p,
         Err(e) => {
             release(store, dests, &firsts)?;
+            if keys > 0 {
+                if let Ok(mut index) = store.index.lock() {
+                    index.cancel_reserved(keys);
+                }
+            }
             return Err(e);
         }
     };

@@ -111,7 +111,14 @@ impl ConsumeQueue {
             files.push(Arc::new(CqFile { start, entries, file }));
         }
         let min = files.first().map_or(0, |f| f.start);
-        let max = match files.last() {
+        // Files reserved ahead of their first entry ([`reserve_through`])
+        // may follow the file holding the end: it is the last one whose
+        // first entry is used (or the first file, for an empty queue).
+        let mut with_end = files.len().saturating_sub(1);
+        while with_end > 0 && CqEntry::decode(files[with_end].file.read_at(0, CQ_ENTRY_LEN)?).is_none() {
+            with_end -= 1;
+        }
+        let max = match files.get(with_end) {
             // Entries are written contiguously: binary-search the first unused one.
             Some(last) => {
                 let (mut lo, mut hi) = (0u64, last.entries);
@@ -215,10 +222,37 @@ impl ConsumeQueue {
         Ok(())
     }
 
+    /// Makes sure the files holding every entry up to and including `last`
+    /// exist, creating (and allocating on disk) the missing ones now. The
+    /// commitlog writer calls it before a batch is appended, so a full disk
+    /// refuses the batch instead of failing its dispatch after the producer
+    /// was answered.
+    pub fn reserve_through(&self, last: u64) -> StoreResult<()> {
+        loop {
+            let next = {
+                let files = self.files.read().map_err(|_| StoreError::Poisoned("consume queue"))?;
+                match files.last() {
+                    Some(f) if f.start + f.entries > last => return Ok(()),
+                    Some(f) => f.start + f.entries,
+                    None => self.max_offset(),
+                }
+            };
+            self.add_file(next)?;
+        }
+    }
+
     /// Adds the file starting at `start` (the current end): twice the size
-    /// of the previous one, up to the maximum.
+    /// of the previous one, up to the maximum. A file that already starts
+    /// there (reserved ahead) is returned instead.
     fn add_file(&self, start: u64) -> StoreResult<Arc<CqFile>> {
         let mut files = self.files.write().map_err(|_| StoreError::Poisoned("consume queue"))?;
+        if let Some(f) = files
+            .iter()
+            .rev()
+            .find(|f| f.start <= start && start < f.start + f.entries)
+        {
+            return Ok(f.clone());
+        }
         let entries = files
             .last()
             .map_or(FIRST_FILE_ENTRIES, |f| f.entries.saturating_mul(2))

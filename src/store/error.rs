@@ -76,6 +76,10 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    /// A send refused because the disk is full (above the refuse
+    /// watermark, or short of the space a failed write needed).
+    #[error("{0}")]
+    DiskFull(#[from] super::disk::DiskFull),
 }
 
 /// The broad class of a [`StoreError`]: stable, for callers that branch on
@@ -96,6 +100,8 @@ pub enum StoreErrorKind {
     Locked,
     /// [`StoreError::Encode`].
     Encode,
+    /// [`StoreError::DiskFull`].
+    DiskFull,
 }
 
 impl StoreError {
@@ -128,6 +134,20 @@ impl StoreError {
             StoreError::NotFound(_) => StoreErrorKind::NotFound,
             StoreError::Locked { .. } => StoreErrorKind::Locked,
             StoreError::Encode { .. } => StoreErrorKind::Encode,
+            StoreError::DiskFull(_) => StoreErrorKind::DiskFull,
+        }
+    }
+
+    /// True when the file system had no room: a refusal by the disk
+    /// guard, or an operating-system `ENOSPC`/`EDQUOT`.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            StoreError::DiskFull(_) => true,
+            StoreError::Io { source, .. } => {
+                matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+                    || source.kind() == io::ErrorKind::StorageFull
+            }
+            _ => false,
         }
     }
 
@@ -142,6 +162,7 @@ impl StoreError {
             StoreError::InvalidArgument(_) => io::ErrorKind::InvalidInput,
             StoreError::NotFound(_) => io::ErrorKind::NotFound,
             StoreError::Locked { .. } => io::ErrorKind::WouldBlock,
+            StoreError::DiskFull(_) => io::ErrorKind::StorageFull,
             StoreError::Poisoned(_) | StoreError::Encode { .. } => io::ErrorKind::Other,
         }
     }

@@ -160,7 +160,17 @@ fn periodic(store: &Store) {
     if let Err(e) = flushed {
         tracing::error!(error = %e, "commitlog flush failed");
     }
-    if let Err(e) = store.flush_and_checkpoint() {
-        tracing::error!(error = %e, "checkpoint failed");
+    match store.flush_and_checkpoint() {
+        // A full disk is logged by the disk guard when it starts refusing;
+        // the checkpoint is retried every tick and written once there is
+        // room (recovery replays from the older one meanwhile).
+        Err(e) if e.is_no_space() => {
+            if store.disk.check_accepting().is_ok() {
+                store.disk.note_no_space(store.config().segment_bytes);
+            }
+            tracing::debug!(error = %e, "checkpoint postponed: no space left");
+        }
+        Err(e) => tracing::error!(error = %e, "checkpoint failed"),
+        Ok(()) => {}
     }
 }

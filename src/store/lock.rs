@@ -39,11 +39,20 @@ impl DirLock {
             }
             return Err(StoreError::io("lock", &path, err));
         }
-        file.set_len(0)
+        let written = file
+            .set_len(0)
             .and_then(|()| file.rewind())
             .and_then(|()| write!(file, "{}", std::process::id()))
-            .and_then(|()| file.sync_all())
-            .at("write the broker's pid to", &path)?;
+            .and_then(|()| file.sync_all());
+        match written {
+            Ok(()) => {}
+            // The lock is held either way; the pid is for people. A full
+            // disk must not stop the broker from starting.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot write the broker's pid into the lock file");
+            }
+            Err(e) => return Err(StoreError::io("write the broker's pid to", &path, e)),
+        }
         Ok(DirLock { _file: file })
     }
 }

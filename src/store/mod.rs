@@ -18,6 +18,7 @@ pub mod append;
 pub mod checkpoint;
 pub mod commitlog;
 pub mod consume_queue;
+pub mod disk;
 pub mod error;
 pub mod flusher;
 pub mod fsutil;
@@ -139,7 +140,18 @@ pub struct Store {
     queue_offsets: Mutex<HashMap<(Arc<str>, u32), u64>>,
     /// The TTL deadline of appended records (None: nothing expires).
     expire_at: Option<ExpiryFn>,
+    /// How full the disk is, and whether sends are refused.
+    pub disk: disk::DiskGuard,
     _lock: DirLock,
+}
+
+/// The disk watermarks of `cfg`.
+pub fn watermarks(cfg: &StoreSection) -> disk::Watermarks {
+    disk::Watermarks {
+        clean: cfg.disk_clean_ratio,
+        force_clean: cfg.disk_force_clean_ratio,
+        refuse: cfg.disk_refuse_ratio,
+    }
 }
 
 fn poisoned(what: &'static str) -> StoreError {
@@ -206,10 +218,14 @@ impl Store {
             dispatched: AtomicU64::new(0),
             queue_offsets: Mutex::new(HashMap::new()),
             expire_at,
+            disk: disk::DiskGuard::new(dir, watermarks(cfg)),
             _lock: lock,
         };
         let (report, replayed) = store.recover()?;
-        std::fs::write(&abort_marker, b"").at("write the crash marker", &abort_marker)?;
+        match std::fs::write(&abort_marker, b"").at("write the crash marker", &abort_marker) {
+            Err(e) if e.is_no_space() => store.start_full(e),
+            other => other?,
+        }
         tracing::info!(
             data_dir = %dir.display(),
             previous_run_crashed = crashed,
@@ -227,13 +243,40 @@ impl Store {
 
     fn recover(&self) -> StoreResult<(RecoveryReport, u64)> {
         let cp = self.checkpoint.load();
+        let report = match self.replay_from(cp.dispatched_offset) {
+            // A consume queue missing entries below the checkpoint (a
+            // dispatch lost before this version retried them, or files
+            // restored from elsewhere): whatever the checkpoint says, the
+            // commitlog is the truth, so every queue is rebuilt from it.
+            Err(StoreError::Corrupt {
+                what: "consume queue",
+                detail,
+                path,
+                ..
+            }) if cp.dispatched_offset > 0 => {
+                tracing::warn!(
+                    queue = ?path,
+                    problem = %detail,
+                    checkpoint = cp.dispatched_offset,
+                    "a consume queue does not match the checkpoint: rebuilding every queue from the whole commitlog"
+                );
+                self.replay_from(0)?
+            }
+            other => other?,
+        };
+        self.finish_recovery(report)
+    }
+
+    /// Walks the commitlog (see [`CommitLog::recover`]) and dispatches
+    /// every record at or after `from` into the consume queues and index.
+    fn replay_from(&self, from: u64) -> StoreResult<RecoveryReport> {
         let indexed = self
             .index
             .lock()
             .map_err(|_| poisoned("index"))?
             .max_indexed_phys_offset();
         let mut failure = None;
-        let report = self.log.recover(cp.dispatched_offset, |off, bytes| {
+        let report = self.log.recover(from, |off, bytes| {
             if failure.is_some() {
                 return;
             }
@@ -250,9 +293,15 @@ impl Store {
                 Err(e) => tracing::warn!(offset = off, error = %e, "record passed its CRC but does not decode"),
             }
         })?;
-        if let Some(e) = failure {
-            return Err(e);
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(report),
         }
+    }
+
+    /// Recovery after the replay: drops what points past the end or below
+    /// the start, sets the queue ends, replays commits, checkpoints.
+    fn finish_recovery(&self, report: RecoveryReport) -> StoreResult<(RecoveryReport, u64)> {
         // Entries that point into the cut-off tail must go.
         for ((topic, queue), cq) in self.queues.all() {
             let dropped = cq.truncate_to_log_end(report.end)?;
@@ -282,7 +331,12 @@ impl Store {
         // Before the checkpoint: it snapshots the offset table, which must
         // hold every replayed commit by then.
         let replayed = self.replay_offset_commits()?;
-        self.flush_and_checkpoint()?;
+        match self.flush_and_checkpoint() {
+            // Recovered in memory; the checkpoint is written once there is
+            // room (the next start replays from the older one meanwhile).
+            Err(e) if e.is_no_space() => self.start_full(e),
+            other => other?,
+        }
         Ok((report, replayed))
     }
 
@@ -409,6 +463,32 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Start-up found the disk full (`e`): the broker starts anyway,
+    /// serving reads and refusing sends until there is room.
+    fn start_full(&self, e: StoreError) {
+        let usage = self.disk.refresh().map(|s| s.usage).unwrap_or_default();
+        tracing::error!(
+            data_dir = %self.cfg.data_dir.display(),
+            used_percent = format!("{:.1}", usage.used_ratio() * 100.0),
+            free_bytes = usage.free_bytes,
+            error = %e,
+            "the disk is full: starting read-only until there is room (sends are refused with DISK_FULL)"
+        );
+        self.disk.note_no_space(self.cfg.segment_bytes);
+    }
+
+    /// `e`, a write that found no space: makes the disk guard refuse sends
+    /// until a segment's worth is free again, and returns the refusal
+    /// (what is full and how full) in its place.
+    pub fn no_space(&self, e: StoreError) -> StoreError {
+        tracing::error!(error = %e, "a write found no space left on the device");
+        self.disk.note_no_space(self.cfg.segment_bytes);
+        match self.disk.check_accepting() {
+            Err(full) => StoreError::DiskFull(full),
+            Ok(()) => e,
+        }
     }
 
     /// Configuration.

@@ -118,6 +118,48 @@ impl OffsetTable {
         }
     }
 
+    /// Applies `commits` and returns what they replaced, for
+    /// [`revert`](Self::revert).
+    pub fn apply_returning_previous(&self, commits: &[(OffsetKey, u64)]) -> Vec<(OffsetKey, u64, Option<u64>)> {
+        let Ok(mut t) = self.offsets.write() else {
+            return Vec::new();
+        };
+        commits
+            .iter()
+            .map(|(k, v)| {
+                let previous = if *v == DELETED {
+                    t.remove(k)
+                } else {
+                    t.insert(k.clone(), *v)
+                };
+                (k.clone(), *v, previous)
+            })
+            .collect()
+    }
+
+    /// Undoes [`apply_returning_previous`](Self::apply_returning_previous)
+    /// for commits that were not stored after all: each key still holding
+    /// the applied value gets its previous one back (a key committed again
+    /// since keeps the newer value).
+    pub fn revert(&self, applied: &[(OffsetKey, u64, Option<u64>)]) {
+        let Ok(mut t) = self.offsets.write() else { return };
+        for (k, v, previous) in applied.iter().rev() {
+            let current = t.get(k).copied();
+            let still_ours = if *v == DELETED {
+                current.is_none()
+            } else {
+                current == Some(*v)
+            };
+            if !still_ours {
+                continue;
+            }
+            match previous {
+                Some(p) => t.insert(k.clone(), *p),
+                None => t.remove(k),
+            };
+        }
+    }
+
     /// Tombstones for every committed offset of `topic` (to commit when
     /// the topic is deleted).
     pub fn tombstones_of_topic(&self, topic: &str) -> Vec<(OffsetKey, u64)> {

@@ -6,6 +6,16 @@
 //! [`Store::delete_segments_below`](super::Store::delete_segments_below).
 //! Segments are only ever deleted oldest first, so a decision is one
 //! boundary: everything below it goes.
+//!
+//! The disk's state bends the policy ([`Pressure`]): at or above the clean
+//! watermark expired segments go whatever `delete_when` says; at or above
+//! the force-clean watermark the oldest segments go even if they have not
+//! expired, until the disk is back under that watermark. Segments holding
+//! messages still needed (a `hold`: delayed messages not yet released,
+//! messages not yet acknowledged) are kept by age and size retention; only
+//! forced cleaning deletes them, and the caller counts what that dropped.
+
+use super::disk::DiskLevel;
 
 /// One commitlog segment as the policy sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +50,26 @@ pub enum Reason {
     Expired,
     /// The commitlog is over `retention_bytes`.
     OverSize,
+    /// The disk is above the force-clean watermark.
+    Forced,
+}
+
+/// How full the disk is, as the policy needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pressure {
+    /// The disk's level against the watermarks.
+    pub level: DiskLevel,
+    /// At or above the force-clean watermark: bytes to free to get back
+    /// under it (0 otherwise).
+    pub excess_bytes: u64,
+}
+
+impl Pressure {
+    /// No pressure: only the retention settings apply.
+    pub const NONE: Pressure = Pressure {
+        level: DiskLevel::Normal,
+        excess_bytes: 0,
+    };
 }
 
 /// What to delete: the oldest `count` segments, everything below `below`.
@@ -58,26 +88,47 @@ impl Decision {
     }
 }
 
-/// Decides which segments (oldest first, `segments` sorted by start) to
-/// delete at `now_ms` in hour of day `hour`. Never the active segment nor
-/// anything after it. `None` when nothing is to be deleted.
-pub fn decide(policy: &RetentionPolicy, now_ms: u64, hour: u8, segments: &[SegmentInfo]) -> Option<Decision> {
-    let age_allowed = policy.delete_hour.is_none_or(|h| h == hour);
-    let mut total: u64 = segments.iter().map(|s| s.size).sum();
+/// What the policy looks at besides its settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs<'a> {
+    /// The time, ms since the epoch.
+    pub now_ms: u64,
+    /// The local hour of day (for `delete_when`).
+    pub hour: u8,
+    /// The commitlog's segments, sorted by start.
+    pub segments: &'a [SegmentInfo],
+    /// How full the disk is.
+    pub pressure: Pressure,
+    /// The lowest commitlog offset still needed (see the module docs):
+    /// segments holding it or anything after it are kept unless forced.
+    pub hold: Option<u64>,
+}
+
+/// Decides which segments (oldest first) to delete. Never the active
+/// segment nor anything after it. `None` when nothing is to be deleted.
+pub fn decide(policy: &RetentionPolicy, input: &Inputs<'_>) -> Option<Decision> {
+    let pressure = input.pressure;
+    let age_allowed = pressure.level >= DiskLevel::Clean || policy.delete_hour.is_none_or(|h| h == input.hour);
+    let mut total: u64 = input.segments.iter().map(|s| s.size).sum();
+    let mut freed = 0u64;
     let mut out = Vec::new();
-    for seg in segments {
+    for seg in input.segments {
         if seg.active {
             break;
         }
-        let reason = if policy.retention_bytes > 0 && total > policy.retention_bytes {
+        let held = input.hold.is_some_and(|h| h < seg.start + seg.size);
+        let reason = if !held && policy.retention_bytes > 0 && total > policy.retention_bytes {
             Reason::OverSize
-        } else if age_allowed && now_ms.saturating_sub(seg.newest_ms) > policy.retention_ms {
+        } else if !held && age_allowed && input.now_ms.saturating_sub(seg.newest_ms) > policy.retention_ms {
             Reason::Expired
+        } else if pressure.level >= DiskLevel::ForceClean && freed < pressure.excess_bytes {
+            Reason::Forced
         } else {
             // Oldest first: a kept segment keeps everything after it.
             break;
         };
         total -= seg.size;
+        freed += seg.size;
         out.push((*seg, reason));
     }
     let last = out.last()?;
@@ -116,10 +167,24 @@ mod tests {
 
     const NOW: u64 = 100 * HOUR_MS;
 
+    /// `decide` with no disk pressure and nothing held, at `now` and `hour`.
+    fn decide_at(p: &RetentionPolicy, now: u64, hour: u8, segments: &[SegmentInfo]) -> Option<Decision> {
+        decide(
+            p,
+            &Inputs {
+                now_ms: now,
+                hour,
+                segments,
+                pressure: Pressure::NONE,
+                hold: None,
+            },
+        )
+    }
+
     #[test]
     fn expired_segments_go_oldest_first_and_stop_at_the_first_young_one() {
         let s = segs(NOW, &[5000, 4000, 1000, 3000, 10]);
-        let d = decide(&policy(2000, 0, None), NOW, 3, &s).unwrap();
+        let d = decide_at(&policy(2000, 0, None), NOW, 3, &s).unwrap();
         assert_eq!(
             d.segments.len(),
             2,
@@ -133,28 +198,28 @@ mod tests {
     #[test]
     fn nothing_expired_is_none() {
         let s = segs(NOW, &[1000, 500, 10]);
-        assert_eq!(decide(&policy(2000, 0, None), NOW, 3, &s), None);
-        assert_eq!(decide(&policy(2000, 0, None), NOW, 3, &[]), None);
+        assert_eq!(decide_at(&policy(2000, 0, None), NOW, 3, &s), None);
+        assert_eq!(decide_at(&policy(2000, 0, None), NOW, 3, &[]), None);
     }
 
     #[test]
     fn the_active_segment_is_never_deleted() {
         let s = segs(NOW, &[5000, 5000, 5000]);
-        let d = decide(&policy(10, 0, None), NOW, 0, &s).unwrap();
+        let d = decide_at(&policy(10, 0, None), NOW, 0, &s).unwrap();
         assert_eq!(d.segments.len(), 2);
         assert_eq!(d.below, 2 * SEG);
         // Nor by size.
-        let d = decide(&policy(u64::MAX, 1, None), NOW, 0, &s).unwrap();
+        let d = decide_at(&policy(u64::MAX, 1, None), NOW, 0, &s).unwrap();
         assert_eq!(d.segments.len(), 2);
         // A single (active) segment: nothing.
-        assert_eq!(decide(&policy(10, 1, None), NOW, 0, &segs(NOW, &[5000])), None);
+        assert_eq!(decide_at(&policy(10, 1, None), NOW, 0, &segs(NOW, &[5000])), None);
     }
 
     #[test]
     fn not_durable_segments_block_everything_after_them() {
         let mut s = segs(NOW, &[5000, 5000, 5000, 5000]);
         s[1].active = true;
-        let d = decide(&policy(10, 0, None), NOW, 0, &s).unwrap();
+        let d = decide_at(&policy(10, 0, None), NOW, 0, &s).unwrap();
         assert_eq!(d.segments.len(), 1);
     }
 
@@ -162,9 +227,9 @@ mod tests {
     fn delete_when_confines_expiry_to_its_hour() {
         let s = segs(NOW, &[5000, 5000, 10]);
         let p = policy(2000, 0, Some(4));
-        assert_eq!(decide(&p, NOW, 3, &s), None);
-        assert_eq!(decide(&p, NOW, 5, &s), None);
-        assert_eq!(decide(&p, NOW, 4, &s).unwrap().segments.len(), 2);
+        assert_eq!(decide_at(&p, NOW, 3, &s), None);
+        assert_eq!(decide_at(&p, NOW, 5, &s), None);
+        assert_eq!(decide_at(&p, NOW, 4, &s).unwrap().segments.len(), 2);
     }
 
     #[test]
@@ -172,19 +237,19 @@ mod tests {
         // Five segments of 1000 bytes, limit 2500: delete two (3000 left is
         // over), three → 2000 ≤ 2500.
         let s = segs(NOW, &[10, 10, 10, 10, 10]);
-        let d = decide(&policy(u64::MAX, 2500, Some(4)), NOW, 7, &s).unwrap();
+        let d = decide_at(&policy(u64::MAX, 2500, Some(4)), NOW, 7, &s).unwrap();
         assert_eq!(d.segments.len(), 3);
         assert!(d.segments.iter().all(|(_, r)| *r == Reason::OverSize));
         assert_eq!(d.below, 3 * SEG);
         // Exactly at the limit: nothing.
-        assert_eq!(decide(&policy(u64::MAX, 5000, None), NOW, 0, &s), None);
+        assert_eq!(decide_at(&policy(u64::MAX, 5000, None), NOW, 0, &s), None);
     }
 
     #[test]
     fn size_then_age_both_apply() {
         // Limit 4000: the first goes by size, the next two by age.
         let s = segs(NOW, &[9000, 9000, 9000, 10, 10]);
-        let d = decide(&policy(2000, 4000, None), NOW, 0, &s).unwrap();
+        let d = decide_at(&policy(2000, 4000, None), NOW, 0, &s).unwrap();
         let reasons: Vec<_> = d.segments.iter().map(|(_, r)| *r).collect();
         assert_eq!(reasons, vec![Reason::OverSize, Reason::Expired, Reason::Expired]);
     }
@@ -192,6 +257,70 @@ mod tests {
     #[test]
     fn a_clock_behind_the_segments_deletes_nothing_by_age() {
         let s = segs(NOW, &[5000, 10]);
-        assert_eq!(decide(&policy(2000, 0, None), NOW - 10_000, 0, &s), None);
+        assert_eq!(decide_at(&policy(2000, 0, None), NOW - 10_000, 0, &s), None);
+    }
+
+    fn decide_with(
+        p: &RetentionPolicy,
+        hour: u8,
+        s: &[SegmentInfo],
+        pressure: Pressure,
+        hold: Option<u64>,
+    ) -> Option<Decision> {
+        decide(
+            p,
+            &Inputs {
+                now_ms: NOW,
+                hour,
+                segments: s,
+                pressure,
+                hold,
+            },
+        )
+    }
+
+    fn pressure(level: DiskLevel, excess_bytes: u64) -> Pressure {
+        Pressure { level, excess_bytes }
+    }
+
+    #[test]
+    fn above_the_clean_watermark_expired_segments_go_outside_delete_when() {
+        let s = segs(NOW, &[5000, 5000, 10]);
+        let p = policy(2000, 0, Some(4));
+        assert_eq!(decide_with(&p, 3, &s, Pressure::NONE, None), None);
+        let d = decide_with(&p, 3, &s, pressure(DiskLevel::Clean, 0), None).unwrap();
+        assert_eq!(d.segments.len(), 2);
+        assert!(d.segments.iter().all(|(_, r)| *r == Reason::Expired));
+    }
+
+    #[test]
+    fn above_the_force_watermark_the_oldest_go_until_enough_is_freed() {
+        // Nothing expired; 2500 bytes over the force mark: three segments.
+        let s = segs(NOW, &[10, 10, 10, 10, 10]);
+        let p = policy(u64::MAX, 0, None);
+        let d = decide_with(&p, 0, &s, pressure(DiskLevel::ForceClean, 2500), None).unwrap();
+        assert_eq!(d.segments.len(), 3);
+        assert!(d.segments.iter().all(|(_, r)| *r == Reason::Forced));
+        // Never the active segment, however much is asked for.
+        let d = decide_with(&p, 0, &s, pressure(DiskLevel::Refuse, u64::MAX), None).unwrap();
+        assert_eq!(d.segments.len(), 4);
+        assert_eq!(decide_with(&p, 0, &s, pressure(DiskLevel::Clean, 0), None), None);
+    }
+
+    #[test]
+    fn held_segments_are_kept_by_age_and_size_but_not_when_forced() {
+        // Everything expired; a message at offset 1500 (second segment) is
+        // still needed: only the first segment may go.
+        let s = segs(NOW, &[9000, 9000, 9000, 10]);
+        let p = policy(2000, 1000, None);
+        let d = decide_with(&p, 0, &s, Pressure::NONE, Some(1500)).unwrap();
+        assert_eq!(d.segments.len(), 1);
+        assert_eq!(d.below, SEG);
+        // Forced cleaning deletes the held segment too.
+        let d = decide_with(&p, 0, &s, pressure(DiskLevel::ForceClean, 2 * SEG), Some(1500)).unwrap();
+        let reasons: Vec<_> = d.segments.iter().map(|(_, r)| *r).collect();
+        assert_eq!(reasons, vec![Reason::OverSize, Reason::Forced]);
+        // A hold in the first segment keeps everything.
+        assert_eq!(decide_with(&p, 0, &s, Pressure::NONE, Some(0)), None);
     }
 }

@@ -151,6 +151,10 @@ pub enum Status {
     StoreError = 20,
     /// The server is starting or stopping.
     ServiceUnavailable = 21,
+    /// The broker's disk is full (above its refuse watermark, or a write
+    /// found no space): sends are refused until space is back. The message
+    /// says which path and how full.
+    DiskFull = 22,
 }
 
 impl Status {
@@ -177,6 +181,7 @@ impl Status {
             19 => NotQueueOwner,
             20 => StoreError,
             21 => ServiceUnavailable,
+            22 => DiskFull,
             _ => SystemError,
         }
     }
@@ -210,6 +215,7 @@ impl Status {
             NotQueueOwner => "NOT_QUEUE_OWNER",
             StoreError => "STORE_ERROR",
             ServiceUnavailable => "SERVICE_UNAVAILABLE",
+            DiskFull => "DISK_FULL",
         }
     }
 }
@@ -235,7 +241,9 @@ mod tests {
 
     #[test]
     fn status_codes_round_trip() {
-        for code in [0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21] {
+        for code in [
+            0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22,
+        ] {
             assert_eq!(Status::from_code(code).code(), code);
         }
         assert_eq!(Status::from_code(999), Status::SystemError);

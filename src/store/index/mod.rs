@@ -73,6 +73,9 @@ pub struct IndexStore {
     entries: u32,
     /// (creation sequence, file), ascending.
     files: Vec<(u64, IndexFile)>,
+    /// Keys of appended records not indexed yet, which the newest file
+    /// has room for ([`reserve`](Self::reserve)).
+    reserved: u64,
 }
 
 impl IndexStore {
@@ -108,6 +111,7 @@ impl IndexStore {
             slots,
             entries,
             files,
+            reserved: 0,
         })
     }
 
@@ -139,7 +143,33 @@ impl IndexStore {
         Ok(())
     }
 
+    /// Promises room for `keys` more keys of records being appended: when
+    /// the newest file cannot hold them on top of the keys already
+    /// promised, the next file is created (allocated on disk) now. The
+    /// commitlog writer calls it before a batch is appended, so a full disk
+    /// refuses the batch instead of failing its dispatch after the producer
+    /// was answered. Each key indexed afterwards uses up one promise.
+    pub fn reserve(&mut self, keys: u64) -> StoreResult<()> {
+        let room = self
+            .files
+            .last()
+            .map_or(0, |(_, f)| u64::from(f.capacity().saturating_sub(f.entry_count())));
+        if room < self.reserved + keys {
+            self.add_file()?;
+            // What was promised now lands in the new file.
+        }
+        self.reserved += keys;
+        Ok(())
+    }
+
+    /// Takes back `keys` promised by [`reserve`](Self::reserve) for
+    /// records that were not appended after all.
+    pub fn cancel_reserved(&mut self, keys: u64) {
+        self.reserved = self.reserved.saturating_sub(keys);
+    }
+
     fn put_hash(&mut self, hash: u32, phys_offset: u64, store_timestamp: u64) -> StoreResult<()> {
+        self.reserved = self.reserved.saturating_sub(1);
         if let Some((_, f)) = self.files.last_mut() {
             if f.put_hash(hash, phys_offset, store_timestamp)? {
                 return Ok(());
@@ -147,17 +177,26 @@ impl IndexStore {
         }
         // No file yet, or the newest is full: start the next one. (The full
         // one reaches the disk with the next periodic flush.)
-        let seq = self.files.last().map_or(0, |(s, _)| s + 1);
-        let path = self.dir.join(file_name(seq));
-        // Durably created, header included (see `IndexFile::create`).
-        let mut f = IndexFile::create(&path, self.slots, self.entries)?;
-        let fitted = f.put_hash(hash, phys_offset, store_timestamp)?;
-        self.files.push((seq, f));
+        let path = self.add_file()?;
+        let fitted = match self.files.last_mut() {
+            Some((_, f)) => f.put_hash(hash, phys_offset, store_timestamp)?,
+            None => false,
+        };
         if fitted {
             Ok(())
         } else {
             Err(StoreError::corrupt("index file", path, "a new file refused an entry"))
         }
+    }
+
+    /// Creates the next file (durably, header included: see
+    /// [`IndexFile::create`]) and returns its path.
+    fn add_file(&mut self) -> StoreResult<PathBuf> {
+        let seq = self.files.last().map_or(0, |(s, _)| s + 1);
+        let path = self.dir.join(file_name(seq));
+        let f = IndexFile::create(&path, self.slots, self.entries)?;
+        self.files.push((seq, f));
+        Ok(path)
     }
 
     /// Phys offsets of up to `max` records that may carry `key` in `topic`,
