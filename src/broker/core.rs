@@ -202,9 +202,24 @@ impl BrokerCore {
             tracing::trace!(?op, "write on a slave broker (accepted until replication exists)");
         }
         if matches!(op, Operation::Produce { .. } | Operation::CreateTopic { .. }) {
-            self.store.disk.check_accepting()?;
+            self.store
+                .disk
+                .check_accepting()
+                .map_err(|e| self.name_disk_full(e.into()))?;
         }
         Ok(())
+    }
+
+    /// A `DISK_FULL` error names this broker group (its message names the
+    /// path): in a cluster the client sees whose disk is full.
+    pub fn name_disk_full(&self, e: BrokerError) -> BrokerError {
+        if e.kind() != ErrorKind::DiskFull {
+            return e;
+        }
+        BrokerError::new(
+            ErrorKind::DiskFull,
+            format!("broker {}: {}", self.cfg.name, e.message()),
+        )
     }
 
     /// A liveness check.

@@ -44,7 +44,10 @@ impl BrokerCore {
         self.admit(session, &Operation::Produce { topic: &batch.topic })?;
         let cfg = self.topic_for_send(&batch.topic).await?;
         check_queue(&batch.topic, batch.queue_id, cfg)?;
-        self.services.append_batch(batch).await
+        self.services
+            .append_batch(batch)
+            .await
+            .map_err(|e| self.name_disk_full(e))
     }
 
     fn queue_actor(&self, topic: &str, queue_id: u32) -> Result<Tracked<QueueActor>, BrokerError> {
