@@ -928,3 +928,138 @@ fn check_index(dir: &Path, log: &Log, problems: &mut Problems) -> StoreResult<Ve
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::{append, entry, small_config};
+    use crate::store::{Store, StoreErrorKind};
+
+    fn kinds(r: &VerifyReport) -> Vec<&'static str> {
+        r.problems.iter().map(|p| p.kind).collect()
+    }
+
+    /// A store with `n` keyed 900-byte messages in queue 0 of `t`, shut
+    /// down cleanly; returns where they went.
+    fn filled(dir: &Path, n: usize) -> Vec<crate::store::append::StoredAt> {
+        let (store, _) = Store::open(&small_config(dir)).unwrap();
+        let body = "x".repeat(900);
+        let batch: Vec<_> = (0..n).map(|i| entry(&body, None, Some(&format!("k{i}")))).collect();
+        let stored = append(&store, "t", 0, &batch);
+        store.shutdown().unwrap();
+        stored
+    }
+
+    fn segment_path(dir: &Path, offset: u64) -> PathBuf {
+        let seg = small_config(dir).segment_bytes;
+        dir.join("commitlog").join(offset_file_name(offset - offset % seg))
+    }
+
+    #[test]
+    fn a_clean_store_is_clean_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        filled(dir.path(), 300);
+        let r = verify(dir.path(), &VerifyOptions::default()).unwrap();
+        assert!(r.is_clean(), "{}", r.text());
+        assert_eq!(r.segment_bytes, 64 * 1024);
+        assert_eq!(r.summary.records, 300);
+        assert!(r.summary.segments >= 4, "{}", r.summary.segments);
+        assert_eq!(r.summary.consume_queue_entries, 300);
+        assert_eq!(r.summary.index_entries, 300);
+        assert!(r.summary.index_files >= 2, "256 entries per file");
+        assert!(r.text().ends_with(": 0 problems\n"), "{}", r.text());
+    }
+
+    #[test]
+    fn a_torn_tail_and_a_long_newest_segment_are_what_recovery_repairs() {
+        let dir = tempfile::tempdir().unwrap();
+        let stored = filled(dir.path(), 300);
+        let last = stored.last().unwrap().phys_offset;
+        let path = segment_path(dir.path(), last);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = (last % (64 * 1024)) as usize;
+        bytes[at + 100] ^= 0xFF;
+        bytes.extend_from_slice(&[1, 2, 3]);
+        std::fs::write(&path, &bytes).unwrap();
+
+        let r = verify(dir.path(), &VerifyOptions::default()).unwrap();
+        assert_eq!(r.log_end, last);
+        let k = kinds(&r);
+        for kind in [
+            "segment_size",
+            "torn_tail",
+            "consume_queue_entry_past_log_end",
+            "index_entry_past_log_end",
+        ] {
+            assert!(k.contains(&kind), "{kind} in {k:?}");
+        }
+        let torn = r.problems.iter().find(|p| p.kind == "torn_tail").unwrap();
+        assert_eq!(torn.commitlog_offset, Some(last));
+        assert_eq!(torn.file, path.display().to_string());
+
+        // Recovery applies exactly these fixes.
+        let (store, _) = Store::open(&small_config(dir.path())).unwrap();
+        store.shutdown().unwrap();
+        drop(store);
+        let r = verify(dir.path(), &VerifyOptions::default()).unwrap();
+        assert!(r.is_clean(), "{}", r.text());
+        assert_eq!(r.summary.records, 299);
+    }
+
+    #[test]
+    fn gaps_holes_and_damaged_records_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let stored = filled(dir.path(), 300);
+        // A damaged record mid-log: its queue slot counts as quarantined.
+        let victim = stored[10].phys_offset;
+        let path = segment_path(dir.path(), victim);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[(victim % (64 * 1024)) as usize + 500] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        let r = verify(dir.path(), &VerifyOptions::default()).unwrap();
+        assert_eq!(kinds(&r), ["corrupt_record"], "{}", r.text());
+        assert_eq!(r.problems[0].commitlog_offset, Some(victim));
+        assert_eq!(r.summary.quarantined_slots, 1);
+        let accepted = VerifyOptions {
+            quarantined: r.damaged(),
+        };
+        let again = verify(dir.path(), &accepted).unwrap();
+        assert!(again.is_clean(), "{}", again.text());
+        assert!(again.text().contains("quarantined: "));
+
+        // An unused entry amid used ones.
+        let cq = dir.path().join("consumequeue/t/0").join(offset_file_name(0));
+        let mut entries = std::fs::read(&cq).unwrap();
+        entries[3 * CQ_ENTRY_LEN..4 * CQ_ENTRY_LEN].fill(0);
+        std::fs::write(&cq, &entries).unwrap();
+        // A missing segment in the middle: the log ends before it.
+        let middle = segment_path(dir.path(), 2 * 64 * 1024);
+        std::fs::remove_file(&middle).unwrap();
+        let r = verify(dir.path(), &accepted).unwrap();
+        let k = kinds(&r);
+        for kind in [
+            "segment_gap",
+            "segment_past_log_end",
+            "consume_queue_hole",
+            "consume_queue_entry_past_log_end",
+            "index_entry_past_log_end",
+        ] {
+            assert!(k.contains(&kind), "{kind} in {k:?}");
+        }
+        assert_eq!(r.log_end, 2 * 64 * 1024);
+        let hole = r.problems.iter().find(|p| p.kind == "consume_queue_hole").unwrap();
+        assert_eq!(hole.queue_offset, Some(3));
+    }
+
+    #[test]
+    fn a_locked_directory_and_a_non_store_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&small_config(dir.path())).unwrap();
+        let err = verify(dir.path(), &VerifyOptions::default()).unwrap_err();
+        assert_eq!(err.kind(), StoreErrorKind::Locked, "{err}");
+        drop(store);
+        assert!(verify(dir.path(), &VerifyOptions::default()).unwrap().is_clean());
+        let err = verify(&dir.path().join("nothing"), &VerifyOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("not a FerroMQ data directory"), "{err}");
+    }
+}
