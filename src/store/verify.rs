@@ -7,7 +7,9 @@
 //! * **commitlog segments**: the segment size is learnt from the files (the
 //!   length most of them share; names are start offsets), every segment is
 //!   walked record by record with recovery's own CRC walk
-//!   ([`record::probe`] and its resynchronisation after damage). Reported:
+//!   ([`record::probe`] and its resynchronisation after damage); the log's
+//!   end is looked for, as recovery does, from the segment holding the
+//!   checkpoint (older damage is skipped by readers). Reported:
 //!   segments of the wrong length or at a start that is no multiple of the
 //!   segment size, gaps between segments, damaged records in the middle of
 //!   the log (recovery quarantines them), a torn tail (recovery erases it)
@@ -32,6 +34,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use serde::Serialize;
 
+use super::checkpoint::CheckpointFile;
 use super::commitlog::{verify_resync, verify_valid_record_at};
 use super::consume_queue::{verify_decode_entry, CQ_ENTRY_LEN};
 use super::error::{IoContext, StoreError, StoreResult};
@@ -227,6 +230,9 @@ pub struct VerifyReport {
     pub data_dir: String,
     /// Segment size learnt from the files.
     pub segment_bytes: u64,
+    /// The checkpoint's dispatched offset: recovery walks the log from the
+    /// segment holding it.
+    pub checkpoint: u64,
     /// Commitlog offset of the first stored byte.
     pub log_start: u64,
     /// End of the log as recovery would find it.
@@ -360,7 +366,9 @@ pub fn verify(data_dir: &Path, opts: &VerifyOptions) -> StoreResult<VerifyReport
     }
     let _lock = DirLock::acquire(data_dir)?;
     let mut problems = Problems::default();
-    let log = check_commitlog(&data_dir.join("commitlog"), opts, &mut problems)?;
+    // Read only: a missing or unreadable checkpoint means "from the start".
+    let checkpoint = CheckpointFile::new(data_dir).load().dispatched_offset;
+    let log = check_commitlog(&data_dir.join("commitlog"), checkpoint, opts, &mut problems)?;
     let consume_queues = check_consume_queues(&data_dir.join("consumequeue"), &log, &mut problems)?;
     let index_files = check_index(&data_dir.join("index"), &log, &mut problems)?;
     let summary = Summary {
@@ -376,6 +384,7 @@ pub fn verify(data_dir: &Path, opts: &VerifyOptions) -> StoreResult<VerifyReport
     Ok(VerifyReport {
         data_dir: data_dir.display().to_string(),
         segment_bytes: log.segment_bytes,
+        checkpoint,
         log_start: log.start,
         log_end: log.end,
         segments: log.reports,
@@ -411,9 +420,11 @@ impl Log {
         StoredRecord::decode(Bytes::copy_from_slice(seg.data.get(p..p + size)?)).ok()
     }
 
-    /// True when `offset` starts a damaged range.
+    /// True when `offset` lies in a damaged range.
     fn is_damaged(&self, offset: u64) -> bool {
-        self.damaged.iter().any(|d| d.commitlog_offset == offset)
+        self.damaged
+            .iter()
+            .any(|d| (d.commitlog_offset..d.commitlog_offset + d.length).contains(&offset))
     }
 }
 
@@ -427,7 +438,7 @@ fn common_length(lengths: &[u64]) -> Option<u64> {
     counts.into_iter().max_by_key(|(len, n)| (*n, *len)).map(|(len, _)| len)
 }
 
-fn check_commitlog(dir: &Path, opts: &VerifyOptions, problems: &mut Problems) -> StoreResult<Log> {
+fn check_commitlog(dir: &Path, recover_from: u64, opts: &VerifyOptions, problems: &mut Problems) -> StoreResult<Log> {
     let starts = list_offset_files(dir)?;
     let mut lengths = Vec::with_capacity(starts.len());
     for start in &starts {
@@ -493,7 +504,7 @@ fn check_commitlog(dir: &Path, opts: &VerifyOptions, problems: &mut Problems) ->
             path,
         });
     }
-    let (reports, damaged, end) = walk(&log, seg_len, opts, problems);
+    let (reports, damaged, end) = walk(&log, seg_len, recover_from, opts, problems);
     log.reports = reports;
     log.damaged = damaged;
     log.end = end;
@@ -518,25 +529,37 @@ fn read_segment(path: &Path, actual: u64, seg_len: usize) -> StoreResult<Segment
     Ok(SegmentBytes::Owned(data))
 }
 
-/// Recovery's walk (`CommitLog::recover` from the first segment), reading
-/// only: records by size and CRC, damage in the middle resynchronised
-/// over, the end found. Returns the per-segment reports, the damaged
-/// ranges and the log's end.
+/// Zero-tail chunk: recovery erases the bytes after the log's end only when
+/// the first chunk of them is not all zero (`commitlog::zero_tail`).
+const TAIL_CHUNK: usize = 64 * 1024;
+
+/// Recovery's walk (`CommitLog::recover`), reading only: records by size
+/// and CRC, damage in the middle resynchronised over, the end found.
+/// Recovery starts at the segment holding the checkpoint (`recover_from`);
+/// older segments are walked too, for their records and damage, but the
+/// log's end is only looked for from there on, as recovery does. Returns
+/// the per-segment reports, the damaged ranges and the log's end.
 fn walk(
     log: &Log,
     seg_len: usize,
+    recover_from: u64,
     opts: &VerifyOptions,
     problems: &mut Problems,
 ) -> (Vec<SegmentReport>, Vec<DamagedRange>, u64) {
-    let mut reports = Vec::with_capacity(log.segments.len());
-    let mut damaged = Vec::new();
     let segment_bytes = log.segment_bytes;
+    let count = log.segments.len();
+    let first_walked = log
+        .segments
+        .partition_point(|s| s.start <= recover_from)
+        .saturating_sub(1);
+    let mut reports = Vec::with_capacity(count);
+    let mut damaged = Vec::new();
     let mut pos = log.segments[0].start;
     let mut end = pos;
     let mut ended = false;
-    let count = log.segments.len();
-    for i in 0..count {
-        let seg = &log.segments[i];
+    for (i, seg) in log.segments.iter().enumerate() {
+        // Segments before the checkpoint's are not walked by recovery.
+        let older = i < first_walked;
         let mut report = SegmentReport {
             file: seg.path.display().to_string(),
             start: seg.start,
@@ -546,17 +569,35 @@ fn walk(
             status: "full",
         };
         if !ended && seg.start != pos {
-            problems.push(
-                Problem::new(
-                    "segment_gap",
-                    &seg.path,
-                    format!("the previous segment ends at {pos}, this one starts at {}", seg.start),
-                    "recovery ends the log before the gap and deletes this and every later segment",
-                )
-                .at(pos)
-                .length(seg.start.saturating_sub(pos)),
-            );
-            ended = true;
+            if i <= first_walked {
+                problems.push(
+                    Problem::new(
+                        "segment_gap",
+                        &seg.path,
+                        format!("the previous segment ends at {pos}, this one starts at {}", seg.start),
+                        "none: recovery starts at the checkpoint's segment and does not look here; the records \
+                         that were in the gap are lost",
+                    )
+                    .at(pos)
+                    .length(seg.start.saturating_sub(pos)),
+                );
+            } else {
+                problems.push(
+                    Problem::new(
+                        "segment_gap",
+                        &seg.path,
+                        format!("the previous segment ends at {pos}, this one starts at {}", seg.start),
+                        "recovery ends the log before the gap and deletes this and every later segment",
+                    )
+                    .at(pos)
+                    .length(seg.start.saturating_sub(pos)),
+                );
+                ended = true;
+            }
+        }
+        if i == first_walked && !ended {
+            pos = seg.start;
+            end = pos;
         }
         if ended {
             report.status = "past_log_end";
@@ -572,6 +613,7 @@ fn walk(
             reports.push(report);
             continue;
         }
+        pos = seg.start;
         let data: &[u8] = &seg.data;
         let seg_end = seg.start + segment_bytes;
         let mut p = 0usize;
@@ -598,28 +640,29 @@ fn walk(
                         (next.start == seg_end && verify_valid_record_at(&next.data, 0, next.start).is_some())
                             .then_some(seg_len)
                     });
-                    let Some(q) = resume else {
-                        end = at;
-                        ended = true;
-                        report.status = "log_end";
-                        if let Some(last) = data[p..].iter().rposition(|b| *b != 0) {
-                            let torn = last as u64 + 1;
-                            problems.push(
-                                Problem::new(
-                                    "torn_tail",
-                                    &seg.path,
-                                    format!(
-                                        "the log ends at a torn or partial record: bytes {at}..{} after the last \
-                                         whole record are not zero",
-                                        at + torn
-                                    ),
-                                    "recovery erases the bytes from the log's end to the segment's end",
-                                )
-                                .at(at)
-                                .length(torn),
-                            );
+                    let (q, detail) = match resume {
+                        Some(q) => (
+                            q,
+                            format!(
+                                "damaged bytes in the middle of the log (segment position {p}); valid records \
+                                 follow at {}",
+                                seg.start + q as u64
+                            ),
+                        ),
+                        None if older => (
+                            seg_len,
+                            format!(
+                                "no whole record from here to the end of this segment (segment position {p}), \
+                                 which lies before the checkpoint's"
+                            ),
+                        ),
+                        None => {
+                            end = at;
+                            ended = true;
+                            report.status = "log_end";
+                            torn_tail(&seg.path, &data[p..], at, problems);
+                            break;
                         }
-                        break;
                     };
                     let len = (q - p) as u64;
                     let quarantined = opts.quarantined.iter().any(|(o, l)| *o == at && *l == len);
@@ -631,20 +674,17 @@ fn walk(
                         quarantined,
                     });
                     if !quarantined {
+                        let fix = if older {
+                            "none needed: readers skip them (every record on disk at start has its CRC checked \
+                             before it is served); recovery walks only from the checkpoint's segment"
+                        } else {
+                            "recovery quarantines them (kept on disk, never delivered; their consume-queue slots \
+                             are skipped) and keeps the valid records after them"
+                        };
                         problems.push(
-                            Problem::new(
-                                "corrupt_record",
-                                &seg.path,
-                                format!(
-                                    "damaged bytes in the middle of the log (segment position {p}); valid records \
-                                     follow at {}",
-                                    seg.start + q as u64
-                                ),
-                                "recovery quarantines them (kept on disk, never delivered; their consume-queue \
-                                 slots are skipped) and keeps the valid records after them",
-                            )
-                            .at(at)
-                            .length(len),
+                            Problem::new("corrupt_record", &seg.path, detail, fix)
+                                .at(at)
+                                .length(len),
                         );
                     }
                     if q == seg_len {
@@ -662,6 +702,35 @@ fn walk(
         reports.push(report);
     }
     (reports, damaged, end)
+}
+
+/// Reports the bytes after the log's end at commitlog offset `at` (`rest`:
+/// them up to the segment's end) that are not zero, as recovery sees them.
+fn torn_tail(path: &Path, rest: &[u8], at: u64, problems: &mut Problems) {
+    let Some(last) = rest.iter().rposition(|b| *b != 0) else {
+        return;
+    };
+    let to = at + last as u64 + 1;
+    let first = &rest[..TAIL_CHUNK.min(rest.len())];
+    let problem = if first.iter().any(|b| *b != 0) {
+        Problem::new(
+            "torn_tail",
+            path,
+            format!(
+                "the log ends at a torn or partial record: bytes {at}..{to} after the last whole record are not zero"
+            ),
+            "recovery erases the bytes from the log's end to the segment's end",
+        )
+    } else {
+        Problem::new(
+            "stale_bytes_past_log_end",
+            path,
+            format!("bytes up to {to}, more than {TAIL_CHUNK} bytes past the log's end, are not zero"),
+            "none: recovery erases the tail only when the bytes right after the end are not zero; appends \
+             overwrite them",
+        )
+    };
+    problems.push(problem.at(at).length(to - at));
 }
 
 fn check_consume_queues(root: &Path, log: &Log, problems: &mut Problems) -> StoreResult<Vec<QueueReport>> {
@@ -1032,23 +1101,36 @@ mod tests {
         let mut entries = std::fs::read(&cq).unwrap();
         entries[3 * CQ_ENTRY_LEN..4 * CQ_ENTRY_LEN].fill(0);
         std::fs::write(&cq, &entries).unwrap();
-        // A missing segment in the middle: the log ends before it.
+        // A missing segment before the checkpoint's: recovery does not look
+        // there, so the log keeps its end; the entries into it are wrong.
         let middle = segment_path(dir.path(), 2 * 64 * 1024);
         std::fs::remove_file(&middle).unwrap();
+        let r = verify(dir.path(), &accepted).unwrap();
+        let k = kinds(&r);
+        for kind in ["segment_gap", "consume_queue_hole", "consume_queue_entry_mismatch"] {
+            assert!(k.contains(&kind), "{kind} in {k:?}");
+        }
+        assert!(!k.contains(&"segment_past_log_end"), "{k:?}");
+        let last = stored.last().unwrap();
+        assert!(r.log_end > last.phys_offset, "{}", r.log_end);
+        let hole = r.problems.iter().find(|p| p.kind == "consume_queue_hole").unwrap();
+        assert_eq!(hole.queue_offset, Some(3));
+
+        // Without a checkpoint recovery walks from the first segment: the
+        // log ends at the gap and everything after it goes.
+        std::fs::remove_file(dir.path().join("checkpoint")).unwrap();
         let r = verify(dir.path(), &accepted).unwrap();
         let k = kinds(&r);
         for kind in [
             "segment_gap",
             "segment_past_log_end",
-            "consume_queue_hole",
             "consume_queue_entry_past_log_end",
             "index_entry_past_log_end",
         ] {
             assert!(k.contains(&kind), "{kind} in {k:?}");
         }
         assert_eq!(r.log_end, 2 * 64 * 1024);
-        let hole = r.problems.iter().find(|p| p.kind == "consume_queue_hole").unwrap();
-        assert_eq!(hole.queue_offset, Some(3));
+        assert_eq!(r.checkpoint, 0);
     }
 
     #[test]
