@@ -828,16 +828,15 @@ fn check_queue(topic: &str, queue: u32, dir: &Path, log: &Log, problems: &mut Pr
             }
             rep.entries += 1;
             rep.max_offset = qoff + 1;
-            check_entry(topic, queue, qoff, e, &path, log, &mut rep, problems);
+            check_entry(qoff, e, &path, log, &mut rep, problems);
         }
     }
     Ok(rep)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Checks the entry `e` at queue offset `qoff` of `rep`'s queue (file
+/// `path`) against the commitlog.
 fn check_entry(
-    topic: &str,
-    queue: u32,
     qoff: u64,
     e: super::consume_queue::CqEntry,
     path: &Path,
@@ -885,10 +884,10 @@ fn check_entry(
         return;
     };
     let mut wrong = Vec::new();
-    if rec.topic != topic {
+    if rec.topic != rep.topic {
         wrong.push(format!("topic {:?}", rec.topic));
     }
-    if rec.queue_id != queue {
+    if rec.queue_id != rep.queue {
         wrong.push(format!("queue {}", rec.queue_id));
     }
     if rec.queue_offset != qoff {
