@@ -20,6 +20,7 @@ pub mod output;
 pub mod produce;
 pub mod server;
 pub mod stats;
+pub mod store;
 pub mod topic;
 
 use clap::{Args, Parser, Subcommand};
@@ -60,6 +61,8 @@ pub enum Cmd {
     Stats(stats::StatsArgs),
     /// Load generators and the disk's own limits.
     Bench(bench::BenchArgs),
+    /// Check a stopped broker's data directory offline (`store verify`).
+    Store(store::StoreArgs),
 }
 
 /// Where the name servers are; every client command takes it.
@@ -112,6 +115,10 @@ pub fn main() -> i32 {
             init_logging("info");
             server::run_namesrv(a)
         }
+        Cmd::Store(a) => {
+            init_logging("warn");
+            store::run(a)
+        }
         other => {
             init_logging("warn");
             let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -132,7 +139,7 @@ pub fn main() -> i32 {
                     Cmd::Cluster(a) => stats::cluster(a).await,
                     Cmd::Stats(a) => stats::stats(a).await,
                     Cmd::Bench(a) => bench::run(a).await,
-                    Cmd::Broker(_) | Cmd::Namesrv(_) => Ok(()),
+                    Cmd::Broker(_) | Cmd::Namesrv(_) | Cmd::Store(_) => Ok(()),
                 }
             });
             match result {

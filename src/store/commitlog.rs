@@ -786,6 +786,21 @@ pub fn read_raw(log: &CommitLog, offset: u64, size: u32) -> StoreResult<Bytes> {
     Ok(buf.freeze())
 }
 
+/// Read-only access to recovery's record walk, for the offline checker
+/// (`store::verify`): the size of the whole, CRC-valid record at `p` of a
+/// segment's bytes `data` (starting at log offset `seg_start`) that names
+/// its own position, if there is one.
+pub(crate) fn verify_valid_record_at(data: &[u8], p: usize, seg_start: u64) -> Option<usize> {
+    valid_record_at(data, p, seg_start)
+}
+
+/// Read-only access to recovery's resynchronisation, for the offline
+/// checker: where valid records resume after damaged bytes at `p` within
+/// the segment (`None`: nothing valid follows in it).
+pub(crate) fn verify_resync(data: &[u8], p: usize, seg_start: u64) -> Option<usize> {
+    resync(data, p, seg_start)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

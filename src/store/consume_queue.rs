@@ -450,6 +450,12 @@ impl ConsumeQueues {
     }
 }
 
+/// Decodes one consume-queue entry (`None` for an unused one), for the
+/// offline checker (`store::verify`).
+pub(crate) fn verify_decode_entry(b: &[u8]) -> Option<CqEntry> {
+    CqEntry::decode(b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,6 +30,7 @@ pub mod record;
 pub mod retention;
 pub mod subscriptions;
 pub mod topics;
+pub mod verify;
 
 use std::collections::HashMap;
 use std::io;

@@ -597,5 +597,40 @@ impl IndexFile {
     }
 }
 
+/// What the offline checker (`store::verify`) reads from an index file's
+/// bytes: its header, checked as [`IndexFile::open`] checks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IndexFileFacts {
+    /// Entries in use.
+    pub count: u32,
+    /// Entry capacity.
+    pub capacity: u32,
+    /// A slot rebuild was interrupted (opening the file finishes it).
+    pub rebuilding: bool,
+    /// The phys offset of each entry in use, in entry order.
+    pub phys_offsets: Vec<u64>,
+}
+
+/// Parses the index file bytes `data` (read from `path`) without opening
+/// it for writing: the header is checked as [`IndexFile::open`] does.
+pub(crate) fn verify_read(data: &[u8], path: &Path) -> StoreResult<IndexFileFacts> {
+    let h = Header::decode(&data[..HEADER_LEN.min(data.len())], data.len(), path)?;
+    let entries_at = HEADER_LEN + h.slots as usize * SLOT_LEN;
+    let mut phys_offsets = Vec::with_capacity(h.count as usize);
+    for n in 0..h.count as usize {
+        let at = entries_at + n * ENTRY_LEN;
+        let b = data
+            .get(at..at + ENTRY_LEN)
+            .ok_or_else(|| corrupt(path, format!("entry {} lies past the end of the file", n + 1)))?;
+        phys_offsets.push(Entry::decode(b).phys);
+    }
+    Ok(IndexFileFacts {
+        count: h.count,
+        capacity: h.capacity,
+        rebuilding: h.state == STATE_REBUILDING,
+        phys_offsets,
+    })
+}
+
 #[cfg(test)]
 mod tests;
