@@ -27,13 +27,15 @@ use crate::actors::queue_registry::QueueRegistry;
 use crate::actors::retention_cleaner::RetentionCleaner;
 use crate::actors::services::BrokerServices;
 use crate::broker::BrokerCore;
-use crate::config::Config;
+use crate::config::{Config, StoreSection};
 use crate::delivery::delay::{DELAY_QUEUES, DELAY_TOPIC};
 use crate::delivery::expiry::expire_at;
 use crate::observe::{kind, ActorTree};
 use crate::server::{serve, ServeOptions};
 use crate::store::flusher::{FlushHandle, Flusher};
 use crate::store::topics::TopicConfig;
+use crate::store::commitlog::RecoveryReport;
+use crate::store::error::StoreResult;
 use crate::store::Store;
 use crate::wire::control::TopicInfo;
 
@@ -42,12 +44,19 @@ fn internal_topics() -> [(&'static str, TopicConfig); 1] {
     [(DELAY_TOPIC, TopicConfig::with_queues(DELAY_QUEUES))]
 }
 
+/// Opens (and recovers) the store as the broker does: with the broker's
+/// internal topics and TTL function, so replay indexes the same records.
+/// `ferromq store verify --repair` opens it the same way.
+pub fn open_store(cfg: &StoreSection) -> StoreResult<(Store, RecoveryReport)> {
+    Store::open_with_internal_topics(cfg, &internal_topics(), expire_at)
+}
+
 /// Runs a broker until SIGINT or SIGTERM. Fails early, with a message naming
 /// the cause, when the data directory is locked or an address is taken.
 pub fn run(cfg: Config) -> io::Result<()> {
     // The lock (inside Store::open) comes before binding any port, so a
     // second broker on the same directory fails on the lock.
-    let (store, _report) = Store::open_with_internal_topics(&cfg.store, &internal_topics(), expire_at)?;
+    let (store, _report) = open_store(&cfg.store)?;
     let store = Arc::new(store);
     let flusher = Flusher::start(store.clone(), Duration::from_millis(cfg.store.flush_interval_ms))?;
     let system = actix_rt::System::new();

@@ -13,12 +13,9 @@ use serde_json::{json, Value};
 use super::output::Format;
 use super::CliResult;
 use crate::config::StoreSection;
-use crate::delivery::delay::{DELAY_QUEUES, DELAY_TOPIC};
-use crate::delivery::expiry::expire_at;
 use crate::store::commitlog::RecoveryReport;
-use crate::store::topics::TopicConfig;
 use crate::store::verify::{verify, VerifyOptions, VerifyReport};
-use crate::store::{Store, StoreError, StoreErrorKind};
+use crate::store::{StoreError, StoreErrorKind};
 
 /// Exit code: nothing wrong.
 pub const EXIT_CLEAN: i32 = 0;
@@ -201,8 +198,7 @@ fn recover(data_dir: &Path, segment_bytes: u64) -> Result<RecoveryReport, StoreE
         },
         ..defaults
     };
-    let internal_topics = [(DELAY_TOPIC, TopicConfig::with_queues(DELAY_QUEUES))];
-    let (store, report) = Store::open_with_internal_topics(&cfg, &internal_topics, expire_at)?;
+    let (store, report) = crate::launch::open_store(&cfg)?;
     store.shutdown()?;
     drop(store);
     Ok(report)
