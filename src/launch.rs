@@ -32,10 +32,10 @@ use crate::delivery::delay::{DELAY_QUEUES, DELAY_TOPIC};
 use crate::delivery::expiry::expire_at;
 use crate::observe::{kind, ActorTree};
 use crate::server::{serve, ServeOptions};
-use crate::store::flusher::{FlushHandle, Flusher};
-use crate::store::topics::TopicConfig;
 use crate::store::commitlog::RecoveryReport;
 use crate::store::error::StoreResult;
+use crate::store::flusher::{FlushHandle, Flusher};
+use crate::store::topics::TopicConfig;
 use crate::store::Store;
 use crate::wire::control::TopicInfo;
 

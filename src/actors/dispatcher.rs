@@ -213,3 +213,58 @@ impl Handler<ForgetTopic> for Dispatcher {
 }
 
 crate::observe::failable!(Dispatcher);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::small_config;
+    use crate::store::topics::TopicConfig;
+
+    fn entry(queue_offset: u64) -> DispatchEntry {
+        DispatchEntry {
+            topic: Arc::from("t"),
+            queue_id: 0,
+            queue_offset,
+            phys_offset: queue_offset * 100,
+            size: 100,
+            tag_hash: 0,
+            keys: None,
+            store_timestamp: 1,
+            expire_at: None,
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_failed_batch_is_retried_before_later_ones_and_holds_the_dispatched_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&small_config(dir.path())).unwrap();
+        let store = Arc::new(store);
+        store.topics.get_or_create("t", TopicConfig::with_queues(1)).unwrap();
+        let start = store.dispatched_offset();
+        // The queue's directory cannot be created: a file is in the way.
+        let blocker = dir.path().join("consumequeue").join("t");
+        std::fs::write(&blocker, b"in the way").unwrap();
+        let dispatcher = Dispatcher::new(store.clone()).start();
+        dispatcher.do_send(Dispatch {
+            entries: vec![entry(0)],
+            end: start + 100,
+        });
+        dispatcher.do_send(Dispatch {
+            entries: vec![entry(1)],
+            end: start + 200,
+        });
+        actix_rt::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(store.dispatched_offset(), start, "nothing passes the failed batch");
+        assert!(store.queues.get("t", 0).is_none());
+        // The disk recovers: both go in, in order.
+        std::fs::remove_file(&blocker).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while store.dispatched_offset() < start + 200 && std::time::Instant::now() < deadline {
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(store.dispatched_offset(), start + 200);
+        let cq = store.queues.get("t", 0).unwrap();
+        assert_eq!(cq.max_offset(), 2);
+        assert_eq!(cq.get(1).map(|e| e.phys_offset), Some(100));
+    }
+}

@@ -370,6 +370,36 @@ mod tests {
     }
 
     #[actix_rt::test]
+    async fn a_commit_that_cannot_be_stored_is_taken_back() {
+        let f = fixture();
+        let key = |queue| OffsetKey {
+            group: "g".into(),
+            topic: "t".into(),
+            queue,
+        };
+        // Fill the offsets queue's first consume-queue file (64 entries).
+        for i in 1..=63 {
+            f.services.commit_offsets(vec![(key(0), i)]).await.unwrap();
+        }
+        f.services.commit_offsets(vec![(key(1), 5)]).await.unwrap();
+        assert_eq!(f.store.offsets.get(&key(0)), Some(63));
+        // The next commit needs a second file, which cannot be created.
+        let cq_dir = f.store.data_dir().join("consumequeue").join(OFFSETS_TOPIC).join("0");
+        std::fs::remove_dir_all(&cq_dir).unwrap();
+        std::fs::write(&cq_dir, b"not a directory").unwrap();
+        let err = f
+            .services
+            .commit_offsets(vec![(key(0), 70), (key(1), 9), (key(2), 1)])
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Store, "{err}");
+        // Not shown as committed: the previous offsets (or none) are back.
+        assert_eq!(f.store.offsets.get(&key(0)), Some(63));
+        assert_eq!(f.store.offsets.get(&key(1)), Some(5));
+        assert_eq!(f.store.offsets.get(&key(2)), None);
+    }
+
+    #[actix_rt::test]
     async fn the_broker_writes_its_own_records_from_its_own_address() {
         let f = fixture();
         let appended = f

@@ -489,6 +489,36 @@ mod tests {
     }
 
     #[test]
+    fn files_reserved_ahead_take_later_entries_and_reopen_with_the_right_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = ConsumeQueue::open(dir.path(), 8).unwrap();
+        for i in 0..5 {
+            q.put(i, entry(i)).unwrap();
+        }
+        // Room for entries up to 20: files [0,8), [8,16), [16,24).
+        q.reserve_through(20).unwrap();
+        q.reserve_through(20).unwrap(); // idempotent
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
+        assert_eq!(q.max_offset(), 5, "reserving publishes nothing");
+        // A crash now: the reserved files are empty, the end is still 5.
+        drop(q);
+        let q = ConsumeQueue::open(dir.path(), 8).unwrap();
+        assert_eq!((q.min_offset(), q.max_offset()), (0, 5));
+        for i in 5..12 {
+            q.put(i, entry(i)).unwrap();
+        }
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            3,
+            "no file created by put"
+        );
+        drop(q);
+        let q = ConsumeQueue::open(dir.path(), 8).unwrap();
+        assert_eq!(q.max_offset(), 12);
+        assert_eq!(q.get(11), Some(entry(11)));
+    }
+
+    #[test]
     fn prepared_queues_are_empty_until_written_and_reopen_as_such() {
         let dir = tempfile::tempdir().unwrap();
         let queues = ConsumeQueues::open(dir.path(), 3000).unwrap();

@@ -735,6 +735,7 @@ pub mod testing {
 
 #[cfg(test)]
 mod tests {
+    use super::fsutil::offset_file_name;
     use super::testing::{append, entry, small_config};
     use super::*;
 
@@ -928,5 +929,43 @@ mod tests {
             assert_eq!(store.log.record_at(e.phys_offset).unwrap().queue_offset, i);
         }
         assert!(Store::open(&cfg).is_err(), "the directory stays locked while open");
+    }
+
+    #[test]
+    fn queues_missing_entries_below_the_checkpoint_are_rebuilt_whatever_it_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = small_config(dir.path());
+        {
+            let (store, _) = Store::open(&cfg).unwrap();
+            let batch: Vec<_> = (0..100).map(|i| entry(&format!("m{i}"), None, None)).collect();
+            append(&store, "t", 0, &batch);
+            store.shutdown().unwrap();
+            drop(store);
+            // One more record that the checkpoint does not cover.
+            let (store, _) = Store::open(&cfg).unwrap();
+            let mut appender = commitlog::Appender::new(store.log.clone());
+            let ctx = append::AppendContext {
+                born_host: "127.0.0.1:1".parse().unwrap(),
+                store_host: "127.0.0.1:2".parse().unwrap(),
+                now_ms: 1,
+            };
+            let topic: Arc<str> = Arc::from("t");
+            append::append_batch(&store, &mut appender, &topic, 0, &[entry("late", None, None)], ctx).unwrap();
+            store.log.flush_to(u64::MAX).unwrap();
+        }
+        // The queue lost entries 40.. (a dispatch that failed after the
+        // checkpoint moved past it, as before dispatches were retried).
+        let cq_file = dir.path().join("consumequeue/t/0").join(offset_file_name(0));
+        let mut bytes = std::fs::read(&cq_file).unwrap();
+        bytes[40 * consume_queue::CQ_ENTRY_LEN..64 * consume_queue::CQ_ENTRY_LEN].fill(0);
+        std::fs::write(&cq_file, &bytes).unwrap();
+        std::fs::remove_file(dir.path().join("consumequeue/t/0").join(offset_file_name(64))).unwrap();
+        let (store, _) = Store::open(&cfg).unwrap();
+        let cq = store.queues.get("t", 0).unwrap();
+        assert_eq!(cq.max_offset(), 101);
+        for i in [0u64, 40, 63, 64, 99, 100] {
+            let e = cq.get(i).unwrap();
+            assert_eq!(store.log.record_at(e.phys_offset).unwrap().queue_offset, i);
+        }
     }
 }

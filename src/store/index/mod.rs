@@ -150,16 +150,31 @@ impl IndexStore {
     /// refuses the batch instead of failing its dispatch after the producer
     /// was answered. Each key indexed afterwards uses up one promise.
     pub fn reserve(&mut self, keys: u64) -> StoreResult<()> {
-        let room = self
-            .files
-            .last()
-            .map_or(0, |(_, f)| u64::from(f.capacity().saturating_sub(f.entry_count())));
-        if room < self.reserved + keys {
+        while self.room() < self.reserved + keys {
             self.add_file()?;
-            // What was promised now lands in the new file.
         }
         self.reserved += keys;
         Ok(())
+    }
+
+    /// The file keys go into: the newest file holding entries unless it is
+    /// full, else the one after it (files reserved ahead are empty).
+    fn writing(&self) -> usize {
+        match self.files.iter().rposition(|(_, f)| f.entry_count() > 0) {
+            None => 0,
+            Some(i) if self.files[i].1.is_full() => i + 1,
+            Some(i) => i,
+        }
+    }
+
+    /// Entries that still fit: in the file being written and the empty
+    /// files after it.
+    fn room(&self) -> u64 {
+        self.files
+            .iter()
+            .skip(self.writing())
+            .map(|(_, f)| u64::from(f.capacity().saturating_sub(f.entry_count())))
+            .sum()
     }
 
     /// Takes back `keys` promised by [`reserve`](Self::reserve) for
@@ -170,10 +185,14 @@ impl IndexStore {
 
     fn put_hash(&mut self, hash: u32, phys_offset: u64, store_timestamp: u64) -> StoreResult<()> {
         self.reserved = self.reserved.saturating_sub(1);
-        if let Some((_, f)) = self.files.last_mut() {
+        // From the newest file holding entries, even when full: it skips a
+        // pair it already holds (a replayed record).
+        let mut at = self.files.iter().rposition(|(_, f)| f.entry_count() > 0).unwrap_or(0);
+        while let Some((_, f)) = self.files.get_mut(at) {
             if f.put_hash(hash, phys_offset, store_timestamp)? {
                 return Ok(());
             }
+            at += 1;
         }
         // No file yet, or the newest is full: start the next one. (The full
         // one reaches the disk with the next periodic flush.)
@@ -319,6 +338,26 @@ mod tests {
             [1998 * 64, 1991 * 64, 1984 * 64, 1977 * 64, 1970 * 64]
         );
         assert_eq!(s.files().count(), 1);
+    }
+
+    #[test]
+    fn reserved_keys_get_a_file_before_they_are_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = IndexStore::open(dir.path(), 2, 5).unwrap();
+        s.reserve(3).unwrap();
+        assert_eq!(names(dir.path()).len(), 1, "a first file for the first keys");
+        s.reserve(3).unwrap();
+        assert_eq!(names(dir.path()).len(), 2, "3 + 3 promised do not fit 5");
+        // The six keys then go in without creating another file.
+        for i in 0..2u64 {
+            s.put_keys("t", "a b c", i * 10, i).unwrap();
+        }
+        assert_eq!(names(dir.path()).len(), 2);
+        assert_eq!(s.lookup("t", "a", 10), [10, 0]);
+        // Taking a promise back frees its room.
+        s.reserve(5).unwrap();
+        s.cancel_reserved(5);
+        assert_eq!(s.reserved, 0);
     }
 
     #[test]
