@@ -208,8 +208,13 @@ fn assert_disk_full_message(err: &str) {
 #[test]
 fn above_the_refuse_watermark_sends_are_refused_reads_go_on_and_sends_resume_by_themselves() {
     let Some(fs) = SmallFs::mount(16) else { return };
-    // Forced cleaning has nothing to delete here (one segment).
-    let env = env_with(&[]);
+    // RocketMQ's defaults; forced cleaning has nothing to delete here (one
+    // segment).
+    let env = env_with(&[
+        ("FERROMQ__STORE__DISK_CLEAN_RATIO", "0.75"),
+        ("FERROMQ__STORE__DISK_FORCE_CLEAN_RATIO", "0.85"),
+        ("FERROMQ__STORE__DISK_REFUSE_RATIO", "0.90"),
+    ]);
     let broker = ServerProcess::broker(&fs.data(), &[], &env);
     let (ns, web) = (broker.namesrv_addr.clone(), broker.http_addr.clone());
     create_topic(&ns, "w", 2);

@@ -25,22 +25,24 @@ use super::error::{StoreError, StoreResult};
 /// A refused send re-reads the disk usage at most this often.
 pub const REPROBE_EVERY: Duration = Duration::from_millis(200);
 
-/// Space on the file system holding the data directory.
+/// Space on the file system holding the data directory, counted as `df`
+/// does: blocks reserved for root (and any other space neither used nor
+/// available to the broker) count neither as used nor as free.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct DiskUsage {
-    /// File system size, bytes.
+    /// Space the broker can use: used plus free, bytes.
     pub total_bytes: u64,
     /// Bytes an unprivileged process may still allocate.
     pub free_bytes: u64,
 }
 
 impl DiskUsage {
-    /// Bytes not available (`total - free`).
+    /// Bytes in use (`total - free`).
     pub fn used_bytes(&self) -> u64 {
         self.total_bytes.saturating_sub(self.free_bytes)
     }
 
-    /// Used share of the file system, 0.0..=1.0 (0 for an empty reading).
+    /// Used share, 0.0..=1.0 (0 for an empty reading): `df`'s `Use%`.
     pub fn used_ratio(&self) -> f64 {
         if self.total_bytes == 0 {
             return 0.0;
@@ -65,9 +67,11 @@ pub fn probe(path: &Path) -> StoreResult<DiskUsage> {
         ));
     }
     let frsize = st.f_frsize as u64;
+    let used = (st.f_blocks as u64).saturating_sub(st.f_bfree as u64).saturating_mul(frsize);
+    let free = (st.f_bavail as u64).saturating_mul(frsize);
     Ok(DiskUsage {
-        total_bytes: (st.f_blocks as u64).saturating_mul(frsize),
-        free_bytes: (st.f_bavail as u64).saturating_mul(frsize),
+        total_bytes: used.saturating_add(free),
+        free_bytes: free,
     })
 }
 

@@ -19,6 +19,13 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_ferromq")
 }
 
+/// Disk watermarks of test brokers unless a test sets its own.
+pub const TEST_WATERMARKS: [(&str, &str); 3] = [
+    ("FERROMQ__STORE__DISK_CLEAN_RATIO", "0.99"),
+    ("FERROMQ__STORE__DISK_FORCE_CLEAN_RATIO", "0.995"),
+    ("FERROMQ__STORE__DISK_REFUSE_RATIO", "0.999"),
+];
+
 /// Store settings that make tests cross segment and file boundaries.
 pub fn small_store_env() -> Vec<(&'static str, &'static str)> {
     vec![
@@ -56,6 +63,15 @@ pub fn try_spawn_server<K: AsRef<std::ffi::OsStr>, V: AsRef<std::ffi::OsStr>>(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    if args.first() == Some(&"broker") {
+        // Tests share the machine's disk, which may be fuller than the
+        // default watermarks (75/85/90 %): forced cleaning would delete
+        // what a test has yet to read. Tests of the watermarks set their
+        // own (the caller's env comes after, so it wins).
+        for (k, v) in TEST_WATERMARKS {
+            cmd.env(k, v);
+        }
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }
