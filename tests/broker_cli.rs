@@ -158,3 +158,76 @@ fn unknown_topics_and_bad_input_fail_clearly() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("flush_mode"));
 }
+
+/// Watermarks high enough that the test machine's disk is `normal`.
+fn roomy_store_env() -> Vec<(&'static str, &'static str)> {
+    let mut env = small_store_env();
+    env.push(("FERROMQ__STORE__DISK_CLEAN_RATIO", "0.97"));
+    env.push(("FERROMQ__STORE__DISK_FORCE_CLEAN_RATIO", "0.98"));
+    env.push(("FERROMQ__STORE__DISK_REFUSE_RATIO", "0.99"));
+    env
+}
+
+#[test]
+fn topic_describe_shows_each_brokers_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = ServerProcess::broker(dir.path(), &[], &roomy_store_env());
+    let ns = broker.namesrv_addr.as_str();
+    cli_ok(ns, &["topic", "create", "sized", "--queues", "2"]);
+    let lines: Vec<String> = (0..20).map(|i| format!("sized {i}")).collect();
+    produce(ns, "sized", &[], &lines);
+
+    // Text: the header and one row per queue, as before; then the store line.
+    let text = cli_ok(ns, &["topic", "describe", "sized"]);
+    let out: Vec<&str> = text.lines().collect();
+    assert_eq!(out[0], "broker queue min_offset max_offset", "{text}");
+    let rows: Vec<Vec<&str>> = out[1..3].iter().map(|l| l.split(' ').collect()).collect();
+    assert!(rows.iter().all(|r| r.len() == 4), "{text}");
+    assert_eq!(
+        rows.iter().map(|r| r[3].parse::<u64>().unwrap()).sum::<u64>(),
+        20,
+        "{text}"
+    );
+    let broker_name = rows[0][0];
+    assert_eq!(out.len(), 4, "one store line per broker group: {text}");
+    let store = out[3];
+    assert!(store.starts_with(&format!("store {broker_name} commitlog=")), "{store}");
+    assert!(
+        store.contains(" segments) disk=") && store.contains("% used, "),
+        "{store}"
+    );
+    assert!(store.contains(" free of "), "{store}");
+    assert!(store.ends_with(" watermark=normal sends=accepted"), "{store}");
+
+    // JSON: a `store` object in the broker's entry.
+    let described: serde_json::Value =
+        serde_json::from_str(cli_ok(ns, &["topic", "describe", "sized", "--format", "json"]).trim()).unwrap();
+    assert_eq!(described["queues"].as_array().unwrap().len(), 2);
+    let b = &described["brokers"][0];
+    assert_eq!(b["broker"], broker_name);
+    assert_eq!(b["unreachable"], false);
+    let s = &b["store"];
+    let n = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("{k} in {s}"));
+    let (total, free, used) = (n("disk_total_bytes"), n("disk_free_bytes"), n("disk_used_bytes"));
+    assert!(total > 0 && free <= total && used == total - free, "{s}");
+    let ratio = s["disk_used_ratio"].as_f64().unwrap();
+    assert!((ratio - used as f64 / total as f64).abs() < 0.01, "{s}");
+    assert_eq!(n("segment_bytes"), 1_048_576);
+    assert!(n("segments") >= 1);
+    assert_eq!(n("commitlog_bytes"), n("segments") * n("segment_bytes"));
+    assert!(
+        n("commitlog_end_offset") > n("commitlog_start_offset"),
+        "20 records: {s}"
+    );
+    assert_eq!(s["level"], "normal");
+    assert_eq!(
+        (
+            s["clean_ratio"].as_f64(),
+            s["force_clean_ratio"].as_f64(),
+            s["refuse_ratio"].as_f64()
+        ),
+        (Some(0.97), Some(0.98), Some(0.99))
+    );
+    assert_eq!(s["refusing_sends"], false);
+    assert!(s.get("refusal").is_none(), "{s}");
+}

@@ -271,3 +271,108 @@ fn console_creates_a_topic_and_shows_lag_falling_to_zero() {
         inked * 100.0
     );
 }
+
+/// The browser, or `None` (the test skips) where it cannot be had.
+fn chromium_or_skip() -> Option<PathBuf> {
+    let found = find_chromium();
+    if found.is_none() {
+        assert!(
+            std::env::var_os("FERROMQ_REQUIRE_BROWSER").is_none(),
+            "chromium is required (scripts/install-chromium.sh failed)"
+        );
+        eprintln!("SKIPPED: no chromium and scripts/install-chromium.sh could not install it");
+    }
+    found
+}
+
+/// The console of the broker whose HTTP endpoint is `web`, loaded.
+fn open_console(chromium: &Path, web: &str) -> (Browser, Page) {
+    let (browser, port) = launch(chromium, &format!("http://{web}/"));
+    let mut page = Page::attach(port);
+    page.wait_for(
+        "the console to load",
+        "document.readyState === 'complete' && document.getElementById('status').textContent.startsWith('live')",
+        Duration::from_secs(20),
+    );
+    (browser, page)
+}
+
+#[test]
+fn console_shows_the_store_and_warns_when_sends_are_refused() {
+    let Some(chromium) = chromium_or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let topic = "ui-store";
+    {
+        // Watermarks high enough that the test machine's disk is `normal`.
+        let mut env = small_store_env();
+        env.push(("FERROMQ__STORE__DISK_CLEAN_RATIO", "0.97"));
+        env.push(("FERROMQ__STORE__DISK_FORCE_CLEAN_RATIO", "0.98"));
+        env.push(("FERROMQ__STORE__DISK_REFUSE_RATIO", "0.99"));
+        let mut broker = ServerProcess::broker(dir.path(), &[], &env);
+        let (ns, web) = (broker.namesrv_addr.clone(), broker.http_addr.clone());
+        cli_ok(&ns, &["topic", "create", topic, "--queues", "2"]);
+        let (_browser, mut page) = open_console(&chromium, &web);
+        // The overview's store cards.
+        page.wait_for(
+            "the store's watermark level",
+            &format!("{} === 'normal'", text_of("ov-disk-level")),
+            Duration::from_secs(15),
+        );
+        assert_eq!(page.eval(&text_of("ov-sends")), "accepted");
+        assert_eq!(page.eval("document.getElementById('ov-disk-warn').hidden"), true);
+        let used = page.eval(&text_of("ov-disk-used"));
+        assert!(used.as_str().is_some_and(|u| u.ends_with('%')), "{used}");
+        let size = page.eval(&text_of("ov-log"));
+        // `0 B` until the first send creates a segment.
+        assert!(
+            size.as_str().is_some_and(|s| s.ends_with(" B") || s.ends_with("iB")),
+            "{size}"
+        );
+        assert_eq!(page.eval(&text_of("ov-marks")), "97% / 98% / 99%");
+        // A topic's description has a store row per broker group.
+        page.eval("document.querySelector(\"nav button[data-tab='topics']\").click(); true");
+        page.wait_for(
+            "the topic in the list",
+            &format!("{}.includes('{topic}')", text_of("topic-list")),
+            Duration::from_secs(15),
+        );
+        page.eval(&format!(
+            "document.querySelector(\"button[data-describe='{topic}']\").click(); true"
+        ));
+        page.wait_for(
+            "the store row of the description",
+            &format!(
+                "{0}.includes('watermark') && {0}.includes('normal') && {0}.includes('accepted')",
+                text_of("topic-detail")
+            ),
+            Duration::from_secs(15),
+        );
+        assert!(broker.stop());
+    }
+
+    // Restarted with watermarks the disk is certainly above: a warning.
+    let mut env = small_store_env();
+    for key in [
+        "FERROMQ__STORE__DISK_CLEAN_RATIO",
+        "FERROMQ__STORE__DISK_FORCE_CLEAN_RATIO",
+        "FERROMQ__STORE__DISK_REFUSE_RATIO",
+    ] {
+        env.push((key, "0.000001"));
+    }
+    let broker = ServerProcess::broker(dir.path(), &[], &env);
+    let (_browser, mut page) = open_console(&chromium, &broker.http_addr);
+    page.wait_for(
+        "the refusal warning",
+        "!document.getElementById('ov-disk-warn').hidden",
+        Duration::from_secs(15),
+    );
+    let warning = page.eval(&text_of("ov-disk-warn"));
+    assert!(
+        warning
+            .as_str()
+            .is_some_and(|w| w.starts_with("Sends are refused (DISK_FULL): disk full: ")),
+        "{warning}"
+    );
+    assert_eq!(page.eval(&text_of("ov-sends")), "refused");
+    assert_eq!(page.eval(&text_of("ov-disk-level")), "refuse");
+}

@@ -327,3 +327,102 @@ async fn clients_are_counted_by_role_and_silent_ones_expire() {
     );
     drop(admin);
 }
+
+#[test]
+fn metrics_and_the_console_api_show_the_disk_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = small_store_env();
+    // Watermarks high enough that the test machine's disk is `normal`, and
+    // no cleaner tick before the scrape: the gauges come from the scrape.
+    env.push(("FERROMQ__STORE__DISK_CLEAN_RATIO", "0.97"));
+    env.push(("FERROMQ__STORE__DISK_FORCE_CLEAN_RATIO", "0.98"));
+    env.push(("FERROMQ__STORE__DISK_REFUSE_RATIO", "0.99"));
+    env.push(("FERROMQ__STORE__CLEAN_INTERVAL_MS", "3600000"));
+    let broker = ServerProcess::broker(dir.path(), &[], &env);
+    let (ns, web) = (broker.namesrv_addr.as_str(), broker.http_addr.as_str());
+
+    let m = http_get(web, "/metrics");
+    let total = metric_sum(&m, "ferromq_store_disk_total_bytes", &[]);
+    let free = metric_sum(&m, "ferromq_store_disk_free_bytes", &[]);
+    let used = metric_sum(&m, "ferromq_store_disk_used_bytes", &[]);
+    assert!(total > 0.0 && free <= total && used > 0.0, "{m}");
+    let ratio = metric_sum(&m, "ferromq_store_disk_used_ratio", &[]);
+    assert!(ratio > 0.0 && ratio < 0.97, "{m}");
+    assert_eq!(metric_sum(&m, "ferromq_store_disk_level", &[]), 0.0);
+    assert!(m.lines().any(|l| l == "ferromq_store_disk_refusing_sends 0"), "{m}");
+    for counter in [
+        "ferromq_store_segments_deleted_total",
+        "ferromq_store_bytes_reclaimed_total",
+    ] {
+        assert!(m.lines().any(|l| l == format!("{counter} 0")), "{counter} at 0: {m}");
+    }
+
+    // The console's overview and topic description carry the store figures.
+    let o: Value = serde_json::from_str(&http_get(web, "/api/overview")).unwrap();
+    let s = &o["store"];
+    assert!(s["disk_total_bytes"].as_u64().unwrap() > 0, "{o}");
+    assert_eq!(s["level"], "normal");
+    assert_eq!(s["refusing_sends"], false);
+    cli_ok(ns, &["topic", "create", "vis", "--queues", "2"]);
+    produce(ns, "vis", &[], &["one".to_string(), "two".to_string()]);
+    let t: Value = serde_json::from_str(&http_get(web, "/api/topics/vis")).unwrap();
+    assert_eq!(t["messages"], 2);
+    let brokers = t["brokers"].as_array().unwrap();
+    assert_eq!(brokers.len(), 1, "{t}");
+    assert!(brokers[0]["store"]["commitlog_end_offset"].as_u64().unwrap() > 0, "{t}");
+    assert_eq!(brokers[0]["store"]["refusing_sends"], false);
+}
+
+#[test]
+fn a_broker_refusing_sends_says_so_in_describe_metrics_and_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = "full";
+    {
+        // Create the topic while there is room (topic creation is refused
+        // on a full disk too).
+        let mut broker = ServerProcess::broker(dir.path(), &[], &small_store_env());
+        cli_ok(&broker.namesrv_addr, &["topic", "create", topic, "--queues", "1"]);
+        assert!(broker.stop());
+    }
+    // Restarted with watermarks the disk is certainly above.
+    let mut env = small_store_env();
+    for key in [
+        "FERROMQ__STORE__DISK_CLEAN_RATIO",
+        "FERROMQ__STORE__DISK_FORCE_CLEAN_RATIO",
+        "FERROMQ__STORE__DISK_REFUSE_RATIO",
+    ] {
+        env.push((key, "0.000001"));
+    }
+    let broker = ServerProcess::broker(dir.path(), &[], &env);
+    let (ns, web) = (broker.namesrv_addr.as_str(), broker.http_addr.as_str());
+    let m = http_get(web, "/metrics");
+    if metric_sum(&m, "ferromq_store_disk_used_bytes", &[]) == 0.0 {
+        eprintln!("SKIPPED: the data directory's file system reports nothing used");
+        return;
+    }
+    assert!(m.lines().any(|l| l == "ferromq_store_disk_refusing_sends 1"), "{m}");
+    assert_eq!(metric_sum(&m, "ferromq_store_disk_level", &[]), 3.0);
+
+    let out = cli_with_input(ns, &["produce", "--topic", topic], b"x\n");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("DISK_FULL"), "{err}");
+
+    let text = cli_ok(ns, &["topic", "describe", topic]);
+    let store = text
+        .lines()
+        .find(|l| l.starts_with("store "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        store.contains(" watermark=refuse sends=refused: disk full: "),
+        "{store}"
+    );
+    let described: Value =
+        serde_json::from_str(cli_ok(ns, &["topic", "describe", topic, "--format", "json"]).trim()).unwrap();
+    let s = &described["brokers"][0]["store"];
+    assert_eq!(s["refusing_sends"], true, "{described}");
+    assert_eq!(s["level"], "refuse");
+    assert!(s["refusal"].as_str().unwrap().starts_with("disk full: "), "{s}");
+    let o: Value = serde_json::from_str(&http_get(web, "/api/overview")).unwrap();
+    assert_eq!(o["store"]["refusing_sends"], true, "{o}");
+}

@@ -15,6 +15,7 @@ use actix::prelude::*;
 use crate::clock::{local_hour, now_millis};
 use crate::config::StoreSection;
 use crate::delivery::delay::{DELAY_GROUP, DELAY_QUEUES, DELAY_TOPIC};
+use crate::observe::metrics::record_disk;
 use crate::observe::{kind, ActorStats};
 use crate::store::disk::{DiskLevel, DiskStatus};
 use crate::store::offsets::OffsetKey;
@@ -98,16 +99,6 @@ fn pressure(status: &DiskStatus) -> Pressure {
         level: status.level,
         excess_bytes,
     }
-}
-
-/// Publishes a disk reading in `/metrics`.
-fn record_disk(status: &DiskStatus) {
-    metrics::gauge!("ferromq_store_disk_total_bytes").set(status.usage.total_bytes as f64);
-    metrics::gauge!("ferromq_store_disk_free_bytes").set(status.usage.free_bytes as f64);
-    metrics::gauge!("ferromq_store_disk_used_bytes").set(status.usage.used_bytes() as f64);
-    metrics::gauge!("ferromq_store_disk_used_ratio").set(status.usage.used_ratio());
-    metrics::gauge!("ferromq_store_disk_level").set(status.level as u8 as f64);
-    metrics::gauge!("ferromq_store_disk_refusing_sends").set(if status.refusing.is_some() { 1.0 } else { 0.0 });
 }
 
 impl RetentionCleaner {

@@ -38,8 +38,11 @@ pub enum TopicCmd {
         #[command(flatten)]
         ns: NamesrvOpt,
     },
-    /// Show each queue's offsets; a broker group that cannot be reached is
-    /// shown as `unreachable` (JSON: `"brokers": [{"unreachable": true}]`).
+    /// Show each queue's offsets, then each broker group's store (commitlog
+    /// size, disk usage, watermark level, whether sends are refused); a
+    /// broker group that cannot be reached is shown as `unreachable`
+    /// (JSON: `"brokers": [{"unreachable": true}]`, and a `store` object
+    /// per reachable group).
     Describe {
         /// Topic name.
         name: String,
@@ -92,6 +95,11 @@ pub async fn run(a: TopicArgs) -> CliResult {
                             ),
                         }
                     }
+                    for b in &brokers {
+                        if let Some(store) = b.stats.as_ref().and_then(|s| s.store.as_ref()) {
+                            outln!("{}", crate::render::store_line(&b.broker_name, store));
+                        }
+                    }
                 }
                 Format::Json => {
                     let reachable: Vec<(String, TopicStats)> = brokers
@@ -106,6 +114,9 @@ pub async fn run(a: TopicArgs) -> CliResult {
                                 json!({"broker": b.broker_name, "addr": b.addr, "unreachable": b.unreachable()});
                             if let Some(e) = &b.error {
                                 o["error"] = json!(e);
+                            }
+                            if let Some(store) = b.stats.as_ref().and_then(|s| s.store.as_ref()) {
+                                o["store"] = crate::render::store_json(store);
                             }
                             o
                         })

@@ -110,6 +110,7 @@ async fn overview(state: web::Data<HttpState>) -> HttpResponse {
         "messages_in_total": messages_in,
         "messages_out_total": messages_out,
         "rss_bytes": metrics::process_rss_bytes(),
+        "store": crate::render::store_json(&state.core.store_usage()),
         "time_ms": crate::clock::now_millis(),
     }))
 }
@@ -186,11 +187,13 @@ async fn describe_topic(state: web::Data<HttpState>, topic: web::Path<String>) -
     match state.admin.describe_topic(&topic).await {
         Ok(per_broker) => {
             let queues = crate::render::topic_queues_json(&per_broker);
+            let brokers = crate::render::topic_stores_json(&per_broker);
             let messages: u64 = per_broker
                 .iter()
                 .flat_map(|(_, s)| s.queues.iter().map(|q| q.max_offset - q.min_offset))
                 .sum();
-            HttpResponse::Ok().json(json!({"topic": *topic, "messages": messages, "queues": queues}))
+            HttpResponse::Ok()
+                .json(json!({"topic": *topic, "messages": messages, "queues": queues, "brokers": brokers}))
         }
         Err(e) => error(e),
     }

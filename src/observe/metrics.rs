@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use super::ActorTree;
+use crate::store::disk::DiskStatus;
 use crate::store::offsets::OffsetKey;
 use crate::store::Store;
 
@@ -59,7 +60,22 @@ pub fn disk_usage_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-/// Sets the scrape-time gauges from the actor tree and the store.
+/// Publishes a disk reading: `ferromq_store_disk_total_bytes`,
+/// `_free_bytes`, `_used_bytes`, `_used_ratio`, `_level` (0 normal,
+/// 1 clean, 2 force_clean, 3 refuse) and `_refusing_sends` (0 or 1). The
+/// retention cleaner calls it every clean interval and [`refresh`] at
+/// every scrape.
+pub fn record_disk(status: &DiskStatus) {
+    metrics::gauge!("ferromq_store_disk_total_bytes").set(status.usage.total_bytes as f64);
+    metrics::gauge!("ferromq_store_disk_free_bytes").set(status.usage.free_bytes as f64);
+    metrics::gauge!("ferromq_store_disk_used_bytes").set(status.usage.used_bytes() as f64);
+    metrics::gauge!("ferromq_store_disk_used_ratio").set(status.usage.used_ratio());
+    metrics::gauge!("ferromq_store_disk_level").set(status.level as u8 as f64);
+    metrics::gauge!("ferromq_store_disk_refusing_sends").set(if status.refusing.is_some() { 1.0 } else { 0.0 });
+}
+
+/// Sets the scrape-time gauges from the actor tree and the store, with a
+/// fresh disk reading ([`record_disk`]; the last reading if it fails).
 pub fn refresh(tree: &ActorTree, store: &Store) {
     for a in tree.snapshot() {
         let labels = [("kind", a.kind.to_string()), ("id", a.id.clone())];
@@ -84,6 +100,10 @@ pub fn refresh(tree: &ActorTree, store: &Store) {
     metrics::gauge!("ferromq_store_commitlog_bytes").set(store.log.write_pos() as f64);
     metrics::gauge!("ferromq_store_segments").set(store.log.segment_count() as f64);
     metrics::gauge!("ferromq_store_disk_usage_bytes").set(disk_usage_bytes(&store.data_dir()) as f64);
+    record_disk(&store.disk.refresh().unwrap_or_else(|_| store.disk.status()));
+    // The retention counters appear (at 0) before the first deletion.
+    metrics::counter!("ferromq_store_segments_deleted_total").increment(0);
+    metrics::counter!("ferromq_store_bytes_reclaimed_total").increment(0);
     metrics::gauge!("ferromq_process_rss_bytes").set(process_rss_bytes() as f64);
     let (_, _, broker_conns, namesrv_conns) = super::totals::snapshot();
     metrics::gauge!("ferromq_connections", "role" => "broker").set(broker_conns as f64);

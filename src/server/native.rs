@@ -202,6 +202,7 @@ impl NativeAdapter {
                             max_offset: q.range.max_offset,
                         })
                         .collect(),
+                    store: Some(t.store),
                 }))
             }
             Command::JoinGroup => {

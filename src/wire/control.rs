@@ -123,13 +123,67 @@ pub struct QueueStats {
 }
 
 /// `TOPIC_STATS` response body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// `store` is optional on the wire: a broker that predates it leaves it
+/// out and it decodes as `None`. The other way round, a client that
+/// predates it rejects the whole body (every type here denies unknown
+/// fields), so `topic describe` of an older client fails against a newer
+/// broker with a decode error naming the unknown field `store`; upgrade
+/// clients (admin tools) with or after the brokers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopicStats {
     /// Topic name.
     pub topic: String,
     /// Every queue of the topic on this broker.
     pub queues: Vec<QueueStats>,
+    /// The answering broker's store: commitlog size and disk state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreUsage>,
+}
+
+/// A broker's store figures, in a [`TopicStats`]: how much the commitlog
+/// holds, how full the data directory's file system is, where that stands
+/// against the disk watermarks and whether sends are refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreUsage {
+    /// Bytes the commitlog's segment files occupy: segments × segment
+    /// size (every segment file is allocated at its full size when it is
+    /// created, so this is the space they take on disk).
+    pub commitlog_bytes: u64,
+    /// Number of commitlog segment files.
+    pub segments: u64,
+    /// Configured segment size, bytes.
+    pub segment_bytes: u64,
+    /// First commitlog (physical) offset still stored.
+    pub commitlog_start_offset: u64,
+    /// End of the written commitlog (one past the last record's byte);
+    /// `end - start` is the bytes of records held.
+    pub commitlog_end_offset: u64,
+    /// Size of the data directory's file system, bytes.
+    pub disk_total_bytes: u64,
+    /// Bytes still available to the broker on it.
+    pub disk_free_bytes: u64,
+    /// `total - free`.
+    pub disk_used_bytes: u64,
+    /// `used / total`, 0.0 to 1.0.
+    pub disk_used_ratio: f64,
+    /// Watermark level of that reading: `normal`, `clean`, `force_clean`
+    /// or `refuse`.
+    pub level: String,
+    /// `store.disk_clean_ratio`.
+    pub clean_ratio: f64,
+    /// `store.disk_force_clean_ratio`.
+    pub force_clean_ratio: f64,
+    /// `store.disk_refuse_ratio`.
+    pub refuse_ratio: f64,
+    /// True while sends are refused (`DISK_FULL`).
+    pub refusing_sends: bool,
+    /// Why sends are refused (the `DISK_FULL` message); absent while they
+    /// are accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
 }
 
 /// A topic as a broker registers it.
@@ -273,5 +327,66 @@ mod tests {
             }],
         };
         assert_eq!(from_json::<TopicRoute>(&to_json(&route), "body").unwrap(), route);
+    }
+
+    fn usage() -> StoreUsage {
+        StoreUsage {
+            commitlog_bytes: 2 << 30,
+            segments: 2,
+            segment_bytes: 1 << 30,
+            commitlog_start_offset: 0,
+            commitlog_end_offset: 1234,
+            disk_total_bytes: 100 << 30,
+            disk_free_bytes: 40 << 30,
+            disk_used_bytes: 60 << 30,
+            disk_used_ratio: 0.6,
+            level: "normal".into(),
+            clean_ratio: 0.75,
+            force_clean_ratio: 0.85,
+            refuse_ratio: 0.9,
+            refusing_sends: false,
+            refusal: None,
+        }
+    }
+
+    #[test]
+    fn topic_stats_store_is_optional_both_ways() {
+        // An older broker's answer (no `store`) still decodes.
+        let old: TopicStats = from_json(br#"{"topic":"t","queues":[]}"#, "body").unwrap();
+        assert_eq!(old.store, None);
+        // Without figures nothing is written, so older clients decode it.
+        assert_eq!(&to_json(&old)[..], br#"{"topic":"t","queues":[]}"#);
+        let stats = TopicStats {
+            topic: "t".into(),
+            queues: vec![QueueStats {
+                queue: 0,
+                min_offset: 1,
+                max_offset: 5,
+            }],
+            store: Some(usage()),
+        };
+        let json = to_json(&stats);
+        assert_eq!(from_json::<TopicStats>(&json, "body").unwrap(), stats);
+        assert!(
+            !String::from_utf8_lossy(&json).contains("refusal\""),
+            "absent while accepting"
+        );
+        // An older client (no `store` field, unknown fields denied) rejects it.
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct OldTopicStats {
+            topic: String,
+            queues: Vec<QueueStats>,
+        }
+        let err = from_json::<OldTopicStats>(&json, "body").unwrap_err();
+        assert!(err.to_string().contains("store"), "{err}");
+        let refusing = StoreUsage {
+            refusing_sends: true,
+            refusal: Some("disk full".into()),
+            ..usage()
+        };
+        let back: StoreUsage = from_json(&to_json(&refusing), "body").unwrap();
+        assert_eq!(back.refusal.as_deref(), Some("disk full"));
     }
 }

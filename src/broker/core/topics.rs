@@ -6,8 +6,9 @@ use crate::actors::commitlog_writer::DeleteTopicData;
 use crate::actors::namesrv_client::RegisterNow;
 use crate::broker::session::Session;
 use crate::error::{BrokerError, ErrorKind};
+use crate::store::disk::{DiskFull, DiskStatus};
 use crate::store::topics::TopicConfig;
-use crate::wire::control::validate_topic_name;
+use crate::wire::control::{validate_topic_name, StoreUsage};
 
 /// Most queues a topic may have on one broker.
 pub const MAX_QUEUES_PER_TOPIC: u32 = 1024;
@@ -41,13 +42,16 @@ pub struct QueueStat {
     pub range: QueueRange,
 }
 
-/// A topic's queues on this broker.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A topic's queues on this broker, and the broker's store figures.
+#[derive(Debug, Clone, PartialEq)]
 pub struct TopicQueues {
     /// Topic name.
     pub topic: String,
     /// Every queue, by id.
     pub queues: Vec<QueueStat>,
+    /// This broker's commitlog size and disk state
+    /// ([`BrokerCore::store_usage`]).
+    pub store: StoreUsage,
 }
 
 impl BrokerCore {
@@ -81,7 +85,22 @@ impl BrokerCore {
         Ok(TopicQueues {
             topic: topic.to_string(),
             queues,
+            store: self.store_usage(),
         })
+    }
+
+    /// This broker's store figures: the commitlog's size and offsets, a
+    /// fresh reading of the data directory's file system (the last one if
+    /// it cannot be read) against the disk watermarks, and whether sends
+    /// are refused. A fresh reading also updates the refusal decision, as
+    /// the retention cleaner's does. No admission check: callers check
+    /// what they show it with (`topic_stats` does).
+    pub fn store_usage(&self) -> StoreUsage {
+        let disk = self.store.disk.refresh().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the disk usage of the data directory");
+            self.store.disk.status()
+        });
+        store_usage_of(&self.store.log, &disk, &self.store.data_dir())
     }
 
     /// The first offset of a queue stored at or after `timestamp` (ms since
@@ -165,5 +184,76 @@ impl BrokerCore {
             Ok(true) => {}
             _ => tracing::warn!("no name server acknowledged the topic change yet; it will on the next registration"),
         }
+    }
+}
+
+/// The figures of `log` and the disk reading `disk` of the data directory
+/// `dir`.
+fn store_usage_of(log: &crate::store::commitlog::CommitLog, disk: &DiskStatus, dir: &std::path::Path) -> StoreUsage {
+    let segments = log.segment_count() as u64;
+    let refusal = disk.refusing.map(|reason| {
+        DiskFull {
+            path: dir.to_path_buf(),
+            usage: disk.usage,
+            refuse_ratio: disk.marks.refuse,
+            reason,
+        }
+        .to_string()
+    });
+    StoreUsage {
+        commitlog_bytes: segments.saturating_mul(log.segment_bytes()),
+        segments,
+        segment_bytes: log.segment_bytes(),
+        commitlog_start_offset: log.start_offset(),
+        commitlog_end_offset: log.write_pos(),
+        disk_total_bytes: disk.usage.total_bytes,
+        disk_free_bytes: disk.usage.free_bytes,
+        disk_used_bytes: disk.usage.used_bytes(),
+        disk_used_ratio: disk.usage.used_ratio(),
+        level: disk.level.name().to_string(),
+        clean_ratio: disk.marks.clean,
+        force_clean_ratio: disk.marks.force_clean,
+        refuse_ratio: disk.marks.refuse,
+        refusing_sends: refusal.is_some(),
+        refusal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::commitlog::CommitLog;
+    use crate::store::disk::{DiskLevel, DiskUsage, RefusalReason, Watermarks};
+
+    #[test]
+    fn store_usage_reports_the_log_and_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = CommitLog::open(dir.path(), 4096).unwrap();
+        let mut disk = DiskStatus {
+            usage: DiskUsage {
+                total_bytes: 1000,
+                free_bytes: 50,
+            },
+            level: DiskLevel::Refuse,
+            refusing: Some(RefusalReason::Watermark),
+            marks: Watermarks::default(),
+        };
+        let u = store_usage_of(&log, &disk, std::path::Path::new("/data"));
+        assert_eq!(u.commitlog_bytes, u.segments * 4096);
+        assert_eq!(u.segment_bytes, 4096);
+        assert_eq!(
+            (u.disk_total_bytes, u.disk_free_bytes, u.disk_used_bytes),
+            (1000, 50, 950)
+        );
+        assert!((u.disk_used_ratio - 0.95).abs() < 1e-9);
+        assert_eq!(u.level, "refuse");
+        assert_eq!((u.clean_ratio, u.force_clean_ratio, u.refuse_ratio), (0.75, 0.85, 0.9));
+        assert!(u.refusing_sends);
+        let why = u.refusal.unwrap();
+        assert!(why.starts_with("disk full: /data is 95.0% used"), "{why}");
+        disk.refusing = None;
+        disk.level = DiskLevel::Normal;
+        let u = store_usage_of(&log, &disk, std::path::Path::new("/data"));
+        assert!(!u.refusing_sends && u.refusal.is_none() && u.level == "normal");
     }
 }
