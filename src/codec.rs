@@ -5,6 +5,8 @@
 //! it as `wire::buf`) and the store ([`crate::store`], the record format)
 //! build on it without depending on each other.
 //!
+//! Also [`human_bytes`], the one way sizes are written for people.
+//!
 //! Decoding never panics: every read checks the remaining length first and
 //! reports a [`DecodeError`] naming the field that was short or invalid.
 
@@ -252,6 +254,22 @@ pub fn put_props(dst: &mut impl BufMut, props: &BTreeMap<String, String>) {
     for (k, v) in props.iter().take(u16::MAX as usize) {
         put_str16(dst, k);
         put_str16(dst, v);
+    }
+}
+
+/// `1.5 GiB`, `320 MiB`, `12 KiB`, `512 B`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
     }
 }
 

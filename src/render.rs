@@ -5,9 +5,9 @@
 use base64::Engine;
 use serde_json::{json, Map, Value};
 
+use crate::codec::human_bytes;
 use crate::message::{PROPERTY_KEYS, PROPERTY_TAGS};
 use crate::record::StoredRecord;
-use crate::store::disk::human_bytes;
 use crate::wire::control::{StoreUsage, TopicStats};
 
 /// The JSON object of a message: `topic`, `queue`, `offset`, `msg_id`,

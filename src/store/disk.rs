@@ -21,6 +21,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::error::{StoreError, StoreResult};
+use crate::codec::human_bytes;
 
 /// A refused send re-reads the disk usage at most this often.
 pub const REPROBE_EVERY: Duration = Duration::from_millis(200);
@@ -67,7 +68,9 @@ pub fn probe(path: &Path) -> StoreResult<DiskUsage> {
         ));
     }
     let frsize = st.f_frsize as u64;
-    let used = (st.f_blocks as u64).saturating_sub(st.f_bfree as u64).saturating_mul(frsize);
+    let used = (st.f_blocks as u64)
+        .saturating_sub(st.f_bfree as u64)
+        .saturating_mul(frsize);
     let free = (st.f_bavail as u64).saturating_mul(frsize);
     Ok(DiskUsage {
         total_bytes: used.saturating_add(free),
@@ -189,22 +192,6 @@ impl fmt::Display for DiskFull {
                 human_bytes(needed)
             ),
         }
-    }
-}
-
-/// `1.5 GiB`, `320 MiB`, `12 KiB`, `512 B`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
     }
 }
 
