@@ -3,8 +3,9 @@
 //! 200 ms. A group commits on both broker groups and stops; much more is
 //! produced; both brokers delete their old segments, `topic describe`
 //! shows the moved minimums of both groups' queues, the newest messages
-//! are intact, and the group continues from each queue's minimum while
-//! each broker counts what the group missed of its own queues.
+//! are intact, each broker counts what the group missed of its own queues,
+//! a broker killed and restarted keeps its minimums and the group's offsets,
+//! and the group continues from each queue's minimum on both groups.
 //!
 //! Figures are printed as `figure: key=value` lines on stderr
 //! (`cargo test --test cluster_retention -- --nocapture`).
@@ -54,7 +55,10 @@ fn describe_topic(ns: &str) -> BTreeMap<QueueKey, (u64, u64)> {
         .iter()
         .map(|q| {
             (
-                (q["broker"].as_str().unwrap().to_string(), q["queue"].as_u64().unwrap() as u32),
+                (
+                    q["broker"].as_str().unwrap().to_string(),
+                    q["queue"].as_u64().unwrap() as u32,
+                ),
                 (q["min_offset"].as_u64().unwrap(), q["max_offset"].as_u64().unwrap()),
             )
         })
@@ -69,7 +73,11 @@ fn committed(c: &Cluster) -> Result<BTreeMap<QueueKey, u64>, String> {
         if q["topic"] != TOPIC {
             continue;
         }
-        if let (Some(b), Some(id), Some(off)) = (q["broker"].as_str(), q["queue"].as_u64(), q["committed_offset"].as_u64()) {
+        if let (Some(b), Some(id), Some(off)) = (
+            q["broker"].as_str(),
+            q["queue"].as_u64(),
+            q["committed_offset"].as_u64(),
+        ) {
             out.insert((b.to_string(), id as u32), off);
         }
     }
@@ -78,7 +86,11 @@ fn committed(c: &Cluster) -> Result<BTreeMap<QueueKey, u64>, String> {
 
 /// Polls `group describe` until every queue of both broker groups has a
 /// committed offset equal to `want`'s max; panics with the last view.
-fn wait_committed_at_max(c: &Cluster, want: &BTreeMap<QueueKey, (u64, u64)>, within: Duration) -> BTreeMap<QueueKey, u64> {
+fn wait_committed_at_max(
+    c: &Cluster,
+    want: &BTreeMap<QueueKey, (u64, u64)>,
+    within: Duration,
+) -> BTreeMap<QueueKey, u64> {
     let mut last = Err(String::from("not asked yet"));
     let ok = wait_until(within, || {
         last = committed(c);
@@ -111,7 +123,10 @@ fn consume(ns: &str, args: &[&str]) -> (Vec<Value>, Duration) {
 
 fn key_of(m: &Value) -> QueueKey {
     (
-        m["broker"].as_str().unwrap_or_else(|| panic!("no broker in {m}")).to_string(),
+        m["broker"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no broker in {m}"))
+            .to_string(),
         m["queue"].as_u64().unwrap() as u32,
     )
 }
@@ -125,12 +140,21 @@ fn assert_exactly_min_to_max(what: &str, msgs: &[Value], bounds: &BTreeMap<Queue
     let mut marked_seen: Vec<String> = Vec::new();
     for m in msgs {
         assert_eq!(m["topic"], TOPIC, "{what}: {m}");
-        per_queue.entry(key_of(m)).or_default().push(m["offset"].as_u64().unwrap());
-        let body = m["body"].as_str().unwrap_or_else(|| panic!("{what}: no text body in {m}"));
+        per_queue
+            .entry(key_of(m))
+            .or_default()
+            .push(m["offset"].as_u64().unwrap());
+        let body = m["body"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{what}: no text body in {m}"));
         if body.starts_with("new-") {
             marked_seen.push(body.to_string());
         } else {
-            assert!(body == generated, "{what}: damaged body at {}: {body:.60}…", m["offset"]);
+            assert!(
+                body == generated,
+                "{what}: damaged body at {}: {body:.60}…",
+                m["offset"]
+            );
         }
     }
     for (k, (min, max)) in bounds {
@@ -148,7 +172,10 @@ fn assert_exactly_min_to_max(what: &str, msgs: &[Value], bounds: &BTreeMap<Queue
     marked_seen.sort();
     let mut want_marked = marked.to_vec();
     want_marked.sort();
-    assert_eq!(marked_seen, want_marked, "{what}: the newest, marked messages exactly once");
+    assert_eq!(
+        marked_seen, want_marked,
+        "{what}: the newest, marked messages exactly once"
+    );
 }
 
 #[test]
@@ -176,7 +203,11 @@ fn both_broker_groups_delete_old_segments_and_a_group_continues_from_each_queues
         .iter()
         .map(|a| c.broker_of_msg_id(&a.msg_id).expect("ack from a cluster broker"))
         .collect();
-    assert_eq!(by_broker, BTreeSet::from([A, B]), "the first messages reach both groups");
+    assert_eq!(
+        by_broker,
+        BTreeSet::from([A, B]),
+        "the first messages reach both groups"
+    );
     let first_bounds = describe_topic(&ns);
     assert_eq!(first_bounds.len(), 2 * QUEUES as usize, "{first_bounds:?}");
     assert!(
@@ -219,11 +250,8 @@ fn both_broker_groups_delete_old_segments_and_a_group_continues_from_each_queues
 
     // 3. Both brokers delete every segment but the active one.
     let t = Instant::now();
-    let data: Vec<(String, std::path::PathBuf)> = c
-        .brokers
-        .iter()
-        .map(|b| (b.name.clone(), b.data_dir.clone()))
-        .collect();
+    let data: Vec<(String, std::path::PathBuf)> =
+        c.brokers.iter().map(|b| (b.name.clone(), b.data_dir.clone())).collect();
     for (name, dir) in &data {
         assert!(
             wait_until(Duration::from_secs(15), || segment_files(dir).len() == 1),
@@ -303,7 +331,26 @@ fn both_broker_groups_delete_old_segments_and_a_group_continues_from_each_queues
     eprintln!("figure: plain_read_ms={} messages={}", took.as_millis(), plain.len());
     assert_exactly_min_to_max("plain read", &plain, &bounds, &newest);
 
-    // 7. The group restarts: it continues from each queue's min on both
+    // 7. Broker B dies (SIGKILL) and restarts on its data: it keeps its
+    //    queues' minimums, and the group's offsets on it although their
+    //    commit records were in the deleted segments.
+    let t = Instant::now();
+    c.kill9_broker(B);
+    c.restart_broker(B);
+    eprintln!("figure: broker_restart_ms={}", t.elapsed().as_millis());
+    assert_eq!(segment_files(&data[1].1).len(), 1, "{B} after the restart");
+    assert_eq!(describe_topic(&ns), bounds, "minimums after {B}'s restart");
+    // An offset below its queue's minimum reads as the minimum (the broker
+    // counted the skip when it deleted): still there, on both groups.
+    let want: BTreeMap<QueueKey, u64> = bounds.iter().map(|(k, (min, _))| (k.clone(), *min)).collect();
+    let mut last = Err(String::from("not asked yet"));
+    let ok = wait_until(Duration::from_secs(10), || {
+        last = committed(&c);
+        last.as_ref().is_ok_and(|got| *got == want)
+    });
+    assert!(ok, "committed offsets after {B}'s restart: {last:?}, want {want:?}");
+
+    // 8. The group restarts: it continues from each queue's min on both
     //    broker groups, gets exactly what is left, and commits the max.
     let (rest, took) = consume(
         &ns,
