@@ -11,11 +11,16 @@
 #   scripts/bench-retention.sh [BINARY] [MESSAGES] [ROUNDS]
 # Defaults: target/release/ferromq, 1000000, 3. Prints per round the msg/s
 # of both, on/off, and the segments "on" deleted (from /metrics).
+# Every run starts SETTLE seconds (default 20) after the previous run's data
+# directory was deleted, so that both start on memory the guest handed back
+# (docs/performance.md, "fresh memory is slow"); the order alternates
+# (off first in odd rounds, on first in even ones).
 set -u
 BIN=${1:-target/release/ferromq}
 MESSAGES=${2:-1000000}
 ROUNDS=${3:-3}
 SEGMENT_MIB=${SEGMENT_MIB:-16}
+SETTLE=${SETTLE:-20}
 [ -x "$BIN" ] || { echo "no executable $BIN (cargo build --release)" >&2; exit 1; }
 DIR=$(mktemp -d /tmp/bench-retention.XXXX)
 BROKER=
@@ -28,6 +33,7 @@ trap cleanup EXIT
 # start_broker RETENTION_MS: a fresh broker; sets BROKER, NS, HTTP.
 start_broker() {
   rm -rf "$DIR/data"
+  sleep "$SETTLE"
   FERROMQ__STORE__SEGMENT_BYTES=$((SEGMENT_MIB << 20)) \
   FERROMQ__STORE__RETENTION_MS=$1 \
   FERROMQ__STORE__CLEAN_INTERVAL_MS=200 \
@@ -55,12 +61,16 @@ EOF
 run() {
   start_broker "$2"
   local rate
-  rate=$("$BIN" bench produce -n "$NS" --messages "$MESSAGES" --size 1024 --batch 1000 --json 2>/dev/null |
-    tail -n 1 | python3 -c "import json,sys; print(int(json.loads(sys.stdin.read())['msgs_per_sec']))")
+  "$BIN" bench produce -n "$NS" --messages "$MESSAGES" --size 1024 --batch 1000 --json \
+    >"$DIR/bench.out" 2>"$DIR/bench.err"
+  rate=$(tail -n 1 "$DIR/bench.out" |
+    python3 -c "import json,sys; print(int(json.loads(sys.stdin.read())['msgs_per_sec']))") || {
+    echo "bench produce failed ($1):" >&2; tail -n 5 "$DIR/bench.err" "$DIR/broker.err" >&2; exit 1; }
   local deleted left
   deleted=$(metric ferromq_store_segments_deleted_total)
   left=$(find "$DIR/data/commitlog" -type f | wc -l)
   stop_broker
+  rm -rf "$DIR/data"
   echo "$1 $rate $deleted $left"
 }
 
@@ -68,8 +78,13 @@ echo "binary $BIN, $MESSAGES x 1024 B, batch 1000, ${SEGMENT_MIB} MiB segments, 
 printf '%-6s %12s %12s %8s %18s\n' round off_msg/s on_msg/s on/off on_segments_deleted
 ratios=()
 for r in $(seq 1 "$ROUNDS"); do
-  read -r _ off off_del off_left <<<"$(run off 1000000000000)"
-  read -r _ on on_del on_left <<<"$(run on 1000)"
+  if [ $((r % 2)) = 1 ]; then
+    read -r _ off off_del off_left <<<"$(run off 1000000000000)" || exit 1
+    read -r _ on on_del on_left <<<"$(run on 1000)" || exit 1
+  else
+    read -r _ on on_del on_left <<<"$(run on 1000)" || exit 1
+    read -r _ off off_del off_left <<<"$(run off 1000000000000)" || exit 1
+  fi
   [ "$off_del" = 0 ] || echo "warning: the off broker deleted $off_del segments" >&2
   ratio=$(python3 -c "print(f'{$on / $off:.3f}')")
   ratios+=("$ratio")
