@@ -10,7 +10,8 @@
 # ticks in both; it finds something to delete only in "on").
 #   scripts/bench-retention.sh [BINARY] [MESSAGES] [ROUNDS]
 # Defaults: target/release/ferromq, 1000000, 3. Prints per round the msg/s
-# of both, on/off, and the segments "on" deleted (from /metrics).
+# of both, on/off, the brokers' CPU seconds (user/system) and the segments
+# "on" deleted (from /metrics).
 # Every run starts SETTLE seconds (default 20) after the previous run's data
 # directory was deleted, so that both start on memory the guest handed back
 # (docs/performance.md, "fresh memory is slow"); the order alternates
@@ -57,7 +58,8 @@ print(int(sum(float(l.rsplit(" ", 1)[1]) for l in body.splitlines()
 EOF
 }
 
-# run LABEL RETENTION_MS: prints "LABEL msg/s segments_deleted segments_left".
+# run LABEL RETENTION_MS: prints "LABEL msg/s segments_deleted segments_left
+# broker_cpu_user/system_seconds".
 run() {
   start_broker "$2"
   local rate
@@ -69,25 +71,29 @@ run() {
   local deleted left
   deleted=$(metric ferromq_store_segments_deleted_total)
   left=$(find "$DIR/data/commitlog" -type f | wc -l)
+  # The broker's CPU time (user + system) over the run, in seconds.
+  local cpu
+  cpu=$(awk -v hz="$(getconf CLK_TCK)" '{ printf "%.1f/%.1f", $14 / hz, $15 / hz }' "/proc/$BROKER/stat")
   stop_broker
   rm -rf "$DIR/data"
-  echo "$1 $rate $deleted $left"
+  echo "$1 $rate $deleted $left $cpu"
 }
 
 echo "binary $BIN, $MESSAGES x 1024 B, batch 1000, ${SEGMENT_MIB} MiB segments, $ROUNDS rounds"
-printf '%-6s %12s %12s %8s %18s\n' round off_msg/s on_msg/s on/off on_segments_deleted
+printf '%-6s %12s %12s %8s %16s %16s %s\n' round off_msg/s on_msg/s on/off off_cpu_usr/sys on_cpu_usr/sys on_segments_deleted
 ratios=()
 for r in $(seq 1 "$ROUNDS"); do
   if [ $((r % 2)) = 1 ]; then
-    read -r _ off off_del off_left <<<"$(run off 1000000000000)" || exit 1
-    read -r _ on on_del on_left <<<"$(run on 1000)" || exit 1
+    read -r _ off off_del off_left off_cpu <<<"$(run off 1000000000000)" || exit 1
+    read -r _ on on_del on_left on_cpu <<<"$(run on 1000)" || exit 1
   else
-    read -r _ on on_del on_left <<<"$(run on 1000)" || exit 1
-    read -r _ off off_del off_left <<<"$(run off 1000000000000)" || exit 1
+    read -r _ on on_del on_left on_cpu <<<"$(run on 1000)" || exit 1
+    read -r _ off off_del off_left off_cpu <<<"$(run off 1000000000000)" || exit 1
   fi
   [ "$off_del" = 0 ] || echo "warning: the off broker deleted $off_del segments" >&2
   ratio=$(python3 -c "print(f'{$on / $off:.3f}')")
   ratios+=("$ratio")
-  printf '%-6s %12s %12s %8s %18s\n' "$r" "$off" "$on" "$ratio" "$on_del (left $on_left of off's $off_left)"
+  printf '%-6s %12s %12s %8s %16s %16s %s\n' "$r" "$off" "$on" "$ratio" "$off_cpu" "$on_cpu" \
+    "$on_del (left $on_left of off's $off_left)"
 done
 python3 -c "import statistics,sys; r=[float(x) for x in sys.argv[1:]]; print(f'on/off median {statistics.median(r):.3f}, min {min(r):.3f}, max {max(r):.3f}')" "${ratios[@]}"
