@@ -42,11 +42,11 @@ start_broker() {
       --http 127.0.0.1:0 >"$DIR/ready" 2>"$DIR/broker.err" &
   BROKER=$!
   for _ in $(seq 1 300); do grep -q ' ready: ' "$DIR/ready" && break; sleep 0.1; done
-  grep -q ' ready: ' "$DIR/ready" || { echo "broker not ready:" >&2; cat "$DIR/broker.err" >&2; exit 1; }
+  grep -q ' ready: ' "$DIR/ready" || { echo "broker not ready:" >&2; cat "$DIR/broker.err" >&2; stop_broker; exit 1; }
   NS=$(grep -o 'namesrv=[^ ]*' "$DIR/ready" | cut -d= -f2)
   HTTP=$(grep -o 'http=[^ ]*' "$DIR/ready" | cut -d= -f2)
 }
-stop_broker() { kill "$BROKER"; wait "$BROKER" 2>/dev/null; BROKER=; }
+stop_broker() { kill "$BROKER" 2>/dev/null; wait "$BROKER" 2>/dev/null; BROKER=; }
 
 # metric NAME: the broker's counter (0 if absent).
 metric() {
@@ -67,7 +67,7 @@ run() {
     >"$DIR/bench.out" 2>"$DIR/bench.err"
   rate=$(tail -n 1 "$DIR/bench.out" |
     python3 -c "import json,sys; print(int(json.loads(sys.stdin.read())['msgs_per_sec']))") || {
-    echo "bench produce failed ($1):" >&2; tail -n 5 "$DIR/bench.err" "$DIR/broker.err" >&2; exit 1; }
+    echo "bench produce failed ($1):" >&2; tail -n 5 "$DIR/bench.err" "$DIR/broker.err" >&2; stop_broker; exit 1; }
   local deleted left
   deleted=$(metric ferromq_store_segments_deleted_total)
   left=$(find "$DIR/data/commitlog" -type f | wc -l)
@@ -84,12 +84,13 @@ printf '%-6s %12s %12s %8s %16s %16s %s\n' round off_msg/s on_msg/s on/off off_c
 ratios=()
 for r in $(seq 1 "$ROUNDS"); do
   if [ $((r % 2)) = 1 ]; then
-    read -r _ off off_del off_left off_cpu <<<"$(run off 1000000000000)" || exit 1
-    read -r _ on on_del on_left on_cpu <<<"$(run on 1000)" || exit 1
+    read -r _ off off_del off_left off_cpu <<<"$(run off 1000000000000)"
+    read -r _ on on_del on_left on_cpu <<<"$(run on 1000)"
   else
-    read -r _ on on_del on_left on_cpu <<<"$(run on 1000)" || exit 1
-    read -r _ off off_del off_left off_cpu <<<"$(run off 1000000000000)" || exit 1
+    read -r _ on on_del on_left on_cpu <<<"$(run on 1000)"
+    read -r _ off off_del off_left off_cpu <<<"$(run off 1000000000000)"
   fi
+  [ -n "$off" ] && [ -n "$on" ] || exit 1
   [ "$off_del" = 0 ] || echo "warning: the off broker deleted $off_del segments" >&2
   ratio=$(python3 -c "print(f'{$on / $off:.3f}')")
   ratios+=("$ratio")
