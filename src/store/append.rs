@@ -147,8 +147,9 @@ fn reserve_dispatch_space(store: &Store, dests: &[Destination<'_>], firsts: &[u6
         if d.entries.is_empty() {
             continue;
         }
-        let cq = store.queues.get_or_create(d.topic, d.queue_id)?;
-        cq.reserve_through(first + d.entries.len() as u64 - 1)?;
+        store
+            .queues
+            .reserve(d.topic, d.queue_id, first + d.entries.len() as u64 - 1)?;
         keys += d
             .entries
             .iter()

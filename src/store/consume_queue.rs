@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
 
 use super::error::{IoContext, StoreError, StoreResult};
 use super::fsutil::{list_offset_files, offset_file_name};
@@ -78,6 +78,10 @@ pub struct ConsumeQueue {
     /// Entries of the largest file.
     max_file_entries: u64,
     files: RwLock<Vec<Arc<CqFile>>>,
+    /// Held while a file is being created (see `add_file`).
+    creating: Mutex<()>,
+    /// Start of the last file asked to be created ahead (u64::MAX: none).
+    ahead_requested: AtomicU64,
     min_offset: AtomicU64,
     max_offset: AtomicU64,
     flushed_offset: AtomicU64,
@@ -139,6 +143,8 @@ impl ConsumeQueue {
             dir: dir.to_path_buf(),
             max_file_entries: max_file_entries.max(1),
             files: RwLock::new(files),
+            creating: Mutex::new(()),
+            ahead_requested: AtomicU64::new(u64::MAX),
             min_offset: AtomicU64::new(min),
             max_offset: AtomicU64::new(max),
             flushed_offset: AtomicU64::new(max),
@@ -227,12 +233,25 @@ impl ConsumeQueue {
     /// commitlog writer calls it before a batch is appended, so a full disk
     /// refuses the batch instead of failing its dispatch after the producer
     /// was answered.
-    pub fn reserve_through(&self, last: u64) -> StoreResult<()> {
+    ///
+    /// Returns the start of the file to create ahead, off the writer's
+    /// thread, when `last` lies in the second half of the newest file and
+    /// that file was not asked for yet ([`ConsumeQueues::reserve`] hands it
+    /// to the preallocator thread): the writer itself then seldom creates
+    /// (allocates, syncs, renames) a file while producers wait.
+    pub fn reserve_through(&self, last: u64) -> StoreResult<Option<u64>> {
         loop {
             let next = {
                 let files = self.files.read().map_err(|_| StoreError::Poisoned("consume queue"))?;
                 match files.last() {
-                    Some(f) if f.start + f.entries > last => return Ok(()),
+                    Some(f) if f.start + f.entries > last => {
+                        let next = f.start + f.entries;
+                        let second_half = last >= f.start + f.entries / 2;
+                        if second_half && self.ahead_requested.swap(next, Ordering::AcqRel) != next {
+                            return Ok(Some(next));
+                        }
+                        return Ok(None);
+                    }
                     Some(f) => f.start + f.entries,
                     None => self.max_offset(),
                 }
@@ -241,25 +260,46 @@ impl ConsumeQueue {
         }
     }
 
+    /// Creates the file starting at `start` if no file holds that offset
+    /// yet (the preallocator thread's job; idempotent).
+    pub fn create_ahead(&self, start: u64) -> StoreResult<()> {
+        self.add_file(start).map(|_| ())
+    }
+
     /// Adds the file starting at `start` (the current end): twice the size
     /// of the previous one, up to the maximum. A file that already starts
     /// there (reserved ahead) is returned instead.
+    ///
+    /// The file is created (allocated, synced, renamed into place) holding
+    /// only `creating`, not the file list's lock: the commitlog writer's
+    /// reservation and readers look files up meanwhile without waiting.
     fn add_file(&self, start: u64) -> StoreResult<Arc<CqFile>> {
-        let mut files = self.files.write().map_err(|_| StoreError::Poisoned("consume queue"))?;
-        if let Some(f) = files
-            .iter()
-            .rev()
-            .find(|f| f.start <= start && start < f.start + f.entries)
-        {
-            return Ok(f.clone());
-        }
-        let entries = files
-            .last()
-            .map_or(FIRST_FILE_ENTRIES, |f| f.entries.saturating_mul(2))
-            .min(self.max_file_entries);
+        let _creating = self
+            .creating
+            .lock()
+            .map_err(|_| StoreError::Poisoned("consume queue"))?;
+        let existing = |files: &[Arc<CqFile>]| {
+            files
+                .iter()
+                .rev()
+                .find(|f| f.start <= start && start < f.start + f.entries)
+                .cloned()
+        };
+        let entries = {
+            let files = self.files.read().map_err(|_| StoreError::Poisoned("consume queue"))?;
+            if let Some(f) = existing(&files) {
+                return Ok(f);
+            }
+            files
+                .last()
+                .map_or(FIRST_FILE_ENTRIES, |f| f.entries.saturating_mul(2))
+                .min(self.max_file_entries)
+        };
         let path = self.dir.join(offset_file_name(start));
         let file = MappedFile::create_or_open(&path, entries as usize * CQ_ENTRY_LEN)?;
         let f = Arc::new(CqFile { start, entries, file });
+        // Only `add_file` adds files, and it holds `creating`.
+        let mut files = self.files.write().map_err(|_| StoreError::Poisoned("consume queue"))?;
         if files.is_empty() {
             self.min_offset.store(start, Ordering::Release);
             self.max_offset.store(start, Ordering::Release);
@@ -356,6 +396,34 @@ pub struct ConsumeQueues {
     /// By topic, then queue id: looked up per dispatched record with a
     /// borrowed `&str` (a `(String, u32)` key would allocate per lookup).
     queues: RwLock<HashMap<String, HashMap<u32, Arc<ConsumeQueue>>>>,
+    /// Hands files to create ahead to the preallocator thread (RocketMQ's
+    /// `AllocateMappedFileService`); `None` if it could not be started
+    /// (then the writer creates every file itself).
+    ahead: Option<Mutex<mpsc::Sender<(Arc<ConsumeQueue>, u64)>>>,
+}
+
+/// Starts the thread that creates consume-queue files ahead of need; it
+/// ends when the sender is dropped (the store closes).
+fn start_preallocator() -> Option<Mutex<mpsc::Sender<(Arc<ConsumeQueue>, u64)>>> {
+    let (tx, rx) = mpsc::channel::<(Arc<ConsumeQueue>, u64)>();
+    let spawned = std::thread::Builder::new()
+        .name("ferromq-cq-prealloc".into())
+        .spawn(move || {
+            for (cq, start) in rx {
+                if let Err(e) = cq.create_ahead(start) {
+                    // The writer tries again when it needs the file, and
+                    // refuses the batch if it still cannot.
+                    tracing::warn!(queue = %cq.dir().display(), error = %e, "cannot create the next consume-queue file ahead");
+                }
+            }
+        });
+    match spawned {
+        Ok(_) => Some(Mutex::new(tx)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the consume-queue preallocator thread");
+            None
+        }
+    }
 }
 
 impl ConsumeQueues {
@@ -387,7 +455,23 @@ impl ConsumeQueues {
             root: root.to_path_buf(),
             entries_per_file,
             queues: RwLock::new(queues),
+            ahead: start_preallocator(),
         })
+    }
+
+    /// Makes sure (topic, queue)'s files hold every entry up to `last`
+    /// ([`ConsumeQueue::reserve_through`]), and has the next file created
+    /// ahead on the preallocator thread when the queue nears the end of
+    /// its newest one.
+    pub fn reserve(&self, topic: &str, queue_id: u32, last: u64) -> StoreResult<()> {
+        let cq = self.get_or_create(topic, queue_id)?;
+        if let (Some(start), Some(tx)) = (cq.reserve_through(last)?, &self.ahead) {
+            // Without the thread, the writer creates the file when needed.
+            if let Ok(tx) = tx.lock() {
+                let _ = tx.send((cq.clone(), start));
+            }
+        }
+        Ok(())
     }
 
     /// The queue, if it has ever been written.

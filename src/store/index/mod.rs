@@ -188,8 +188,18 @@ impl IndexStore {
         // From the newest file holding entries, even when full: it skips a
         // pair it already holds (a replayed record).
         let mut at = self.files.iter().rposition(|(_, f)| f.entry_count() > 0).unwrap_or(0);
+        let files = self.files.len();
         while let Some((_, f)) = self.files.get_mut(at) {
             if f.put_hash(hash, phys_offset, store_timestamp)? {
+                // Half way through the newest file the next one is created
+                // here, on the Dispatcher's thread, so that the writer's
+                // `reserve` seldom has to; a failure is only logged (the
+                // writer then tries itself and refuses the batch).
+                if at + 1 == files && f.entry_count() == f.capacity() / 2 {
+                    if let Err(e) = self.add_file() {
+                        tracing::warn!(error = %e, "cannot create the next index file ahead");
+                    }
+                }
                 return Ok(());
             }
             at += 1;
@@ -252,18 +262,18 @@ impl IndexStore {
         let mut i = self.files.len();
         while i > 0 {
             i -= 1;
+            // Empty files (created ahead) hold nothing: they go too, and
+            // the search goes on.
             match self.files[i].1.min_phys_offset() {
-                // Empty files hold nothing to forget; keep looking.
-                None => {}
-                Some(begin) if begin >= phys_offset => {
+                Some(begin) if begin < phys_offset => {
+                    // Older files end before this one begins.
+                    return self.files[i].1.truncate_from(phys_offset);
+                }
+                _ => {
                     let path = self.files[i].1.path().to_path_buf();
                     fs::remove_file(&path).at("remove index file", &path)?;
                     self.files.remove(i);
                     sync_parent_dir(&path)?;
-                }
-                Some(_) => {
-                    // Older files end before this one begins.
-                    return self.files[i].1.truncate_from(phys_offset);
                 }
             }
         }
@@ -373,11 +383,11 @@ mod tests {
         }
         assert_eq!(
             names(dir.path()),
-            (0..6).map(file_name).collect::<Vec<_>>(),
-            "30 entries in files of 5"
+            (0..7).map(file_name).collect::<Vec<_>>(),
+            "30 entries in files of 5, and the next one created ahead"
         );
         let s = IndexStore::open(dir.path(), 1000, 1000).unwrap();
-        assert_eq!(s.files().count(), 6);
+        assert_eq!(s.files().count(), 7);
         assert!(s.files().all(|f| f.capacity() == 5), "existing geometry kept");
         assert_eq!(s.lookup("t", "all", 100), [90, 80, 70, 60, 50, 40, 30, 20, 10, 0]);
         assert_eq!(s.lookup("t", "all", 4), [90, 80, 70, 60]);
@@ -423,7 +433,7 @@ mod tests {
         for i in 0..10u64 {
             s.put_keys("t", &format!("k x{i}"), i * 100, i).unwrap();
         }
-        assert_eq!(s.files().count(), 5);
+        assert_eq!(s.files().count(), 6, "five full, one ahead");
         s.truncate_from(350).unwrap();
         assert_eq!(names(dir.path()), (0..2).map(file_name).collect::<Vec<_>>());
         assert_eq!(s.max_indexed_phys_offset(), Some(300));
