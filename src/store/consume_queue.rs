@@ -399,12 +399,15 @@ pub struct ConsumeQueues {
     /// Hands files to create ahead to the preallocator thread (RocketMQ's
     /// `AllocateMappedFileService`); `None` if it could not be started
     /// (then the writer creates every file itself).
-    ahead: Option<Mutex<mpsc::Sender<(Arc<ConsumeQueue>, u64)>>>,
+    ahead: Option<AheadSender>,
 }
+
+/// Sends (queue, start of the file to create) to the preallocator thread.
+type AheadSender = Mutex<mpsc::Sender<(Arc<ConsumeQueue>, u64)>>;
 
 /// Starts the thread that creates consume-queue files ahead of need; it
 /// ends when the sender is dropped (the store closes).
-fn start_preallocator() -> Option<Mutex<mpsc::Sender<(Arc<ConsumeQueue>, u64)>>> {
+fn start_preallocator() -> Option<AheadSender> {
     let (tx, rx) = mpsc::channel::<(Arc<ConsumeQueue>, u64)>();
     let spawned = std::thread::Builder::new()
         .name("ferromq-cq-prealloc".into())
