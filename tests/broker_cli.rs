@@ -159,19 +159,10 @@ fn unknown_topics_and_bad_input_fail_clearly() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("flush_mode"));
 }
 
-/// Watermarks high enough that the test machine's disk is `normal`.
-fn roomy_store_env() -> Vec<(&'static str, &'static str)> {
-    let mut env = small_store_env();
-    env.push(("FERROMQ__STORE__DISK_CLEAN_RATIO", "0.97"));
-    env.push(("FERROMQ__STORE__DISK_FORCE_CLEAN_RATIO", "0.98"));
-    env.push(("FERROMQ__STORE__DISK_REFUSE_RATIO", "0.99"));
-    env
-}
-
 #[test]
 fn topic_describe_shows_each_brokers_store() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = ServerProcess::broker(dir.path(), &[], &roomy_store_env());
+    let broker = ServerProcess::broker(dir.path(), &[], &small_store_env());
     let ns = broker.namesrv_addr.as_str();
     cli_ok(ns, &["topic", "create", "sized", "--queues", "2"]);
     let lines: Vec<String> = (0..20).map(|i| format!("sized {i}")).collect();
@@ -226,7 +217,8 @@ fn topic_describe_shows_each_brokers_store() {
             s["force_clean_ratio"].as_f64(),
             s["refuse_ratio"].as_f64()
         ),
-        (Some(0.97), Some(0.98), Some(0.99))
+        (Some(0.99), Some(0.995), Some(0.999)),
+        "the harness's watermarks (tests/common TEST_WATERMARKS)"
     );
     assert_eq!(s["refusing_sends"], false);
     assert!(s.get("refusal").is_none(), "{s}");

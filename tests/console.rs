@@ -303,11 +303,8 @@ fn console_shows_the_store_and_warns_when_sends_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let topic = "ui-store";
     {
-        // Watermarks high enough that the test machine's disk is `normal`.
-        let mut env = small_store_env();
-        env.push(("FERROMQ__STORE__DISK_CLEAN_RATIO", "0.97"));
-        env.push(("FERROMQ__STORE__DISK_FORCE_CLEAN_RATIO", "0.98"));
-        env.push(("FERROMQ__STORE__DISK_REFUSE_RATIO", "0.99"));
+        // The harness's watermarks (99 %+): the test machine's disk is `normal`.
+        let env = small_store_env();
         let mut broker = ServerProcess::broker(dir.path(), &[], &env);
         let (ns, web) = (broker.namesrv_addr.clone(), broker.http_addr.clone());
         cli_ok(&ns, &["topic", "create", topic, "--queues", "2"]);
@@ -352,13 +349,7 @@ fn console_shows_the_store_and_warns_when_sends_are_refused() {
 
     // Restarted with watermarks the disk is certainly above: a warning.
     let mut env = small_store_env();
-    for key in [
-        "FERROMQ__STORE__DISK_CLEAN_RATIO",
-        "FERROMQ__STORE__DISK_FORCE_CLEAN_RATIO",
-        "FERROMQ__STORE__DISK_REFUSE_RATIO",
-    ] {
-        env.push((key, "0.000001"));
-    }
+    set_watermarks(&mut env, "0.000001");
     let broker = ServerProcess::broker(dir.path(), &[], &env);
     let (_browser, mut page) = open_console(&chromium, &broker.http_addr);
     page.wait_for(

@@ -372,31 +372,33 @@ mod tests {
     #[actix_rt::test]
     async fn a_commit_that_cannot_be_stored_is_taken_back() {
         let f = fixture();
-        let key = |queue| OffsetKey {
-            group: "g".into(),
+        let key = |group: &str, queue| OffsetKey {
+            group: group.into(),
             topic: "t".into(),
             queue,
         };
-        // Fill the offsets queue's first consume-queue file (64 entries).
-        for i in 1..=63 {
-            f.services.commit_offsets(vec![(key(0), i)]).await.unwrap();
-        }
-        f.services.commit_offsets(vec![(key(1), 5)]).await.unwrap();
-        assert_eq!(f.store.offsets.get(&key(0)), Some(63));
-        // The next commit needs a second file, which cannot be created.
-        let cq_dir = f.store.data_dir().join("consumequeue").join(OFFSETS_TOPIC).join("0");
-        std::fs::remove_dir_all(&cq_dir).unwrap();
-        std::fs::write(&cq_dir, b"not a directory").unwrap();
+        f.services.commit_offsets(vec![(key("g", 0), 63)]).await.unwrap();
+        f.services.commit_offsets(vec![(key("g", 1), 5)]).await.unwrap();
+        // A commit record larger than a segment (64 KiB here) cannot be
+        // appended, like one that finds the disk full.
+        let huge = "x".repeat(40_000);
         let err = f
             .services
-            .commit_offsets(vec![(key(0), 70), (key(1), 9), (key(2), 1)])
+            .commit_offsets(vec![
+                (key("g", 0), 70),
+                (key("g", 1), 9),
+                (key("g", 2), 1),
+                (key(&huge, 0), 1),
+                (key(&huge, 1), 1),
+            ])
             .await
             .unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Store, "{err}");
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
         // Not shown as committed: the previous offsets (or none) are back.
-        assert_eq!(f.store.offsets.get(&key(0)), Some(63));
-        assert_eq!(f.store.offsets.get(&key(1)), Some(5));
-        assert_eq!(f.store.offsets.get(&key(2)), None);
+        assert_eq!(f.store.offsets.get(&key("g", 0)), Some(63));
+        assert_eq!(f.store.offsets.get(&key("g", 1)), Some(5));
+        assert_eq!(f.store.offsets.get(&key("g", 2)), None);
+        assert_eq!(f.store.offsets.get(&key(&huge, 0)), None);
     }
 
     #[actix_rt::test]

@@ -26,6 +26,14 @@ pub const TEST_WATERMARKS: [(&str, &str); 3] = [
     ("FERROMQ__STORE__DISK_REFUSE_RATIO", "0.999"),
 ];
 
+/// Sets all three disk watermarks of `env` to `ratio` (e.g. a tiny one the
+/// disk is certainly above).
+pub fn set_watermarks(env: &mut Vec<(&'static str, &'static str)>, ratio: &'static str) {
+    for (key, _) in TEST_WATERMARKS {
+        env.push((key, ratio));
+    }
+}
+
 /// Store settings that make tests cross segment and file boundaries.
 pub fn small_store_env() -> Vec<(&'static str, &'static str)> {
     vec![
