@@ -217,7 +217,7 @@ fn topic_describe_shows_each_brokers_store() {
             s["force_clean_ratio"].as_f64(),
             s["refuse_ratio"].as_f64()
         ),
-        (Some(0.99), Some(0.995), Some(0.999)),
+        (Some(0.97), Some(0.98), Some(0.99)),
         "the harness's watermarks (tests/common TEST_WATERMARKS)"
     );
     assert_eq!(s["refusing_sends"], false);

@@ -303,7 +303,7 @@ fn console_shows_the_store_and_warns_when_sends_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let topic = "ui-store";
     {
-        // The harness's watermarks (99 %+): the test machine's disk is `normal`.
+        // The harness's watermarks (97/98/99 %): the disk is `normal`.
         let env = small_store_env();
         let mut broker = ServerProcess::broker(dir.path(), &[], &env);
         let (ns, web) = (broker.namesrv_addr.clone(), broker.http_addr.clone());

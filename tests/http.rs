@@ -332,7 +332,7 @@ async fn clients_are_counted_by_role_and_silent_ones_expire() {
 fn metrics_and_the_console_api_show_the_disk_state() {
     let dir = tempfile::tempdir().unwrap();
     let mut env = small_store_env();
-    // The harness's watermarks (99 %+) leave the disk `normal`; no cleaner
+    // The harness's watermarks (97/98/99 %) leave the disk `normal`; no cleaner
     // tick before the scrape: the gauges come from the scrape.
     env.push(("FERROMQ__STORE__CLEAN_INTERVAL_MS", "3600000"));
     let broker = ServerProcess::broker(dir.path(), &[], &env);
@@ -344,7 +344,7 @@ fn metrics_and_the_console_api_show_the_disk_state() {
     let used = metric_sum(&m, "ferromq_store_disk_used_bytes", &[]);
     assert!(total > 0.0 && free <= total && used > 0.0, "{m}");
     let ratio = metric_sum(&m, "ferromq_store_disk_used_ratio", &[]);
-    assert!(ratio > 0.0 && ratio < 0.99, "{m}");
+    assert!(ratio > 0.0 && ratio < 0.97, "{m}");
     assert_eq!(metric_sum(&m, "ferromq_store_disk_level", &[]), 0.0);
     assert!(m.lines().any(|l| l == "ferromq_store_disk_refusing_sends 0"), "{m}");
     for counter in [

@@ -21,9 +21,9 @@ pub fn bin() -> &'static str {
 
 /// Disk watermarks of test brokers unless a test sets its own.
 pub const TEST_WATERMARKS: [(&str, &str); 3] = [
-    ("FERROMQ__STORE__DISK_CLEAN_RATIO", "0.99"),
-    ("FERROMQ__STORE__DISK_FORCE_CLEAN_RATIO", "0.995"),
-    ("FERROMQ__STORE__DISK_REFUSE_RATIO", "0.999"),
+    ("FERROMQ__STORE__DISK_CLEAN_RATIO", "0.97"),
+    ("FERROMQ__STORE__DISK_FORCE_CLEAN_RATIO", "0.98"),
+    ("FERROMQ__STORE__DISK_REFUSE_RATIO", "0.99"),
 ];
 
 /// Sets all three disk watermarks of `env` to `ratio` (e.g. a tiny one the
