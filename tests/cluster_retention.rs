@@ -31,15 +31,7 @@ const QUEUES: u32 = 2;
 type QueueKey = (String, u32);
 
 fn segment_files(data: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(data.join("commitlog"))
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
+    files_in(&data.join("commitlog"))
 }
 
 /// `topic describe --format json`: (broker, queue) → (min, max).

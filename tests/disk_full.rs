@@ -340,7 +340,7 @@ fn a_write_that_finds_no_space_is_refused_whole_and_nothing_acknowledged_is_lost
 
 /// Segment files in the broker's commitlog directory.
 fn segments(data: &Path) -> usize {
-    std::fs::read_dir(data.join("commitlog")).map_or(0, |d| d.count())
+    files_in(&data.join("commitlog")).len()
 }
 
 /// An hour of day that is not the current local one, as `delete_when`

@@ -11,18 +11,6 @@ use common::*;
 
 const MIB: u64 = 1 << 20;
 
-fn files_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
 fn commitlog_bytes(data: &Path) -> u64 {
     std::fs::read_dir(data.join("commitlog"))
         .unwrap()

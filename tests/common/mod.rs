@@ -19,6 +19,19 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_ferromq")
 }
 
+/// The names of the entries of `dir`, sorted (none if it cannot be read).
+pub fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
 /// Disk watermarks of test brokers unless a test sets its own.
 pub const TEST_WATERMARKS: [(&str, &str); 3] = [
     ("FERROMQ__STORE__DISK_CLEAN_RATIO", "0.97"),
