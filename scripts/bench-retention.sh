@@ -23,7 +23,7 @@ ROUNDS=${3:-3}
 SEGMENT_MIB=${SEGMENT_MIB:-16}
 SETTLE=${SETTLE:-20}
 [ -x "$BIN" ] || { echo "no executable $BIN (cargo build --release)" >&2; exit 1; }
-DIR=$(mktemp -d /tmp/bench-retention.XXXX)
+DIR=$(mktemp -d "${TMPDIR:-/tmp}/bench-retention.XXXX")
 BROKER=
 cleanup() {
   [ -n "$BROKER" ] && kill "$BROKER" 2>/dev/null && wait "$BROKER" 2>/dev/null
