@@ -114,23 +114,7 @@ mod tests {
 
     #[test]
     fn the_store_line_reads_as_documented() {
-        let mut s = StoreUsage {
-            commitlog_bytes: 2 << 30,
-            segments: 2,
-            segment_bytes: 1 << 30,
-            commitlog_start_offset: 0,
-            commitlog_end_offset: 10,
-            disk_total_bytes: 100 << 30,
-            disk_free_bytes: 40 << 30,
-            disk_used_bytes: 60 << 30,
-            disk_used_ratio: 0.6,
-            level: "normal".into(),
-            clean_ratio: 0.75,
-            force_clean_ratio: 0.85,
-            refuse_ratio: 0.9,
-            refusing_sends: false,
-            refusal: None,
-        };
+        let mut s = StoreUsage::example();
         assert_eq!(
             store_line("b1", &s),
             "store b1 commitlog=2.0 GiB (2 segments) disk=60.0% used, 40.0 GiB free of 100.0 GiB watermark=normal sends=accepted"

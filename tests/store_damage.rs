@@ -25,13 +25,6 @@ fn segments(data_dir: &Path) -> Vec<PathBuf> {
     segs
 }
 
-fn bodies(ns: &str, topic: &str) -> Vec<String> {
-    consume_json(ns, topic, &["--idle-timeout", "2"])
-        .iter()
-        .map(|m| m["body"].as_str().unwrap().to_string())
-        .collect()
-}
-
 #[test]
 fn a_newest_segment_of_the_wrong_size_is_repaired_at_start() {
     let dir = tempfile::tempdir().unwrap();
@@ -56,7 +49,11 @@ fn a_newest_segment_of_the_wrong_size_is_repaired_at_start() {
             .unwrap();
 
         let mut broker = ServerProcess::broker_at(dir.path(), &listen, &[], &small_store_env());
-        assert_eq!(bodies(&broker.namesrv_addr, "t"), lines, "every acknowledged message");
+        assert_eq!(
+            consumed_bodies(&broker.namesrv_addr, "t"),
+            lines,
+            "every acknowledged message"
+        );
         assert_eq!(std::fs::metadata(&newest).unwrap().len(), len, "the size is repaired");
         let stderr = broker.stderr();
         assert!(
@@ -113,7 +110,7 @@ fn a_flipped_bit_mid_segment_costs_only_that_record() {
 
     let broker = ServerProcess::broker_at(dir.path(), &listen, &["--flush", "sync"], &small_store_env());
     let ns = broker.namesrv_addr.as_str();
-    let got = bodies(ns, "t");
+    let got = consumed_bodies(ns, "t");
     // The commitlog also holds the broker's own records (offset commits…):
     // find the victim among the topic's messages by what is missing.
     let missing: Vec<&String> = lines.iter().filter(|l| !got.contains(l)).collect();
@@ -143,7 +140,7 @@ fn a_flipped_bit_mid_segment_costs_only_that_record() {
     // Producing continues after the kept records.
     let acks = produce(ns, "t", &[], &["next".to_string()]);
     assert_eq!(acks[0].offset, 500);
-    assert_eq!(bodies(ns, "t").last().map(String::as_str), Some("next"));
+    assert_eq!(consumed_bodies(ns, "t").last().map(String::as_str), Some("next"));
 }
 
 #[test]
@@ -163,7 +160,7 @@ fn a_flipped_bit_in_an_older_segment_is_skipped_by_readers() {
 
     let broker = ServerProcess::broker(dir.path(), &[], &small_store_env());
     let ns = broker.namesrv_addr.as_str();
-    let got = bodies(ns, "t");
+    let got = consumed_bodies(ns, "t");
     assert_eq!(got.len(), lines.len() - 1, "every other message, no stall");
     assert_eq!(lines.iter().filter(|l| !got.contains(l)).count(), 1);
     assert!(corrupt_records_metric(&broker.http_addr) >= 1);

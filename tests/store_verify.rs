@@ -75,13 +75,6 @@ fn records(seg: &Path) -> Vec<(usize, usize)> {
     out
 }
 
-fn bodies(ns: &str) -> Vec<String> {
-    consume_json(ns, "t", &["--idle-timeout", "2"])
-        .iter()
-        .map(|m| m["body"].as_str().unwrap().to_string())
-        .collect()
-}
-
 #[test]
 fn a_clean_store_verifies_with_exit_0() {
     let dir = tempfile::tempdir().unwrap();
@@ -163,7 +156,7 @@ fn a_flipped_byte_mid_segment_is_reported_and_repaired() {
 
     // A restarted broker serves every other message, the later ones too.
     let mut broker = ServerProcess::broker(dir.path(), &[], &small_store_env());
-    let got = bodies(&broker.namesrv_addr);
+    let got = consumed_bodies(&broker.namesrv_addr, "t");
     let missing: Vec<&String> = lines.iter().filter(|l| !got.contains(l)).collect();
     assert_eq!(missing.len(), 1, "only the damaged record is lost: {missing:?}");
     assert_eq!(got.last(), lines.last(), "the records after the damage are served");

@@ -297,6 +297,31 @@ impl ClusterInfo {
 }
 
 #[cfg(test)]
+impl StoreUsage {
+    /// Figures for unit tests: 2 GiB of commitlog on a 100 GiB disk 60 %
+    /// used, sends accepted.
+    pub(crate) fn example() -> StoreUsage {
+        StoreUsage {
+            commitlog_bytes: 2 << 30,
+            segments: 2,
+            segment_bytes: 1 << 30,
+            commitlog_start_offset: 0,
+            commitlog_end_offset: 1234,
+            disk_total_bytes: 100 << 30,
+            disk_free_bytes: 40 << 30,
+            disk_used_bytes: 60 << 30,
+            disk_used_ratio: 0.6,
+            level: "normal".into(),
+            clean_ratio: 0.75,
+            force_clean_ratio: 0.85,
+            refuse_ratio: 0.9,
+            refusing_sends: false,
+            refusal: None,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -329,26 +354,6 @@ mod tests {
         assert_eq!(from_json::<TopicRoute>(&to_json(&route), "body").unwrap(), route);
     }
 
-    fn usage() -> StoreUsage {
-        StoreUsage {
-            commitlog_bytes: 2 << 30,
-            segments: 2,
-            segment_bytes: 1 << 30,
-            commitlog_start_offset: 0,
-            commitlog_end_offset: 1234,
-            disk_total_bytes: 100 << 30,
-            disk_free_bytes: 40 << 30,
-            disk_used_bytes: 60 << 30,
-            disk_used_ratio: 0.6,
-            level: "normal".into(),
-            clean_ratio: 0.75,
-            force_clean_ratio: 0.85,
-            refuse_ratio: 0.9,
-            refusing_sends: false,
-            refusal: None,
-        }
-    }
-
     #[test]
     fn topic_stats_store_is_optional_both_ways() {
         // An older broker's answer (no `store`) still decodes.
@@ -363,7 +368,7 @@ mod tests {
                 min_offset: 1,
                 max_offset: 5,
             }],
-            store: Some(usage()),
+            store: Some(StoreUsage::example()),
         };
         let json = to_json(&stats);
         assert_eq!(from_json::<TopicStats>(&json, "body").unwrap(), stats);
@@ -384,7 +389,7 @@ mod tests {
         let refusing = StoreUsage {
             refusing_sends: true,
             refusal: Some("disk full".into()),
-            ..usage()
+            ..StoreUsage::example()
         };
         let back: StoreUsage = from_json(&to_json(&refusing), "body").unwrap();
         assert_eq!(back.refusal.as_deref(), Some("disk full"));

@@ -375,6 +375,15 @@ pub fn consume_json(namesrv: &str, topic: &str, args: &[&str]) -> Vec<serde_json
         .collect()
 }
 
+/// The bodies of `topic`'s messages from the start, read until 2 s pass
+/// without one.
+pub fn consumed_bodies(namesrv: &str, topic: &str) -> Vec<String> {
+    consume_json(namesrv, topic, &["--idle-timeout", "2"])
+        .iter()
+        .map(|m| m["body"].as_str().expect("a text body").to_string())
+        .collect()
+}
+
 /// Polls `cond` every 20 ms until true or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
