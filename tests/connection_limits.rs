@@ -372,8 +372,13 @@ fn connections_beyond_the_cap_are_refused() {
     // HTTP is not a broker connection: it answers.
     assert_eq!(http(&broker.http_addr, "GET", "/health", None).0, 200);
     let m = metrics(&broker);
-    let counted = metric_sum(&m, "ferromq_connections_refused_total", &[]);
-    assert!(counted >= 150.0, "refusals counted: {counted}");
+    // Every flood connection closed is counted: refused, or — when the
+    // flood took over a second to open, so its first connections were
+    // already idle — admitted by evicting an idle one (measured: 130 + 21
+    // of 151 when opening took 2.1 s on a loaded machine).
+    let counted = metric_sum(&m, "ferromq_connections_refused_total", &[])
+        + metric_sum(&m, "ferromq_connections_evicted_total", &[]);
+    assert!(counted >= 150.0, "refusals and evictions counted: {counted}");
 
     // While the flood holds every slot, real clients get in: each new
     // connection closes the flood connection idle longest.
