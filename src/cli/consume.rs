@@ -91,6 +91,12 @@ pub struct ConsumeArgs {
     /// order (implies per-message acknowledgements).
     #[arg(long, requires = "group")]
     pub orderly: bool,
+    /// Read a queue from a slave of its broker group while more than N
+    /// messages behind its end (back to the master within N/2); off by
+    /// default. Queues of a group whose master is down are read from a
+    /// slave either way.
+    #[arg(long, value_name = "N")]
+    pub read_from_slave_when_behind: Option<u64>,
     /// Exit after this many messages.
     #[arg(long)]
     pub count: Option<u64>,
@@ -107,52 +113,21 @@ pub struct ConsumeArgs {
 /// Consecutive failed pulls answered with a server error before a queue
 /// gives up (and `consume` fails); network failures never give up.
 const MAX_SERVER_FAILURES: u32 = 5;
-/// How often a queue whose broker is marked down checks whether it is back
-/// (and re-resolves its address from the route).
+/// Pause after a pull that failed because its broker could not be reached
+/// (the broker is marked down; the next pull resolves the address again,
+/// and so reads from a slave while the master is down).
 const DOWN_CHECK: Duration = Duration::from_millis(500);
 
-/// Waits until `mq`'s broker is no longer marked down, re-resolving its
-/// master's address from the route meanwhile (a restarted broker may come
-/// back elsewhere; the client core refreshes routes naming a down broker
-/// every couple of seconds).
-async fn wait_for_broker(core: &ClientCore, mq: &mut MessageQueue) {
-    while core.is_down(&mq.broker_addr) {
-        tokio::time::sleep(DOWN_CHECK).await;
-        let Ok(route) = core.route(&mq.topic, false).await else {
-            continue;
-        };
-        let addr = route
-            .brokers
-            .iter()
-            .find(|b| b.broker_name == mq.broker_name)
-            .and_then(|b| b.addrs.get(&0));
-        if let Some(addr) = addr {
-            if *addr != mq.broker_addr {
-                tracing::info!(queue = %mq, from = %mq.broker_addr, to = %addr, "broker moved");
-                mq.broker_addr = addr.clone();
-            }
-        }
-    }
-}
-
-/// Pulls one queue forever, sending its messages in order. While its
-/// broker cannot be reached the queue waits in the background (the client
-/// core logs one warning per broker) and resumes where it stopped once the
-/// broker is back; only repeated server errors end it with an error.
-async fn follow(
-    consumer: PullConsumer,
-    mut mq: MessageQueue,
-    from: StartFrom,
-    tags: String,
-    tx: mpsc::Sender<QueueBatch>,
-) {
-    let core = consumer.core().clone();
+/// Pulls one queue forever, sending its messages in order. Reads go to
+/// the queue's master, or a slave of its group while the master is down
+/// (see [`ClientCore::read_addr`]); while no broker of the group can be
+/// reached the queue waits in the background (the client core logs one
+/// warning per broker) and resumes where it stopped; only repeated server
+/// errors end it with an error.
+async fn follow(consumer: PullConsumer, mq: MessageQueue, from: StartFrom, tags: String, tx: mpsc::Sender<QueueBatch>) {
     let mut offset: Option<u64> = None;
     let mut failures = 0u32;
     loop {
-        if core.is_down(&mq.broker_addr) {
-            wait_for_broker(&core, &mut mq).await;
-        }
         let result = match offset {
             None => consumer.offsets(&mq).await.map(|o| {
                 offset = Some(match from {
@@ -171,10 +146,6 @@ async fn follow(
                 if !r.messages.is_empty() && tx.send(Ok((mq.broker_name.clone(), r.messages))).await.is_err() {
                     return;
                 }
-            }
-            // Marked down by the core (one warning per broker): wait above.
-            Err(e) if core.is_down(&mq.broker_addr) => {
-                tracing::debug!(queue = %mq, error = %e, "broker down; waiting for it");
             }
             Err(e @ (ClientError::Timeout { .. } | ClientError::Io { .. } | ClientError::Closed(_))) => {
                 tracing::debug!(queue = %mq, error = %e, "pull failed; retrying");
@@ -219,7 +190,8 @@ pub async fn run(a: ConsumeArgs) -> CliResult {
     if let StartFrom::Timestamp(_) = a.from {
         return Err("--from <time> needs --group (it resolves per-queue offsets on the broker)".into());
     }
-    let consumer = PullConsumer::new(a.ns.client_config());
+    let consumer =
+        PullConsumer::new(a.ns.client_config()).with_read_from_slave_when_behind(a.read_from_slave_when_behind.unwrap_or(0));
     let queues = check_routes(consumer.core(), std::slice::from_ref(&a.topic)).await?;
     let (tx, mut rx) = mpsc::channel(queues.len() * 2);
     let mut tasks = Vec::new();
@@ -285,6 +257,7 @@ async fn run_group(a: ConsumeArgs) -> CliResult {
         cfg.client_id = id.clone();
     }
     cfg.orderly = a.orderly;
+    cfg.read_from_slave_when_behind = a.read_from_slave_when_behind.filter(|n| *n > 0);
     cfg.ack_timeout = a
         .ack_timeout
         .or_else(|| a.nack_every.map(|_| crate::client::group::DEFAULT_ACK_TIMEOUT));

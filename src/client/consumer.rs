@@ -1,6 +1,14 @@
 //! The pull consumer: read any queue from any offset.
+//!
+//! Reads go to the queue's broker group's master, or to a live slave of
+//! the group while the master is down (see [`ClientCore::read_addr`]):
+//! a slave's records are the master's, byte for byte, at the same offsets,
+//! so consumption goes on across a master's death and return. Optionally
+//! ([`PullConsumer::with_read_from_slave_when_behind`]) a consumer far
+//! behind reads from a slave to spare the master.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,25 +33,96 @@ pub struct PullResult {
     pub max_offset: u64,
     /// The messages, in queue order.
     pub messages: Vec<StoredRecord>,
+    /// Address of the broker that answered: the master, or a slave.
+    pub broker_addr: String,
+}
+
+/// Should the next pulls of a queue go to a slave, given whether they do
+/// now, how far behind the queue's end the consumer is, and the threshold
+/// `n`? Yes once more than `n` behind; back to the master once within
+/// `n / 2`.
+pub fn lag_prefers_slave(on_slave: bool, behind: u64, n: u64) -> bool {
+    if on_slave {
+        behind > n / 2
+    } else {
+        behind > n
+    }
+}
+
+/// Lag-based slave reads: the threshold and the queues read from a slave.
+#[derive(Debug)]
+struct SlaveReads {
+    threshold: u64,
+    on_slave: Mutex<HashSet<MessageQueue>>,
+}
+
+impl SlaveReads {
+    fn is_on(&self, mq: &MessageQueue) -> bool {
+        self.on_slave.lock().is_ok_and(|s| s.contains(mq))
+    }
+
+    /// Records the consumer's distance to the end after a pull; returns
+    /// the new state when it changed.
+    fn update(&self, mq: &MessageQueue, behind: u64, slave_available: bool) -> Option<bool> {
+        let Ok(mut set) = self.on_slave.lock() else { return None };
+        let on = set.contains(mq);
+        let want = lag_prefers_slave(on, behind, self.threshold) && (on || slave_available);
+        if want == on {
+            return None;
+        }
+        if want {
+            set.insert(mq.clone());
+        } else {
+            set.remove(mq);
+        }
+        Some(want)
+    }
+}
+
+/// A slave behind its master (asynchronous replication) answers a pull
+/// past its end with `OFFSET_MOVED` back to its end. Read from a slave,
+/// such an answer keeps the consumer's offset (nothing new yet) instead of
+/// moving it back, which would deliver again what the master already
+/// delivered.
+fn hold_offset_on_slave(result: &mut PullResult, offset: u64, from_slave: bool) {
+    if from_slave && result.status == PullStatus::OffsetMoved && result.next_offset < offset {
+        result.status = PullStatus::NoNewMessage;
+        result.next_offset = offset;
+    }
 }
 
 /// Pulls messages from explicit queues and offsets.
 #[derive(Debug, Clone)]
 pub struct PullConsumer {
     core: Arc<ClientCore>,
+    slave_reads: Option<Arc<SlaveReads>>,
 }
 
 impl PullConsumer {
     /// A consumer using `cfg`'s name servers.
     pub fn new(cfg: ClientConfig) -> PullConsumer {
-        PullConsumer {
-            core: ClientCore::new(cfg),
-        }
+        PullConsumer::from_core(ClientCore::new(cfg))
     }
 
     /// A consumer sharing another client's connections and routes.
     pub fn from_core(core: Arc<ClientCore>) -> PullConsumer {
-        PullConsumer { core }
+        PullConsumer { core, slave_reads: None }
+    }
+
+    /// Like RocketMQ's `slaveReadEnable`: when a pull shows this consumer
+    /// more than `n` messages behind the queue's end and the queue's group
+    /// has a live slave, the next pulls of that queue go to the slave,
+    /// until the consumer is within `n / 2` of the end again. Off by
+    /// default (reads go to the master while it is up). `n = 0` turns it
+    /// off.
+    pub fn with_read_from_slave_when_behind(mut self, n: u64) -> PullConsumer {
+        self.slave_reads = (n > 0).then(|| {
+            Arc::new(SlaveReads {
+                threshold: n,
+                on_slave: Mutex::default(),
+            })
+        });
+        self
     }
 
     /// The shared client state (route cache, connections, down-set).
@@ -51,13 +130,16 @@ impl PullConsumer {
         &self.core
     }
 
-    /// Every queue of `topic`.
+    /// Every readable queue of `topic` (see [`ClientCore::queues`]).
     pub async fn queues(&self, topic: &str) -> ClientResult<Vec<MessageQueue>> {
         self.core.queues(topic).await
     }
 
     /// Up to `max_count` messages of `mq` from `offset` matching the tag
-    /// expression, waiting up to `max_wait` for one to arrive.
+    /// expression, waiting up to `max_wait` for one to arrive; from the
+    /// master, or a slave (see the module docs). A pull that fails because
+    /// the broker cannot be reached marks it down: the next one resolves
+    /// the address again (and so turns to a slave).
     pub async fn pull(
         &self,
         mq: &MessageQueue,
@@ -75,27 +157,36 @@ impl PullConsumer {
             tag_expression: tag_expression.to_string(),
         };
         let timeout = max_wait + self.core.cfg.request_timeout;
+        let prefer_slave = self.slave_reads.as_ref().is_some_and(|s| s.is_on(mq));
+        let target = self.core.read_target(mq, prefer_slave).await;
         let (_, body) = self
             .core
-            .request(
-                &mq.broker_addr,
-                Command::PullMessage,
-                Bytes::new(),
-                req.encode(),
-                timeout,
-            )
+            .request(&target.addr, Command::PullMessage, Bytes::new(), req.encode(), timeout)
             .await?;
         let resp = PullResponse::decode(body)?;
-        Ok(PullResult {
+        let mut result = PullResult {
             status: resp.status,
             next_offset: resp.next_offset,
             min_offset: resp.min_offset,
             max_offset: resp.max_offset,
             messages: StoredRecord::decode_all(resp.records, resp.count)?,
-        })
+            broker_addr: target.addr,
+        };
+        hold_offset_on_slave(&mut result, offset, target.slave);
+        if let Some(reads) = &self.slave_reads {
+            let behind = result.max_offset.saturating_sub(result.next_offset);
+            let slave_available = !target.slave && behind > reads.threshold && self.core.has_live_slave(mq).await;
+            match reads.update(mq, behind, target.slave || slave_available) {
+                Some(true) => tracing::info!(queue = %mq, behind, "consumer far behind; reading from a slave"),
+                Some(false) => tracing::info!(queue = %mq, behind, "consumer caught up; reading from the master"),
+                None => {}
+            }
+        }
+        Ok(result)
     }
 
-    /// Smallest and next offset of a queue.
+    /// Smallest and next offset of a queue (from the master, or a slave
+    /// while the master is down).
     pub async fn offsets(&self, mq: &MessageQueue) -> ClientResult<QueueOffsets> {
         let header = to_json(&QueueRef {
             topic: mq.topic.clone(),
@@ -104,7 +195,7 @@ impl PullConsumer {
         let timeout = self.core.cfg.request_timeout;
         let (_, body) = self
             .core
-            .request(&mq.broker_addr, Command::GetOffsets, header, Bytes::new(), timeout)
+            .request(&self.core.read_addr(mq).await, Command::GetOffsets, header, Bytes::new(), timeout)
             .await?;
         Ok(from_json(&body, "offsets")?)
     }

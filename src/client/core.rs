@@ -17,7 +17,7 @@ use bytes::Bytes;
 
 use super::error::{ClientError, ClientResult};
 use super::remoting::RemotingConnection;
-use crate::wire::control::{from_json, to_json, ClusterInfo, TopicRef, TopicRoute};
+use crate::wire::control::{from_json, to_json, BrokerRoute, ClusterInfo, TopicRef, TopicRoute};
 use crate::wire::{Command, Status};
 
 /// Client settings.
@@ -63,16 +63,57 @@ impl ClientConfig {
 }
 
 /// A queue of a topic on one broker group.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// A queue's identity is `(topic, broker_name, queue_id)`: equality,
+/// ordering and hashing ignore [`MessageQueue::broker_addr`], so that
+/// assignments and maps keyed by queues stay the same while the group's
+/// master dies, is read from a slave, comes back or moves.
+#[derive(Debug, Clone)]
 pub struct MessageQueue {
     /// Topic.
     pub topic: String,
     /// Broker group name.
     pub broker_name: String,
-    /// Address of the group's master.
+    /// Address of the group's master: the live one, else the one the name
+    /// servers list as down; only when the route names no master at all,
+    /// the lowest-id live slave's. Writes (sends, commits) go to the
+    /// master; reads go to [`ClientCore::read_addr`], which turns to a
+    /// slave while the master is down.
     pub broker_addr: String,
     /// Queue id within the group.
     pub queue_id: u32,
+}
+
+impl MessageQueue {
+    fn key(&self) -> (&str, &str, u32) {
+        (&self.topic, &self.broker_name, self.queue_id)
+    }
+}
+
+impl PartialEq for MessageQueue {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for MessageQueue {}
+
+impl std::hash::Hash for MessageQueue {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key().hash(state);
+    }
+}
+
+impl PartialOrd for MessageQueue {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for MessageQueue {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
 }
 
 impl std::fmt::Display for MessageQueue {
@@ -81,12 +122,35 @@ impl std::fmt::Display for MessageQueue {
     }
 }
 
-/// Every queue of a route, ordered by broker name then queue id. Groups
-/// without a live master are left out.
+/// The *writable* queues of a route (those producers send to), ordered by
+/// broker name then queue id: every queue of each broker group with a live
+/// master. Groups whose master is down or unknown are left out.
 pub fn route_queues(route: &TopicRoute) -> Vec<MessageQueue> {
+    queues_where(route, |b| b.addrs.contains_key(&0))
+}
+
+/// The *readable* queues of a route (those consumers read and groups
+/// assign), ordered by broker name then queue id: every queue of each
+/// broker group with a live master **or** a live slave, so that the queues
+/// of a group whose master died stay assigned and are read from its slave
+/// (see [`ClientCore::read_addr`]).
+pub fn route_readable_queues(route: &TopicRoute) -> Vec<MessageQueue> {
+    queues_where(route, |b| !b.addrs.is_empty())
+}
+
+/// Every queue of the route's groups passing `keep`, with the address
+/// [`MessageQueue::broker_addr`] documents.
+fn queues_where(route: &TopicRoute, keep: impl Fn(&BrokerRoute) -> bool) -> Vec<MessageQueue> {
     let mut out = Vec::new();
-    for b in &route.brokers {
-        let Some(addr) = b.addrs.get(&0) else { continue };
+    for b in route.brokers.iter().filter(|b| keep(b)) {
+        let Some(addr) = b
+            .addrs
+            .get(&0)
+            .or_else(|| b.down.get(&0))
+            .or_else(|| b.addrs.values().next())
+        else {
+            continue;
+        };
         for q in 0..b.queues {
             out.push(MessageQueue {
                 topic: route.topic.clone(),
@@ -100,6 +164,46 @@ pub fn route_queues(route: &TopicRoute) -> Vec<MessageQueue> {
     out
 }
 
+/// Where to read a queue of broker group `b` (its route entry, if the
+/// route has one): the live master unless `is_down` says it is marked
+/// down; else the live slave with the lowest id not marked down. With
+/// `prefer_slave` (a consumer far behind, see
+/// [`super::PullConsumer::with_read_from_slave_when_behind`]) that slave
+/// comes first. When every candidate is marked down: the master (or
+/// slave) the route lists anyway, else `fallback` — the request then
+/// fails fast and is retried once the background probe finds it back.
+pub fn pick_read_addr(
+    b: Option<&BrokerRoute>,
+    fallback: &str,
+    prefer_slave: bool,
+    is_down: &dyn Fn(&str) -> bool,
+) -> String {
+    let Some(b) = b else {
+        return fallback.to_string();
+    };
+    let master = b.addrs.get(&0).filter(|a| !is_down(a));
+    let slave = b.addrs.iter().find(|(id, a)| **id > 0 && !is_down(a)).map(|(_, a)| a);
+    let chosen = if prefer_slave {
+        slave.or(master)
+    } else {
+        master.or(slave)
+    };
+    chosen
+        .or_else(|| b.addrs.get(&0))
+        .or_else(|| b.addrs.values().next())
+        .map_or_else(|| fallback.to_string(), Clone::clone)
+}
+
+/// Where a read goes ([`ClientCore::read_target`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadTarget {
+    /// The broker's address.
+    pub addr: String,
+    /// True when it is a slave of the queue's group (read-only, possibly
+    /// behind its master).
+    pub slave: bool,
+}
+
 /// One server marked down.
 #[derive(Debug, Clone)]
 struct DownEntry {
@@ -111,6 +215,8 @@ struct DownEntry {
     failures: u32,
     /// A background probe is running for it.
     probing: bool,
+    /// Why it was found unreachable (the first failure of this outage).
+    reason: Option<String>,
 }
 
 /// Servers found unreachable, with when to try each again. Pure
@@ -144,6 +250,7 @@ impl DownSet {
                         retry_at: now + down_backoff(1),
                         failures: 1,
                         probing: false,
+                        reason: None,
                     },
                 );
                 true
@@ -243,6 +350,11 @@ impl ClientCore {
         let (newly, probe) = match self.down.lock() {
             Ok(mut d) => {
                 let newly = d.mark(addr, now);
+                if let (Some(e), Some(entry)) = (why, d.map.get_mut(addr)) {
+                    if entry.reason.is_none() {
+                        entry.reason = Some(failure_reason(e));
+                    }
+                }
                 (newly, d.start_probe(addr))
             }
             Err(_) => return,
@@ -275,6 +387,17 @@ impl ClientCore {
     /// Whether `addr` is marked down (see [`ClientCore::mark_down`]).
     pub fn is_down(&self, addr: &str) -> bool {
         self.down.lock().is_ok_and(|d| d.contains(addr))
+    }
+
+    /// Why `addr` is marked down, in a few words (`connection refused`,
+    /// `connection closed`, …; `marked down` when marked without a
+    /// failure); `None` when it is not marked down.
+    pub fn down_reason(&self, addr: &str) -> Option<String> {
+        self.down.lock().ok().and_then(|d| {
+            d.map
+                .get(addr)
+                .map(|e| e.reason.clone().unwrap_or_else(|| "marked down".into()))
+        })
     }
 
     /// Every server marked down, with how long it has been down.
@@ -571,24 +694,159 @@ impl ClientCore {
             .ok_or_else(|| ClientError::NoRoute("no live master broker to coordinate the group".into()))
     }
 
-    /// The queues of a topic; a topic no broker serves is `NoRoute`.
+    /// The topic's route for choosing an address: the cached or a fresh
+    /// one, or — when no name server answers — the last one cached, however
+    /// old.
+    async fn route_for_reads(&self, topic: &str) -> Option<Arc<TopicRoute>> {
+        match self.route(topic, false).await {
+            Ok(r) => Some(r),
+            Err(_) => self.routes.lock().ok().and_then(|m| m.get(topic).map(|(_, r)| r.clone())),
+        }
+    }
+
+    /// Where to read `mq` (pull, offsets, committed offsets, offset search):
+    /// its group's master while the route lists it live and this client
+    /// has not marked it down; else the live slave with the lowest id not
+    /// marked down; the master again as soon as it is back (listed live and
+    /// answering). See [`pick_read_addr`]; without any route,
+    /// [`MessageQueue::broker_addr`].
+    pub async fn read_addr(&self, mq: &MessageQueue) -> String {
+        self.read_addr_preferring(mq, false).await
+    }
+
+    /// Like [`ClientCore::read_addr`]; with `prefer_slave`, a live slave
+    /// not marked down comes before the master (a consumer reading far
+    /// behind the queue's end).
+    pub async fn read_addr_preferring(&self, mq: &MessageQueue, prefer_slave: bool) -> String {
+        self.read_target(mq, prefer_slave).await.addr
+    }
+
+    /// [`ClientCore::read_addr_preferring`], saying whether the address
+    /// is one of the group's slaves.
+    pub async fn read_target(&self, mq: &MessageQueue, prefer_slave: bool) -> ReadTarget {
+        let route = self.route_for_reads(&mq.topic).await;
+        let b = route
+            .as_deref()
+            .and_then(|r| r.brokers.iter().find(|b| b.broker_name == mq.broker_name));
+        let addr = pick_read_addr(b, &mq.broker_addr, prefer_slave, &|a| self.is_down(a));
+        let slave = b.is_some_and(|b| b.addrs.iter().any(|(id, a)| *id > 0 && *a == addr));
+        ReadTarget { addr, slave }
+    }
+
+    /// Whether the (cached or fresh) route lists a live slave of `mq`'s
+    /// broker group that this client has not marked down.
+    pub async fn has_live_slave(&self, mq: &MessageQueue) -> bool {
+        let route = self.route_for_reads(&mq.topic).await;
+        route.is_some_and(|r| {
+            r.brokers
+                .iter()
+                .filter(|b| b.broker_name == mq.broker_name)
+                .any(|b| b.addrs.iter().any(|(id, a)| *id > 0 && !self.is_down(a)))
+        })
+    }
+
+    /// Address of the live master of `broker_name` for `topic`'s route (to
+    /// write to: commits, resets); `None` when the route lists none live.
+    /// A master this client marked down is still returned (a write to it
+    /// fails fast).
+    pub async fn master_addr(&self, topic: &str, broker_name: &str) -> Option<String> {
+        let route = self.route_for_reads(topic).await?;
+        route
+            .brokers
+            .iter()
+            .find(|b| b.broker_name == broker_name)
+            .and_then(|b| b.addrs.get(&0).cloned())
+    }
+
+    async fn route_or_no_route(&self, topic: &str) -> ClientResult<Arc<TopicRoute>> {
+        match self.route(topic, false).await {
+            Ok(r) => Ok(r),
+            Err(e) if e.status() == Some(Status::TopicNotExist) => Err(ClientError::NoRoute(format!(
+                "topic {topic} does not exist on any live broker"
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The *readable* queues of a topic ([`route_readable_queues`]: those of
+    /// every broker group with a live master or a live slave) — what
+    /// consumers read and groups assign. A topic no live broker serves is
+    /// `NoRoute`.
     pub async fn queues(&self, topic: &str) -> ClientResult<Vec<MessageQueue>> {
-        let route = match self.route(topic, false).await {
-            Ok(r) => r,
-            Err(e) if e.status() == Some(Status::TopicNotExist) => {
-                return Err(ClientError::NoRoute(format!(
-                    "topic {topic} does not exist on any live broker"
-                )))
-            }
-            Err(e) => return Err(e),
-        };
-        let queues = route_queues(&route);
+        let route = self.route_or_no_route(topic).await?;
+        let queues = route_readable_queues(&route);
         if queues.is_empty() {
             return Err(ClientError::NoRoute(format!(
-                "topic {topic} has no queue on a live master"
+                "topic {topic} has no queue on a live broker"
             )));
         }
         Ok(queues)
+    }
+
+    /// The *writable* queues of a topic ([`route_queues`]: those of every
+    /// broker group with a live master) — what producers send to. A topic
+    /// without any is `NoRoute`, saying which groups have no live master.
+    pub async fn writable_queues(&self, topic: &str) -> ClientResult<Vec<MessageQueue>> {
+        let route = self.route_or_no_route(topic).await?;
+        let queues = route_queues(&route);
+        if queues.is_empty() {
+            return Err(ClientError::NoRoute(format!(
+                "topic {topic} has no queue on a live master{}",
+                describe_masterless(&route)
+            )));
+        }
+        Ok(queues)
+    }
+}
+
+/// `: broker-a (master 127.0.0.1:10911 down, slave 127.0.0.1:10921 live)`
+/// for the groups of `route` (empty when it has none).
+fn describe_masterless(route: &TopicRoute) -> String {
+    let parts: Vec<String> = route
+        .brokers
+        .iter()
+        .filter(|b| !b.addrs.contains_key(&0))
+        .map(|b| {
+            let mut what = Vec::new();
+            match b.down.get(&0) {
+                Some(m) => what.push(format!("master {m} down")),
+                None => what.push("no master registered".to_string()),
+            }
+            what.extend(
+                b.addrs
+                    .iter()
+                    .filter(|(id, _)| **id > 0)
+                    .map(|(_, a)| format!("slave {a} read-only")),
+            );
+            format!("{} ({})", b.broker_name, what.join(", "))
+        })
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", parts.join("; "))
+    }
+}
+
+/// A failure to reach a server in a few words: `connection refused`,
+/// `connection reset`, `connection closed`, `no answer within 3000 ms`, …
+pub fn failure_reason(e: &ClientError) -> String {
+    match e {
+        ClientError::Io { source, .. } => match source.kind() {
+            std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+            std::io::ErrorKind::ConnectionReset => "connection reset".into(),
+            std::io::ErrorKind::ConnectionAborted => "connection aborted".into(),
+            std::io::ErrorKind::BrokenPipe => "connection broken".into(),
+            std::io::ErrorKind::TimedOut => "connect timed out".into(),
+            _ => source.to_string(),
+        },
+        ClientError::Closed(_) => "connection closed".into(),
+        ClientError::Timeout { what, millis } if what.starts_with("connecting") => {
+            format!("connect timed out after {millis} ms")
+        }
+        ClientError::Timeout { millis, .. } => format!("no answer within {millis} ms"),
+        ClientError::Server { status, .. } => status.name().to_string(),
+        other => other.to_string(),
     }
 }
 
@@ -602,7 +860,6 @@ fn mark_up(down: &Mutex<DownSet>, addr: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::control::BrokerRoute;
 
     #[test]
     fn route_queues_are_ordered_and_skip_groups_without_master() {

@@ -55,7 +55,7 @@ async fn resend_marks(core: &ClientCore, mq: &MessageQueue, group: &str) -> Clie
     };
     let (_, body) = core
         .request(
-            &mq.broker_addr,
+            &core.read_addr(mq).await,
             Command::FetchOffsets,
             to_json(&f),
             Bytes::new(),

@@ -8,7 +8,19 @@
 //! ([`ClientError::is_transient`]); a request that cannot succeed — larger
 //! than the frame limit, a bad topic name, a permanent server status — fails
 //! at once with its cause.
+//!
+//! Only broker groups with a live master take messages (slaves are
+//! read-only: they answer `NOT_MASTER`). When every attempt failed because
+//! masters could not be reached, the error says so per broker group —
+//! `no broker group can take the message: broker-a: master 127.0.0.1:10911
+//! unreachable (connection refused), slave 127.0.0.1:10921 is read-only
+//! (NOT_MASTER)`; when the route lists slaves only, one of them is asked
+//! once and its `NOT_MASTER` answer (naming the master) is the error. A
+//! sync-replication send answered `SLAVE_NOT_AVAILABLE` is stored on the
+//! master only: it fails with that status, saying so, and is not retried
+//! (a retry could store it twice).
 
+use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,13 +28,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use super::core::{ClientConfig, ClientCore, MessageQueue};
+use super::core::{failure_reason, ClientConfig, ClientCore, MessageQueue};
 use super::error::{ClientError, ClientResult};
 use crate::clock::now_millis;
 use crate::message::Message;
 use crate::record::MessageId;
 use crate::wire::buf::{check_props, props_len};
-use crate::wire::control::validate_topic_name;
+use crate::wire::control::{validate_topic_name, TopicRoute};
 use crate::wire::send::{SendEntry, SendRequest, SendResponse};
 use crate::wire::{Command, Status};
 
@@ -65,6 +77,83 @@ pub fn sharding_hash(key: &str) -> u64 {
 
 fn retriable(e: &ClientError) -> bool {
     e.is_transient()
+}
+
+/// Did a send fail because its broker cannot take messages (unreachable,
+/// or a slave)?
+fn cannot_take(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Io { .. } | ClientError::Closed(_) | ClientError::Timeout { .. }
+    ) || e.status() == Some(Status::NotMaster)
+}
+
+/// Why sends to a broker failed: address → (broker group, reason).
+type Failures = BTreeMap<String, (String, String)>;
+
+/// One line per broker group of `route` that cannot take a message —
+/// `broker-a: master 127.0.0.1:10911 unreachable (connection refused),
+/// slave 127.0.0.1:10921 is read-only (NOT_MASTER)` — from the failures
+/// this send saw and the servers the client marked down (`down_reason`).
+/// Groups whose master is live and did not fail are left out; groups that
+/// failed but are no longer in the route are listed from `failures`.
+fn describe_unwritable(
+    route: Option<&TopicRoute>,
+    failures: &Failures,
+    down_reason: &dyn Fn(&str) -> Option<String>,
+) -> Vec<String> {
+    let reason = |a: &str| failures.get(a).map(|(_, r)| r.clone()).or_else(|| down_reason(a));
+    let mut out = Vec::new();
+    let mut named = std::collections::BTreeSet::new();
+    for b in route.map(|r| r.brokers.as_slice()).unwrap_or_default() {
+        let master = match (b.addrs.get(&0), b.down.get(&0)) {
+            (Some(m), _) => match reason(m) {
+                Some(r) => format!("master {m} unreachable ({r})"),
+                None => continue,
+            },
+            (None, Some(m)) => format!(
+                "master {m} unreachable ({})",
+                reason(m).unwrap_or_else(|| "down: its name-server registration closed".into())
+            ),
+            (None, None) => "no master registered".to_string(),
+        };
+        let mut parts = vec![master];
+        for (_, a) in b.addrs.iter().filter(|(id, _)| **id > 0) {
+            parts.push(match failures.get(a) {
+                Some((_, r)) if r.starts_with("NOT_MASTER") => format!("slave {a} is read-only ({r})"),
+                Some((_, r)) => format!("slave {a} unreachable ({r})"),
+                None => match down_reason(a) {
+                    Some(r) => format!("slave {a} unreachable ({r})"),
+                    None => format!("slave {a} is read-only (NOT_MASTER)"),
+                },
+            });
+        }
+        named.insert(b.broker_name.clone());
+        out.push(format!("{}: {}", b.broker_name, parts.join(", ")));
+    }
+    let mut rest: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (addr, (name, r)) in failures {
+        if !named.contains(name) {
+            rest.entry(name).or_default().push(if r.starts_with("NOT_MASTER") {
+                format!("slave {addr} is read-only ({r})")
+            } else {
+                format!("{addr} unreachable ({r})")
+            });
+        }
+    }
+    out.extend(rest.into_iter().map(|(name, v)| format!("{name}: {}", v.join(", "))));
+    out
+}
+
+/// The error of a sync-replication send no slave confirmed in time.
+fn slave_not_available(addr: &str, message: &str) -> ClientError {
+    ClientError::Server {
+        status: Status::SlaveNotAvailable,
+        message: format!(
+            "the message is stored on the master {addr} only: no slave confirmed it in time ({message}); \
+             not retried, as a retry could store it twice"
+        ),
+    }
 }
 
 /// A random round-robin start (time, pid and the std's random hash keys;
@@ -177,7 +266,7 @@ impl Producer {
     /// Sends without waiting for (or getting) an acknowledgement.
     pub async fn send_oneway(&self, msg: Message) -> ClientResult<()> {
         validate(&msg)?;
-        let queues = self.core.queues(&msg.topic).await?;
+        let queues = self.core.writable_queues(&msg.topic).await?;
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let q = pick(&queues, Selector::RoundRobin, start, None, &|a| self.core.is_down(a))
             .ok_or_else(|| ClientError::NoRoute(format!("topic {} has no queue", msg.topic)))?;
@@ -221,10 +310,48 @@ impl Producer {
         let attempts = self.core.cfg.retries + 1;
         let mut avoid: Option<String> = None;
         let mut last = None;
+        // Sends that failed because the broker could not take them.
+        let mut failures = Failures::new();
+        let mut other_failure = false;
+        let mut asked_slave = false;
         for attempt in 0..attempts {
             let queues = match self.queues_or_any_broker(topic, attempt > 0).await {
                 Ok(q) => q,
                 Err(e) if retriable(&e) || matches!(e, ClientError::NoRoute(_)) => {
+                    // Only slaves (or down masters) in the route: a slave's
+                    // NOT_MASTER answer names the master.
+                    if !asked_slave && failures.is_empty() {
+                        asked_slave = true;
+                        if let Some((name, slave)) = self.slave_to_ask(topic).await {
+                            let body = SendRequest { ..req.clone() }.encode();
+                            let timeout = self.core.cfg.request_timeout;
+                            match self
+                                .core
+                                .request(&slave, Command::SendMessage, Bytes::new(), body, timeout)
+                                .await
+                            {
+                                Ok((_, body)) => {
+                                    let q = MessageQueue {
+                                        topic: topic.to_string(),
+                                        broker_name: name,
+                                        broker_addr: slave,
+                                        queue_id: req.queue_id,
+                                    };
+                                    return Ok(results(topic, &q, &SendResponse::decode(body)?));
+                                }
+                                Err(ClientError::Server {
+                                    status: Status::NotMaster,
+                                    message,
+                                }) => {
+                                    failures.insert(slave, (name, format!("NOT_MASTER: {message}")));
+                                }
+                                Err(e) if cannot_take(&e) => {
+                                    failures.insert(slave, (name, failure_reason(&e)));
+                                }
+                                Err(_) => {}
+                            }
+                        }
+                    }
                     last = Some(e);
                     continue;
                 }
@@ -268,21 +395,82 @@ impl Producer {
                     }
                     return Ok(results(topic, &q, &resp));
                 }
+                Err(ClientError::Server {
+                    status: Status::SlaveNotAvailable,
+                    message,
+                }) => return Err(slave_not_available(&q.broker_addr, &message)),
                 Err(e) if retriable(&e) => {
                     tracing::debug!(queue = %q, error = %e, attempt, "send failed; retrying");
                     self.core.invalidate(topic);
                     if e.status() != Some(Status::QueueNotExist) {
                         avoid = Some(q.broker_name.clone());
                     }
+                    if cannot_take(&e) {
+                        let reason = match &e {
+                            ClientError::Server { status, message } => format!("{}: {message}", status.name()),
+                            ClientError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotConnected => self
+                                .core
+                                .down_reason(&q.broker_addr)
+                                .unwrap_or_else(|| failure_reason(&e)),
+                            _ => failure_reason(&e),
+                        };
+                        failures.insert(q.broker_addr.clone(), (q.broker_name.clone(), reason));
+                    } else {
+                        other_failure = true;
+                    }
                     last = Some(e);
                 }
                 Err(e) => return Err(e),
             }
         }
+        let route = self.core.route(topic, false).await.ok();
+        let groups = describe_unwritable(route.as_deref(), &failures, &|a| self.core.down_reason(a));
+        let not_master = failures.values().find_map(|(_, r)| r.strip_prefix("NOT_MASTER: "));
+        if !groups.is_empty() && !other_failure {
+            let message = format!("no broker group can take the message: {}", groups.join("; "));
+            return Err(match not_master {
+                Some(_) => ClientError::Server {
+                    status: Status::NotMaster,
+                    message,
+                },
+                None => ClientError::NoRoute(message),
+            });
+        }
         let last = last.map_or_else(|| "no queue to send to".to_string(), |e| e.to_string());
+        let groups = if groups.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", groups.join("; "))
+        };
         Err(ClientError::NoRoute(format!(
-            "send to {topic} failed after {attempts} attempts: {last}"
+            "send to {topic} failed after {attempts} attempts: {last}{groups}"
         )))
+    }
+
+    /// A live slave of `topic` to ask once when no broker group has a live
+    /// master — from the topic's route, else from the cluster view (a topic
+    /// no master serves yet) — as (broker name, address), unless a master
+    /// is known (then the error names it without asking).
+    async fn slave_to_ask(&self, topic: &str) -> Option<(String, String)> {
+        if let Ok(route) = self.core.route(topic, false).await {
+            if route.brokers.iter().any(|b| b.addrs.contains_key(&0) || b.down.contains_key(&0)) {
+                return None;
+            }
+            return route.brokers.iter().find_map(|b| {
+                b.addrs
+                    .iter()
+                    .find(|(id, a)| **id > 0 && !self.core.is_down(a))
+                    .map(|(_, a)| (b.broker_name.clone(), a.clone()))
+            });
+        }
+        let info = self.core.cluster_view().await.ok()?;
+        if info.brokers.iter().any(|b| b.broker_id == 0 && !b.down) {
+            return None;
+        }
+        info.brokers
+            .iter()
+            .find(|b| b.broker_id > 0 && !b.down && !self.core.is_down(&b.addr))
+            .map(|b| (b.broker_name.clone(), b.addr.clone()))
     }
 
     /// The topic's queues; for a topic no broker serves yet, queue 0 of
@@ -291,10 +479,11 @@ impl Producer {
         if refresh {
             self.core.invalidate(topic);
         }
-        match self.core.queues(topic).await {
+        match self.core.writable_queues(topic).await {
             Err(ClientError::NoRoute(_)) => {}
             other => return other,
         }
+
         let info = self.core.cluster_info().await?;
         let queues: Vec<MessageQueue> = info
             .brokers

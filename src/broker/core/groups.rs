@@ -13,7 +13,7 @@ use super::{io_err, mailbox, BrokerCore, Operation};
 use crate::actors::group_coordinator::{self as gc, MemberAssignment};
 use crate::broker::coordination::{check_commit, group_description, Coordinator};
 use crate::broker::session::Session;
-use crate::client::core::route_queues;
+use crate::client::core::route_readable_queues;
 use crate::client::ClientError;
 use crate::error::{BrokerError, ErrorKind};
 use crate::groups::assignment::{MessageQueue, Strategy};
@@ -315,7 +315,9 @@ impl BrokerCore {
     /// or this broker's own queues when no name server knows it yet.
     async fn topic_queues(&self, topic: &str) -> Result<Vec<MessageQueue>, BrokerError> {
         match self.routes.route(topic, true).await {
-            Ok(route) => Ok(route_queues(&route)
+            // Readable queues: a group whose master is down keeps its
+            // queues assigned while a slave serves them.
+            Ok(route) => Ok(route_readable_queues(&route)
                 .into_iter()
                 .map(|q| MessageQueue::new(q.topic, q.broker_name, q.queue_id))
                 .collect()),

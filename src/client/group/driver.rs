@@ -20,6 +20,7 @@ use crate::wire::group::{
 use crate::wire::{Command, Status};
 
 use super::feed::Feed;
+use super::kept::KeptCommits;
 use super::progress::Shared;
 use super::{Delivery, GroupConsumerConfig};
 
@@ -36,6 +37,8 @@ pub(super) struct Driver {
     pub(super) cfg: GroupConsumerConfig,
     pub(super) shared: Arc<Mutex<Shared>>,
     pub(super) out: mpsc::Sender<Delivery>,
+    /// Commits their masters could not take yet (see [`super::kept`]).
+    pub(super) kept: Arc<Mutex<KeptCommits>>,
 }
 
 impl Driver {
@@ -116,6 +119,15 @@ impl Driver {
         tracing::info!(group = %self.cfg.group, member = %assigned.member_id, generation, queues = assigned.assignment.len(), "joined");
 
         let queues = self.resolve(&assigned).await?;
+        let dropped = self
+            .kept
+            .lock()
+            .map(|mut k| k.retain_assigned(&self.cfg.offsets_group(), &queues))
+            .unwrap_or_default();
+        for o in dropped {
+            tracing::info!(group = %self.cfg.group, topic = %o.topic, broker = %o.broker_name, queue = o.queue, offset = o.offset,
+                "queue now owned by another member: dropping the commit kept for it while its master was unreachable");
+        }
         if let Ok(mut s) = self.shared.lock() {
             s.reset(generation);
             s.assignment = queues.clone();
@@ -139,6 +151,8 @@ impl Driver {
                     tags: self.cfg.tag_expression.clone(),
                     generation,
                     out: self.out.clone(),
+                    kept: self.kept.clone(),
+                    read_from_slave_when_behind: self.cfg.read_from_slave_when_behind,
                 };
                 match self.cfg.effective_ack_timeout() {
                     Some(ack_timeout) => tokio::spawn(feed.receive_loop(ack_timeout, self.cfg.orderly)),
@@ -228,49 +242,109 @@ impl Driver {
             match found {
                 Some(mq) => out.push(mq),
                 None => {
-                    tracing::warn!(topic = %q.topic, broker = %q.broker_name, queue = q.queue, "assigned queue has no live master")
+                    tracing::warn!(topic = %q.topic, broker = %q.broker_name, queue = q.queue, "assigned queue has no live broker")
                 }
             }
         }
         Ok(out)
     }
 
-    /// Commits what was processed, to the broker group owning each queue,
-    /// as member `me`. Every broker is tried; the first failure is
-    /// returned.
+    /// Commits what was processed, to the master of the broker group owning
+    /// each queue, as member `me`, together with the commits kept while a
+    /// master was unreachable (see [`super::kept`]): those a master cannot
+    /// take now are kept again. Every broker group is tried; the first
+    /// other failure is returned.
     async fn commit(&self, me: &MemberRef) -> ClientResult<()> {
         if self.cfg.effective_ack_timeout().is_some() {
             return Ok(()); // the broker commits what was acknowledged
         }
-        let by_broker: BTreeMap<String, Vec<QueueOffset>> = match self.shared.lock() {
+        let group = self.cfg.offsets_group();
+        // Broker name → (topic, queue) → offset: this generation's progress,
+        // and kept commits it does not supersede.
+        let mut by_broker: BTreeMap<String, BTreeMap<(String, u32), u64>> = BTreeMap::new();
+        match self.shared.lock() {
             Ok(s) => {
-                let mut by_broker: BTreeMap<String, Vec<QueueOffset>> = BTreeMap::new();
                 for ((topic, broker_name, queue), o) in &s.processed {
-                    let addr = s
-                        .assignment
-                        .iter()
-                        .find(|mq| &mq.broker_name == broker_name)
-                        .map(|mq| mq.broker_addr.clone());
-                    if let Some(addr) = addr {
-                        by_broker.entry(addr).or_default().push(QueueOffset {
-                            topic: topic.clone(),
-                            broker_name: broker_name.clone(),
-                            queue: *queue,
-                            offset: *o,
-                        });
-                    }
+                    by_broker
+                        .entry(broker_name.clone())
+                        .or_default()
+                        .insert((topic.clone(), *queue), *o);
                 }
-                by_broker
             }
             Err(_) => return Ok(()),
-        };
+        }
+        let kept = self.kept.lock().map(|k| k.of_group(&group)).unwrap_or_default();
+        for o in kept {
+            by_broker
+                .entry(o.broker_name)
+                .or_default()
+                .entry((o.topic, o.queue))
+                .or_insert(o.offset);
+        }
         let mut first_error = None;
-        for (addr, offsets) in by_broker {
-            if let Err(e) = commit_offsets(&self.core, &addr, &self.cfg.offsets_group(), me, offsets).await {
+        for (broker_name, queues) in by_broker {
+            let offsets: Vec<QueueOffset> = queues
+                .into_iter()
+                .map(|((topic, queue), offset)| QueueOffset {
+                    topic,
+                    broker_name: broker_name.clone(),
+                    queue,
+                    offset,
+                })
+                .collect();
+            if let Err(e) = commit_or_keep(&self.core, &self.kept, &group, me, offsets).await {
                 first_error.get_or_insert(e);
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Did a commit fail because the group's master cannot take it now
+/// (unreachable, not answering, not in the route, or the address turned
+/// out to be a slave)? Such commits are kept, not lost.
+pub(super) fn master_unavailable(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Io { .. } | ClientError::Closed(_) | ClientError::Timeout { .. } | ClientError::NoRoute(_)
+    ) || e.status() == Some(Status::NotMaster)
+}
+
+/// Commits `offsets` (all of one broker group) to that group's master as
+/// member `me`; when the master cannot take them now
+/// ([`master_unavailable`]) they are kept in `kept` (logged at info) and
+/// this is a success; when it takes them, the kept values they cover are
+/// forgotten (logged at info).
+pub(super) async fn commit_or_keep(
+    core: &ClientCore,
+    kept: &Mutex<KeptCommits>,
+    offsets_group: &str,
+    me: &MemberRef,
+    offsets: Vec<QueueOffset>,
+) -> ClientResult<()> {
+    let Some(first) = offsets.first() else { return Ok(()) };
+    let broker_name = first.broker_name.clone();
+    let result = match core.master_addr(&first.topic, &broker_name).await {
+        Some(addr) => commit_offsets(core, &addr, offsets_group, me, offsets.clone()).await,
+        None => Err(ClientError::NoRoute(format!("broker group {broker_name} has no live master"))),
+    };
+    match result {
+        Ok(()) => {
+            let flushed = kept.lock().map_or(0, |mut k| k.flushed(offsets_group, &offsets));
+            if flushed > 0 {
+                tracing::info!(group = %offsets_group, broker = %broker_name, queues = flushed, "master reachable again: kept commits flushed");
+            }
+            Ok(())
+        }
+        Err(e) if master_unavailable(&e) => {
+            let newly = kept.lock().map_or(0, |mut k| k.keep(offsets_group, &offsets));
+            if newly > 0 {
+                tracing::info!(group = %offsets_group, broker = %broker_name, queues = newly, error = %e,
+                    "master cannot take commits: kept by the client and retried until it can");
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -1,9 +1,13 @@
 //! One assigned queue's feeder: finds where the queue starts (committing
 //! the start position of a queue the group never committed), then pulls or
 //! receives its messages into the consumer's channel, waiting out a broker
-//! that is down.
+//! that is down. Reads (committed offsets, queue bounds, offset search,
+//! pulls) go to the queue's master, or a slave while the master is down
+//! ([`ClientCore::read_addr`]); commits go to the master or are kept
+//! ([`super::kept`]). Per-message acknowledgement mode (`RECEIVE_MESSAGE`)
+//! is a write: it waits for the master.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,7 +21,8 @@ use crate::wire::delivery::{ReceiveRequest, ReceiveResponse, MAX_ACK_TIMEOUT_MS,
 use crate::wire::group::{CommittedOffsets, FetchOffsets, MemberRef, OffsetAt, QueueOffset, SearchOffset};
 use crate::wire::Command;
 
-use super::driver::commit_offsets;
+use super::driver::commit_or_keep;
+use super::kept::KeptCommits;
 use super::{Delivery, StartPosition};
 
 /// What one queue's feeder task needs.
@@ -33,6 +38,11 @@ pub(super) struct Feed {
     pub(super) tags: String,
     pub(super) generation: u64,
     pub(super) out: mpsc::Sender<Delivery>,
+    /// Commits kept while a master was unreachable; they override a
+    /// fetched committed offset.
+    pub(super) kept: Arc<Mutex<KeptCommits>>,
+    /// See [`super::GroupConsumerConfig::read_from_slave_when_behind`].
+    pub(super) read_from_slave_when_behind: Option<u64>,
 }
 
 /// Pause between attempts on a queue whose broker fails.
@@ -49,12 +59,27 @@ impl Feed {
         self.out.send(d).await.is_ok()
     }
 
-    /// Where consumption of the queue starts: the group's committed
-    /// offset, kept by the queue's broker group; else the configured start
-    /// position, committed at once so that messages stored while no member
-    /// runs are delivered by the next one (as Kafka and RocketMQ do).
+    /// Where consumption of the queue starts: the offset this client
+    /// committed while the master could not take it (kept), else the
+    /// group's committed offset, kept by the queue's broker group (asked of
+    /// the master, or of a slave, which replicates it, while the master is
+    /// down); else the configured start position, committed at once so
+    /// that messages stored while no member runs are delivered by the next
+    /// one (as Kafka and RocketMQ do).
     async fn start_offset(&self) -> ClientResult<u64> {
         let timeout = self.core.cfg.request_timeout;
+        let kept = self.kept.lock().ok().and_then(|k| {
+            k.get(
+                &self.offsets_group,
+                &self.mq.topic,
+                &self.mq.broker_name,
+                self.mq.queue_id,
+            )
+        });
+        if let Some(o) = kept {
+            return Ok(o);
+        }
+        let read_addr = self.core.read_addr(&self.mq).await;
         let f = FetchOffsets {
             group: self.offsets_group.clone(),
             topic: Some(self.mq.topic.clone()),
@@ -62,7 +87,7 @@ impl Feed {
         let (_, body) = self
             .core
             .request(
-                &self.mq.broker_addr,
+                &read_addr,
                 Command::FetchOffsets,
                 to_json(&f),
                 Bytes::new(),
@@ -83,7 +108,7 @@ impl Feed {
         });
         let (_, body) = self
             .core
-            .request(&self.mq.broker_addr, Command::GetOffsets, header, Bytes::new(), timeout)
+            .request(&read_addr, Command::GetOffsets, header, Bytes::new(), timeout)
             .await?;
         let range: crate::wire::control::QueueOffsets = from_json(&body, "offsets")?;
         let start = match self.start {
@@ -98,7 +123,7 @@ impl Feed {
                 let (_, body) = self
                     .core
                     .request(
-                        &self.mq.broker_addr,
+                        &read_addr,
                         Command::SearchOffset,
                         to_json(&s),
                         Bytes::new(),
@@ -114,14 +139,7 @@ impl Feed {
             queue: self.mq.queue_id,
             offset: start,
         };
-        if let Err(e) = commit_offsets(
-            &self.core,
-            &self.mq.broker_addr,
-            &self.offsets_group,
-            &self.member,
-            vec![offset],
-        )
-        .await
+        if let Err(e) = commit_or_keep(&self.core, &self.kept, &self.offsets_group, &self.member, vec![offset]).await
         {
             // Consumption goes on; the next commit records the position.
             tracing::warn!(queue = %self.mq, error = %e, "could not commit the start position");
@@ -175,7 +193,8 @@ impl Feed {
         let Some(mut offset) = self.wait_for_start().await else {
             return;
         };
-        let consumer = crate::client::consumer::PullConsumer::from_core(self.core.clone());
+        let consumer = crate::client::consumer::PullConsumer::from_core(self.core.clone())
+            .with_read_from_slave_when_behind(self.read_from_slave_when_behind.unwrap_or(0));
         let mut failures = 0u32;
         loop {
             match consumer

@@ -10,9 +10,15 @@
 //! out yet, commits, and only then rejoins. The coordinator hands a queue to
 //! its new owner only when every member has rejoined, so a queue is never
 //! delivered by two members at once.
+//!
+//! A broker group whose master is down keeps its queues: the coordinator
+//! still assigns them while the group has a live slave, and the member
+//! reads them from the slave; its commits for that group are kept by the
+//! client until the master is back (see [`kept`]).
 
 mod driver;
 mod feed;
+pub(crate) mod kept;
 mod progress;
 mod settle;
 
@@ -76,6 +82,12 @@ pub struct GroupConsumerConfig {
     /// timeout when none is set): each queue delivers one message at a time
     /// and the next only after the current one is acknowledged.
     pub orderly: bool,
+    /// Read a queue from a slave of its broker group while this member is
+    /// more than this many messages behind the queue's end (back to the
+    /// master within half of it); see
+    /// [`crate::client::PullConsumer::with_read_from_slave_when_behind`].
+    /// `None` (the default): read from the master while it is up.
+    pub read_from_slave_when_behind: Option<u64>,
 }
 
 impl GroupConsumerConfig {
@@ -95,7 +107,15 @@ impl GroupConsumerConfig {
             start: StartPosition::Latest,
             ack_timeout: None,
             orderly: false,
+            read_from_slave_when_behind: None,
         }
+    }
+
+    /// Sets [`GroupConsumerConfig::read_from_slave_when_behind`] (`0`:
+    /// off).
+    pub fn with_read_from_slave_when_behind(mut self, n: u64) -> GroupConsumerConfig {
+        self.read_from_slave_when_behind = (n > 0).then_some(n);
+        self
     }
 
     /// The broker-side ack timeout in effect, if acknowledgements are
@@ -230,6 +250,7 @@ impl GroupConsumer {
             cfg,
             shared: shared.clone(),
             out: tx,
+            kept: Arc::default(),
         };
         let handle = tokio::spawn(driver.run(stop_rx));
         GroupConsumer {
