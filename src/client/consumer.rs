@@ -200,3 +200,130 @@ impl PullConsumer {
         Ok(from_json(&body, "offsets")?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+    use crate::client::core::test_support::{broker, free_addr, namesrv, serve, start, Handler};
+    use crate::wire::control::TopicRoute;
+    use crate::wire::Frame;
+
+    #[test]
+    fn far_behind_goes_to_the_slave_and_back_within_half() {
+        assert!(!lag_prefers_slave(false, 100, 100));
+        assert!(lag_prefers_slave(false, 101, 100));
+        assert!(lag_prefers_slave(true, 51, 100), "stays until within n/2");
+        assert!(!lag_prefers_slave(true, 50, 100));
+        let reads = SlaveReads {
+            threshold: 10,
+            on_slave: Mutex::default(),
+        };
+        let mq = MessageQueue {
+            topic: "t".into(),
+            broker_name: "b".into(),
+            broker_addr: "m".into(),
+            queue_id: 0,
+        };
+        assert_eq!(reads.update(&mq, 50, false), None, "no live slave: stay on the master");
+        assert_eq!(reads.update(&mq, 50, true), Some(true));
+        assert!(reads.is_on(&mq));
+        assert_eq!(reads.update(&mq, 6, true), None);
+        assert_eq!(reads.update(&mq, 5, true), Some(false));
+        assert!(!reads.is_on(&mq));
+    }
+
+    #[test]
+    fn a_slave_behind_does_not_move_the_consumer_back() {
+        let moved = |next| PullResult {
+            status: PullStatus::OffsetMoved,
+            next_offset: next,
+            min_offset: 0,
+            max_offset: next,
+            messages: Vec::new(),
+            broker_addr: "s".into(),
+        };
+        let mut r = moved(90);
+        hold_offset_on_slave(&mut r, 100, true);
+        assert_eq!((r.status, r.next_offset), (PullStatus::NoNewMessage, 100));
+        let mut r = moved(90);
+        hold_offset_on_slave(&mut r, 100, false);
+        assert_eq!(
+            (r.status, r.next_offset),
+            (PullStatus::OffsetMoved, 90),
+            "the master's answer stands"
+        );
+        let mut r = moved(120);
+        hold_offset_on_slave(&mut r, 100, true);
+        assert_eq!(r.next_offset, 120, "moved forward (retention): followed");
+    }
+
+    /// A broker answering every pull with no message, `next` as next
+    /// offset and 100 as max offset; pings with an empty success.
+    fn pull_answer(next: Arc<AtomicU64>) -> Handler {
+        Arc::new(move |f: &Frame| {
+            let body = if f.code == Command::PullMessage.code() {
+                PullResponse {
+                    status: PullStatus::NoNewMessage,
+                    next_offset: next.load(Ordering::SeqCst),
+                    min_offset: 0,
+                    max_offset: 100,
+                    count: 0,
+                    records: Bytes::new(),
+                }
+                .encode()
+            } else if f.code == Command::GetOffsets.code() {
+                to_json(&QueueOffsets {
+                    min_offset: 0,
+                    max_offset: 100,
+                })
+            } else {
+                Bytes::new()
+            };
+            Frame::ok(f.correlation_id, Bytes::new(), body)
+        })
+    }
+
+    #[tokio::test]
+    async fn pulls_fall_back_to_the_slave_and_return_to_the_master() {
+        let next = Arc::new(AtomicU64::new(5));
+        let slave = start(pull_answer(next.clone())).await;
+        let master = free_addr();
+        let route = Arc::new(Mutex::new(TopicRoute {
+            topic: "t".into(),
+            brokers: vec![broker("b", 1, &[(0, &master), (1, &slave)], &[])],
+        }));
+        let mut cfg = ClientConfig::new([namesrv(route).await]);
+        cfg.request_timeout = Duration::from_secs(1);
+        let consumer = PullConsumer::new(cfg);
+        let mq = consumer.queues("t").await.unwrap().remove(0);
+        let wait = Duration::from_millis(10);
+        // The master is dead: the first pull fails as unreachable, the next
+        // one reads the slave.
+        assert!(consumer.pull(&mq, 5, 1, wait, "*").await.is_err());
+        let r = consumer.pull(&mq, 5, 1, wait, "*").await.unwrap();
+        assert_eq!(r.broker_addr, slave);
+        assert!(consumer.offsets(&mq).await.is_ok(), "offsets from the slave too");
+        // The master comes back: reads return to it once the probe finds it.
+        let listener = tokio::net::TcpListener::bind(&master).await.unwrap();
+        tokio::spawn(serve(listener, pull_answer(next.clone())));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut served = String::new();
+        while served != master && std::time::Instant::now() < deadline {
+            served = consumer.pull(&mq, 5, 1, wait, "*").await.unwrap().broker_addr;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(served, master);
+
+        // Far behind: reads go to the slave until within half the threshold.
+        let lagging = consumer.clone().with_read_from_slave_when_behind(10);
+        assert_eq!(lagging.pull(&mq, 5, 1, wait, "*").await.unwrap().broker_addr, master);
+        assert_eq!(lagging.pull(&mq, 5, 1, wait, "*").await.unwrap().broker_addr, slave);
+        next.store(94, Ordering::SeqCst); // 6 behind: still on the slave
+        assert_eq!(lagging.pull(&mq, 94, 1, wait, "*").await.unwrap().broker_addr, slave);
+        next.store(95, Ordering::SeqCst); // 5 behind: caught up
+        assert_eq!(lagging.pull(&mq, 95, 1, wait, "*").await.unwrap().broker_addr, slave);
+        assert_eq!(lagging.pull(&mq, 95, 1, wait, "*").await.unwrap().broker_addr, master);
+    }
+}

@@ -857,29 +857,213 @@ fn mark_up(down: &Mutex<DownSet>, addr: &str) {
     }
 }
 
+/// Fake servers and routes for the client's unit tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_support {
+    use std::sync::Arc;
 
-    #[test]
-    fn route_queues_are_ordered_and_skip_groups_without_master() {
-        let b = |name: &str, queues, addrs: &[(u64, &str)]| BrokerRoute {
+    use bytes::Bytes;
+
+    use crate::wire::control::{BrokerRoute, TopicRoute};
+    use crate::wire::Frame;
+
+    /// What a fake server answers to a request frame.
+    pub(crate) type Handler = Arc<dyn Fn(&Frame) -> Frame + Send + Sync>;
+
+    /// Answers every request frame on `listener` with `handler`'s answer.
+    pub(crate) async fn serve(listener: tokio::net::TcpListener, handler: Handler) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let mut buf = bytes::BytesMut::new();
+                loop {
+                    while let Ok(Some(f)) = Frame::parse(&mut buf, 1 << 20) {
+                        let mut out = bytes::BytesMut::new();
+                        handler(&f).encode(&mut out);
+                        if sock.write_all(&out).await.is_err() {
+                            return;
+                        }
+                    }
+                    match sock.read_buf(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            });
+        }
+    }
+
+    /// Starts a fake server on a free port; returns its address.
+    pub(crate) async fn start(handler: Handler) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(serve(listener, handler));
+        addr
+    }
+
+    /// A local address nothing listens on (connections are refused).
+    pub(crate) fn free_addr() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    }
+
+    /// A broker group's route entry.
+    pub(crate) fn broker(name: &str, queues: u32, addrs: &[(u64, &str)], down: &[(u64, &str)]) -> BrokerRoute {
+        BrokerRoute {
             broker_name: name.into(),
             cluster: "c".into(),
             queues,
             addrs: addrs.iter().map(|(i, a)| (*i, a.to_string())).collect(),
-            down: Default::default(),
-        };
+            down: down.iter().map(|(i, a)| (*i, a.to_string())).collect(),
+        }
+    }
+
+    /// A fake name server answering `GET_ROUTE` with whatever `route`
+    /// holds at the time (changeable by the test) and `GET_CLUSTER_INFO`
+    /// with no broker; an empty success to anything else.
+    pub(crate) async fn namesrv(route: Arc<std::sync::Mutex<TopicRoute>>) -> String {
+        start(Arc::new(move |f: &Frame| {
+            let body = if f.code == crate::wire::Command::GetRoute.code() {
+                crate::wire::control::to_json(&*route.lock().unwrap())
+            } else if f.code == crate::wire::Command::GetClusterInfo.code() {
+                Bytes::from_static(br#"{"brokers":[]}"#)
+            } else {
+                Bytes::new()
+            };
+            Frame::ok(f.correlation_id, Bytes::new(), body)
+        }))
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::broker;
+    use super::*;
+
+    #[test]
+    fn writable_queues_need_a_live_master_readable_ones_a_live_broker() {
         let route = TopicRoute {
             topic: "t".into(),
             brokers: vec![
-                b("b2", 1, &[(0, "h2")]),
-                b("b1", 2, &[(0, "h1"), (1, "s1")]),
-                b("b3", 4, &[(1, "s3")]),
+                // Master killed: its queues stay readable, at the master's
+                // address.
+                broker("b", 1, &[(1, "sb"), (2, "sb2")], &[(0, "mb")]),
+                broker("a", 2, &[(0, "ma"), (1, "sa")], &[]),
+                // Only a slave registered (no master known at all).
+                broker("c", 1, &[(2, "sc")], &[]),
+                // Nothing live.
+                broker("d", 1, &[], &[(0, "md")]),
             ],
         };
-        let qs: Vec<String> = route_queues(&route).iter().map(ToString::to_string).collect();
-        assert_eq!(qs, ["t/b1/0", "t/b1/1", "t/b2/0"]);
+        let show = |qs: Vec<MessageQueue>| -> Vec<String> {
+            qs.iter().map(|q| format!("{q}@{}", q.broker_addr)).collect()
+        };
+        assert_eq!(show(route_queues(&route)), ["t/a/0@ma", "t/a/1@ma"]);
+        assert_eq!(
+            show(route_readable_queues(&route)),
+            ["t/a/0@ma", "t/a/1@ma", "t/b/0@mb", "t/c/0@sc"]
+        );
+    }
+
+    #[test]
+    fn a_queue_is_the_same_queue_whatever_address_it_carries() {
+        let q = |addr: &str| MessageQueue {
+            topic: "t".into(),
+            broker_name: "b".into(),
+            broker_addr: addr.into(),
+            queue_id: 3,
+        };
+        assert_eq!(q("master"), q("slave"));
+        let set: std::collections::HashSet<MessageQueue> = [q("master"), q("slave")].into_iter().collect();
+        assert_eq!(set.len(), 1);
+        assert_eq!(q("x").cmp(&q("a")), std::cmp::Ordering::Equal);
+    }
+
+    #[test]
+    fn reads_go_to_the_master_else_the_lowest_live_slave() {
+        let b = broker("b", 1, &[(0, "m"), (2, "s2"), (1, "s1")], &[]);
+        let none = |_: &str| false;
+        assert_eq!(pick_read_addr(Some(&b), "fb", false, &none), "m", "master up");
+        let m_down = |a: &str| a == "m";
+        assert_eq!(pick_read_addr(Some(&b), "fb", false, &m_down), "s1", "master down");
+        let m_s1_down = |a: &str| a == "m" || a == "s1";
+        assert_eq!(pick_read_addr(Some(&b), "fb", false, &m_s1_down), "s2", "that slave down too");
+        let all_down = |_: &str| true;
+        assert_eq!(pick_read_addr(Some(&b), "fb", false, &all_down), "m", "nothing up: the master");
+        assert_eq!(pick_read_addr(Some(&b), "fb", true, &none), "s1", "a consumer far behind");
+        assert_eq!(pick_read_addr(Some(&b), "fb", true, &|a: &str| a.starts_with('s')), "m");
+        // The name servers moved the master to `down`.
+        let killed = broker("b", 1, &[(1, "s1")], &[(0, "m")]);
+        assert_eq!(pick_read_addr(Some(&killed), "m", false, &none), "s1");
+        let nothing = broker("b", 1, &[], &[(0, "m")]);
+        assert_eq!(pick_read_addr(Some(&nothing), "m", false, &none), "m");
+        assert_eq!(pick_read_addr(None, "fb", false, &none), "fb", "no route: the queue's address");
+    }
+
+    #[tokio::test]
+    async fn reads_turn_to_the_slave_while_the_master_is_down_and_back_once_it_answers() {
+        use super::test_support::{free_addr, namesrv, start};
+        let ok: super::test_support::Handler =
+            Arc::new(|f: &crate::wire::Frame| crate::wire::Frame::ok(f.correlation_id, Bytes::new(), Bytes::new()));
+        let slave = start(ok.clone()).await;
+        let master = free_addr();
+        let route = Arc::new(Mutex::new(TopicRoute {
+            topic: "t".into(),
+            brokers: vec![broker("b", 1, &[(0, &master), (1, &slave)], &[])],
+        }));
+        let ns = namesrv(route.clone()).await;
+        let core = ClientCore::new(ClientConfig::new([ns]));
+        let mq = core.queues("t").await.unwrap().remove(0);
+        assert_eq!(mq.broker_addr, master);
+        assert_eq!(
+            core.read_target(&mq, false).await,
+            ReadTarget {
+                addr: master.clone(),
+                slave: false
+            }
+        );
+        // The master is killed: the first read fails and marks it down.
+        let ping = |a: String| {
+            let core = core.clone();
+            async move {
+                core.request(&a, Command::Ping, Bytes::new(), Bytes::new(), Duration::from_secs(1))
+                    .await
+            }
+        };
+        assert!(ping(master.clone()).await.is_err());
+        assert_eq!(
+            core.read_target(&mq, false).await,
+            ReadTarget {
+                addr: slave.clone(),
+                slave: true
+            }
+        );
+        assert_eq!(core.down_reason(&master).as_deref(), Some("connection refused"));
+        // The name servers notice too: the master moves to `down`.
+        route.lock().unwrap().brokers[0] = broker("b", 1, &[(1, &slave)], &[(0, &master)]);
+        core.invalidate("t");
+        assert_eq!(core.read_addr(&mq).await, slave);
+        assert_eq!(core.queues("t").await.unwrap(), [mq.clone()], "the queue stays");
+        assert!(core.writable_queues("t").await.unwrap_err().to_string().contains(&format!(
+            "no queue on a live master: b (master {master} down, slave {slave} read-only)"
+        )));
+        // The master comes back on its address and registers again.
+        let listener = tokio::net::TcpListener::bind(&master).await.unwrap();
+        tokio::spawn(super::test_support::serve(listener, ok));
+        route.lock().unwrap().brokers[0] = broker("b", 1, &[(0, &master), (1, &slave)], &[]);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while core.read_addr(&mq).await != master && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(core.read_addr(&mq).await, master, "back to the master");
+        assert_eq!(core.master_addr("t", "b").await.as_deref(), Some(master.as_str()));
+        // With the slave marked down too, and the master down, the master
+        // is still named (the read fails fast).
+        core.mark_down(&slave);
+        core.mark_down(&master);
+        assert_eq!(core.read_addr(&mq).await, master);
     }
 
     #[test]

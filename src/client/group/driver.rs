@@ -88,7 +88,7 @@ impl Driver {
 
     /// One generation: join, consume, heartbeat, until something ends it.
     async fn session(&self, member_id: &mut Option<String>, stop: &mut oneshot::Receiver<()>) -> ClientResult<End> {
-        let (_, conn, mut pushes) = self.coordinator().await?;
+        let (coordinator, conn, mut pushes) = self.coordinator().await?;
         let join = JoinGroup {
             group: self.cfg.group.clone(),
             member_id: member_id.clone(),
@@ -172,20 +172,38 @@ impl Driver {
         let mut commit = tokio::time::interval(self.cfg.commit_interval);
         commit.tick().await;
         let timeout = self.core.cfg.request_timeout;
+        // The coordinator is gone and no other master can coordinate the
+        // group: the current assignment is consumed until one can.
+        let mut orphaned = false;
         let end = loop {
             tokio::select! {
                 _ = &mut *stop => break Ok(End::Stop),
-                push = pushes.recv() => match push {
+                push = pushes.recv(), if !orphaned => match push {
                     Some(f) if f.code == Command::NotifyRebalance.code() => break Ok(End::Rebalance),
                     Some(_) => {}
-                    None => break Err(ClientError::Closed("group coordinator".into())),
+                    None => {
+                        let e = ClientError::Closed("group coordinator".into());
+                        if self.orphan(&coordinator, &e).await {
+                            orphaned = true;
+                        } else {
+                            break Err(e);
+                        }
+                    }
                 },
                 _ = heartbeat.tick() => {
+                    if orphaned {
+                        if self.coordinator_available().await {
+                            tracing::info!(group = %self.cfg.group, "a group coordinator is reachable again; rejoining");
+                            break Ok(End::Rebalance);
+                        }
+                        continue;
+                    }
                     match self.call::<HeartbeatReply>(&conn, Command::Heartbeat, to_json(&me), timeout).await {
                         Ok(r) if r.rebalance => break Ok(End::Rebalance),
                         Ok(_) => {}
                         Err(e) if matches!(e.status(), Some(Status::UnknownMember) | Some(Status::NotCoordinator)) => break Ok(End::Rejoin),
                         Err(e) if matches!(e.status(), Some(Status::IllegalGeneration) | Some(Status::RebalanceInProgress)) => break Ok(End::Rebalance),
+                        Err(e) if matches!(e, ClientError::Io { .. } | ClientError::Closed(_)) && self.orphan(&coordinator, &e).await => orphaned = true,
                         Err(e) => break Err(e),
                     }
                 }
@@ -224,6 +242,32 @@ impl Driver {
             }
             other => other,
         }
+    }
+
+    /// The coordinator at `addr` failed with `e` (it cannot be reached): is
+    /// there no other coordinator to rejoin? Then the member keeps
+    /// consuming its current assignment — reading from slaves the queues
+    /// of groups whose master is down, keeping commits the masters cannot
+    /// take — rather than stopping, and rejoins as soon as a coordinator
+    /// is reachable again ([`Driver::coordinator_available`]). Nobody else
+    /// can be handed its queues meanwhile, as no coordinator runs; when one
+    /// is back, members rejoin within a heartbeat period of each other.
+    async fn orphan(&self, addr: &str, e: &ClientError) -> bool {
+        // The coordinator's connection is not pooled: mark its broker down
+        // here, so the probe says when it is back.
+        self.core.mark_down(addr);
+        if self.coordinator_available().await {
+            return false;
+        }
+        tracing::warn!(group = %self.cfg.group, coordinator = %addr, error = %e,
+            "group coordinator unreachable and no other master can coordinate the group: consuming the current assignment until one can");
+        true
+    }
+
+    /// Is a master that can coordinate the group up (listed live and not
+    /// marked down by this client)?
+    async fn coordinator_available(&self) -> bool {
+        matches!(self.core.group_coordinator(&self.cfg.group).await, Ok(a) if !self.core.is_down(&a))
     }
 
     /// Broker addresses of the assigned queues.
