@@ -665,6 +665,151 @@ mod tests {
         assert!(err.to_string().contains("batch of 2 messages"), "{err}");
     }
 
+    use crate::client::core::test_support::{broker, free_addr, namesrv, start};
+    use crate::wire::control::TopicRoute;
+    use crate::wire::Frame;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Mutex;
+
+    /// A slave answering sends with NOT_MASTER naming `master`.
+    async fn slave(master: &str) -> String {
+        let message = format!("broker b/1 is a read-only slave; writes go to its master {master}");
+        start(Arc::new(move |f: &Frame| {
+            if f.code == Command::SendMessage.code() {
+                Frame::error(f.correlation_id, Status::NotMaster, message.clone())
+            } else {
+                Frame::ok(f.correlation_id, Bytes::new(), Bytes::new())
+            }
+        }))
+        .await
+    }
+
+    async fn producer(route: TopicRoute) -> Producer {
+        let mut cfg = ClientConfig::new([namesrv(Arc::new(Mutex::new(route))).await]);
+        cfg.request_timeout = std::time::Duration::from_secs(1);
+        Producer::new(cfg)
+    }
+
+    fn msg() -> Message {
+        Message::new("t", Bytes::from_static(b"x"))
+    }
+
+    #[test]
+    fn unwritable_groups_name_the_master_and_the_read_only_slaves() {
+        let route = TopicRoute {
+            topic: "t".into(),
+            brokers: vec![
+                broker("a", 1, &[(0, "ma"), (1, "sa")], &[]),
+                broker("b", 1, &[(1, "sb")], &[(0, "mb")]),
+                broker("c", 1, &[(2, "sc")], &[]),
+                broker("d", 1, &[(0, "md")], &[]),
+            ],
+        };
+        let failures: Failures = [
+            ("ma".to_string(), ("a".to_string(), "connection refused".to_string())),
+            ("gone".to_string(), ("e".to_string(), "connection closed".to_string())),
+        ]
+        .into_iter()
+        .collect();
+        let down = |a: &str| (a == "mb").then(|| "connection reset".to_string());
+        assert_eq!(
+            describe_unwritable(Some(&route), &failures, &down),
+            [
+                "a: master ma unreachable (connection refused), slave sa is read-only (NOT_MASTER)",
+                "b: master mb unreachable (connection reset), slave sb is read-only (NOT_MASTER)",
+                "c: no master registered, slave sc is read-only (NOT_MASTER)",
+                "e: gone unreachable (connection closed)",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_send_to_a_group_whose_master_is_unreachable_names_master_and_slave() {
+        let master = free_addr();
+        let slave = slave(&master).await;
+        let p = producer(TopicRoute {
+            topic: "t".into(),
+            brokers: vec![broker("b", 2, &[(0, &master), (1, &slave)], &[])],
+        })
+        .await;
+        let err = p.send(msg()).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "no route: no broker group can take the message: b: master {master} unreachable (connection refused), slave {slave} is read-only (NOT_MASTER)"
+            )
+        );
+        assert!(err.is_transient());
+    }
+
+    #[tokio::test]
+    async fn a_route_with_a_down_master_fails_without_sending() {
+        let master = free_addr();
+        let slave = slave(&master).await;
+        let p = producer(TopicRoute {
+            topic: "t".into(),
+            brokers: vec![broker("b", 2, &[(1, &slave)], &[(0, &master)])],
+        })
+        .await;
+        let err = p.send(msg()).await.unwrap_err().to_string();
+        assert!(
+            err.ends_with(&format!(
+                "b: master {master} unreachable (down: its name-server registration closed), slave {slave} is read-only (NOT_MASTER)"
+            )),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_route_of_slaves_only_fails_with_the_slaves_not_master_answer() {
+        let slave = slave("127.0.0.1:10911").await;
+        let p = producer(TopicRoute {
+            topic: "t".into(),
+            brokers: vec![broker("b", 2, &[(1, &slave)], &[])],
+        })
+        .await;
+        let err = p.send(msg()).await.unwrap_err();
+        assert_eq!(err.status(), Some(Status::NotMaster));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "server error NOT_MASTER (23): no broker group can take the message: b: no master registered, \
+                 slave {slave} is read-only (NOT_MASTER: broker b/1 is a read-only slave; writes go to its master 127.0.0.1:10911)"
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn slave_not_available_is_its_own_error_and_not_retried() {
+        let sends = Arc::new(AtomicUsize::new(0));
+        let counted = sends.clone();
+        let master = start(Arc::new(move |f: &Frame| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Frame::error(
+                f.correlation_id,
+                Status::SlaveNotAvailable,
+                "no slave confirmed within 3000 ms",
+            )
+        }))
+        .await;
+        let p = producer(TopicRoute {
+            topic: "t".into(),
+            brokers: vec![broker("b", 2, &[(0, &master)], &[])],
+        })
+        .await;
+        let err = p.send(msg()).await.unwrap_err();
+        assert_eq!(err.status(), Some(Status::SlaveNotAvailable));
+        assert!(!err.is_transient());
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("the message is stored on the master {master} only"))
+                && text.contains("no slave confirmed within 3000 ms")
+                && text.contains("not retried"),
+            "{text}"
+        );
+        assert_eq!(sends.load(Ordering::SeqCst), 1);
+    }
+
     #[test]
     fn only_transient_errors_are_retried() {
         assert!(retriable(&ClientError::Closed("x".into())));

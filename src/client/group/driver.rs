@@ -416,3 +416,103 @@ pub(super) async fn commit_offsets(
     .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::client::core::test_support::{broker, free_addr, namesrv, serve, start};
+    use crate::client::core::ClientConfig;
+    use crate::wire::control::{from_json, TopicRoute};
+    use crate::wire::Frame;
+
+    fn me() -> MemberRef {
+        MemberRef {
+            group: "g".into(),
+            member_id: "m-1".into(),
+            generation: 3,
+        }
+    }
+
+    fn at(offset: u64) -> Vec<QueueOffset> {
+        vec![QueueOffset {
+            topic: "t".into(),
+            broker_name: "b".into(),
+            queue: 0,
+            offset,
+        }]
+    }
+
+    #[tokio::test]
+    async fn commits_are_kept_while_the_master_is_unreachable_and_flushed_once_it_is_back() {
+        let master = free_addr();
+        let slave = start(Arc::new(|f: &Frame| {
+            Frame::error(f.correlation_id, Status::NotMaster, "broker b/1 is a read-only slave")
+        }))
+        .await;
+        let route = Arc::new(std::sync::Mutex::new(TopicRoute {
+            topic: "t".into(),
+            brokers: vec![broker("b", 1, &[(0, &master), (1, &slave)], &[])],
+        }));
+        let mut cfg = ClientConfig::new([namesrv(route.clone()).await]);
+        cfg.request_timeout = Duration::from_secs(1);
+        let core = ClientCore::new(cfg);
+        let kept = Mutex::new(KeptCommits::default());
+        // Unreachable master: kept, and the consumer is not failed.
+        commit_or_keep(&core, &kept, "g", &me(), at(10)).await.unwrap();
+        commit_or_keep(&core, &kept, "g", &me(), at(12)).await.unwrap();
+        assert_eq!(kept.lock().unwrap().get("g", "t", "b", 0), Some(12), "the newest value");
+        // The route has no live master: kept.
+        route.lock().unwrap().brokers[0] = broker("b", 1, &[(1, &slave)], &[(0, &master)]);
+        core.invalidate("t");
+        commit_or_keep(&core, &kept, "g", &me(), at(13)).await.unwrap();
+        // A stale route naming the slave as master: NOT_MASTER, kept.
+        route.lock().unwrap().brokers[0] = broker("b", 1, &[(0, &slave)], &[]);
+        core.invalidate("t");
+        commit_or_keep(&core, &kept, "g", &me(), at(14)).await.unwrap();
+        assert_eq!(kept.lock().unwrap().get("g", "t", "b", 0), Some(14));
+
+        // The master is back: the next commit round takes the kept value.
+        let taken = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = taken.clone();
+        let listener = tokio::net::TcpListener::bind(&master).await.unwrap();
+        tokio::spawn(serve(
+            listener,
+            Arc::new(move |f: &Frame| {
+                if f.code == Command::CommitOffsets.code() {
+                    let c: CommitOffsets = from_json(&f.header, "commit").unwrap();
+                    log.lock().unwrap().extend(c.offsets.into_iter().map(|o| o.offset));
+                }
+                Frame::ok(f.correlation_id, Bytes::new(), Bytes::new())
+            }),
+        ));
+        route.lock().unwrap().brokers[0] = broker("b", 1, &[(0, &master), (1, &slave)], &[]);
+        core.invalidate("t");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while core.is_down(&master) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let kept_offsets = kept.lock().unwrap().of_group("g");
+        commit_or_keep(&core, &kept, "g", &me(), kept_offsets).await.unwrap();
+        assert_eq!(*taken.lock().unwrap(), [14]);
+        assert!(kept.lock().unwrap().of_group("g").is_empty(), "flushed");
+    }
+
+    #[tokio::test]
+    async fn a_refused_commit_is_an_error_not_kept() {
+        let master = start(Arc::new(|f: &Frame| {
+            Frame::error(f.correlation_id, Status::IllegalGeneration, "stale generation")
+        }))
+        .await;
+        let route = TopicRoute {
+            topic: "t".into(),
+            brokers: vec![broker("b", 1, &[(0, &master)], &[])],
+        };
+        let core = ClientCore::new(ClientConfig::new([namesrv(Arc::new(std::sync::Mutex::new(route))).await]));
+        let kept = Mutex::new(KeptCommits::default());
+        let err = commit_or_keep(&core, &kept, "g", &me(), at(5)).await.unwrap_err();
+        assert_eq!(err.status(), Some(Status::IllegalGeneration));
+        assert!(kept.lock().unwrap().of_group("g").is_empty());
+    }
+}

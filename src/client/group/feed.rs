@@ -271,3 +271,68 @@ impl Feed {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::core::test_support::{broker, namesrv, start};
+    use crate::client::core::ClientConfig;
+    use crate::wire::control::TopicRoute;
+    use crate::wire::group::QueueOffset;
+    use crate::wire::Frame;
+
+    #[tokio::test]
+    async fn a_kept_commit_overrides_the_offset_a_slave_replicated() {
+        // The master is down; the slave still has the group at offset 3.
+        let slave = start(Arc::new(|f: &Frame| {
+            let body = if f.code == Command::FetchOffsets.code() {
+                to_json(&CommittedOffsets {
+                    offsets: vec![QueueOffset {
+                        topic: "t".into(),
+                        broker_name: "b".into(),
+                        queue: 0,
+                        offset: 3,
+                    }],
+                })
+            } else {
+                Bytes::new()
+            };
+            Frame::ok(f.correlation_id, Bytes::new(), body)
+        }))
+        .await;
+        let route = TopicRoute {
+            topic: "t".into(),
+            brokers: vec![broker("b", 1, &[(1, &slave)], &[(0, "127.0.0.1:1")])],
+        };
+        let core = ClientCore::new(ClientConfig::new([namesrv(Arc::new(Mutex::new(route))).await]));
+        let mq = core.queues("t").await.unwrap().remove(0);
+        let (out, _rx) = mpsc::channel(1);
+        let feed = Feed {
+            core,
+            mq,
+            start: StartPosition::Earliest,
+            offsets_group: "g".into(),
+            member: MemberRef {
+                group: "g".into(),
+                member_id: "m".into(),
+                generation: 1,
+            },
+            tags: "*".into(),
+            generation: 1,
+            out,
+            kept: Arc::default(),
+            read_from_slave_when_behind: None,
+        };
+        assert_eq!(feed.start_offset().await.unwrap(), 3, "the slave's replicated offset");
+        feed.kept.lock().unwrap().keep(
+            "g",
+            &[QueueOffset {
+                topic: "t".into(),
+                broker_name: "b".into(),
+                queue: 0,
+                offset: 9,
+            }],
+        );
+        assert_eq!(feed.start_offset().await.unwrap(), 9, "what this client committed meanwhile");
+    }
+}
