@@ -35,6 +35,12 @@ impl Segment {
     pub fn path(&self) -> &Path {
         self.file.path()
     }
+
+    /// The segment's `len` bytes at `pos` (counted from its start). Only
+    /// bytes below the log's write position are published.
+    pub(crate) fn read(&self, pos: usize, len: usize) -> StoreResult<&[u8]> {
+        self.file.read_at(pos, len)
+    }
 }
 
 /// The shared commitlog.
@@ -263,7 +269,10 @@ impl CommitLog {
             seg.file.sync_data()?;
             from = if upto == seg_end { upto } else { target };
         }
-        self.flushed_pos.fetch_max(target, Ordering::AcqRel);
+        // Capped by the write position again: a replica's truncation
+        // ([`CommitLog::truncate_to`]) may have lowered it meanwhile.
+        self.flushed_pos
+            .fetch_max(target.min(self.write_pos()), Ordering::AcqRel);
         Ok(self.flushed_pos())
     }
 
@@ -343,6 +352,108 @@ impl CommitLog {
         // Never the segment being written (the last one).
         let n = n.min(segs.len().saturating_sub(1));
         Ok(segs.drain(..n).collect())
+    }
+
+    /// The segment holding `offset`, if one is stored.
+    pub(crate) fn segment_holding(&self, offset: u64) -> Option<Arc<Segment>> {
+        self.segment_for(offset)
+    }
+
+    /// Makes a log that holds no record (its write position is its start:
+    /// a new replica, or one truncated to its start) start at `offset`, a
+    /// multiple of the segment size: its (empty) segments are deleted and
+    /// the segment starting at `offset` is created, so recovery finds the
+    /// log starting there after a restart. Only while nothing appends.
+    pub(crate) fn restart_empty_at(&self, offset: u64) -> StoreResult<()> {
+        if offset % self.segment_bytes != 0 {
+            return Err(StoreError::InvalidArgument(format!(
+                "a commitlog cannot start at {offset}: not a multiple of the segment size {}",
+                self.segment_bytes
+            )));
+        }
+        let end = self.write_pos();
+        if end != self.start_offset() {
+            return Err(StoreError::InvalidArgument(format!(
+                "cannot move the start of a commitlog holding records ({} to {end})",
+                self.start_offset()
+            )));
+        }
+        let old: Vec<Arc<Segment>> = {
+            let mut segs = self
+                .segments
+                .write()
+                .map_err(|_| StoreError::Poisoned("segment table"))?;
+            if end == offset && segs.len() == 1 && segs[0].start == offset {
+                return Ok(());
+            }
+            segs.drain(..).collect()
+        };
+        for seg in &old {
+            // They hold no record: the log ends where it starts.
+            std::fs::remove_file(seg.path()).at("delete an empty segment", seg.path())?;
+        }
+        self.add_segment(offset)?;
+        for pos in [
+            &self.write_pos,
+            &self.flushed_pos,
+            &self.writeback_pos,
+            &self.read_checks_below,
+        ] {
+            pos.store(offset, Ordering::Release);
+        }
+        tracing::info!(start = offset, "the commitlog now starts at a new offset");
+        Ok(())
+    }
+
+    /// Cuts the log at `offset` (a record boundary at or below the write
+    /// position, which the caller checked): lowers the write, flushed and
+    /// writeback positions first (new readers stop there), then zeroes the
+    /// rest of the segment holding `offset` and deletes later segments.
+    /// Only while nothing appends. Returns the bytes zeroed and the
+    /// segments deleted (as `zeroed_bytes` and `deleted_segments`).
+    pub(crate) fn truncate_to(&self, offset: u64) -> StoreResult<RecoveryReport> {
+        let end = self.write_pos();
+        if offset > end {
+            return Err(StoreError::PastLogEnd { offset, write_pos: end });
+        }
+        let start = self.start_offset();
+        if offset < start {
+            return Err(StoreError::OffsetDeleted {
+                offset,
+                log_start: start,
+            });
+        }
+        self.write_pos.store(offset, Ordering::Release);
+        for pos in [&self.flushed_pos, &self.writeback_pos, &self.read_checks_below] {
+            pos.fetch_min(offset, Ordering::AcqRel);
+        }
+        if let Ok(mut q) = self.quarantined.lock() {
+            q.retain(|(at, _)| *at < offset);
+        }
+        let (keep, cut): (Vec<Arc<Segment>>, Vec<Arc<Segment>>) = {
+            let mut segs = self
+                .segments
+                .write()
+                .map_err(|_| StoreError::Poisoned("segment table"))?;
+            let (keep, cut) = segs.drain(..).partition(|s| s.start <= offset);
+            *segs = keep;
+            (segs.clone(), cut)
+        };
+        let mut report = RecoveryReport {
+            end: offset,
+            ..RecoveryReport::default()
+        };
+        if let Some(seg) = keep.last() {
+            if offset < seg.start + self.segment_bytes {
+                report.zeroed_bytes = zero_tail(&seg.file, (offset - seg.start) as usize)?;
+            }
+        }
+        for seg in cut {
+            // Readers still holding the segment keep a valid mapping.
+            std::fs::remove_file(seg.path()).at("delete a truncated segment", seg.path())?;
+            report.deleted_segments += 1;
+        }
+        Ok(report)
     }
 
     fn add_segment(&self, start: u64) -> StoreResult<Arc<Segment>> {
@@ -684,6 +795,40 @@ impl Appender {
             self.discard_unpublished(start);
         }
         result
+    }
+
+    /// Writes log bytes that were validated by the caller (a master's
+    /// records, for replication) at `at`, which must be the write position
+    /// ([`StoreError::NotAtLogEnd`] otherwise), and publishes `end` as the
+    /// new write position: `at + bytes.len()`, or the end of the segment
+    /// when the bytes close it with a filler's header (the rest of a filler
+    /// is zeroes, which the log past its end already holds). The bytes must
+    /// stay within one segment, which is created when `at` starts it. On
+    /// failure nothing is published and whatever was written is erased.
+    pub fn append_raw(&mut self, at: u64, bytes: &[u8], end: u64) -> StoreResult<()> {
+        let write_pos = self.log.write_pos();
+        if at != write_pos {
+            return Err(StoreError::NotAtLogEnd { at, write_pos });
+        }
+        let seg_end = at - at % self.log.segment_bytes + self.log.segment_bytes;
+        if end < at + bytes.len() as u64 || end > seg_end {
+            return Err(StoreError::InvalidArgument(format!(
+                "{} bytes at {at} cannot end the log at {end} (the segment ends at {seg_end})",
+                bytes.len()
+            )));
+        }
+        if end == at {
+            return Ok(());
+        }
+        let written = self
+            .current_segment(at)
+            .and_then(|seg| seg.file.pwrite_at((at - seg.start) as usize, bytes));
+        if let Err(e) = written {
+            self.discard_unpublished(at);
+            return Err(e);
+        }
+        self.log.write_pos.store(end, Ordering::Release);
+        Ok(())
     }
 
     fn discard_unpublished(&self, from: u64) {

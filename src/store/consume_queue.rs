@@ -261,9 +261,56 @@ impl ConsumeQueue {
     }
 
     /// Creates the file starting at `start` if no file holds that offset
-    /// yet (the preallocator thread's job; idempotent).
+    /// yet (the preallocator thread's job; idempotent). Only the file right
+    /// after the newest one is created: a request made before the queue
+    /// was restarted elsewhere ([`restart_empty_at`](Self::restart_empty_at))
+    /// is stale.
     pub fn create_ahead(&self, start: u64) -> StoreResult<()> {
+        let next = {
+            let files = self.files.read().map_err(|_| StoreError::Poisoned("consume queue"))?;
+            files.last().map(|f| f.start + f.entries)
+        };
+        if next != Some(start) {
+            return Ok(());
+        }
         self.add_file(start).map(|_| ())
+    }
+
+    /// Makes a queue that holds no entry (`min_offset == max_offset`)
+    /// continue at `offset` instead: a replica whose commitlog starts where
+    /// its master's retention left it receives each queue's records from
+    /// the middle. The queue's files (holding no live entry) are deleted;
+    /// the next [`put`](Self::put) or [`reserve_through`](Self::reserve_through)
+    /// creates the file starting at `offset`. Fails when the queue holds
+    /// entries. Commitlog writer only, while nothing is being dispatched
+    /// into this queue.
+    pub fn restart_empty_at(&self, offset: u64) -> StoreResult<()> {
+        let _creating = self
+            .creating
+            .lock()
+            .map_err(|_| StoreError::Poisoned("consume queue"))?;
+        let mut files = self.files.write().map_err(|_| StoreError::Poisoned("consume queue"))?;
+        let (min, max) = (self.min_offset(), self.max_offset());
+        if min != max {
+            return Err(StoreError::InvalidArgument(format!(
+                "consume queue {} holds entries {min}..{max}: it cannot restart at {offset}",
+                self.dir.display()
+            )));
+        }
+        for f in files.drain(..) {
+            let path = f.file.path();
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(StoreError::io("delete an empty consume-queue file", path, e));
+                }
+                _ => {}
+            }
+        }
+        self.ahead_requested.store(u64::MAX, Ordering::Release);
+        for at in [&self.min_offset, &self.max_offset, &self.flushed_offset] {
+            at.store(offset, Ordering::Release);
+        }
+        Ok(())
     }
 
     /// Adds the file starting at `start` (the current end): twice the size
@@ -312,24 +359,32 @@ impl ConsumeQueue {
     /// Drops entries whose record lies at or past `log_end` (after the
     /// commitlog lost a torn tail). Returns how many were dropped.
     pub fn truncate_to_log_end(&self, log_end: u64) -> StoreResult<u64> {
-        let mut dropped = 0;
-        loop {
-            let max = self.max_offset();
-            if max == self.min_offset() {
-                break;
-            }
-            let last = max - 1;
-            match self.get(last) {
-                Some(e) if e.phys_offset + e.size as u64 > log_end => {
-                    if let Some(f) = self.file_for(last) {
-                        // SAFETY: runs during recovery, before any reader exists.
-                        unsafe { f.file.write_at_shared(self.slot(&f, last), &[0u8; CQ_ENTRY_LEN])? };
-                    }
-                    self.max_offset.store(last, Ordering::Release);
-                    dropped += 1;
-                }
+        let old_max = self.max_offset();
+        let (min, mut max) = (self.min_offset(), old_max);
+        while max > min {
+            match self.get(max - 1) {
+                Some(e) if e.phys_offset + e.size as u64 > log_end => max -= 1,
                 _ => break,
             }
+        }
+        let dropped = old_max - max;
+        // Readers stop at the new end before the entries behind it go (a
+        // replica truncates while pulls are served).
+        self.max_offset.store(max, Ordering::Release);
+        let mut slot = max;
+        while slot < old_max {
+            let Some(f) = self.file_for(slot) else { break };
+            let upto = old_max.min(f.start + f.entries);
+            let (pos, len) = (self.slot(&f, slot), (upto - slot) as usize * CQ_ENTRY_LEN);
+            // SAFETY: the Dispatcher (the only writer) is idle during
+            // recovery and a replica's truncation; new readers read below
+            // the lowered `max_offset` (one that loaded the old one just
+            // before copies the old entry or zeroes, read as missing).
+            unsafe { f.file.write_at_shared(pos, &vec![0u8; len])? };
+            // Durable now: a stale entry found again after a crash would
+            // point at whatever is later written where its record was.
+            f.file.flush_range(pos, len)?;
+            slot = upto;
         }
         if dropped > 0 {
             self.flushed_offset.fetch_min(self.max_offset(), Ordering::AcqRel);

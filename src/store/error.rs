@@ -80,6 +80,33 @@ pub enum StoreError {
     /// watermark, or short of the space a failed write needed).
     #[error("{0}")]
     DiskFull(#[from] super::disk::DiskFull),
+    /// A commitlog offset below the log's start: retention deleted it
+    /// (a replica asked for bytes its master no longer has).
+    #[error("commitlog offset {offset} was deleted by retention: the commitlog starts at {log_start}")]
+    OffsetDeleted {
+        /// The offset asked for.
+        offset: u64,
+        /// The first offset still stored.
+        log_start: u64,
+    },
+    /// A commitlog offset past the end of the log (a replica that claims
+    /// more than its master has).
+    #[error("commitlog offset {offset} is past the end of the commitlog at {write_pos}")]
+    PastLogEnd {
+        /// The offset asked for.
+        offset: u64,
+        /// The end of the log.
+        write_pos: u64,
+    },
+    /// Replicated bytes that do not continue the log: they must be
+    /// appended exactly at its end.
+    #[error("replicated bytes for commitlog offset {at} do not continue the commitlog, which ends at {write_pos}")]
+    NotAtLogEnd {
+        /// Where the bytes were to be appended.
+        at: u64,
+        /// The end of the log.
+        write_pos: u64,
+    },
 }
 
 /// The broad class of a [`StoreError`]: stable, for callers that branch on
@@ -102,6 +129,12 @@ pub enum StoreErrorKind {
     Encode,
     /// [`StoreError::DiskFull`].
     DiskFull,
+    /// [`StoreError::OffsetDeleted`].
+    OffsetDeleted,
+    /// [`StoreError::PastLogEnd`].
+    PastLogEnd,
+    /// [`StoreError::NotAtLogEnd`].
+    NotAtLogEnd,
 }
 
 impl StoreError {
@@ -135,6 +168,9 @@ impl StoreError {
             StoreError::Locked { .. } => StoreErrorKind::Locked,
             StoreError::Encode { .. } => StoreErrorKind::Encode,
             StoreError::DiskFull(_) => StoreErrorKind::DiskFull,
+            StoreError::OffsetDeleted { .. } => StoreErrorKind::OffsetDeleted,
+            StoreError::PastLogEnd { .. } => StoreErrorKind::PastLogEnd,
+            StoreError::NotAtLogEnd { .. } => StoreErrorKind::NotAtLogEnd,
         }
     }
 
@@ -153,14 +189,16 @@ impl StoreError {
 
     /// The [`io::ErrorKind`] this error becomes as an [`io::Error`]: the
     /// operating system's for [`StoreError::Io`], `InvalidData` for damaged
-    /// data, `InvalidInput` for bad arguments, `NotFound`, `WouldBlock` for
-    /// a locked directory, `Other` otherwise.
+    /// data, `InvalidInput` for bad arguments and offsets past or not at
+    /// the log's end, `NotFound` (also for offsets retention deleted),
+    /// `WouldBlock` for a locked directory, `Other` otherwise.
     pub fn io_kind(&self) -> io::ErrorKind {
         match self {
             StoreError::Io { source, .. } => source.kind(),
             StoreError::Corrupt { .. } => io::ErrorKind::InvalidData,
             StoreError::InvalidArgument(_) => io::ErrorKind::InvalidInput,
-            StoreError::NotFound(_) => io::ErrorKind::NotFound,
+            StoreError::NotFound(_) | StoreError::OffsetDeleted { .. } => io::ErrorKind::NotFound,
+            StoreError::PastLogEnd { .. } | StoreError::NotAtLogEnd { .. } => io::ErrorKind::InvalidInput,
             StoreError::Locked { .. } => io::ErrorKind::WouldBlock,
             StoreError::DiskFull(_) => io::ErrorKind::StorageFull,
             StoreError::Poisoned(_) | StoreError::Encode { .. } => io::ErrorKind::Other,

@@ -27,6 +27,7 @@ pub mod lock;
 pub mod mmap_file;
 pub mod offsets;
 pub mod record;
+pub mod replica;
 pub mod retention;
 pub mod subscriptions;
 pub mod topics;

@@ -113,6 +113,28 @@ impl TopicTable {
         Ok((cfg, true))
     }
 
+    /// Makes sure `topic` exists with at least `queues` queues: creates it
+    /// (no default TTL) or raises its queue count (its other settings
+    /// kept). Returns true when the table changed. A replica calls it for
+    /// the records its master sends.
+    pub fn ensure_queues(&self, topic: &str, queues: u32) -> StoreResult<bool> {
+        if self.get(topic).is_some_and(|c| c.queues >= queues) {
+            return Ok(false);
+        }
+        let mut topics = self.topics.write().map_err(|_| poisoned())?;
+        let mut next = topics.clone();
+        let cfg = next
+            .entry(topic.to_string())
+            .or_insert_with(|| TopicConfig::with_queues(0));
+        if cfg.queues >= queues {
+            return Ok(false);
+        }
+        cfg.queues = queues;
+        self.persist(&next)?;
+        *topics = next;
+        Ok(true)
+    }
+
     /// Removes a topic; returns its settings if it existed.
     pub fn remove(&self, topic: &str) -> StoreResult<Option<TopicConfig>> {
         let mut topics = self.topics.write().map_err(|_| poisoned())?;
