@@ -190,8 +190,8 @@ pub async fn run(a: ConsumeArgs) -> CliResult {
     if let StartFrom::Timestamp(_) = a.from {
         return Err("--from <time> needs --group (it resolves per-queue offsets on the broker)".into());
     }
-    let consumer =
-        PullConsumer::new(a.ns.client_config()).with_read_from_slave_when_behind(a.read_from_slave_when_behind.unwrap_or(0));
+    let consumer = PullConsumer::new(a.ns.client_config())
+        .with_read_from_slave_when_behind(a.read_from_slave_when_behind.unwrap_or(0));
     let queues = check_routes(consumer.core(), std::slice::from_ref(&a.topic)).await?;
     let (tx, mut rx) = mpsc::channel(queues.len() * 2);
     let mut tasks = Vec::new();

@@ -106,7 +106,10 @@ impl PullConsumer {
 
     /// A consumer sharing another client's connections and routes.
     pub fn from_core(core: Arc<ClientCore>) -> PullConsumer {
-        PullConsumer { core, slave_reads: None }
+        PullConsumer {
+            core,
+            slave_reads: None,
+        }
     }
 
     /// Like RocketMQ's `slaveReadEnable`: when a pull shows this consumer
@@ -195,7 +198,13 @@ impl PullConsumer {
         let timeout = self.core.cfg.request_timeout;
         let (_, body) = self
             .core
-            .request(&self.core.read_addr(mq).await, Command::GetOffsets, header, Bytes::new(), timeout)
+            .request(
+                &self.core.read_addr(mq).await,
+                Command::GetOffsets,
+                header,
+                Bytes::new(),
+                timeout,
+            )
             .await?;
         Ok(from_json(&body, "offsets")?)
     }

@@ -71,11 +71,14 @@ impl ClientError {
 /// Is a server status transient, i.e. may the same request succeed when
 /// retried? Transient: system error, busy, store error, service unavailable
 /// (starting or stopping), disk full (space comes back when retention runs,
-/// and a retry may go to another broker group), queue not existing (a stale route: retried after
+/// and a retry may go to another broker group), not master (the route was
+/// stale or the master is down: a retry may go to another broker group), queue not existing (a stale route: retried after
 /// a fresh lookup) and a group rebalancing. Everything else — invalid
 /// argument, malformed frame, unsupported version, frame too large, unknown
 /// command, unknown topic (brokers not creating topics), message not found,
-/// group membership errors — is permanent.
+/// group membership errors, and slave not available (a sync-replication
+/// send stored on the master that no slave confirmed in time: a retry
+/// could store it twice) — is permanent.
 pub fn transient_status(status: Status) -> bool {
     match status {
         Status::SystemError
@@ -83,6 +86,7 @@ pub fn transient_status(status: Status) -> bool {
         | Status::StoreError
         | Status::ServiceUnavailable
         | Status::DiskFull
+        | Status::NotMaster
         | Status::QueueNotExist
         | Status::RebalanceInProgress => true,
         // Permanent, and any status added later until classified here.
@@ -124,6 +128,7 @@ mod tests {
             Status::StoreError,
             Status::ServiceUnavailable,
             Status::QueueNotExist,
+            Status::NotMaster,
         ] {
             assert!(server(s).is_transient(), "{s:?}");
         }
@@ -139,6 +144,7 @@ mod tests {
             Status::TopicNotExist,
             Status::UnknownCommand,
             Status::UnsupportedVersion,
+            Status::SlaveNotAvailable,
         ] {
             assert!(!server(s).is_transient(), "{s:?}");
         }

@@ -453,7 +453,11 @@ impl Producer {
     /// is known (then the error names it without asking).
     async fn slave_to_ask(&self, topic: &str) -> Option<(String, String)> {
         if let Ok(route) = self.core.route(topic, false).await {
-            if route.brokers.iter().any(|b| b.addrs.contains_key(&0) || b.down.contains_key(&0)) {
+            if route
+                .brokers
+                .iter()
+                .any(|b| b.addrs.contains_key(&0) || b.down.contains_key(&0))
+            {
                 return None;
             }
             return route.brokers.iter().find_map(|b| {

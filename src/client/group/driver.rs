@@ -370,7 +370,9 @@ pub(super) async fn commit_or_keep(
     let broker_name = first.broker_name.clone();
     let result = match core.master_addr(&first.topic, &broker_name).await {
         Some(addr) => commit_offsets(core, &addr, offsets_group, me, offsets.clone()).await,
-        None => Err(ClientError::NoRoute(format!("broker group {broker_name} has no live master"))),
+        None => Err(ClientError::NoRoute(format!(
+            "broker group {broker_name} has no live master"
+        ))),
     };
     match result {
         Ok(()) => {
@@ -509,7 +511,9 @@ mod tests {
             topic: "t".into(),
             brokers: vec![broker("b", 1, &[(0, &master)], &[])],
         };
-        let core = ClientCore::new(ClientConfig::new([namesrv(Arc::new(std::sync::Mutex::new(route))).await]));
+        let core = ClientCore::new(ClientConfig::new([
+            namesrv(Arc::new(std::sync::Mutex::new(route))).await
+        ]));
         let kept = Mutex::new(KeptCommits::default());
         let err = commit_or_keep(&core, &kept, "g", &me(), at(5)).await.unwrap_err();
         assert_eq!(err.status(), Some(Status::IllegalGeneration));

@@ -86,13 +86,7 @@ impl Feed {
         };
         let (_, body) = self
             .core
-            .request(
-                &read_addr,
-                Command::FetchOffsets,
-                to_json(&f),
-                Bytes::new(),
-                timeout,
-            )
+            .request(&read_addr, Command::FetchOffsets, to_json(&f), Bytes::new(), timeout)
             .await?;
         let committed: CommittedOffsets = from_json(&body, "offsets")?;
         let found = committed
@@ -122,13 +116,7 @@ impl Feed {
                 };
                 let (_, body) = self
                     .core
-                    .request(
-                        &read_addr,
-                        Command::SearchOffset,
-                        to_json(&s),
-                        Bytes::new(),
-                        timeout,
-                    )
+                    .request(&read_addr, Command::SearchOffset, to_json(&s), Bytes::new(), timeout)
                     .await?;
                 from_json::<OffsetAt>(&body, "offset")?.offset
             }
@@ -139,8 +127,7 @@ impl Feed {
             queue: self.mq.queue_id,
             offset: start,
         };
-        if let Err(e) = commit_or_keep(&self.core, &self.kept, &self.offsets_group, &self.member, vec![offset]).await
-        {
+        if let Err(e) = commit_or_keep(&self.core, &self.kept, &self.offsets_group, &self.member, vec![offset]).await {
             // Consumption goes on; the next commit records the position.
             tracing::warn!(queue = %self.mq, error = %e, "could not commit the start position");
         }
@@ -333,6 +320,10 @@ mod tests {
                 offset: 9,
             }],
         );
-        assert_eq!(feed.start_offset().await.unwrap(), 9, "what this client committed meanwhile");
+        assert_eq!(
+            feed.start_offset().await.unwrap(),
+            9,
+            "what this client committed meanwhile"
+        );
     }
 }

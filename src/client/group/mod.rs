@@ -14,7 +14,7 @@
 //! A broker group whose master is down keeps its queues: the coordinator
 //! still assigns them while the group has a live slave, and the member
 //! reads them from the slave; its commits for that group are kept by the
-//! client until the master is back (see [`kept`]).
+//! client until the master is back, and retried with the newest value.
 
 mod driver;
 mod feed;
