@@ -436,32 +436,78 @@ impl Store {
 
     /// Like [`last_records`](Self::last_records), for the newest `n`
     /// records ending at or below `end` (to look further back when the
-    /// newest ones all differ). Walks the segments holding them from their
-    /// start.
+    /// newest ones all differ).
+    ///
+    /// The walk starts at a record the consume queues point at, late
+    /// enough to be short yet early enough for `n` records to follow (see
+    /// [`walk_hint`](Self::walk_hint)); without one it walks the segments
+    /// holding the records from their start (up to a segment's worth of
+    /// reading per segment).
     pub fn records_before(&self, end: u64, n: usize) -> StoreResult<Vec<(u64, u32)>> {
-        let seg_bytes = self.log.segment_bytes();
         let start = self.log.start_offset();
-        let mut upto = end.min(self.log.write_pos());
+        let end = end.min(self.log.write_pos());
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        if let Some(hint) = self.walk_hint(end, n) {
+            let newest = self.newest_records(hint, end, n)?;
+            if newest.len() == n {
+                return Ok(newest.into_iter().rev().collect());
+            }
+        }
+        let mut upto = end;
         let mut out = Vec::new();
         while out.len() < n && upto > start {
             let Some(seg) = self.log.segment_holding(upto - 1) else {
                 break;
             };
-            let want = n - out.len();
-            let mut newest = VecDeque::with_capacity(want.min(4096));
-            walk(&seg, seg_bytes, 0, upto, |pos, step| {
-                if let Step::Record(crc) = step {
-                    if newest.len() == want {
-                        newest.pop_front();
-                    }
-                    newest.push_back((pos, crc));
-                }
-                true
-            })?;
+            let newest = self.newest_records(seg.start, upto, n - out.len())?;
             out.extend(newest.into_iter().rev());
             upto = seg.start;
         }
         Ok(out)
+    }
+
+    /// A record boundary below `end` with at least `n` records between it
+    /// and `end`: the latest of the consume queues' `n`-th newest entries
+    /// (every entry points at a record start, and that queue alone has `n`
+    /// records after it). `None` when no queue has `n` entries below `end`.
+    fn walk_hint(&self, end: u64, n: usize) -> Option<u64> {
+        let start = self.log.start_offset();
+        self.queues
+            .all()
+            .into_iter()
+            .filter_map(|(_, cq)| {
+                let at = cq.max_offset().checked_sub(n as u64)?;
+                let e = cq.get(at)?;
+                let last = cq.get(cq.max_offset() - 1)?;
+                (e.phys_offset >= start && last.phys_offset + u64::from(last.size) <= end).then_some(e.phys_offset)
+            })
+            .max()
+    }
+
+    /// The newest `n` records (offset, CRC) of those from the boundary
+    /// `from` to `end`, oldest first, walking segment after segment.
+    fn newest_records(&self, from: u64, end: u64, n: usize) -> StoreResult<VecDeque<(u64, u32)>> {
+        let seg_bytes = self.log.segment_bytes();
+        let mut newest = VecDeque::with_capacity(n.min(4096));
+        let mut pos = from;
+        while pos < end {
+            let Some(seg) = self.log.segment_holding(pos) else {
+                break;
+            };
+            walk(&seg, seg_bytes, (pos - seg.start) as usize, end, |at, step| {
+                if let Step::Record(crc) = step {
+                    if newest.len() == n {
+                        newest.pop_front();
+                    }
+                    newest.push_back((at, crc));
+                }
+                true
+            })?;
+            pos = seg.start + seg_bytes;
+        }
+        Ok(newest)
     }
 
     /// The CRC stored by the whole, CRC-valid record starting at `offset`
@@ -531,8 +577,9 @@ impl Store {
     /// then marks `end` dispatched. `now_ms` only measures the lag.
     ///
     /// Records of a topic the master deleted and re-created restart its
-    /// queues at 0, which a slave holding the old queue refuses: topic
-    /// deletion is not replicated.
+    /// queues at 0: a slave still holding the old queues (one replaying
+    /// that history from the start of the log) refuses them, as the
+    /// master's own recovery could not replay them either.
     pub fn append_replicated(
         &self,
         appender: &mut Appender,
@@ -705,7 +752,7 @@ impl Store {
     /// Slave side, on divergence: cuts the log at `offset`, a record
     /// boundary at or below the write position (a record's start or end,
     /// a segment's start, or the write position itself; else
-    /// [`StoreError::Corrupt`], and nothing changes). Erases everything
+    /// [`StoreError::InvalidArgument`], and nothing changes). Erases everything
     /// from there: zeroes the rest of its segment and deletes later ones,
     /// drops the consume-queue entries and index entries of the records
     /// cut, resets the queue offsets handed out from the consume queues,
@@ -809,11 +856,10 @@ impl Store {
             return Ok(0);
         }
         let seg_bytes = self.log.segment_bytes();
-        let not_boundary = |detail: &str| StoreError::Corrupt {
-            what: "commitlog truncation point",
-            path: None,
-            offset: Some(offset),
-            detail: detail.to_string(),
+        let not_boundary = |why: &str| {
+            StoreError::InvalidArgument(format!(
+                "cannot truncate the commitlog at {offset}: {why}, it is not a record boundary"
+            ))
         };
         let Some(seg) = self.log.segment_holding(offset) else {
             return Err(not_boundary("no segment holds it"));
@@ -1341,6 +1387,11 @@ mod tests {
             let size = master.log.record_at(off).unwrap().size as u64;
             assert_eq!(master.record_end_at(off).unwrap(), Some(off + size));
         }
+        // Short walks from a consume-queue entry give the same.
+        for k in [1, 5, 23, 60, all.len(), all.len() + 1] {
+            assert_eq!(master.last_records(k).unwrap(), all[..k.min(all.len())].to_vec(), "{k}");
+        }
+        assert!(master.walk_hint(master.log.write_pos(), 5).is_some());
         // Across a segment boundary, newest first.
         let first_in_last = all
             .iter()
@@ -1441,7 +1492,7 @@ mod tests {
 
         // Not a record boundary: refused, nothing changes.
         let err = slave.truncate_log_to(cut - 1).unwrap_err();
-        assert_eq!(err.kind(), StoreErrorKind::Corrupt, "{err}");
+        assert_eq!(err.kind(), StoreErrorKind::InvalidArgument, "{err}");
         assert!(slave.log.write_pos() > cut);
         // Not everything dispatched yet: refused.
         let undispatched = slave.dispatched_offset();
@@ -1510,6 +1561,76 @@ mod tests {
         for (k, v) in lost {
             slave.offsets.apply(&[(k, v)]);
         }
+        assert_same(&master, &slave);
+    }
+
+    #[test]
+    fn truncation_at_a_filler_a_segment_start_or_the_start_then_follows_again() {
+        let (mdir, sdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let master = open(mdir.path());
+        produce(&master, "one", 80, true);
+        let slave = open(sdir.path());
+        let mut app = Appender::new(slave.log.clone());
+        let chunks = follow(&master, &slave, &mut app, 1 << 20);
+        let filler = chunks
+            .iter()
+            .find(|c| c.next % SEG == 0 && c.from < SEG * 3)
+            .map(|c| c.from + c.bytes.len() as u64 - BLANK_HEADER_LEN as u64)
+            .unwrap();
+        assert_eq!(slave.record_crc_at(filler).unwrap(), None, "a filler is no record");
+        for cut in [2 * SEG, filler, 0] {
+            let report = slave.truncate_log_to(cut).unwrap();
+            assert_eq!(slave.log.write_pos(), cut);
+            assert!(report.records > 0 && report.queue_entries > 0, "{report:?}");
+            assert!(slave.last_records(1).unwrap().first().is_none_or(|(o, _)| *o < cut));
+            for (_, cq) in slave.queues.all() {
+                if let Some(last) = cq.max_offset().checked_sub(1).and_then(|o| cq.get(o)) {
+                    assert!(last.phys_offset < cut);
+                }
+            }
+            follow(&master, &slave, &mut app, 30_000);
+            assert_same(&master, &slave);
+        }
+        drop(app);
+        drop(slave);
+        assert_same(&master, &open(sdir.path()));
+    }
+
+    #[test]
+    fn a_failed_write_publishes_nothing_and_undoes_its_commits() {
+        let (mdir, sdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let master = open(mdir.path());
+        produce(&master, "one", 80, true);
+        let slave = open(sdir.path());
+        let mut app = Appender::new(slave.log.clone());
+        let first = master.replica_chunk(0, SEG as usize).unwrap();
+        slave.append_replicated(&mut app, 0, &first.bytes, 0).unwrap();
+        // The next segment cannot be created: a directory holds its name.
+        let blocker = sdir
+            .path()
+            .join("commitlog")
+            .join(super::super::fsutil::offset_file_name(SEG));
+        std::fs::create_dir(&blocker).unwrap();
+        let second = master.replica_chunk(SEG, SEG as usize).unwrap();
+        let commits = check_chunk(SEG, &second.bytes, SEG)
+            .unwrap()
+            .0
+            .iter()
+            .filter(|c| c.rec.as_ref().is_some_and(|r| r.topic == OFFSETS_TOPIC))
+            .count();
+        assert!(commits > 0, "the chunk commits offsets");
+        let before = slave.offsets.all();
+        let err = slave.append_replicated(&mut app, SEG, &second.bytes, 0).unwrap_err();
+        assert_eq!(err.kind(), StoreErrorKind::Io, "{err}");
+        assert_eq!(slave.log.write_pos(), SEG);
+        assert_eq!(slave.offsets.all(), before, "the chunk's commits were undone");
+        std::fs::remove_dir(&blocker).unwrap();
+        // The first chunk was never dispatched here: a restart does it.
+        drop(app);
+        drop(slave);
+        let slave = open(sdir.path());
+        let mut app = Appender::new(slave.log.clone());
+        follow(&master, &slave, &mut app, 1 << 20);
         assert_same(&master, &slave);
     }
 }
