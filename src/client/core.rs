@@ -47,6 +47,9 @@ pub const DOWN_RETRY_MIN: Duration = Duration::from_millis(500);
 pub const DOWN_RETRY_MAX: Duration = Duration::from_secs(2);
 /// How long a cached route naming a server marked down is trusted.
 pub const DOWN_ROUTE_TTL: Duration = Duration::from_secs(2);
+/// When no name server answered a route refresh, how long reads use the
+/// old route before asking them again.
+pub const READ_REFRESH_RETRY: Duration = Duration::from_millis(500);
 
 impl ClientConfig {
     /// Defaults (3 s requests, 2 retries, 30 s routes, 16 MiB frames) for
@@ -320,6 +323,9 @@ pub struct ClientCore {
     pub cfg: ClientConfig,
     pool: Arc<Pool>,
     routes: Mutex<HashMap<String, (Instant, Arc<TopicRoute>)>>,
+    /// The last route looked up per topic (never dropped): what reads use
+    /// when no name server answers.
+    last_routes: Mutex<HashMap<String, Arc<TopicRoute>>>,
     down: Arc<Mutex<DownSet>>,
 }
 
@@ -330,6 +336,7 @@ impl ClientCore {
             cfg,
             pool: Arc::default(),
             routes: Mutex::default(),
+            last_routes: Mutex::default(),
             down: Arc::default(),
         })
     }
@@ -644,6 +651,9 @@ impl ClientCore {
         if let Ok(mut m) = self.routes.lock() {
             m.insert(topic.to_string(), (Instant::now(), route.clone()));
         }
+        if let Ok(mut m) = self.last_routes.lock() {
+            m.insert(topic.to_string(), route.clone());
+        }
         Ok(route)
     }
 
@@ -696,15 +706,24 @@ impl ClientCore {
 
     /// The topic's route for choosing an address: the cached or a fresh
     /// one, or — when no name server answers — the last one cached, however
-    /// old.
+    /// old; after such a failed refresh the old route serves reads for
+    /// [`READ_REFRESH_RETRY`] before the name servers are asked again (so
+    /// that pulls do not each wait for them).
     async fn route_for_reads(&self, topic: &str) -> Option<Arc<TopicRoute>> {
         match self.route(topic, false).await {
             Ok(r) => Some(r),
-            Err(_) => self
-                .routes
-                .lock()
-                .ok()
-                .and_then(|m| m.get(topic).map(|(_, r)| r.clone())),
+            Err(_) => {
+                // The last route looked up, even one dropped from the cache
+                // because it names a server marked down.
+                let last = self.last_routes.lock().ok()?.get(topic).cloned()?;
+                let mut m = self.routes.lock().ok()?;
+                let retry_at = Instant::now()
+                    .checked_sub(DOWN_ROUTE_TTL.saturating_sub(READ_REFRESH_RETRY))
+                    .unwrap_or_else(Instant::now);
+                let entry = m.entry(topic.to_string()).or_insert((retry_at, last));
+                entry.0 = entry.0.max(retry_at);
+                Some(entry.1.clone())
+            }
         }
     }
 
@@ -1019,6 +1038,26 @@ mod tests {
             "fb",
             "no route: the queue's address"
         );
+    }
+
+    #[tokio::test]
+    async fn without_name_servers_reads_use_the_last_route() {
+        use super::test_support::free_addr;
+        let core = ClientCore::new(ClientConfig::new([free_addr()]));
+        let route = TopicRoute {
+            topic: "t".into(),
+            brokers: vec![broker("b", 1, &[(0, "m"), (1, "s")], &[])],
+        };
+        core.last_routes.lock().unwrap().insert("t".into(), Arc::new(route));
+        let mq = MessageQueue {
+            topic: "t".into(),
+            broker_name: "b".into(),
+            broker_addr: "m".into(),
+            queue_id: 0,
+        };
+        assert_eq!(core.read_addr(&mq).await, "m");
+        core.mark_down("m");
+        assert_eq!(core.read_addr(&mq).await, "s");
     }
 
     #[tokio::test]
