@@ -11,6 +11,14 @@
 //!
 //! All start from name-server addresses ([`ClientConfig`]) and work inside a
 //! tokio runtime or an actix arbiter.
+//!
+//! Broker groups have a master (id 0) and read-only slaves. Producers send
+//! to masters only ([`core::ClientCore::writable_queues`]). Consumers keep
+//! every queue of a group with a live master or slave
+//! ([`core::ClientCore::queues`]) and read it from the master, or from a
+//! slave while the master is down ([`core::ClientCore::read_addr`]); group
+//! members keep the commits a down master cannot take and send them once
+//! it is back.
 
 pub mod admin;
 pub mod consumer;
