@@ -45,14 +45,26 @@ impl Driver {
     /// Joins, consumes and rejoins until `stop` fires.
     pub(super) async fn run(self, mut stop: oneshot::Receiver<()>) {
         let mut member_id: Option<String> = None;
+        // The last failure logged at warn: the same one again (no master to
+        // coordinate the group, for as long as that lasts) is logged at debug.
+        let mut last_failure: Option<String> = None;
         loop {
             let session = self.session(&mut member_id, &mut stop).await;
+            if session.is_ok() {
+                last_failure = None;
+            }
             match session {
                 Ok(End::Stop) => return,
                 Ok(End::Rebalance) => {}
                 Ok(End::Rejoin) => member_id = None,
                 Err(e) => {
-                    tracing::warn!(group = %self.cfg.group, error = %e, "group session failed; rejoining");
+                    let text = e.to_string();
+                    if last_failure.as_deref() == Some(text.as_str()) {
+                        tracing::debug!(group = %self.cfg.group, error = %e, "group session failed again; rejoining");
+                    } else {
+                        tracing::warn!(group = %self.cfg.group, error = %e, "group session failed; rejoining");
+                    }
+                    last_failure = Some(text);
                     // A member id is only known to the coordinator that gave
                     // it; after a failure the next one may be another broker.
                     member_id = None;

@@ -190,7 +190,7 @@ impl Feed {
             {
                 Ok(r) => {
                     if failures > 0 {
-                        tracing::info!(queue = %self.mq, "queue reachable again");
+                        tracing::info!(queue = %self.mq, broker = %r.broker_addr, "queue reachable again");
                         failures = 0;
                     }
                     offset = r.next_offset;
