@@ -24,6 +24,66 @@ pub struct Config {
     pub delivery: DeliverySection,
     /// `[http]`: metrics, actor tree, health, console.
     pub http: HttpSection,
+    /// `[replication]`: master → slave copying of the commitlog.
+    pub replication: ReplicationSection,
+}
+
+/// When a master answers a producer with respect to its slaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicationMode {
+    /// Answer only once a slave has confirmed the batch (RocketMQ
+    /// `SYNC_MASTER`); `SLAVE_NOT_AVAILABLE` when none does in time.
+    Sync,
+    /// Answer per the flush policy; slaves follow (`ASYNC_MASTER`).
+    Async,
+}
+
+impl std::str::FromStr for ReplicationMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sync" => Ok(ReplicationMode::Sync),
+            "async" => Ok(ReplicationMode::Async),
+            other => Err(format!("replication mode {other:?} is not sync or async")),
+        }
+    }
+}
+
+/// `[replication]` section. A master (`broker.id = 0`) serves its log to
+/// slaves and answers producers per `mode`; a slave (`broker.id > 0`)
+/// follows the master of its broker group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationSection {
+    /// `sync` or `async` (a master's setting; slaves ignore it).
+    pub mode: ReplicationMode,
+    /// A slave's master, `host:port`; empty: found through the name
+    /// servers by broker name (the group's broker with id 0).
+    pub master: String,
+    /// Sync replication: how long a send waits for a slave's confirmation
+    /// before it is answered `SLAVE_NOT_AVAILABLE`.
+    pub sync_timeout_ms: u64,
+    /// Largest chunk of log a slave asks for at once.
+    pub fetch_max_bytes: u32,
+    /// How long the master holds a slave's fetch when it has nothing new.
+    pub fetch_wait_ms: u32,
+    /// A slave that has not fetched for this long is dropped by the master
+    /// (sync sends then fail at once instead of waiting).
+    pub slave_idle_ms: u64,
+}
+
+impl Default for ReplicationSection {
+    fn default() -> Self {
+        ReplicationSection {
+            mode: ReplicationMode::Async,
+            master: String::new(),
+            sync_timeout_ms: 3_000,
+            fetch_max_bytes: 4 << 20,
+            fetch_wait_ms: 1_000,
+            slave_idle_ms: 5_000,
+        }
+    }
 }
 
 /// `[http]` section.
@@ -343,6 +403,12 @@ pub struct Overrides {
     pub flush: Option<FlushMode>,
     /// `--http`.
     pub http: Option<String>,
+    /// `--broker-name`.
+    pub broker_name: Option<String>,
+    /// `--broker-id`.
+    pub broker_id: Option<u64>,
+    /// `--replication`.
+    pub replication: Option<ReplicationMode>,
 }
 
 /// Why the configuration could not be loaded.
@@ -398,6 +464,15 @@ impl Config {
         }
         if let Some(f) = o.flush {
             self.store.flush = f;
+        }
+        if let Some(n) = &o.broker_name {
+            self.broker.name = n.clone();
+        }
+        if let Some(id) = o.broker_id {
+            self.broker.id = id;
+        }
+        if let Some(m) = o.replication {
+            self.replication.mode = m;
         }
     }
 
@@ -459,6 +534,19 @@ impl Config {
         }
         if self.broker.max_connections == 0 {
             return bad("broker.max_connections must be positive");
+        }
+        let r = &self.replication;
+        if r.sync_timeout_ms == 0 || r.fetch_wait_ms == 0 || r.slave_idle_ms <= u64::from(r.fetch_wait_ms) {
+            return bad(
+                "replication.sync_timeout_ms and fetch_wait_ms must be positive, and slave_idle_ms larger than \
+                 fetch_wait_ms",
+            );
+        }
+        if r.fetch_max_bytes < 64 * 1024 || r.fetch_max_bytes as usize > self.broker.max_frame_bytes / 2 {
+            return bad("replication.fetch_max_bytes must be at least 65536 and at most half of broker.max_frame_bytes");
+        }
+        if !r.master.is_empty() && r.master.parse::<std::net::SocketAddr>().is_err() && !r.master.contains(':') {
+            return bad("replication.master must be host:port");
         }
         Ok(())
     }

@@ -45,6 +45,10 @@ pub enum ErrorKind {
     Unavailable,
     /// The disk is full: the write was refused, nothing was stored.
     DiskFull,
+    /// This broker is a read-only slave; the message names the master.
+    NotMaster,
+    /// Sync replication timed out: stored on the master only.
+    SlaveNotAvailable,
 }
 
 /// An operation's failure: a kind and a message naming what failed.

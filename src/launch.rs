@@ -16,7 +16,12 @@ use actix::{Arbiter, ArbiterHandle};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::actors::ack_policy::policy_for;
+use crate::actors::ack_policy::{policy_for, AckPolicy, AllOf};
+use crate::actors::replication::follower::{self, FollowerParts, FollowerStatus, ReplicaFollower};
+use crate::actors::replication::hub::ReplicationHub;
+use crate::actors::replication::Replication;
+use crate::clock::now_millis;
+use crate::replication::follower::FollowerState;
 use crate::actors::commitlog_writer::CommitLogWriter;
 use crate::actors::delay_scheduler::DelayScheduler;
 use crate::actors::dispatcher::{Dispatcher, Subscribe};
@@ -146,13 +151,51 @@ async fn serve_until_signal(
             Dispatcher::new(store).with_stats(stats)
         })
     };
+    let is_slave = cfg.broker.id != 0;
+    // A master's ack policy includes the replication hub (it wakes slaves'
+    // fetches and, under sync replication, waits for one to confirm).
+    let hub = (!is_slave).then(|| ReplicationHub::new(&cfg.replication, store.log.write_pos()));
+    let follower_status: FollowerStatus = Arc::new(std::sync::Mutex::new(FollowerState::new(now_millis())));
     let writer = {
         let (store, dispatcher) = (store.clone(), dispatcher.clone());
-        let ack = policy_for(cfg.store.flush, flusher);
+        let flush = policy_for(cfg.store.flush, flusher);
+        let ack: Arc<dyn AckPolicy> = match &hub {
+            Some(hub) => Arc::new(AllOf(vec![flush, hub.clone()])),
+            None => flush,
+        };
+        let read_only = is_slave.then(|| {
+            format!(
+                "broker {}/{} is a read-only slave: it stores only what its master sends",
+                cfg.broker.name, cfg.broker.id
+            )
+        });
         tree.start(kind::COMMITLOG_WRITER, "0", Some(&store_arbiter), move |stats| {
-            CommitLogWriter::new(store, dispatcher, ack, store_host).with_stats(stats)
+            CommitLogWriter::new(store, dispatcher, ack, store_host)
+                .read_only(read_only)
+                .with_stats(stats)
         })
     };
+    let replication = Arc::new(match &hub {
+        Some(hub) => Replication::Master {
+            hub: hub.clone(),
+            links: Default::default(),
+            store: store.clone(),
+            tree: tree.clone(),
+        },
+        None => Replication::Slave {
+            status: follower_status.clone(),
+        },
+    });
+    if let Some(hub) = hub.clone() {
+        // Sync sends past their deadline are answered; silent slaves dropped.
+        actix_rt::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tick.tick().await;
+                hub.tick();
+            }
+        });
+    }
     let services = Arc::new(BrokerServices::new(
         store.clone(),
         store_host,
@@ -184,20 +227,27 @@ async fn serve_until_signal(
     let routes = crate::client::core::ClientCore::new(client_cfg.clone());
     let groups = Arc::new(GroupRegistry::new(cfg.group.clone(), network.clone(), tree.clone()));
     let register_interval = Duration::from_millis(cfg.broker.register_interval_ms);
+    let report: crate::actors::namesrv_client::ReportFn = {
+        let replication = replication.clone();
+        Arc::new(move || Some(replication.report()))
+    };
     let registrar = tree.start(kind::NAME_SERVER_CLIENT, "0", None, move |stats| {
-        NameServerClient::new(namesrv_addrs, identity, register_interval, topics).with_stats(stats)
+        NameServerClient::new(namesrv_addrs, identity, register_interval, topics)
+            .with_report(report)
+            .with_stats(stats)
     });
     services.set_registrar(registrar.addr().clone());
     let delays = {
         let services = services.clone();
         tree.start(kind::DELAY_SCHEDULER, "0", None, move |stats| {
-            DelayScheduler::new(services).with_stats(stats)
+            DelayScheduler::new(services).standby(is_slave).with_stats(stats)
         })
     };
     services.set_delays(delays.addr().clone().recipient());
     // Queues that groups receive with acknowledgements come back at once,
-    // so TTL expiry runs before any consumer reconnects.
-    for topic in store.subscriptions.topics() {
+    // so TTL expiry runs before any consumer reconnects (on a master: a
+    // slave's queues take no receives and dead-letter nothing).
+    for topic in store.subscriptions.topics().into_iter().filter(|_| !is_slave) {
         for queue in 0..store.topics.get(&topic).map_or(0, |t| t.queues) {
             queues.get_or_start(&topic, queue);
         }
@@ -224,6 +274,21 @@ async fn serve_until_signal(
         routes.clone(),
         store_host.to_string(),
     ));
+    if is_slave {
+        let parts = FollowerParts {
+            store: store.clone(),
+            writer: writer.clone(),
+            registrar: registrar.addr().clone(),
+            routes: routes.clone(),
+            broker: cfg.broker.clone(),
+            replication: cfg.replication.clone(),
+            addr: store_host.to_string(),
+            status: follower_status,
+        };
+        tree.start(follower::KIND, "0", None, move |stats| {
+            ReplicaFollower::new(parts).with_stats(stats)
+        });
+    }
     let core = Arc::new(BrokerCore {
         groups,
         routes,
@@ -237,6 +302,7 @@ async fn serve_until_signal(
         services,
         delays,
         sessions,
+        replication,
     });
     {
         let core = core.clone();
@@ -274,7 +340,14 @@ async fn serve_until_signal(
     };
 
     let namesrv_text = embedded.map_or_else(|| "-".to_string(), |a| a.to_string());
-    tracing::info!(broker = %bound, namesrv = %namesrv_text, flush = ?cfg.store.flush, "broker ready");
+    tracing::info!(
+        broker = %bound,
+        namesrv = %namesrv_text,
+        flush = ?cfg.store.flush,
+        role = if is_slave { "slave" } else { "master" },
+        replication = ?cfg.replication.mode,
+        "broker ready"
+    );
     {
         let mut out = io::stdout().lock();
         writeln!(

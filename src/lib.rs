@@ -34,6 +34,7 @@ pub mod observe;
 pub mod push;
 pub mod record;
 pub mod render;
+pub mod replication;
 pub mod server;
 pub mod store;
 pub mod wire;

@@ -52,6 +52,31 @@ pub struct Append {
 #[rtype(result = "std::io::Result<()>")]
 pub struct DeleteTopicData(pub String);
 
+/// A slave stores a chunk of its master's log, byte for byte, at `at`
+/// (its own log's end); answers the new end.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<u64, BrokerError>")]
+pub struct AppendReplicated {
+    /// Where the chunk starts (must be this log's end).
+    pub at: u64,
+    /// Whole records (and a segment's closing filler), CRC-checked here.
+    pub bytes: bytes::Bytes,
+}
+
+/// A slave cuts its log at `to` (its master does not have what follows),
+/// after every pending dispatch; answers what was cut, for a log line.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<String, BrokerError>")]
+pub struct TruncateLog {
+    /// A record boundary at or below the log's end.
+    pub to: u64,
+}
+
+/// An empty slave's log starts at `offset` (its master's start).
+#[derive(Message, Debug)]
+#[rtype(result = "Result<(), BrokerError>")]
+pub struct StartLogAt(pub u64);
+
 /// The writer actor.
 pub struct CommitLogWriter {
     stats: Arc<ActorStats>,
@@ -60,6 +85,9 @@ pub struct CommitLogWriter {
     dispatcher: Tracked<Dispatcher>,
     ack: Arc<dyn AckPolicy>,
     store_host: SocketAddr,
+    /// A slave's writer: refuses [`Append`] (with `read_only`'s message),
+    /// stores only what its master sends.
+    read_only: Option<String>,
 }
 
 impl CommitLogWriter {
@@ -84,7 +112,15 @@ impl CommitLogWriter {
             dispatcher,
             ack,
             store_host,
+            read_only: None,
         }
+    }
+
+    /// A slave's writer: every [`Append`] is refused with `NOT_MASTER` and
+    /// `why`; only [`AppendReplicated`] writes.
+    pub fn read_only(mut self, why: Option<String>) -> Self {
+        self.read_only = why;
+        self
     }
 }
 
@@ -111,6 +147,13 @@ impl Handler<Append> for CommitLogWriter {
 
     fn handle(&mut self, msg: Append, ctx: &mut Context<Self>) -> Self::Result {
         let _timer = self.stats.handling();
+        if let Some(why) = &self.read_only {
+            // A slave's log is a copy of its master's: nothing else may
+            // write it (the broker core refuses client writes earlier; this
+            // also stops the broker's own records, e.g. a dead letter).
+            let err = BrokerError::new(ErrorKind::NotMaster, why.clone());
+            return Box::pin(async move { Err(err) });
+        }
         let actx = AppendContext {
             born_host: self.store_host, // unused: each group names its own
             store_host: self.store_host,
@@ -185,6 +228,77 @@ impl Handler<DeleteTopicData> for CommitLogWriter {
         }
         let forget = self.dispatcher.send(ForgetTopic(topic));
         Box::pin(async move { forget.await.map_err(std::io::Error::other)? })
+    }
+}
+
+impl Handler<AppendReplicated> for CommitLogWriter {
+    type Result = Result<u64, BrokerError>;
+
+    fn handle(&mut self, msg: AppendReplicated, ctx: &mut Context<Self>) -> Self::Result {
+        let _timer = self.stats.handling();
+        let batch = match self
+            .store
+            .append_replicated(&mut self.appender, msg.at, &msg.bytes, now_millis())
+        {
+            Ok(b) => b,
+            Err(e) => {
+                let kind = if e.is_no_space() {
+                    ErrorKind::DiskFull
+                } else if matches!(e.kind(), crate::store::StoreErrorKind::Io) {
+                    // A failing disk: restart the actor (state is in the store).
+                    ctx.stop();
+                    ErrorKind::Store
+                } else {
+                    ErrorKind::InvalidArgument
+                };
+                return Err(BrokerError::new(kind, format!("storing replicated log at {}: {e}", msg.at)));
+            }
+        };
+        crate::observe::totals::add_in(batch.dispatch.len() as u64);
+        let end = batch.end;
+        if !batch.dispatch.is_empty() {
+            self.dispatcher.do_send(Dispatch {
+                entries: batch.dispatch,
+                end,
+            });
+        } else {
+            self.store.mark_dispatched(end);
+        }
+        Ok(end)
+    }
+}
+
+impl Handler<TruncateLog> for CommitLogWriter {
+    type Result = ResponseActFuture<Self, Result<String, BrokerError>>;
+
+    fn handle(&mut self, TruncateLog { to }: TruncateLog, _: &mut Context<Self>) -> Self::Result {
+        let _timer = self.stats.handling();
+        // Dispatches queued before this must land first, or they would
+        // write entries past the cut. The barrier is the dispatcher's
+        // mailbox order; the writer's own mailbox waits meanwhile.
+        let barrier = self.dispatcher.send(super::dispatcher::Barrier);
+        let store = self.store.clone();
+        Box::pin(
+            async move {
+                barrier.await.map_err(|e| BrokerError::new(ErrorKind::Unavailable, e.to_string()))?;
+                store
+                    .truncate_log_to(to)
+                    .map(|r| format!("{r:?}"))
+                    .map_err(|e| BrokerError::store(format!("cutting the log at {to}: {e}")))
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+impl Handler<StartLogAt> for CommitLogWriter {
+    type Result = Result<(), BrokerError>;
+
+    fn handle(&mut self, StartLogAt(offset): StartLogAt, _: &mut Context<Self>) -> Self::Result {
+        let _timer = self.stats.handling();
+        self.store
+            .start_log_at(offset)
+            .map_err(|e| BrokerError::store(format!("starting the log at {offset}: {e}")))
     }
 }
 

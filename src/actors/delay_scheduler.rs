@@ -40,6 +40,9 @@ pub struct DelayScheduler {
     services: Arc<BrokerServices>,
     table: DelayTable,
     timer: Option<SpawnHandle>,
+    /// On a slave: holds nothing and releases nothing (its master does;
+    /// the delay topic and the release progress arrive by replication).
+    standby: bool,
 }
 
 impl DelayScheduler {
@@ -56,7 +59,15 @@ impl DelayScheduler {
             services,
             table: DelayTable::default(),
             timer: None,
+            standby: false,
         }
+    }
+
+    /// A scheduler that releases nothing (a slave's: writes are its
+    /// master's).
+    pub fn standby(mut self, standby: bool) -> Self {
+        self.standby = standby;
+        self
     }
 
     fn key(queue: u32) -> OffsetKey {
@@ -229,6 +240,9 @@ impl Actor for DelayScheduler {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.stats.started();
+        if self.standby {
+            return;
+        }
         self.reload();
         self.arm(ctx);
     }
@@ -248,6 +262,9 @@ impl Handler<Scheduled> for DelayScheduler {
 
     fn handle(&mut self, Scheduled(items): Scheduled, ctx: &mut Context<Self>) {
         let _timer = self.stats.handling();
+        if self.standby {
+            return;
+        }
         for (queue, offset, due) in items {
             self.table.add(queue, offset, due);
         }

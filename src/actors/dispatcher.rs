@@ -52,6 +52,12 @@ pub struct Dispatch {
     pub end: u64,
 }
 
+/// Answered once every batch sent before it is dispatched (mailbox order;
+/// a batch still being retried holds it back).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Barrier;
+
 /// Deletes a deleted topic's consume queues, after every dispatch queued
 /// before it (mailbox order).
 #[derive(Message)]
@@ -186,6 +192,26 @@ impl Handler<Dispatch> for Dispatcher {
             self.drain(ctx);
         }
     }
+}
+
+impl Handler<Barrier> for Dispatcher {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: Barrier, _: &mut Context<Self>) -> Self::Result {
+        // Poll until the pending (failed, being retried) batches are in.
+        Box::pin(actix::fut::wrap_future::<_, Self>(async {}).then(|(), act, _| wait_drained(act)))
+    }
+}
+
+/// Resolves once `act` has no pending batch.
+fn wait_drained(act: &mut Dispatcher) -> std::pin::Pin<Box<dyn ActorFuture<Dispatcher, Output = ()>>> {
+    if act.pending.is_empty() {
+        return Box::pin(actix::fut::ready(()));
+    }
+    Box::pin(
+        actix::fut::wrap_future::<_, Dispatcher>(tokio::time::sleep(Duration::from_millis(20)))
+            .then(|(), act, _| wait_drained(act)),
+    )
 }
 
 impl Handler<Subscribe> for Dispatcher {

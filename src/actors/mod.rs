@@ -33,5 +33,6 @@ pub mod pull;
 pub mod queue_actor;
 pub mod queue_delivery;
 pub mod queue_registry;
+pub mod replication;
 pub mod retention_cleaner;
 pub mod services;

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, Mutex};
 use tokio::time::Instant;
 
 use crate::client::{ClientError, ClientResult, RemotingConnection};
-use crate::wire::control::{to_json, RegisterBroker, TopicInfo, UnregisterBroker};
+use crate::wire::control::{to_json, RegisterBroker, ReplicationReport, TopicInfo, UnregisterBroker};
 use crate::wire::Command;
 
 /// Deadline of one registration with one name server (lock wait, connect
@@ -51,6 +51,9 @@ pub struct BrokerIdentity {
 /// Produces the broker's current topic set for a registration.
 pub type TopicsFn = Arc<dyn Fn() -> BTreeMap<String, TopicInfo> + Send + Sync>;
 
+/// Reads the broker's replication state for each registration.
+pub type ReportFn = Arc<dyn Fn() -> Option<ReplicationReport> + Send + Sync>;
+
 /// Registers one broker with its name servers.
 pub struct NameServerClient {
     stats: Arc<ActorStats>,
@@ -58,6 +61,7 @@ pub struct NameServerClient {
     identity: BrokerIdentity,
     interval: Duration,
     topics: TopicsFn,
+    report: ReportFn,
     /// Set once any name server acknowledged a registration; shared with
     /// the spawned registration futures.
     registered: Arc<AtomicBool>,
@@ -89,10 +93,17 @@ impl NameServerClient {
             identity,
             interval: interval.max(Duration::from_millis(1)),
             topics,
+            report: Arc::new(|| None),
             registered: Arc::new(AtomicBool::new(false)),
             timer: None,
             link_check: None,
         }
+    }
+
+    /// Registers the broker's replication state too, read by `report`.
+    pub fn with_report(mut self, report: ReportFn) -> Self {
+        self.report = report;
+        self
     }
 
     /// Starts one registration round with every name server. The returned
@@ -111,6 +122,7 @@ impl NameServerClient {
             let tx = tx.clone();
             let identity = self.identity.clone();
             let topics = self.topics.clone();
+            let report = self.report.clone();
             let registered = self.registered.clone();
             async move {
                 // The topic set is read once the link is ours, so that of two
@@ -122,6 +134,7 @@ impl NameServerClient {
                         broker_id: identity.broker_id,
                         addr: identity.addr.clone(),
                         topics: topics(),
+                        replication: report(),
                     })
                 };
                 let ok = match link.call(Command::RegisterBroker, header, REGISTER_TIMEOUT).await {

@@ -29,6 +29,7 @@
 mod groups;
 mod messages;
 mod queries;
+mod replication;
 mod topics;
 
 use std::net::SocketAddr;
@@ -38,6 +39,7 @@ use actix::Addr;
 
 pub use groups::{GroupOffset, GroupView, JoinSpec, MemberRef, OffsetCommit, ResetSpec, ResetTo};
 pub use queries::MAX_QUERY_RESULTS;
+pub use replication::LogFetch;
 pub use topics::{QueueRange, QueueStat, TopicQueues, TopicSpec, MAX_QUEUES_PER_TOPIC};
 
 use super::session::{Principal, Session, SessionRegistry};
@@ -97,6 +99,14 @@ pub enum Operation<'a> {
         /// The topic (`None`: a lookup by message id).
         topic: Option<&'a str>,
     },
+    /// Take messages to be acknowledged one by one (changes the group's
+    /// in-flight state and, later, its offsets).
+    Receive {
+        /// The topic.
+        topic: &'a str,
+    },
+    /// A slave copies this master's log (handshake, fetch, topics).
+    Replicate,
 }
 
 impl Operation<'_> {
@@ -105,6 +115,7 @@ impl Operation<'_> {
         matches!(
             self,
             Operation::Produce { .. }
+                | Operation::Receive { .. }
                 | Operation::Settle { .. }
                 | Operation::WriteOffsets { .. }
                 | Operation::CreateTopic { .. }
@@ -118,7 +129,7 @@ impl Operation<'_> {
 pub enum BrokerRole {
     /// Takes writes.
     Master,
-    /// Follows a master (replication is a later issue).
+    /// Follows a master: serves reads, refuses writes (`NOT_MASTER`).
     Slave,
 }
 
@@ -160,6 +171,8 @@ pub struct BrokerCore {
     pub delays: Tracked<crate::actors::delay_scheduler::DelayScheduler>,
     /// The live sessions of every adapter.
     pub sessions: Arc<SessionRegistry>,
+    /// Replication: the master's hub and links, or the slave's follower.
+    pub replication: Arc<crate::actors::replication::Replication>,
 }
 
 impl BrokerCore {
@@ -188,9 +201,9 @@ impl BrokerCore {
     }
 
     /// The one place where "this broker is a slave: refuse writes" is
-    /// decided. Nothing is refused yet: replication (a later issue) makes a
-    /// slave's writes fail here with a kind telling the client to go to the
-    /// master, once slaves are fed by their master instead of by clients.
+    /// decided: on a slave every write (send, receive and settle, offset
+    /// commits and resets, topic creation and deletion) fails with
+    /// `NOT_MASTER`, naming the master (see [`Self::not_master`]).
     ///
     /// It also refuses sends and topic creation while the disk is full
     /// (above `store.disk_refuse_ratio`, or after a write found no space):
@@ -199,7 +212,7 @@ impl BrokerCore {
     /// with `DISK_FULL` only if the disk truly has no room).
     pub fn check_writable(&self, op: &Operation<'_>) -> Result<(), BrokerError> {
         if op.is_write() && self.role() == BrokerRole::Slave {
-            tracing::trace!(?op, "write on a slave broker (accepted until replication exists)");
+            return Err(self.not_master());
         }
         if matches!(op, Operation::Produce { .. } | Operation::CreateTopic { .. }) {
             self.store
@@ -208,6 +221,17 @@ impl BrokerCore {
                 .map_err(|e| self.name_disk_full(e.into()))?;
         }
         Ok(())
+    }
+
+    /// `NOT_MASTER`: this broker is a read-only slave; the message names
+    /// its master (or says it is not known yet).
+    pub fn not_master(&self) -> BrokerError {
+        let me = format!("broker {}/{}", self.cfg.name, self.cfg.id);
+        let message = match self.replication.master_addr() {
+            Some(m) => format!("{me} is a read-only slave; writes go to its master {m}"),
+            None => format!("{me} is a read-only slave; its master is unknown (not registered or unreachable)"),
+        };
+        BrokerError::new(ErrorKind::NotMaster, message)
     }
 
     /// A `DISK_FULL` error names this broker group (its message names the

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::split_addrs;
-use crate::config::{Config, FlushMode, Overrides};
+use crate::config::{Config, FlushMode, Overrides, ReplicationMode};
 
 /// `ferromq broker` flags.
 #[derive(Debug, Args)]
@@ -35,6 +35,16 @@ pub struct BrokerArgs {
     /// disables it (http.listen, default 127.0.0.1:8080).
     #[arg(long)]
     pub http: Option<String>,
+    /// Broker group name (broker.name), shared by a master and its slaves.
+    #[arg(long)]
+    pub broker_name: Option<String>,
+    /// 0 for the master, > 0 for a slave (broker.id).
+    #[arg(long)]
+    pub broker_id: Option<u64>,
+    /// A master's replication mode (replication.mode): `sync` answers a
+    /// send once a slave has it, `async` per the flush policy.
+    #[arg(long)]
+    pub replication: Option<ReplicationMode>,
 }
 
 /// `ferromq namesrv` flags.
@@ -65,6 +75,9 @@ pub fn run_broker(a: BrokerArgs) -> i32 {
         namesrv_addrs: a.namesrv.as_deref().map(split_addrs),
         flush: a.flush,
         http: a.http,
+        broker_name: a.broker_name,
+        broker_id: a.broker_id,
+        replication: a.replication,
     };
     let cfg = match load(a.config.as_ref(), &overrides) {
         Ok(c) => c,

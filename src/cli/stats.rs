@@ -111,6 +111,10 @@ pub async fn cluster(a: ClusterArgs) -> CliResult {
                         "broker_id": b.broker_id,
                         "role": if b.broker_id == 0 { "master" } else { "slave" },
                         "addr": b.addr,
+                        "master": b.replication.as_ref().and_then(|r| r.master.clone()),
+                        "lag_bytes": b.replication.as_ref().map(|r| r.lag_bytes),
+                        "lag_ms": b.replication.as_ref().map(|r| r.lag_ms),
+                        "links": b.replication.as_ref().map(|r| r.links),
                     })
                 })
                 .collect()
@@ -148,10 +152,15 @@ pub async fn cluster(a: ClusterArgs) -> CliResult {
             );
         }
         Format::Text => {
-            outln!("cluster broker id role address status");
+            outln!("cluster broker id role address status master lag_bytes lag_ms");
             for b in &brokers {
+                let or_dash = |v: &Value| match v {
+                    Value::Null => "-".to_string(),
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
                 outln!(
-                    "{} {} {} {} {} {}",
+                    "{} {} {} {} {} {} {} {} {}",
                     b["cluster"].as_str().unwrap_or("-"),
                     b["broker_name"].as_str().unwrap_or("-"),
                     b["broker_id"],
@@ -161,7 +170,10 @@ pub async fn cluster(a: ClusterArgs) -> CliResult {
                         "unreachable"
                     } else {
                         "up"
-                    }
+                    },
+                    or_dash(&b["master"]),
+                    or_dash(&b["lag_bytes"]),
+                    or_dash(&b["lag_ms"]),
                 );
             }
             for (addr, r) in &ns_status {

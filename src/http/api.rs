@@ -55,6 +55,8 @@ fn error(e: ClientError) -> HttpResponse {
         Some(Status::InvalidArgument | Status::MalformedFrame) => HttpResponse::BadRequest().json(body),
         // 507 Insufficient Storage: the broker's disk is full.
         Some(Status::DiskFull) => HttpResponse::InsufficientStorage().json(body),
+        // A read-only slave refused a write.
+        Some(Status::NotMaster) => HttpResponse::Conflict().json(body),
         Some(_) => HttpResponse::InternalServerError().json(body),
         None => match e {
             ClientError::Invalid(_) | ClientError::Decode(_) => HttpResponse::BadRequest().json(body),
@@ -73,6 +75,7 @@ fn core_error(e: BrokerError) -> HttpResponse {
         }
         ErrorKind::InvalidArgument | ErrorKind::Malformed => actix_web::http::StatusCode::BAD_REQUEST,
         ErrorKind::DiskFull => actix_web::http::StatusCode::INSUFFICIENT_STORAGE,
+        ErrorKind::NotMaster => actix_web::http::StatusCode::CONFLICT,
         _ => actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
     };
     HttpResponse::build(status).json(json!({"error": e.to_string()}))
@@ -125,6 +128,10 @@ async fn cluster(state: web::Data<HttpState>) -> HttpResponse {
                 "broker_id": b.broker_id,
                 "role": if b.broker_id == 0 { "master" } else { "slave" },
                 "addr": b.addr,
+                "master": b.replication.as_ref().and_then(|r| r.master.clone()),
+                "lag_bytes": b.replication.as_ref().map(|r| r.lag_bytes),
+                "lag_ms": b.replication.as_ref().map(|r| r.lag_ms),
+                "links": b.replication.as_ref().map(|r| r.links),
             })).collect::<Vec<_>>(),
         })),
         Err(e) => error(e),

@@ -108,6 +108,7 @@ async fn prometheus(state: web::Data<HttpState>) -> HttpResponse {
         return HttpResponse::ServiceUnavailable().body("metrics recorder unavailable in this process\n");
     };
     metrics::refresh(&state.tree, &state.store);
+    state.core.replication.record_metrics();
     for (role, n) in state.core.sessions.by_role() {
         ::metrics::gauge!("ferromq_clients", "role" => role.as_str()).set(n as f64);
     }

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use crate::wire::control::{
-    AllTopics, BrokerInfo, BrokerRoute, ClusterInfo, RegisterBroker, TopicInfo, TopicRoute, UnregisterBroker,
+    AllTopics, BrokerInfo, ReplicationReport, BrokerRoute, ClusterInfo, RegisterBroker, TopicInfo, TopicRoute, UnregisterBroker,
 };
 
 /// Identifies one broker: its cluster, its group name and its id in the group.
@@ -53,6 +53,7 @@ struct LiveBroker {
     /// Its registration connection closed: left out of routes (and marked
     /// in cluster info) until it registers again or expires.
     down: bool,
+    replication: Option<ReplicationReport>,
 }
 
 /// Live brokers and their topics; the source of every route.
@@ -100,6 +101,7 @@ impl NamesrvState {
             topics: req.topics,
             conn,
             down: false,
+            replication: req.replication,
         };
         self.brokers.insert(key, live).is_none_or(|was| was.down)
     }
@@ -208,6 +210,7 @@ impl NamesrvState {
                 addr: broker.addr.clone(),
                 last_register_ms_ago: now.saturating_sub(broker.last_register_ms),
                 down: broker.down,
+                replication: broker.replication.clone(),
             })
             .collect();
         ClusterInfo { brokers }
@@ -271,6 +274,7 @@ mod tests {
                 .iter()
                 .map(|(t, q)| (t.to_string(), TopicInfo { queues: *q }))
                 .collect(),
+            replication: None,
         }
     }
 

@@ -306,6 +306,7 @@ mod tests {
             broker_id: 0,
             addr: "127.0.0.1:1".into(),
             topics: BTreeMap::from([("t".to_string(), TopicInfo { queues: 1 })]),
+            replication: None,
         };
         ns.send(Register(reg, None)).await.unwrap();
         assert!(ns.send(GetRoute("t".into())).await.unwrap().is_some());

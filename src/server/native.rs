@@ -32,7 +32,12 @@ use crate::wire::group::{
     LeaveGroup, MemberRef as WireMember, OffsetAt, QueueOffset, RebalanceNotice, ResetOffsets, ResetTarget,
     SearchOffset,
 };
+use crate::broker::core::LogFetch;
+use crate::replication::handshake::{Decision, SlaveLog};
 use crate::wire::pull::PullRequest;
+use crate::wire::replica::{
+    ReplicaAction, ReplicaChunk, ReplicaFetch, ReplicaHello, ReplicaTopic, ReplicaTopics, ReplicaWelcome,
+};
 use crate::wire::send::{SendEntry, SendRequest, SendResponse};
 use crate::wire::{Command, DecodeError, Frame};
 
@@ -279,6 +284,62 @@ impl NativeAdapter {
                 let q: SearchOffset = header(&frame)?;
                 let offset = core.search_offset(s, &q.topic, q.queue, q.timestamp)?;
                 ok(control::to_json(&OffsetAt { offset }))
+            }
+            Command::ReplicaHandshake => {
+                let h: ReplicaHello = header(&frame)?;
+                let log = SlaveLog {
+                    start: h.start_offset,
+                    end: h.max_offset,
+                    segment_bytes: h.segment_bytes,
+                    last_records: h.last_records.iter().map(|r| (r.offset, r.crc)).collect(),
+                };
+                let action = match core.replica_handshake(s, &h.broker_name, h.broker_id, &h.addr, &log)? {
+                    Decision::Follow { from } => ReplicaAction::Follow { from },
+                    Decision::Truncate { to, reason } => ReplicaAction::Truncate { to, reason },
+                    Decision::Refuse(why) => return Err(BrokerError::new(ErrorKind::InvalidArgument, why)),
+                };
+                let welcome = ReplicaWelcome {
+                    action,
+                    master_start: core.store.log.start_offset(),
+                    master_max: core.store.log.write_pos(),
+                };
+                Ok(Frame::ok(0, control::to_json(&welcome), Bytes::new()))
+            }
+            Command::ReplicaFetch => {
+                let f: ReplicaFetch = header(&frame)?;
+                let chunk = core
+                    .replica_fetch(
+                        s,
+                        LogFetch {
+                            slave: f.broker_id,
+                            from: f.from,
+                            max_bytes: f.max_bytes as usize,
+                            max_wait: std::time::Duration::from_millis(u64::from(f.max_wait_ms)),
+                        },
+                    )
+                    .await?;
+                let head = ReplicaChunk {
+                    from: chunk.from,
+                    next: chunk.next,
+                    master_max: chunk.master_max,
+                };
+                Ok(Frame::ok(0, control::to_json(&head), chunk.bytes))
+            }
+            Command::ReplicaTopics => {
+                let topics = core
+                    .replica_topics(s)?
+                    .into_iter()
+                    .map(|(name, t)| {
+                        (
+                            name,
+                            ReplicaTopic {
+                                queues: t.queues,
+                                ttl_ms: t.ttl_ms,
+                            },
+                        )
+                    })
+                    .collect();
+                ok(control::to_json(&ReplicaTopics { topics }))
             }
             other => Err(BrokerError::new(
                 ErrorKind::Unsupported,

@@ -25,6 +25,8 @@ pub fn status_of(kind: ErrorKind) -> Status {
         ErrorKind::Store => Status::StoreError,
         ErrorKind::Unavailable => Status::ServiceUnavailable,
         ErrorKind::DiskFull => Status::DiskFull,
+        ErrorKind::NotMaster => Status::NotMaster,
+        ErrorKind::SlaveNotAvailable => Status::SlaveNotAvailable,
     }
 }
 
@@ -60,6 +62,8 @@ mod tests {
             Store,
             Unavailable,
             DiskFull,
+            NotMaster,
+            SlaveNotAvailable,
         ];
         let statuses: std::collections::HashSet<_> = kinds.iter().map(|k| status_of(*k)).collect();
         assert_eq!(statuses.len(), kinds.len());

@@ -48,6 +48,14 @@ pub enum Command {
     AckMessage = 41,
     /// Reject delivered messages: redeliver after backoff, or dead-letter.
     NackMessage = 42,
+    /// Slave → master: start (or restart) replication; the slave names its
+    /// log's end and its last records so the master can detect divergence.
+    ReplicaHandshake = 110,
+    /// Slave → master: commitlog bytes from an offset (long-polled); the
+    /// offset also confirms everything below it.
+    ReplicaFetch = 111,
+    /// Slave → master: topic configuration, for the slave's topic table.
+    ReplicaTopics = 112,
     /// Server push: the member's group is rebalancing; rejoin now.
     NotifyRebalance = 500,
     /// A broker announces itself and its topics to a name server.
@@ -95,6 +103,9 @@ impl Command {
             102 => GetRoute,
             103 => GetAllTopics,
             104 => GetClusterInfo,
+            110 => ReplicaHandshake,
+            111 => ReplicaFetch,
+            112 => ReplicaTopics,
             _ => return None,
         })
     }
@@ -155,6 +166,14 @@ pub enum Status {
     /// found no space): sends are refused until space is back. The message
     /// says which path and how full.
     DiskFull = 22,
+    /// This broker is a slave (read-only): writes go to its group's
+    /// master, which the message names (or says is unknown).
+    NotMaster = 23,
+    /// Sync replication: the batch is stored on the master (per its flush
+    /// policy) but no slave confirmed it within
+    /// `replication.sync_timeout_ms`. The message says so; the records
+    /// are not rolled back (a retry may store them twice).
+    SlaveNotAvailable = 24,
 }
 
 impl Status {
@@ -182,6 +201,8 @@ impl Status {
             20 => StoreError,
             21 => ServiceUnavailable,
             22 => DiskFull,
+            23 => NotMaster,
+            24 => SlaveNotAvailable,
             _ => SystemError,
         }
     }
@@ -216,6 +237,8 @@ impl Status {
             StoreError => "STORE_ERROR",
             ServiceUnavailable => "SERVICE_UNAVAILABLE",
             DiskFull => "DISK_FULL",
+            NotMaster => "NOT_MASTER",
+            SlaveNotAvailable => "SLAVE_NOT_AVAILABLE",
         }
     }
 }
@@ -242,7 +265,7 @@ mod tests {
     #[test]
     fn status_codes_round_trip() {
         for code in [
-            0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22,
+            0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24,
         ] {
             assert_eq!(Status::from_code(code).code(), code);
         }

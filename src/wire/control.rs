@@ -208,6 +208,25 @@ pub struct RegisterBroker {
     pub addr: String,
     /// Every topic this broker serves.
     pub topics: BTreeMap<String, TopicInfo>,
+    /// Its replication state (absent from brokers before replication).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<ReplicationReport>,
+}
+
+/// A broker's replication state, as it registers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationReport {
+    /// A slave's master (None: a master, or a slave that has not found it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master: Option<String>,
+    /// A slave: bytes of its master's log it does not have yet. A master:
+    /// the largest of its slaves'.
+    pub lag_bytes: u64,
+    /// Like `lag_bytes`, as the age of the oldest missing append, ms.
+    pub lag_ms: u64,
+    /// A master: slaves connected. A slave: 1 while following, else 0.
+    pub links: u32,
 }
 
 /// `UNREGISTER_BROKER` request header.
@@ -277,6 +296,9 @@ pub struct BrokerInfo {
     /// not routable; listed until it registers again or expires.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub down: bool,
+    /// Its replication state as last registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<ReplicationReport>,
 }
 
 /// `GET_CLUSTER_INFO` response body.

@@ -12,6 +12,7 @@ pub mod delivery;
 pub mod frame;
 pub mod group;
 pub mod pull;
+pub mod replica;
 pub mod send;
 
 pub use buf::DecodeError;

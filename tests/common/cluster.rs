@@ -66,16 +66,23 @@ pub struct NamesrvNode {
     proc: Option<ServerProcess>,
 }
 
-/// A master broker of the cluster (one broker group).
+/// A broker of the cluster: a broker group's master, or one of its slaves.
 pub struct BrokerNode {
-    /// Broker group name (`FERROMQ__BROKER__NAME`).
+    /// The node's name in the harness: the broker group name for a master,
+    /// `<group>-s<id>` for a slave.
     pub name: String,
+    /// Broker group name (`--broker-name`).
+    pub group: String,
+    /// Broker id (`--broker-id`): 0 for the master.
+    pub id: u64,
     /// Fixed client address (`--listen`).
     pub addr: String,
     /// Fixed HTTP address (`--http`), for `ferromq cluster --http`.
     pub http: String,
     /// Data directory, kept across restarts.
     pub data_dir: PathBuf,
+    /// Environment for this node only.
+    extra_env: Vec<(String, String)>,
     proc: Option<ServerProcess>,
 }
 
@@ -114,9 +121,12 @@ impl Cluster {
                 .iter()
                 .map(|name| BrokerNode {
                     name: name.to_string(),
+                    group: name.to_string(),
+                    id: 0,
                     addr: free_addr(),
                     http: free_addr(),
                     data_dir: dir.path().join(format!("data-{name}")),
+                    extra_env: Vec::new(),
                     proc: None,
                 })
                 .collect(),
@@ -149,9 +159,48 @@ impl Cluster {
             .join(",")
     }
 
-    /// Broker names, in start order.
+    /// Master brokers' names (their broker groups), in start order.
     pub fn broker_names(&self) -> Vec<String> {
-        self.brokers.iter().map(|b| b.name.clone()).collect()
+        self.brokers.iter().filter(|b| b.id == 0).map(|b| b.name.clone()).collect()
+    }
+
+    /// Starts a slave of broker group `group` (the next free id) and waits
+    /// until the name servers route it; returns its node name
+    /// (`<group>-s<id>`), for [`Cluster::kill9_broker`] and the like.
+    pub fn add_slave(&mut self, group: &str) -> String {
+        self.add_slave_with(group, &[])
+    }
+
+    /// [`Cluster::add_slave`] with extra environment for this slave only.
+    pub fn add_slave_with(&mut self, group: &str, env: &[(&str, &str)]) -> String {
+        let id = self.brokers.iter().filter(|b| b.group == group).map(|b| b.id).max().unwrap_or(0) + 1;
+        let name = format!("{group}-s{id}");
+        self.brokers.push(BrokerNode {
+            name: name.clone(),
+            group: group.to_string(),
+            id,
+            addr: free_addr(),
+            http: free_addr(),
+            data_dir: self.dir.path().join(format!("data-{name}")),
+            extra_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            proc: None,
+        });
+        let i = self.brokers.len() - 1;
+        self.spawn_broker(i);
+        self.wait_routed(i);
+        name
+    }
+
+    /// Gives node `name` broker id `id` from its next (re)start: a slave
+    /// promoted to master (0), a former master rejoining as a slave.
+    pub fn set_broker_id(&mut self, name: &str, id: u64) {
+        let i = self.broker_index(name);
+        self.brokers[i].id = id;
+    }
+
+    /// The data directory of node `name`.
+    pub fn broker_data_dir(&self, name: &str) -> &Path {
+        &self.brokers[self.broker_index(name)].data_dir
     }
 
     fn broker_index(&self, name: &str) -> usize {
@@ -205,6 +254,7 @@ impl Cluster {
         let ns = self.ns();
         let b = &self.brokers[i];
         let dir = b.data_dir.to_str().expect("utf-8 path").to_string();
+        let id = b.id.to_string();
         let args = [
             "broker",
             "--data-dir",
@@ -216,9 +266,13 @@ impl Cluster {
             &ns,
             "--http",
             &b.http,
+            "--broker-name",
+            &b.group,
+            "--broker-id",
+            &id,
         ];
         let mut env = self.env.clone();
-        env.push(("FERROMQ__BROKER__NAME".into(), b.name.clone()));
+        env.extend(b.extra_env.iter().cloned());
         let mut p = spawn_retrying(&args, &env, Duration::from_secs(15));
         assert_eq!(p.broker_addr, b.addr, "broker {} bound where asked", b.name);
         p.data_dir = b.data_dir.clone();
@@ -227,7 +281,7 @@ impl Cluster {
 
     /// Waits until every running name server lists broker `i` at its address.
     fn wait_routed(&mut self, i: usize) {
-        let (name, addr) = (self.brokers[i].name.clone(), self.brokers[i].addr.clone());
+        let (name, addr) = (self.brokers[i].group.clone(), self.brokers[i].addr.clone());
         let live: Vec<String> = self
             .namesrvs
             .iter_mut()
@@ -285,7 +339,7 @@ impl Cluster {
         let want: Vec<(String, String)> = self
             .brokers
             .iter_mut()
-            .filter_map(|b| running(&mut b.proc).then(|| (b.name.clone(), b.addr.clone())))
+            .filter_map(|b| running(&mut b.proc).then(|| (b.group.clone(), b.addr.clone())))
             .collect();
         let mut last = None;
         let ok = super::wait_until(ROUTE_TIMEOUT, || {
@@ -307,6 +361,7 @@ impl Cluster {
         let want: Vec<String> = self
             .brokers
             .iter_mut()
+            .filter(|b| b.id == 0)
             .filter_map(|b| running(&mut b.proc).then(|| b.name.clone()))
             .collect();
         let mut last = String::new();

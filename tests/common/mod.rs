@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod producer;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -87,7 +87,7 @@ impl BrokerCore {
         queue_id: u32,
         mut q: ReceiveQuery,
     ) -> BrokerResult<ReceivedBatch> {
-        self.admit(session, &Operation::Consume { topic })?;
+        self.admit(session, &Operation::Receive { topic })?;
         q.max_wait_ms = self.poll_wait(q.max_wait_ms);
         self.existing_queue(topic, queue_id)?;
         let actor = self.queue_actor(topic, queue_id)?;
