@@ -24,6 +24,10 @@ use super::kept::KeptCommits;
 use super::progress::Shared;
 use super::{Delivery, GroupConsumerConfig};
 
+/// How often a member whose coordinator is gone checks whether one can
+/// coordinate the group again.
+const ORPHAN_CHECK: Duration = Duration::from_millis(500);
+
 /// Why a generation ended.
 enum End {
     Rebalance,
@@ -187,6 +191,7 @@ impl Driver {
         // The coordinator is gone and no other master can coordinate the
         // group: the current assignment is consumed until one can.
         let mut orphaned = false;
+        let mut orphan_check = tokio::time::interval(ORPHAN_CHECK);
         let end = loop {
             tokio::select! {
                 _ = &mut *stop => break Ok(End::Stop),
@@ -202,14 +207,13 @@ impl Driver {
                         }
                     }
                 },
-                _ = heartbeat.tick() => {
-                    if orphaned {
-                        if self.coordinator_available().await {
-                            tracing::info!(group = %self.cfg.group, "a group coordinator is reachable again; rejoining");
-                            break Ok(End::Rebalance);
-                        }
-                        continue;
+                _ = orphan_check.tick(), if orphaned => {
+                    if self.coordinator_available().await {
+                        tracing::info!(group = %self.cfg.group, "a group coordinator is reachable again; rejoining");
+                        break Ok(End::Rebalance);
                     }
+                }
+                _ = heartbeat.tick(), if !orphaned => {
                     match self.call::<HeartbeatReply>(&conn, Command::Heartbeat, to_json(&me), timeout).await {
                         Ok(r) if r.rebalance => break Ok(End::Rebalance),
                         Ok(_) => {}
@@ -263,7 +267,7 @@ impl Driver {
     /// take — rather than stopping, and rejoins as soon as a coordinator
     /// is reachable again ([`Driver::coordinator_available`]). Nobody else
     /// can be handed its queues meanwhile, as no coordinator runs; when one
-    /// is back, members rejoin within a heartbeat period of each other.
+    /// is back, members rejoin within [`ORPHAN_CHECK`] of each other.
     async fn orphan(&self, addr: &str, e: &ClientError) -> bool {
         // The coordinator's connection is not pooled: mark its broker down
         // here, so the probe says when it is back.
