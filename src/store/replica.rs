@@ -309,6 +309,17 @@ fn check_chunk(at: u64, chunk: &Bytes, segment_bytes: u64) -> StoreResult<(Vec<C
     Ok((out, at + chunk.len() as u64))
 }
 
+/// How a chunk's records change the consume queues.
+struct Plan {
+    /// Each queue's records.
+    runs: Vec<QueueRun>,
+    /// Topics whose queues are dropped first: the master deleted and
+    /// created them again.
+    resets: Vec<Arc<str>>,
+    /// Per record (of the checked ones): whether it is dispatched.
+    dispatch: Vec<bool>,
+}
+
 /// A chunk's records of one (topic, queue).
 struct QueueRun {
     topic: Arc<str>,
@@ -322,6 +333,42 @@ struct QueueRun {
     ///
     /// [`ConsumeQueue::restart_empty_at`]: super::consume_queue::ConsumeQueue::restart_empty_at
     restart: bool,
+    /// Records of the topic's life before the master deleted it.
+    earlier_life: bool,
+}
+
+/// The outcome of one planning pass ([`Store::plan_with`]).
+enum Planned {
+    /// The plan.
+    Done(Plan),
+    /// The topic starts a new life at this record (of the checked ones):
+    /// plan again knowing it.
+    Reset(Arc<str>, usize),
+}
+
+/// Where the new life of the topic of `checked[i]` (a record going back
+/// to queue offset 0) starts: the earliest record before it from which
+/// every queue of the topic starts at 0 and runs on without gaps.
+fn new_life_start(checked: &[Checked], i: usize) -> usize {
+    let Some(reset) = checked[i].rec.as_ref() else {
+        return i;
+    };
+    // The earliest queue offset of each queue in the candidate new life.
+    let mut earliest: HashMap<u32, u64> = HashMap::from([(reset.queue_id, 0)]);
+    let mut start = i;
+    for k in (0..i).rev() {
+        let Some(rec) = checked[k].rec.as_ref().filter(|r| r.topic == reset.topic) else {
+            continue;
+        };
+        match earliest.get(&rec.queue_id) {
+            Some(&e) if e != rec.queue_offset + 1 => break,
+            _ => earliest.insert(rec.queue_id, rec.queue_offset),
+        };
+        if earliest.values().all(|o| *o == 0) {
+            start = k;
+        }
+    }
+    start
 }
 
 impl Store {
@@ -439,10 +486,10 @@ impl Store {
     /// newest ones all differ).
     ///
     /// The walk starts at a record the consume queues point at, late
-    /// enough to be short yet early enough for `n` records to follow (see
-    /// [`walk_hint`](Self::walk_hint)); without one it walks the segments
-    /// holding the records from their start (up to a segment's worth of
-    /// reading per segment).
+    /// enough to be short yet early enough for `n` records to follow (the
+    /// latest of the queues' `n`-th newest entries); without one it walks
+    /// the segments holding the records from their start (up to a
+    /// segment's worth of reading per segment).
     pub fn records_before(&self, end: u64, n: usize) -> StoreResult<Vec<(u64, u32)>> {
         let start = self.log.start_offset();
         let end = end.min(self.log.write_pos());
@@ -574,12 +621,17 @@ impl Store {
     /// publishes nothing and erases what it wrote.
     ///
     /// The caller hands [`ReplicatedBatch::dispatch`] to the Dispatcher,
-    /// then marks `end` dispatched. `now_ms` only measures the lag.
+    /// which marks `end` dispatched after it: in order, even for a batch
+    /// with no entries (a filler alone), since marking it at once could
+    /// move the checkpoint past earlier batches still on their way.
+    /// `now_ms` only measures the lag.
     ///
-    /// Records of a topic the master deleted and re-created restart its
-    /// queues at 0: a slave still holding the old queues (one replaying
-    /// that history from the start of the log) refuses them, as the
-    /// master's own recovery could not replay them either.
+    /// A queue going back to 0 means the master deleted its topic and
+    /// created it again: the slave drops the topic's consume queues as the
+    /// master did (once the Dispatcher has written all of the topic's
+    /// earlier records; until then the chunk is refused with
+    /// [`StoreError::InvalidArgument`], to retry), and does not dispatch
+    /// the chunk's earlier records of the topic.
     pub fn append_replicated(
         &self,
         appender: &mut Appender,
@@ -599,8 +651,8 @@ impl Store {
         // One copy, sliced (not copied again) into the decoded records.
         let chunk = Bytes::copy_from_slice(bytes);
         let (checked, end) = check_chunk(at, &chunk, self.log.segment_bytes())?;
-        let runs = self.queue_runs(&checked)?;
-        let applied = match self.prepare_replicated(&checked, &runs) {
+        let plan = self.plan_queues(&checked)?;
+        let applied = match self.prepare_replicated(&checked, &plan) {
             Ok(applied) => applied,
             Err(e) if e.is_no_space() => return Err(self.no_space(e)),
             Err(e) => return Err(e),
@@ -616,7 +668,7 @@ impl Store {
         }
         {
             let mut offsets = self.queue_offsets.lock().map_err(|_| poisoned("queue offsets"))?;
-            for run in &runs {
+            for run in &plan.runs {
                 let next = offsets.entry((run.topic.clone(), run.queue_id)).or_insert(0);
                 *next = if run.restart {
                     run.last + 1
@@ -633,7 +685,8 @@ impl Store {
             .max();
         let dispatch: Vec<DispatchEntry> = checked
             .iter()
-            .filter_map(|c| c.rec.as_ref())
+            .zip(&plan.dispatch)
+            .filter_map(|(c, d)| c.rec.as_ref().filter(|_| *d))
             .map(DispatchEntry::from_record)
             .collect();
         Ok(ReplicatedBatch {
@@ -646,31 +699,82 @@ impl Store {
 
     /// Groups a chunk's records by queue, checking that each queue's
     /// records continue it (see [`append_replicated`](Self::append_replicated)).
-    fn queue_runs(&self, checked: &[Checked]) -> StoreResult<Vec<QueueRun>> {
-        let mut runs: Vec<QueueRun> = Vec::new();
-        let mut by_queue: HashMap<(&str, u32), usize> = HashMap::new();
+    ///
+    /// A queue going back to 0 means the master deleted its topic and
+    /// created it again (queue offsets go back nowhere else): the topic's
+    /// queues are dropped here as the master dropped them, once nothing of
+    /// theirs is on its way to the Dispatcher (else
+    /// [`StoreError::InvalidArgument`]: retry). The chunk's records of the
+    /// topic's earlier life are not dispatched (the master's queues that
+    /// held them are gone). Where its new life starts in the chunk is
+    /// ambiguous when a queue's first record there is its first ever: the
+    /// earliest point from which every queue of the topic starts at 0 is
+    /// taken (a queue first used just before the deletion is rare).
+    fn plan_queues(&self, checked: &[Checked]) -> StoreResult<Plan> {
         let handed_out = self.queue_offsets.lock().map_err(|_| poisoned("queue offsets"))?;
-        for c in checked {
-            let Some(rec) = &c.rec else { continue };
-            let key = (rec.topic.as_str(), rec.queue_id);
-            if let Some(&i) = by_queue.get(&key) {
-                let run = &mut runs[i];
-                if rec.queue_offset != run.last + 1 {
-                    return Err(queue_mismatch(c.pos, rec, run.last + 1));
+        let mut resets: Vec<(Arc<str>, usize)> = Vec::new();
+        loop {
+            match self.plan_with(checked, &handed_out, &resets)? {
+                Planned::Done(plan) => return Ok(plan),
+                Planned::Reset(topic, at) => {
+                    self.check_settled(&handed_out, &topic, checked[at].pos)?;
+                    resets.push((topic, at));
                 }
-                run.last = rec.queue_offset;
-                continue;
+            }
+        }
+    }
+
+    /// One planning pass, knowing that each topic of `resets` starts a new
+    /// life at the given record (of `checked`); finds the next reset.
+    fn plan_with(
+        &self,
+        checked: &[Checked],
+        handed_out: &HashMap<(Arc<str>, u32), u64>,
+        resets: &[(Arc<str>, usize)],
+    ) -> StoreResult<Planned> {
+        let mut runs: Vec<QueueRun> = Vec::new();
+        // (topic, queue, in its new life) → run.
+        let mut by_queue: HashMap<(&str, u32, bool), usize> = HashMap::new();
+        let mut dispatch = vec![true; checked.len()];
+        for (i, c) in checked.iter().enumerate() {
+            let Some(rec) = &c.rec else { continue };
+            let reset_at = resets.iter().find(|(t, _)| **t == *rec.topic).map(|(_, at)| *at);
+            let new_life = reset_at.is_some_and(|at| i >= at);
+            if reset_at.is_some_and(|at| i < at) {
+                dispatch[i] = false;
+            }
+            let key = (rec.topic.as_str(), rec.queue_id, new_life);
+            if let Some(&r) = by_queue.get(&key) {
+                let run = &mut runs[r];
+                if rec.queue_offset == run.last + 1 {
+                    run.last = rec.queue_offset;
+                    continue;
+                }
+                if rec.queue_offset == 0 && reset_at.is_none() {
+                    return Ok(Planned::Reset(run.topic.clone(), new_life_start(checked, i)));
+                }
+                return Err(queue_mismatch(c.pos, rec, run.last + 1));
             }
             let topic: Arc<str> = Arc::from(rec.topic.as_str());
-            let cq = self.queues.get(&rec.topic, rec.queue_id);
-            let (min, max) = cq.map_or((0, 0), |cq| (cq.min_offset(), cq.max_offset()));
-            let next = handed_out.get(&(topic.clone(), rec.queue_id)).copied();
+            let (min, max, next) = if new_life {
+                (0, 0, None)
+            } else {
+                let cq = self.queues.get(&rec.topic, rec.queue_id);
+                let (min, max) = cq.map_or((0, 0), |cq| (cq.min_offset(), cq.max_offset()));
+                (min, max, handed_out.get(&(topic.clone(), rec.queue_id)).copied())
+            };
             let expected = next.unwrap_or(max);
             // Nothing stored and nothing on its way to the Dispatcher.
             let empty = min == max && next.is_none_or(|n| n == max);
-            let restart = rec.queue_offset != expected;
-            if restart && !empty {
-                return Err(queue_mismatch(c.pos, rec, expected));
+            let mut restart = false;
+            if rec.queue_offset != expected {
+                if rec.queue_offset == 0 && reset_at.is_none() {
+                    return Ok(Planned::Reset(topic, new_life_start(checked, i)));
+                } else if empty {
+                    restart = true;
+                } else {
+                    return Err(queue_mismatch(c.pos, rec, expected));
+                }
             }
             by_queue.insert(key, runs.len());
             runs.push(QueueRun {
@@ -679,15 +783,50 @@ impl Store {
                 first: rec.queue_offset,
                 last: rec.queue_offset,
                 restart,
+                earlier_life: reset_at.is_some_and(|at| i < at),
             });
         }
-        Ok(runs)
+        Ok(Planned::Done(Plan {
+            // The earlier life's queues are dropped: nothing to prepare.
+            runs: runs.into_iter().filter(|r| !r.earlier_life).collect(),
+            resets: resets.iter().map(|(t, _)| t.clone()).collect(),
+            dispatch,
+        }))
+    }
+
+    /// Fails unless every record of `topic` appended so far is in its
+    /// consume queue (`handed_out`: the queue offsets the writer handed
+    /// out), so its queues can be dropped without racing the Dispatcher.
+    fn check_settled(&self, handed_out: &HashMap<(Arc<str>, u32), u64>, topic: &str, pos: u64) -> StoreResult<()> {
+        for ((t, queue), next) in handed_out {
+            if **t != *topic {
+                continue;
+            }
+            let max = self.queues.get(topic, *queue).map_or(0, |cq| cq.max_offset());
+            if *next != max {
+                return Err(StoreError::InvalidArgument(format!(
+                    "the replicated record at {pos} starts topic {topic} again (deleted and re-created on the \
+                     master), but its earlier records are still being dispatched here: retry"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Before replicated records are written: creates their topics,
     /// restarts the empty queues they begin elsewhere, reserves
     /// consume-queue and index space, applies their offset commits.
-    fn prepare_replicated(&self, checked: &[Checked], runs: &[QueueRun]) -> StoreResult<Prepared> {
+    fn prepare_replicated(&self, checked: &[Checked], plan: &Plan) -> StoreResult<Prepared> {
+        let runs = &plan.runs;
+        for topic in &plan.resets {
+            tracing::warn!(
+                topic = %topic,
+                "replicated records start the topic's queues again (deleted and re-created on the master): \
+                 dropping its consume queues here too"
+            );
+            self.queues.remove_topic(topic)?;
+            self.forget_topic_offsets(topic)?;
+        }
         let mut queues: BTreeMap<&str, u32> = BTreeMap::new();
         for run in runs {
             let n = queues.entry(run.topic.as_ref()).or_insert(0);
@@ -714,7 +853,8 @@ impl Store {
         }
         let keys: u64 = checked
             .iter()
-            .filter_map(|c| c.rec.as_ref()?.keys())
+            .zip(&plan.dispatch)
+            .filter_map(|(c, d)| c.rec.as_ref().filter(|_| *d)?.keys())
             .map(|k| split_keys(k).count() as u64)
             .sum();
         if keys > 0 {
@@ -1632,5 +1772,76 @@ mod tests {
         let mut app = Appender::new(slave.log.clone());
         follow(&master, &slave, &mut app, 1 << 20);
         assert_same(&master, &slave);
+    }
+
+    /// What the broker does when a topic is deleted (its data: the topic
+    /// table entry, the queue offsets, the consume queues).
+    fn delete_topic(store: &Store, topic: &str) {
+        store.topics.remove(topic).unwrap();
+        store.forget_topic_offsets(topic).unwrap();
+        store.queues.remove_topic(topic).unwrap();
+    }
+
+    #[test]
+    fn a_topic_deleted_and_created_again_on_the_master_starts_over_here() {
+        let (mdir, sdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let master = open(mdir.path());
+        produce(&master, "one", 12, true);
+        let slave = open(sdir.path());
+        let mut app = Appender::new(slave.log.clone());
+        follow(&master, &slave, &mut app, 1 << 20);
+
+        // Deleted and created again between two fetches.
+        delete_topic(&master, "orders");
+        append(&master, "orders", 2, &[entry("again", None, Some("k-again"))]);
+        produce(&master, "two", 3, false);
+        follow(&master, &slave, &mut app, 1 << 20);
+        assert!(slave.queues.get("orders", 3).is_none(), "dropped as on the master");
+        assert_same(&master, &slave);
+
+        // Old records of the topic and its new start in one chunk; the
+        // slave had not dispatched the topic's previous records yet.
+        append(&master, "orders", 2, &[entry("before", None, None)]);
+        let pending = master.replica_chunk(slave.log.write_pos(), 1 << 20).unwrap();
+        let batch = slave
+            .append_replicated(&mut app, pending.from, &pending.bytes, 0)
+            .unwrap();
+        delete_topic(&master, "orders");
+        append(&master, "orders", 1, &[entry("third life", None, None)]);
+        append(&master, "orders", 2, &[entry("third life", None, None)]);
+        let mixed = master.replica_chunk(slave.log.write_pos(), 1 << 20).unwrap();
+        let err = slave
+            .append_replicated(&mut app, mixed.from, &mixed.bytes, 0)
+            .unwrap_err();
+        assert_eq!(err.kind(), StoreErrorKind::InvalidArgument, "{err}");
+        assert_eq!(slave.log.write_pos(), mixed.from, "nothing written");
+        for d in &batch.dispatch {
+            slave.dispatch(d).unwrap();
+        }
+        slave.mark_dispatched(batch.end);
+        let stored = slave.append_replicated(&mut app, mixed.from, &mixed.bytes, 0).unwrap();
+        assert_eq!(stored.end, mixed.next);
+        for d in &stored.dispatch {
+            slave.dispatch(d).unwrap();
+        }
+        slave.mark_dispatched(stored.end);
+        assert_same(&master, &slave);
+        assert_eq!(slave.queues.get("orders", 2).unwrap().max_offset(), 1);
+
+        // Records of the topic's earlier life before its new start, in
+        // one chunk: they are not dispatched.
+        append(&master, "orders", 1, &[entry("old", None, None)]);
+        delete_topic(&master, "orders");
+        append(&master, "orders", 1, &[entry("fourth life", None, None)]);
+        let stored = follow(&master, &slave, &mut app, 1 << 20);
+        assert_eq!(stored.len(), 1);
+        assert_same(&master, &slave);
+        // Replaying a topic's several lives is beyond recovery (the
+        // master's too): a restart replays from the checkpoint, which the
+        // flusher keeps moving.
+        slave.flush_and_checkpoint().unwrap();
+        drop(app);
+        drop(slave);
+        assert_same(&master, &open(sdir.path()));
     }
 }
