@@ -543,7 +543,9 @@ impl Config {
             );
         }
         if r.fetch_max_bytes < 64 * 1024 || r.fetch_max_bytes as usize > self.broker.max_frame_bytes / 2 {
-            return bad("replication.fetch_max_bytes must be at least 65536 and at most half of broker.max_frame_bytes");
+            return bad(
+                "replication.fetch_max_bytes must be at least 65536 and at most half of broker.max_frame_bytes",
+            );
         }
         if !r.master.is_empty() && r.master.parse::<std::net::SocketAddr>().is_err() && !r.master.contains(':') {
             return bad("replication.master must be host:port");

@@ -410,7 +410,7 @@ impl WarmProducer {
             let cfg = ferromq::client::ClientConfig::new(ns.split(',').map(str::to_string));
             let core = ferromq::client::core::ClientCore::new(cfg);
             let setup = rt.block_on(async {
-                for q in core.queues(&topic).await? {
+                for q in core.writable_queues(&topic).await? {
                     core.connection(&q.broker_addr).await?;
                 }
                 Ok::<_, ferromq::client::ClientError>(())

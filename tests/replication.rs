@@ -43,7 +43,10 @@ fn commitlog_bytes(data_dir: &Path) -> Vec<u8> {
 /// Waits until `slave`'s commitlog is a byte copy of `master`'s (both
 /// non-empty); panics with both sizes after `within`.
 fn wait_identical(c: &Cluster, master: &str, slave: &str, within: Duration) {
-    let (m, s) = (c.broker_data_dir(master).to_path_buf(), c.broker_data_dir(slave).to_path_buf());
+    let (m, s) = (
+        c.broker_data_dir(master).to_path_buf(),
+        c.broker_data_dir(slave).to_path_buf(),
+    );
     let mut sizes = (0, 0);
     let ok = wait_until(within, || {
         let (mb, sb) = (commitlog_bytes(&m), commitlog_bytes(&s));
@@ -117,7 +120,11 @@ fn sync_replication_keeps_every_acknowledged_message_through_a_kill9_of_the_mast
     std::thread::sleep(Duration::from_millis(500));
     let log = producer.finish();
     let acked: Vec<String> = log.acked.iter().map(|s| s.body.clone()).collect();
-    let slave_not_available = log.failed.iter().filter(|(_, e)| e.contains("SLAVE_NOT_AVAILABLE")).count();
+    let slave_not_available = log
+        .failed
+        .iter()
+        .filter(|(_, e)| e.contains("SLAVE_NOT_AVAILABLE"))
+        .count();
     eprintln!(
         "figure: sync_acked={} failed_after_kill={} slave_not_available={slave_not_available}",
         acked.len(),
@@ -151,7 +158,16 @@ fn async_slaves_catch_up_from_zero_and_after_a_restart() {
     let out = cli(
         &c.ns(),
         &[
-            "bench", "produce", "--topic", "async-t", "--messages", "100000", "--size", "200", "--batch", "500",
+            "bench",
+            "produce",
+            "--topic",
+            "async-t",
+            "--messages",
+            "100000",
+            "--size",
+            "200",
+            "--batch",
+            "500",
         ],
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -198,17 +214,20 @@ fn a_slave_refuses_writes_and_stores_nothing_for_them() {
     // deletion are refused with NOT_MASTER naming the master.
     let master_addr = c.broker_addr(A).to_string();
     let slave_addr = c.broker_addr(&slave).to_string();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let admin = ferromq::client::Admin::new(ferromq::client::ClientConfig::new([c.ns()]));
         let err = admin
-            .create_topic_on(&[slave_addr.clone()], "ro-new", 2, None)
+            .create_topic_on(std::slice::from_ref(&slave_addr), "ro-new", 2, None)
             .await
             .expect_err("a slave creates no topic");
         let text = err.to_string();
         assert!(text.contains("NOT_MASTER") && text.contains(&master_addr), "{text}");
         let err = admin
-            .delete_topic_on(&[slave_addr.clone()], "ro-t")
+            .delete_topic_on(std::slice::from_ref(&slave_addr), "ro-t")
             .await
             .expect_err("a slave deletes no topic");
         assert!(err.to_string().contains("NOT_MASTER"), "{err}");
@@ -219,7 +238,33 @@ fn a_slave_refuses_writes_and_stores_nothing_for_them() {
         "send to a slave: {refused}"
     );
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(commitlog_bytes(c.broker_data_dir(&slave)), before, "the slave's log is untouched");
+    assert_eq!(
+        commitlog_bytes(c.broker_data_dir(&slave)),
+        before,
+        "the slave's log is untouched"
+    );
+
+    // A second slave told its master by `replication.master`, registered
+    // only with its own embedded name server: `ferromq produce` pointed
+    // there exits non-zero with NOT_MASTER naming the master.
+    let lone_dir = c.dir().join("lone-slave");
+    let mut env: Vec<(&str, &str)> = small_store_env();
+    env.push(("FERROMQ__REPLICATION__MASTER", master_addr.as_str()));
+    let mut lone = ServerProcess::broker(&lone_dir, &["--broker-name", A, "--broker-id", "2"], &env);
+    let ok = wait_until(Duration::from_secs(20), || commitlog_bytes(&lone_dir) == before);
+    assert!(
+        ok,
+        "the configured slave copies the master:\n{}",
+        last_lines(&lone.stderr(), 20)
+    );
+    let out = cli_with_input(&lone.namesrv_addr, &["produce", "--topic", "ro-t"], b"nope\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a producer that only finds a slave fails");
+    assert!(
+        stderr.contains("NOT_MASTER") && stderr.contains(&master_addr),
+        "says read-only slave and names the master: {stderr}"
+    );
+    lone.kill9();
 
     // Master killed, slave alive: a producer fails, naming the master as
     // unreachable and the slave as read-only.
@@ -239,7 +284,10 @@ fn a_slave_refuses_writes_and_stores_nothing_for_them() {
 /// Sends one message straight to `addr` with the client's raw connection;
 /// returns the error text (or "ok").
 fn raw_send(addr: &str, topic: &str) -> String {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let conn = ferromq::client::RemotingConnection::connect(addr, Duration::from_secs(3), None)
             .await
@@ -276,77 +324,96 @@ fn group_consumers_fall_back_to_the_slave_and_back() {
     let sa = c.add_slave(A);
     let _sb = c.add_slave(B);
     c.create_topic("fb-t", 2);
-    let mut consumer = Consumer::start(
-        &c.ns(),
-        c.dir(),
-        "fb",
-        &[
-            "--topic",
-            "fb-t",
-            "--group",
-            "fb-g",
-            "--from",
-            "earliest",
-            "--session-timeout-ms",
-            "6000",
-            "--heartbeat-ms",
-            "500",
-        ],
-    );
-    let producer = ProducerThread::start(&c.ns(), "fb-t", "f", Duration::from_millis(5));
-    assert!(wait_until(Duration::from_secs(20), || producer.acked().len() >= 200));
-    wait_identical(&c, A, &sa, Duration::from_secs(20));
-    // A's master dies: the messages it acknowledged are read from its slave.
-    c.kill9_broker(A);
-    let killed = Instant::now();
-    let on_a: Vec<String> = producer
-        .acked()
-        .iter()
-        .filter(|s| s.broker == A)
-        .map(|s| s.body.clone())
-        .collect();
-    let got_all = |consumer: &Consumer, want: &[String]| {
-        let seen: std::collections::HashSet<String> = consumer
+    let args = [
+        "--topic",
+        "fb-t",
+        "--group",
+        "fb-g",
+        "--from",
+        "earliest",
+        "--session-timeout-ms",
+        "6000",
+    ];
+    let bodies = |consumer: &Consumer| -> Vec<String> {
+        consumer
             .messages()
             .iter()
             .map(|v| v["body"].as_str().unwrap_or_default().to_string())
-            .collect();
-        want.iter().all(|b| seen.contains(b))
+            .collect()
     };
-    let ok = wait_until(Duration::from_secs(15), || got_all(&consumer, &on_a));
+    let mut first = Consumer::start(&c.ns(), c.dir(), "fb1", &args);
+    let producer = ProducerThread::start(&c.ns(), "fb-t", "f", Duration::from_millis(5));
+    assert!(wait_until(Duration::from_secs(20), || producer.acked().len() >= 200));
+    // The member stops (committing what it read); A keeps taking messages
+    // nobody has read, then its master dies once its slave has them.
+    first.terminate();
+    let read_before = bodies(&first);
+    let acked_then = producer.acked().len();
+    assert!(wait_until(Duration::from_secs(20), || producer.acked().len() >= acked_then + 200));
+    wait_identical(&c, A, &sa, Duration::from_secs(20));
+    c.kill9_broker(A);
+    let unread_on_a: Vec<String> = producer
+        .acked()
+        .iter()
+        .filter(|s| s.broker == A && !read_before.contains(&s.body))
+        .map(|s| s.body.clone())
+        .collect();
+    assert!(!unread_on_a.is_empty(), "A holds messages nobody read");
+    // A new member reads them from A's slave, from the committed offsets.
+    let started = Instant::now();
+    let mut second = Consumer::start(&c.ns(), c.dir(), "fb2", &args);
+    let ok = wait_until(Duration::from_secs(15), || {
+        let seen = bodies(&second);
+        unread_on_a.iter().all(|b| seen.contains(b))
+    });
     assert!(
         ok,
-        "A's messages not read from its slave within 15 s\n{}",
-        last_lines(&consumer_stderr(&consumer), 20)
+        "A's unread messages not read from its slave within 15 s\n{}",
+        last_lines(&consumer_stderr(&second), 20)
     );
-    eprintln!("figure: fallback_read_all_after_ms={}", killed.elapsed().as_millis());
-    assert!(killed.elapsed() < Duration::from_secs(10), "fell back within seconds");
-    // The master returns: consumers go back to it; nothing is skipped.
+    let fallback_ms = started.elapsed().as_millis();
+    eprintln!(
+        "figure: fallback_unread_on_a={} read_within_ms={fallback_ms}",
+        unread_on_a.len()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "read from the slave within 5 s"
+    );
+    // The master returns: the member goes back to it; nothing is skipped.
     c.restart_broker(A);
     std::thread::sleep(Duration::from_secs(3));
     let log = producer.finish();
     let acked: Vec<String> = log.acked.iter().map(|s| s.body.clone()).collect();
-    let ok = wait_until(Duration::from_secs(30), || got_all(&consumer, &acked));
-    let seen: Vec<String> = consumer
-        .messages()
-        .iter()
-        .map(|v| v["body"].as_str().unwrap_or_default().to_string())
-        .collect();
+    let all_read = |second: &Consumer| {
+        let mut seen = read_before.clone();
+        seen.extend(bodies(second));
+        seen
+    };
+    let ok = wait_until(Duration::from_secs(30), || {
+        let seen = all_read(&second);
+        acked.iter().all(|b| seen.contains(b))
+    });
+    let seen = all_read(&second);
     let missing: Vec<&String> = acked.iter().filter(|b| !seen.contains(b)).collect();
     assert!(
         ok,
         "{} acknowledged messages never consumed (first {:?})\n{}",
         missing.len(),
         missing.first(),
-        last_lines(&consumer_stderr(&consumer), 30)
+        last_lines(&consumer_stderr(&second), 30)
     );
+    // Reads went back to the restarted master: it delivered messages.
+    let served = gauge(&c, A, "ferromq_queue_messages_out_total").unwrap_or(0.0);
+    assert!(served > 0.0, "the restarted master served no pull");
+    let after_restart = log.acked.iter().filter(|s| s.broker == A).count();
     eprintln!(
-        "figure: fallback_acked={} consumed={} duplicates={}",
+        "figure: fallback_acked={} on_a={after_restart} consumed={} duplicates={}",
         acked.len(),
         seen.len(),
         duplicates(&seen).len()
     );
-    consumer.terminate();
+    second.terminate();
 }
 
 #[test]
@@ -372,7 +439,11 @@ fn a_former_master_rejoining_as_a_slave_cuts_what_its_new_master_lacks() {
     c.restart_broker(A);
     wait_identical(&c, &slave, A, Duration::from_secs(30));
     let stderr = c.broker_stderr(A);
-    assert!(stderr.contains("cutting"), "the cut is logged:\n{}", last_lines(&stderr, 20));
+    assert!(
+        stderr.contains("cutting"),
+        "the cut is logged:\n{}",
+        last_lines(&stderr, 20)
+    );
     let read = consume_all(&c.ns(), "div-t");
     assert!(read.iter().all(|b| !b.starts_with("lost-")), "{read:?}");
     assert_eq!(read.len(), 90, "{read:?}");

@@ -53,14 +53,24 @@ pub struct Append {
 pub struct DeleteTopicData(pub String);
 
 /// A slave stores a chunk of its master's log, byte for byte, at `at`
-/// (its own log's end); answers the new end.
+/// (its own log's end).
 #[derive(Message, Debug)]
-#[rtype(result = "Result<u64, BrokerError>")]
+#[rtype(result = "Result<ReplicatedEnd, BrokerError>")]
 pub struct AppendReplicated {
     /// Where the chunk starts (must be this log's end).
     pub at: u64,
     /// Whole records (and a segment's closing filler), CRC-checked here.
     pub bytes: bytes::Bytes,
+}
+
+/// What an [`AppendReplicated`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicatedEnd {
+    /// The log's end afterwards.
+    pub end: u64,
+    /// The chunk held records of a topic, or a queue of it, this writer had
+    /// not stored before: the slave registers again so routes list it.
+    pub new_queues: bool,
 }
 
 /// A slave cuts its log at `to` (its master does not have what follows),
@@ -88,6 +98,9 @@ pub struct CommitLogWriter {
     /// A slave's writer: refuses [`Append`] (with `read_only`'s message),
     /// stores only what its master sends.
     read_only: Option<String>,
+    /// Queues per topic seen in replicated chunks (for
+    /// [`ReplicatedEnd::new_queues`]).
+    replicated_queues: std::collections::HashMap<Arc<str>, u32>,
 }
 
 impl CommitLogWriter {
@@ -113,6 +126,7 @@ impl CommitLogWriter {
             ack,
             store_host,
             read_only: None,
+            replicated_queues: std::collections::HashMap::new(),
         }
     }
 
@@ -232,7 +246,7 @@ impl Handler<DeleteTopicData> for CommitLogWriter {
 }
 
 impl Handler<AppendReplicated> for CommitLogWriter {
-    type Result = Result<u64, BrokerError>;
+    type Result = Result<ReplicatedEnd, BrokerError>;
 
     fn handle(&mut self, msg: AppendReplicated, ctx: &mut Context<Self>) -> Self::Result {
         let _timer = self.stats.handling();
@@ -251,20 +265,33 @@ impl Handler<AppendReplicated> for CommitLogWriter {
                 } else {
                     ErrorKind::InvalidArgument
                 };
-                return Err(BrokerError::new(kind, format!("storing replicated log at {}: {e}", msg.at)));
+                return Err(BrokerError::new(
+                    kind,
+                    format!("storing replicated log at {}: {e}", msg.at),
+                ));
             }
         };
         crate::observe::totals::add_in(batch.dispatch.len() as u64);
         let end = batch.end;
-        if !batch.dispatch.is_empty() {
-            self.dispatcher.do_send(Dispatch {
-                entries: batch.dispatch,
-                end,
+        let mut new_queues = false;
+        for e in &batch.dispatch {
+            let known = self.replicated_queues.entry(e.topic.clone()).or_insert_with(|| {
+                new_queues = true;
+                0
             });
-        } else {
-            self.store.mark_dispatched(end);
+            if e.queue_id >= *known {
+                *known = e.queue_id + 1;
+                new_queues = true;
+            }
         }
-        Ok(end)
+        // Even an empty batch (a chunk of only a segment's filler) goes
+        // through the Dispatcher, so the dispatched position never passes a
+        // batch still waiting there.
+        self.dispatcher.do_send(Dispatch {
+            entries: batch.dispatch,
+            end,
+        });
+        Ok(ReplicatedEnd { end, new_queues })
     }
 }
 
@@ -280,7 +307,9 @@ impl Handler<TruncateLog> for CommitLogWriter {
         let store = self.store.clone();
         Box::pin(
             async move {
-                barrier.await.map_err(|e| BrokerError::new(ErrorKind::Unavailable, e.to_string()))?;
+                barrier
+                    .await
+                    .map_err(|e| BrokerError::new(ErrorKind::Unavailable, e.to_string()))?;
                 store
                     .truncate_log_to(to)
                     .map(|r| format!("{r:?}"))

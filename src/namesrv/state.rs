@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use crate::wire::control::{
-    AllTopics, BrokerInfo, ReplicationReport, BrokerRoute, ClusterInfo, RegisterBroker, TopicInfo, TopicRoute, UnregisterBroker,
+    AllTopics, BrokerInfo, BrokerRoute, ClusterInfo, RegisterBroker, ReplicationReport, TopicInfo, TopicRoute,
+    UnregisterBroker,
 };
 
 /// Identifies one broker: its cluster, its group name and its id in the group.

@@ -68,7 +68,10 @@ pub fn decide(slave: &SlaveLog, master: &impl MasterLog) -> Decision {
             continue;
         }
         let common_end = offset + u64::from(size);
-        if i == 0 && slave.end <= master.end() {
+        // Following from the slave's end is safe only when nothing of the
+        // slave's lies past the shared record (a filler the master may not
+        // have written there counts).
+        if i == 0 && slave.end == common_end && slave.end <= master.end() {
             return Decision::Follow { from: slave.end };
         }
         return Decision::Truncate {
@@ -92,21 +95,14 @@ pub fn decide(slave: &SlaveLog, master: &impl MasterLog) -> Decision {
     }
 }
 
+/// A slave holding no record: it continues where its (empty) log ends when
+/// that lies within the master's log, else it restarts its log where the
+/// master's starts (a new slave, or one left behind by retention).
 fn empty_slave(slave: &SlaveLog, master: &impl MasterLog) -> Decision {
-    if slave.end == 0 {
-        // A new slave starts where the master's log does.
-        return Decision::Follow { from: master.start() };
-    }
-    if (master.start()..=master.end()).contains(&slave.end) {
+    if slave.end != 0 && (master.start()..=master.end()).contains(&slave.end) {
         return Decision::Follow { from: slave.end };
     }
-    Decision::Refuse(format!(
-        "the slave's log is empty at offset {} but the master's holds {}..{}: stop the slave, empty its data \
-         directory and start it again to copy the master from the start",
-        slave.end,
-        master.start(),
-        master.end()
-    ))
+    Decision::Follow { from: master.start() }
 }
 
 #[cfg(test)]
@@ -158,7 +154,10 @@ mod tests {
     #[test]
     fn a_slave_behind_follows_from_its_end() {
         let m = master(100, 0);
-        assert_eq!(decide(&slave(50, &[(40, 40), (30, 30)]), &m), Decision::Follow { from: 50 });
+        assert_eq!(
+            decide(&slave(50, &[(40, 40), (30, 30)]), &m),
+            Decision::Follow { from: 50 }
+        );
         assert_eq!(decide(&slave(100, &[(90, 90)]), &m), Decision::Follow { from: 100 });
     }
 
@@ -169,9 +168,9 @@ mod tests {
         m.start = 40;
         assert_eq!(decide(&slave(0, &[]), &m), Decision::Follow { from: 40 });
         // An empty log that starts inside the master's continues there;
-        // outside, the operator must empty it.
+        // outside, it restarts where the master's starts.
         assert_eq!(decide(&slave(60, &[]), &m), Decision::Follow { from: 60 });
-        assert!(matches!(decide(&slave(200, &[]), &m), Decision::Refuse(_)));
+        assert_eq!(decide(&slave(200, &[]), &m), Decision::Follow { from: 40 });
     }
 
     #[test]
@@ -184,6 +183,20 @@ mod tests {
             Decision::Truncate { to, .. } => assert_eq!(to, 50),
             other => panic!("expected a cut, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_slave_ending_past_its_newest_shared_record_is_cut_there() {
+        // The slave's log ends with a filler after its newest record (end
+        // 40 > 30 + 5): the master may have records there instead.
+        let m = master(100, 0);
+        let s = SlaveLog {
+            start: 0,
+            end: 40,
+            segment_bytes: 1024,
+            last_records: vec![(20, 20)],
+        };
+        assert!(matches!(decide(&s, &m), Decision::Truncate { to: 30, .. }));
     }
 
     #[test]

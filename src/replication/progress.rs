@@ -191,9 +191,13 @@ mod tests {
         r.appended(100, 0);
         assert_eq!(r.wait(100, 0, 3_000), Wait::NoSlave, "no slave: answered at once");
         assert!(r.fetched(1, "s1", 0, 0).is_empty());
-        let Wait::Pending(a) = r.wait(100, 1, 3_000) else { panic!() };
+        let Wait::Pending(a) = r.wait(100, 1, 3_000) else {
+            panic!()
+        };
         r.appended(200, 2);
-        let Wait::Pending(b) = r.wait(200, 2, 3_000) else { panic!() };
+        let Wait::Pending(b) = r.wait(200, 2, 3_000) else {
+            panic!()
+        };
         assert_eq!(r.fetched(1, "s1", 150, 3), vec![a]);
         assert_eq!(r.fetched(1, "s1", 200, 4), vec![b]);
         assert_eq!(r.wait(200, 5, 3_000), Wait::Ready);

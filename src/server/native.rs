@@ -16,12 +16,14 @@ use super::{ConnectionHandle, RequestHandler};
 use crate::actors::group_coordinator::MemberAssignment;
 use crate::actors::services::AppendBatch;
 use crate::broker::coordination::{assigned_queue, group_description};
+use crate::broker::core::LogFetch;
 use crate::broker::core::{BrokerCore, GroupOffset, JoinSpec, MemberRef, OffsetCommit, ResetSpec, ResetTo, TopicSpec};
 use crate::broker::session::Session;
 use crate::clock::now_millis;
 use crate::error::{BrokerError, ErrorKind};
 use crate::observe::clients::ClientRole;
 use crate::push::{PushEvent, PushSink};
+use crate::replication::handshake::{Decision, SlaveLog};
 use crate::store::append::{AppendEntry, Appended};
 use crate::wire::control::{
     self, CreateTopic, QueryById, QueryByKey, QueueOffsets, QueueRef, QueueStats, TopicRef, TopicStats,
@@ -32,8 +34,6 @@ use crate::wire::group::{
     LeaveGroup, MemberRef as WireMember, OffsetAt, QueueOffset, RebalanceNotice, ResetOffsets, ResetTarget,
     SearchOffset,
 };
-use crate::broker::core::LogFetch;
-use crate::replication::handshake::{Decision, SlaveLog};
 use crate::wire::pull::PullRequest;
 use crate::wire::replica::{
     ReplicaAction, ReplicaChunk, ReplicaFetch, ReplicaHello, ReplicaTopic, ReplicaTopics, ReplicaWelcome,

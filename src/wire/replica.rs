@@ -148,6 +148,8 @@ mod tests {
             max_wait_ms: 500,
         };
         assert_eq!(from_json::<ReplicaFetch>(&to_json(&f), "fetch").unwrap(), f);
-        assert!(from_json::<ReplicaFetch>(br#"{"broker_id":1,"from":0,"max_bytes":1,"max_wait_ms":1,"x":1}"#, "f").is_err());
+        assert!(
+            from_json::<ReplicaFetch>(br#"{"broker_id":1,"from":0,"max_bytes":1,"max_wait_ms":1,"x":1}"#, "f").is_err()
+        );
     }
 }

@@ -161,7 +161,11 @@ impl Cluster {
 
     /// Master brokers' names (their broker groups), in start order.
     pub fn broker_names(&self) -> Vec<String> {
-        self.brokers.iter().filter(|b| b.id == 0).map(|b| b.name.clone()).collect()
+        self.brokers
+            .iter()
+            .filter(|b| b.id == 0)
+            .map(|b| b.name.clone())
+            .collect()
     }
 
     /// Starts a slave of broker group `group` (the next free id) and waits
@@ -173,7 +177,14 @@ impl Cluster {
 
     /// [`Cluster::add_slave`] with extra environment for this slave only.
     pub fn add_slave_with(&mut self, group: &str, env: &[(&str, &str)]) -> String {
-        let id = self.brokers.iter().filter(|b| b.group == group).map(|b| b.id).max().unwrap_or(0) + 1;
+        let id = self
+            .brokers
+            .iter()
+            .filter(|b| b.group == group)
+            .map(|b| b.id)
+            .max()
+            .unwrap_or(0)
+            + 1;
         let name = format!("{group}-s{id}");
         self.brokers.push(BrokerNode {
             name: name.clone(),
@@ -281,7 +292,11 @@ impl Cluster {
 
     /// Waits until every running name server lists broker `i` at its address.
     fn wait_routed(&mut self, i: usize) {
-        let (name, addr) = (self.brokers[i].group.clone(), self.brokers[i].addr.clone());
+        let (name, id, addr) = (
+            self.brokers[i].group.clone(),
+            self.brokers[i].id,
+            self.brokers[i].addr.clone(),
+        );
         let live: Vec<String> = self
             .namesrvs
             .iter_mut()
@@ -290,9 +305,9 @@ impl Cluster {
         for ns in live {
             let mut last = None;
             let ok = super::wait_until(ROUTE_TIMEOUT, || {
-                last = namesrv_brokers(&ns);
+                last = namesrv_nodes(&ns);
                 last.as_ref()
-                    .is_some_and(|bs| bs.iter().any(|(n, a)| *n == name && *a == addr))
+                    .is_some_and(|bs| bs.iter().any(|(n, i, a)| *n == name && *i == id && *a == addr))
             });
             assert!(
                 ok,
@@ -336,14 +351,14 @@ impl Cluster {
         }
         self.spawn_namesrv(i);
         let ns = self.namesrvs[i].addr.clone();
-        let want: Vec<(String, String)> = self
+        let want: Vec<(String, u64, String)> = self
             .brokers
             .iter_mut()
-            .filter_map(|b| running(&mut b.proc).then(|| (b.group.clone(), b.addr.clone())))
+            .filter_map(|b| running(&mut b.proc).then(|| (b.group.clone(), b.id, b.addr.clone())))
             .collect();
         let mut last = None;
         let ok = super::wait_until(ROUTE_TIMEOUT, || {
-            last = namesrv_brokers(&ns);
+            last = namesrv_nodes(&ns);
             last.as_ref().is_some_and(|bs| want.iter().all(|w| bs.contains(w)))
         });
         assert!(
@@ -426,10 +441,23 @@ impl Drop for Cluster {
     }
 }
 
-/// (broker name, address) of every broker name server `ns` lists, or
+/// (broker name, address) of every master broker name server `ns` lists
+/// (see [`namesrv_nodes`] for slaves too), or
 /// `None` if it does not answer within a few seconds. Runs the client
 /// library on its own thread and runtime, so it works from any context.
 pub fn namesrv_brokers(ns: &str) -> Option<Vec<(String, String)>> {
+    namesrv_nodes(ns).map(|nodes| {
+        nodes
+            .into_iter()
+            .filter(|(_, id, _)| *id == 0)
+            .map(|(name, _, addr)| (name, addr))
+            .collect()
+    })
+}
+
+/// (broker name, id, address) of every broker name server `ns` lists, or
+/// `None` if it does not answer within a few seconds.
+pub fn namesrv_nodes(ns: &str) -> Option<Vec<(String, u64, String)>> {
     let ns = ns.to_string();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -447,8 +475,7 @@ pub fn namesrv_brokers(ns: &str) -> Option<Vec<(String, String)>> {
             Some(
                 info.brokers
                     .into_iter()
-                    .filter(|b| b.broker_id == 0)
-                    .map(|b| (b.broker_name, b.addr))
+                    .map(|b| (b.broker_name, b.broker_id, b.addr))
                     .collect(),
             )
         })

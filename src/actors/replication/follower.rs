@@ -123,7 +123,10 @@ async fn follow_forever(parts: Arc<FollowerParts>, stats: Arc<ActorStats>) {
                 (p, n, why)
             }
             Err(Failure::Refused(why)) => {
-                let (p, n) = parts.status.lock().map_or((5_000, true), |mut s| s.refused(why.clone()));
+                let (p, n) = parts
+                    .status
+                    .lock()
+                    .map_or((5_000, true), |mut s| s.refused(why.clone()));
                 if n {
                     tracing::error!(reason = %why, "the master refuses this slave");
                 }
@@ -217,10 +220,12 @@ async fn follow(parts: &FollowerParts, master: &str, stats: &Arc<ActorStats>) ->
             from
         } else {
             let _timer = stats.handling();
-            parts
-                .writer
-                .send(AppendReplicated { at: from, bytes: body })
-                .await??
+            let stored = parts.writer.send(AppendReplicated { at: from, bytes: body }).await??;
+            if stored.new_queues {
+                // Routes list this slave for a topic once it registers it.
+                parts.registrar.do_send(RegisterNow);
+            }
+            stored.end
         };
         if end != chunk.next {
             return Err(Failure::Retry(format!(
@@ -253,7 +258,12 @@ async fn handshake(parts: &FollowerParts, conn: &RemotingConnection) -> Result<(
                 .collect(),
         };
         let resp = conn
-            .request_raw(Command::ReplicaHandshake, to_json(&hello), Bytes::new(), REQUEST_TIMEOUT)
+            .request_raw(
+                Command::ReplicaHandshake,
+                to_json(&hello),
+                Bytes::new(),
+                REQUEST_TIMEOUT,
+            )
             .await?;
         if resp.status() != crate::wire::Status::Success {
             let why = format!("{}: {}", resp.status(), resp.error_message());
@@ -269,7 +279,9 @@ async fn handshake(parts: &FollowerParts, conn: &RemotingConnection) -> Result<(
                 if from == end {
                     return Ok(());
                 }
-                if end == 0 && store.log.segment_count() == 0 {
+                if store.last_records(1)?.is_empty() {
+                    // No record here: the log restarts where the master's
+                    // starts (a new slave; one left behind by retention).
                     parts.writer.send(StartLogAt(from)).await??;
                     tracing::info!(from, "this slave's log starts where its master's does");
                     return Ok(());

@@ -61,15 +61,14 @@ impl ReplicaLink {
     /// `tree`.
     pub fn start(slave: u64, hub: Arc<ReplicationHub>, store: Arc<Store>, tree: Arc<ActorTree>) -> Addr<ReplicaLink> {
         let stats = tree.register(KIND, slave.to_string(), crate::observe::kind::BROKER);
-        let addr = ReplicaLink {
+        ReplicaLink {
             stats,
             slave,
             hub,
             store,
             tree: tree.clone(),
         }
-        .start();
-        addr
+        .start()
     }
 
     /// Reads the chunk from `from`: `None` when there is nothing new yet.

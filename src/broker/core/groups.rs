@@ -294,8 +294,9 @@ impl BrokerCore {
 
     /// Looks up the topic routes of every group coordinated here and hands
     /// them to its coordinator, which rebalances when queues appeared or
-    /// vanished (a broker group died or came back). A failed lookup
-    /// changes nothing.
+    /// vanished (a broker group with no live master nor slave left, or one
+    /// that came back; a group whose master died keeps its queues while a
+    /// slave serves them). A failed lookup changes nothing.
     pub async fn refresh_group_routes(&self) {
         for group in self.groups.names() {
             let Some(addr) = self.groups.get(&group) else { continue };
