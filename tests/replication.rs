@@ -208,6 +208,31 @@ fn a_slave_refuses_writes_and_stores_nothing_for_them() {
     c.create_topic("ro-t", 2);
     produce(&c.ns(), "ro-t", &[], &["one".to_string(), "two".to_string()]);
     wait_identical(&c, A, &slave, Duration::from_secs(20));
+    // A group receiving with per-message acks subscribes on the master;
+    // the subscription reaches the slave with the topic table.
+    let out = cli(
+        &c.ns(),
+        &[
+            "consume",
+            "--topic",
+            "ro-t",
+            "--group",
+            "audit",
+            "--from",
+            "earliest",
+            "--ack-timeout",
+            "30s",
+            "--idle-timeout",
+            "2",
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let subs = c.broker_data_dir(&slave).join("config").join("subscriptions.json");
+    let ok = wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&subs).is_ok_and(|t| t.contains("audit"))
+    });
+    assert!(ok, "the slave has the master's subscriptions");
+    wait_identical(&c, A, &slave, Duration::from_secs(20));
     let before = commitlog_bytes(c.broker_data_dir(&slave));
 
     // Straight to the slave's address: a send, a topic creation and a

@@ -39,7 +39,7 @@ use actix::Addr;
 
 pub use groups::{GroupOffset, GroupView, JoinSpec, MemberRef, OffsetCommit, ResetSpec, ResetTo};
 pub use queries::MAX_QUERY_RESULTS;
-pub use replication::LogFetch;
+pub use replication::{LogFetch, ReplicaConfig};
 pub use topics::{QueueRange, QueueStat, TopicQueues, TopicSpec, MAX_QUEUES_PER_TOPIC};
 
 use super::session::{Principal, Session, SessionRegistry};

@@ -427,7 +427,10 @@ impl Producer {
         let groups = describe_unwritable(route.as_deref(), &failures, &|a| self.core.down_reason(a));
         let not_master = failures.values().find_map(|(_, r)| r.strip_prefix("NOT_MASTER: "));
         if !groups.is_empty() && !other_failure {
-            let message = format!("no broker group can take the message: {}", groups.join("; "));
+            let message = format!(
+                "send to {topic} failed after {attempts} attempts: no broker group can take the message: {}",
+                groups.join("; ")
+            );
             return Err(match not_master {
                 Some(_) => ClientError::Server {
                     status: Status::NotMaster,
@@ -740,7 +743,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             format!(
-                "no route: no broker group can take the message: b: master {master} unreachable (connection refused), slave {slave} is read-only (NOT_MASTER)"
+                "no route: send to t failed after 3 attempts: no broker group can take the message: b: master {master} unreachable (connection refused), slave {slave} is read-only (NOT_MASTER)"
             )
         );
         assert!(err.is_transient());
@@ -777,7 +780,8 @@ mod tests {
         assert_eq!(
             err.to_string(),
             format!(
-                "server error NOT_MASTER (23): no broker group can take the message: b: no master registered, \
+                "server error NOT_MASTER (23): send to t failed after 3 attempts: no broker group can take the message: \
+                 b: no master registered, \
                  slave {slave} is read-only (NOT_MASTER: broker b/1 is a read-only slave; writes go to its master 127.0.0.1:10911)"
             )
         );

@@ -326,8 +326,9 @@ impl NativeAdapter {
                 Ok(Frame::ok(0, control::to_json(&head), chunk.bytes))
             }
             Command::ReplicaTopics => {
-                let topics = core
-                    .replica_topics(s)?
+                let config = core.replica_topics(s)?;
+                let topics = config
+                    .topics
                     .into_iter()
                     .map(|(name, t)| {
                         (
@@ -339,7 +340,10 @@ impl NativeAdapter {
                         )
                     })
                     .collect();
-                ok(control::to_json(&ReplicaTopics { topics }))
+                ok(control::to_json(&ReplicaTopics {
+                    topics,
+                    subscriptions: config.subscriptions,
+                }))
             }
             other => Err(BrokerError::new(
                 ErrorKind::Unsupported,

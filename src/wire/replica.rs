@@ -115,12 +115,18 @@ pub struct ReplicaTopic {
     pub ttl_ms: Option<u64>,
 }
 
-/// `REPLICA_TOPICS` response body: every topic of the master.
+/// `REPLICA_TOPICS` response body: every topic of the master, and the
+/// groups that consume each with per-message acknowledgements.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplicaTopics {
     /// Topic name → settings.
     pub topics: BTreeMap<String, ReplicaTopic>,
+    /// Topic name → groups receiving it (`RECEIVE_MESSAGE`): a slave keeps
+    /// their messages for retention as its master does, and has them
+    /// ready if it becomes the master.
+    #[serde(default)]
+    pub subscriptions: BTreeMap<String, Vec<String>>,
 }
 
 #[cfg(test)]

@@ -326,6 +326,13 @@ async fn sync_topics(parts: &FollowerParts, conn: &RemotingConnection) -> Result
             changed = true;
         }
     }
+    for (topic, groups) in &master.subscriptions {
+        for group in groups {
+            if store.topics.get(topic).is_some() {
+                store.subscriptions.add(topic, group)?;
+            }
+        }
+    }
     for (name, _) in store.topics.all() {
         if master.topics.contains_key(&name) {
             continue;

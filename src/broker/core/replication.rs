@@ -26,6 +26,15 @@ pub struct LogFetch {
     pub max_wait: Duration,
 }
 
+/// What a slave copies besides the log.
+#[derive(Debug, Clone, Default)]
+pub struct ReplicaConfig {
+    /// The topic table.
+    pub topics: BTreeMap<String, TopicConfig>,
+    /// Topic → groups receiving it with per-message acknowledgements.
+    pub subscriptions: BTreeMap<String, Vec<String>>,
+}
+
 /// The master's log as the handshake sees it.
 struct StoreLog<'a>(&'a Store);
 
@@ -113,9 +122,23 @@ impl BrokerCore {
         .map_err(mailbox)?
     }
 
-    /// This master's topic table, for a slave to copy.
-    pub fn replica_topics(&self, session: &Session) -> Result<BTreeMap<String, TopicConfig>, BrokerError> {
+    /// This master's topic table and receive-mode subscriptions (topic →
+    /// groups), for a slave to copy.
+    pub fn replica_topics(&self, session: &Session) -> Result<ReplicaConfig, BrokerError> {
         self.replication_master(session)?;
-        Ok(self.store.topics.snapshot())
+        let subscriptions = self
+            .store
+            .subscriptions
+            .topics()
+            .into_iter()
+            .map(|t| {
+                let groups = self.store.subscriptions.groups(&t);
+                (t, groups)
+            })
+            .collect();
+        Ok(ReplicaConfig {
+            topics: self.store.topics.snapshot(),
+            subscriptions,
+        })
     }
 }

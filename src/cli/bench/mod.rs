@@ -31,6 +31,10 @@ pub struct LoadOpts {
     /// Messages per send request.
     #[arg(long, default_value_t = 1000)]
     pub batch: usize,
+    /// `produce`: send requests each producer keeps in flight (1: one at a
+    /// time, the shape of a single synchronous sender).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub inflight: u64,
     /// Producer tasks (each with its own connections).
     #[arg(long, default_value_t = 1)]
     pub producers: usize,

@@ -18,9 +18,6 @@ use crate::client::{Admin, ClientConfig, MessageQueue, Producer, PullConsumer};
 use crate::message::Message;
 use crate::store::record::RecordFields;
 
-/// Batches one producer keeps in flight.
-const PIPELINE: usize = 4;
-
 /// The topics a run uses: `--topic`, or `<topic>-0 …` with `--topics N`.
 fn topic_names(o: &LoadOpts) -> Vec<String> {
     if o.topics <= 1 {
@@ -142,7 +139,7 @@ pub async fn produce(o: LoadOpts) -> CliResult {
         workers.spawn(async move {
             let mut in_flight = JoinSet::new();
             loop {
-                while in_flight.len() < PIPELINE && !expired(until) {
+                while in_flight.len() < o.inflight as usize && !expired(until) {
                     let take = remaining.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
                         r.checked_sub(r.min(batch)).filter(|_| r > 0)
                     });
