@@ -76,7 +76,17 @@ impl StoredRecord {
 
     /// Decodes one record from the start of `data`, checking its CRC;
     /// returns it and the bytes it used.
-    pub fn decode(mut data: Bytes) -> Result<StoredRecord, DecodeError> {
+    pub fn decode(data: Bytes) -> Result<StoredRecord, DecodeError> {
+        Self::decode_inner(data, true)
+    }
+
+    /// [`StoredRecord::decode`] of bytes whose CRC the caller has just
+    /// checked (one CRC pass over a replicated chunk, not two).
+    pub fn decode_checked(data: Bytes) -> Result<StoredRecord, DecodeError> {
+        Self::decode_inner(data, false)
+    }
+
+    fn decode_inner(mut data: Bytes, check_crc: bool) -> Result<StoredRecord, DecodeError> {
         // The fixed head is read from the slice and the record narrowed in
         // place: no reference-count traffic until the body is sliced out.
         let size = Self::peek_size(&data)?;
@@ -89,7 +99,7 @@ impl StoredRecord {
             return Err(DecodeError::invalid("record size", format!("{size}")));
         }
         let crc = field(8);
-        if crc32c::crc32c(&data[CRC_START..size]) != crc {
+        if check_crc && crc32c::crc32c(&data[CRC_START..size]) != crc {
             return Err(DecodeError::invalid("record crc", "checksum mismatch"));
         }
         data.truncate(size);

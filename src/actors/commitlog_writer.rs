@@ -252,7 +252,7 @@ impl Handler<AppendReplicated> for CommitLogWriter {
         let _timer = self.stats.handling();
         let batch = match self
             .store
-            .append_replicated(&mut self.appender, msg.at, &msg.bytes, now_millis())
+            .append_replicated_bytes(&mut self.appender, msg.at, msg.bytes, now_millis())
         {
             Ok(b) => b,
             Err(e) => {

@@ -99,7 +99,19 @@ impl RemotingConnection {
                                 }
                             }
                         },
-                        Ok(None) => break,
+                        Ok(None) => {
+                            // Room for the whole frame at once: a large
+                            // answer (a pull, a replica chunk) is then read
+                            // without the buffer growing (and copying) in
+                            // small steps.
+                            if let Some(head) = buf.get(..4) {
+                                let length = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+                                if length <= CLIENT_MAX_FRAME_BYTES {
+                                    buf.reserve((length + 4).saturating_sub(buf.len()));
+                                }
+                            }
+                            break;
+                        }
                         Err(e) if e.is_fatal() => break 'read,
                         Err(_) => continue,
                     }

@@ -81,8 +81,11 @@ impl ReplicaSet {
         self.appends.push_back((end, now));
     }
 
-    /// Slave `id` (at `addr`) fetched from `from`: everything below is
-    /// stored there. Returns the waiters this releases.
+    /// Slave `id` (at `addr`) confirmed that everything below `from` is
+    /// stored there (a fetch from there, or an ack). Confirmations only move
+    /// forward (a pipelined fetch and an ack may be handled out of order);
+    /// a slave that shakes hands again starts over ([`Self::slave_gone`]).
+    /// Returns the waiters this releases.
     pub fn fetched(&mut self, id: u64, addr: &str, from: u64, now: u64) -> Vec<WaiterId> {
         let slave = self.slaves.entry(id).or_insert_with(|| SlaveProgress {
             addr: addr.to_string(),
@@ -90,7 +93,8 @@ impl ReplicaSet {
             last_fetch_ms: now,
         });
         addr.clone_into(&mut slave.addr);
-        slave.confirmed = from;
+        slave.confirmed = slave.confirmed.max(from);
+        let from = slave.confirmed;
         slave.last_fetch_ms = now;
         let released: Vec<(u64, WaiterId)> = self.waiters.range(..=(from, WaiterId::MAX)).map(|(k, _)| *k).collect();
         for k in &released {

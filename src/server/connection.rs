@@ -545,7 +545,11 @@ impl Reply {
 fn large_response(cmd: Command) -> bool {
     matches!(
         cmd,
-        Command::PullMessage | Command::ReceiveMessage | Command::QueryMessageByKey | Command::QueryMessageById
+        Command::PullMessage
+            | Command::ReceiveMessage
+            | Command::QueryMessageByKey
+            | Command::QueryMessageById
+            | Command::ReplicaFetch
     )
 }
 

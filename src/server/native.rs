@@ -36,7 +36,7 @@ use crate::wire::group::{
 };
 use crate::wire::pull::PullRequest;
 use crate::wire::replica::{
-    ReplicaAction, ReplicaChunk, ReplicaFetch, ReplicaHello, ReplicaTopic, ReplicaTopics, ReplicaWelcome,
+    ReplicaAck, ReplicaAction, ReplicaChunk, ReplicaFetch, ReplicaHello, ReplicaTopic, ReplicaTopics, ReplicaWelcome,
 };
 use crate::wire::send::{SendEntry, SendRequest, SendResponse};
 use crate::wire::{Command, DecodeError, Frame};
@@ -313,6 +313,7 @@ impl NativeAdapter {
                         LogFetch {
                             slave: f.broker_id,
                             from: f.from,
+                            confirmed: f.confirmed.unwrap_or(f.from),
                             max_bytes: f.max_bytes as usize,
                             max_wait: std::time::Duration::from_millis(u64::from(f.max_wait_ms)),
                         },
@@ -323,7 +324,14 @@ impl NativeAdapter {
                     next: chunk.next,
                     master_max: chunk.master_max,
                 };
-                Ok(Frame::ok(0, control::to_json(&head), chunk.bytes))
+                // The chunk goes to the socket from where it is (a vectored
+                // write), not copied into the frame's buffer.
+                Ok(Frame::ok(0, control::to_json(&head), Bytes::new()).with_body_tail(vec![chunk.bytes]))
+            }
+            Command::ReplicaAck => {
+                let a: ReplicaAck = header(&frame)?;
+                core.replica_ack(s, a.broker_id, a.confirmed)?;
+                ok(Bytes::new())
             }
             Command::ReplicaTopics => {
                 let config = core.replica_topics(s)?;

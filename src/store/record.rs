@@ -9,8 +9,9 @@ use std::net::SocketAddr;
 use bytes::BufMut;
 
 use crate::codec as buf;
+use crate::record::CRC_START;
+pub(crate) use crate::record::FIXED_LEN;
 pub use crate::record::{MessageId, StoredRecord, RECORD_MAGIC};
-use crate::record::{CRC_START, FIXED_LEN};
 
 /// Magic of the filler that pads a segment's end.
 pub const BLANK_MAGIC: u32 = 0xF3A7_00FF;

@@ -115,6 +115,13 @@ enum Item {
 /// (the whole segment, starting at log offset `seg_start`) in a log whose
 /// published bytes end at `end`; nothing at or past `end` counts.
 fn classify(data: &[u8], p: usize, seg_start: u64, end: u64) -> Item {
+    classify_checking(data, p, seg_start, end, true)
+}
+
+/// [`classify`], checking a record's CRC only when `check_crc` (records
+/// this process appended were encoded here with theirs; a replica checks
+/// every record it receives anyway).
+fn classify_checking(data: &[u8], p: usize, seg_start: u64, end: u64, check_crc: bool) -> Item {
     let seg_len = data.len();
     let Some(room) = seg_len.checked_sub(p) else {
         return Item::Invalid;
@@ -139,7 +146,12 @@ fn classify(data: &[u8], p: usize, seg_start: u64, end: u64) -> Item {
         BLANK_MAGIC if closed && size == room => Item::Close(BLANK_HEADER_LEN),
         RECORD_MAGIC if size <= published => {
             let bytes = &data[p..p + size];
-            if record::probe(bytes) != Probe::Record(size) || named_offset(bytes) != Some(pos) {
+            let whole = if check_crc {
+                record::probe(bytes) == Probe::Record(size)
+            } else {
+                size >= record::FIXED_LEN
+            };
+            if !whole || named_offset(bytes) != Some(pos) {
                 return Item::Invalid;
             }
             Item::Record(size, be_u32(bytes, 8))
@@ -287,6 +299,7 @@ fn check_chunk(at: u64, chunk: &Bytes, segment_bytes: u64) -> StoreResult<(Vec<C
         if record::probe(&bytes) != Probe::Record(size) {
             return Err(bad(pos, "a record whose CRC does not match its bytes".into()));
         }
+        // The CRC was just checked: decoded without checking it again.
         match named_offset(&bytes) {
             Some(named) if named == pos => {}
             named => {
@@ -296,7 +309,7 @@ fn check_chunk(at: u64, chunk: &Bytes, segment_bytes: u64) -> StoreResult<(Vec<C
                 ));
             }
         }
-        let rec = match StoredRecord::decode(bytes) {
+        let rec = match StoredRecord::decode_checked(bytes) {
             Ok(rec) => Some(rec),
             Err(e) => {
                 tracing::warn!(offset = pos, error = %e, "replicated record passed its CRC but does not decode");
@@ -429,7 +442,7 @@ impl Store {
                 break pos;
             }
             let taken = p - first;
-            match classify(data, p, seg.start, end) {
+            match classify_checking(data, p, seg.start, end, self.log.needs_read_check(pos)) {
                 Item::Record(size, _) => {
                     if taken > 0 && taken + size > max_bytes {
                         break pos;
@@ -639,6 +652,19 @@ impl Store {
         bytes: &[u8],
         now_ms: u64,
     ) -> StoreResult<ReplicatedBatch> {
+        self.append_replicated_bytes(appender, at, Bytes::copy_from_slice(bytes), now_ms)
+    }
+
+    /// [`Store::append_replicated`] of a chunk already in a `Bytes` (the
+    /// slave's writer: the fetch answer's body), which the decoded records
+    /// slice instead of copying.
+    pub fn append_replicated_bytes(
+        &self,
+        appender: &mut Appender,
+        at: u64,
+        chunk: Bytes,
+        now_ms: u64,
+    ) -> StoreResult<ReplicatedBatch> {
         if !Arc::ptr_eq(appender.log(), &self.log) {
             return Err(StoreError::InvalidArgument(
                 "the appender writes another commitlog than this store's".into(),
@@ -648,8 +674,6 @@ impl Store {
         if at != write_pos {
             return Err(StoreError::NotAtLogEnd { at, write_pos });
         }
-        // One copy, sliced (not copied again) into the decoded records.
-        let chunk = Bytes::copy_from_slice(bytes);
         let (checked, end) = check_chunk(at, &chunk, self.log.segment_bytes())?;
         let plan = self.plan_queues(&checked)?;
         let applied = match self.prepare_replicated(&checked, &plan) {
@@ -657,7 +681,7 @@ impl Store {
             Err(e) if e.is_no_space() => return Err(self.no_space(e)),
             Err(e) => return Err(e),
         };
-        if let Err(e) = appender.append_raw(at, bytes, end) {
+        if let Err(e) = appender.append_raw(at, &chunk, end) {
             self.offsets.revert(&applied.commits);
             if applied.keys > 0 {
                 if let Ok(mut index) = self.index.lock() {

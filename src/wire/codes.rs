@@ -56,6 +56,9 @@ pub enum Command {
     ReplicaFetch = 111,
     /// Slave → master: topic configuration, for the slave's topic table.
     ReplicaTopics = 112,
+    /// Slave → master (oneway): the slave has stored everything below an
+    /// offset (sent after each chunk while the next fetch is in flight).
+    ReplicaAck = 113,
     /// Server push: the member's group is rebalancing; rejoin now.
     NotifyRebalance = 500,
     /// A broker announces itself and its topics to a name server.
@@ -106,6 +109,7 @@ impl Command {
             110 => ReplicaHandshake,
             111 => ReplicaFetch,
             112 => ReplicaTopics,
+            113 => ReplicaAck,
             _ => return None,
         })
     }

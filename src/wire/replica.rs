@@ -83,12 +83,28 @@ pub struct ReplicaWelcome {
 pub struct ReplicaFetch {
     /// The slave's broker id.
     pub broker_id: u64,
-    /// First offset wanted; everything below it is confirmed stored.
+    /// First offset wanted; everything below it is confirmed stored
+    /// unless `confirmed` says less.
     pub from: u64,
+    /// Everything below this is stored on the slave, when less than `from`
+    /// (a fetch sent before the previous chunk is written: pipelining).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed: Option<u64>,
     /// Most bytes wanted (a record larger than this comes whole).
     pub max_bytes: u32,
     /// How long the master may hold the request when it has nothing new.
     pub max_wait_ms: u32,
+}
+
+/// `REPLICA_ACK` header (a oneway frame): everything below `confirmed` is
+/// stored on slave `broker_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaAck {
+    /// The slave's broker id.
+    pub broker_id: u64,
+    /// End of what the slave has stored.
+    pub confirmed: u64,
 }
 
 /// `REPLICA_FETCH` response header; the body is the commitlog bytes from
@@ -149,6 +165,7 @@ mod tests {
         assert_eq!(from_json::<ReplicaWelcome>(&json, "welcome").unwrap(), w);
         let f = ReplicaFetch {
             broker_id: 1,
+            confirmed: Some(5),
             from: 7,
             max_bytes: 1 << 20,
             max_wait_ms: 500,

@@ -27,7 +27,7 @@ use crate::store::topics::TopicConfig;
 use crate::store::Store;
 use crate::wire::control::{from_json, to_json};
 use crate::wire::replica::{
-    RecordMark, ReplicaAction, ReplicaChunk, ReplicaFetch, ReplicaHello, ReplicaTopics, ReplicaWelcome,
+    RecordMark, ReplicaAck, ReplicaAction, ReplicaChunk, ReplicaFetch, ReplicaHello, ReplicaTopics, ReplicaWelcome,
 };
 use crate::wire::Command;
 
@@ -183,28 +183,21 @@ async fn follow(parts: &FollowerParts, master: &str, stats: &Arc<ActorStats>) ->
         s.following();
     }
     tracing::info!(%master, from = parts.store.log.write_pos(), "following the master");
-    let wait = parts.replication.fetch_wait_ms;
     let mut topics_at = tokio::time::Instant::now();
+    let first = parts.store.log.write_pos();
+    // One fetch is always in flight: the next one leaves as soon as a chunk
+    // arrives (confirming only what is stored), the chunk is stored, then a
+    // `REPLICA_ACK` confirms it — so the master's next bytes travel while
+    // this slave writes, and a sync send waits for one write, not for a
+    // write plus a round trip.
+    let mut in_flight = spawn_fetch(parts, &conn, first, first);
     loop {
         if tokio::time::Instant::now() >= topics_at {
             sync_topics(parts, &conn).await?;
             topics_at = tokio::time::Instant::now() + TOPIC_SYNC;
         }
-        let from = parts.store.log.write_pos();
-        let req = ReplicaFetch {
-            broker_id: parts.broker.id,
-            from,
-            max_bytes: parts.replication.fetch_max_bytes,
-            max_wait_ms: wait,
-        };
-        let (header, body) = conn
-            .request(
-                Command::ReplicaFetch,
-                to_json(&req),
-                Bytes::new(),
-                Duration::from_millis(u64::from(wait)) + REQUEST_TIMEOUT,
-            )
-            .await?;
+        let (from, answer) = in_flight.await?;
+        let (header, body) = answer?;
         let chunk: ReplicaChunk = from_json(&header, "replica chunk")?;
         // `next` passes the body's end when the chunk closes a segment
         // (docs/protocol.md §9.2); the store checks the rest.
@@ -216,27 +209,70 @@ async fn follow(parts: &FollowerParts, master: &str, stats: &Arc<ActorStats>) ->
                 body.len()
             )));
         }
-        let end = if body.is_empty() {
-            from
-        } else {
-            let _timer = stats.handling();
-            let stored = parts.writer.send(AppendReplicated { at: from, bytes: body }).await??;
-            if stored.new_queues {
-                // Routes list this slave for a topic once it registers it.
-                parts.registrar.do_send(RegisterNow);
+        if body.is_empty() {
+            in_flight = spawn_fetch(parts, &conn, from, from);
+            if let Ok(mut s) = parts.status.lock() {
+                s.progressed(from, chunk.master_max, now_millis());
             }
-            stored.end
+            continue;
+        }
+        in_flight = spawn_fetch(parts, &conn, chunk.next, from);
+        let stored = {
+            let _timer = stats.handling();
+            parts.writer.send(AppendReplicated { at: from, bytes: body }).await??
         };
-        if end != chunk.next {
+        if stored.end != chunk.next {
             return Err(Failure::Retry(format!(
-                "stored the master's chunk {from}..{} but this log now ends at {end}",
-                chunk.next
+                "stored the master's chunk {from}..{} but this log now ends at {}",
+                chunk.next, stored.end
             )));
         }
+        let ack = ReplicaAck {
+            broker_id: parts.broker.id,
+            confirmed: stored.end,
+        };
+        conn.oneway(Command::ReplicaAck, to_json(&ack), Bytes::new()).await?;
+        if stored.new_queues {
+            // Routes list this slave for a topic once it registers it.
+            parts.registrar.do_send(RegisterNow);
+        }
         if let Ok(mut s) = parts.status.lock() {
-            s.progressed(end, chunk.master_max, now_millis());
+            s.progressed(stored.end, chunk.master_max, now_millis());
         }
     }
+}
+
+/// A fetch's answer: the offset asked from, and the header and body.
+type FetchAnswer = (u64, crate::client::ClientResult<(Bytes, Bytes)>);
+
+/// Sends a fetch from `from` (confirming `confirmed`) on its own task, so
+/// it travels while the previous chunk is being stored.
+fn spawn_fetch(
+    parts: &FollowerParts,
+    conn: &RemotingConnection,
+    from: u64,
+    confirmed: u64,
+) -> tokio::task::JoinHandle<FetchAnswer> {
+    let wait = parts.replication.fetch_wait_ms;
+    let req = ReplicaFetch {
+        broker_id: parts.broker.id,
+        from,
+        confirmed: (confirmed < from).then_some(confirmed),
+        max_bytes: parts.replication.fetch_max_bytes,
+        max_wait_ms: wait,
+    };
+    let conn = conn.clone();
+    tokio::spawn(async move {
+        let answer = conn
+            .request(
+                Command::ReplicaFetch,
+                to_json(&req),
+                Bytes::new(),
+                Duration::from_millis(u64::from(wait)) + REQUEST_TIMEOUT,
+            )
+            .await;
+        (from, answer)
+    })
 }
 
 /// Shakes hands until the master says "follow": cuts this log where it

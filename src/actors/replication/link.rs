@@ -23,8 +23,10 @@ use crate::store::Store;
 pub struct FetchLog {
     /// The slave's client address.
     pub addr: String,
-    /// First offset wanted; everything below is stored on the slave.
+    /// First offset wanted.
     pub from: u64,
+    /// Everything below this is stored on the slave.
+    pub confirmed: u64,
     /// Most bytes to answer (one record more may come whole).
     pub max_bytes: usize,
     /// Longest wait for new records.
@@ -116,7 +118,7 @@ impl Handler<FetchLog> for ReplicaLink {
 
     fn handle(&mut self, msg: FetchLog, _: &mut Context<Self>) -> Self::Result {
         let _timer = self.stats.handling();
-        self.hub.fetched(self.slave, &msg.addr, msg.from);
+        self.hub.fetched(self.slave, &msg.addr, msg.confirmed);
         let store = self.store.clone();
         let mut grown = self.hub.subscribe();
         Box::pin(async move {

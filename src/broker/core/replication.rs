@@ -18,8 +18,10 @@ use crate::store::Store;
 pub struct LogFetch {
     /// The slave's broker id.
     pub slave: u64,
-    /// First offset wanted (confirms everything below).
+    /// First offset wanted.
     pub from: u64,
+    /// Everything below this is stored on the slave.
+    pub confirmed: u64,
     /// Most bytes to answer.
     pub max_bytes: usize,
     /// Longest wait for new records.
@@ -99,8 +101,12 @@ impl BrokerCore {
         if let Decision::Refuse(why) = decision {
             return Err(BrokerError::new(ErrorKind::InvalidArgument, why));
         }
-        // The link starts now, so the slave counts for sync sends from its
-        // first fetch.
+        // A slave shaking hands again (reconnected, or cut its log) starts
+        // over: its confirmations may go back. The link starts now, so the
+        // slave counts for sync sends from its first fetch.
+        if let Some(hub) = self.replication.hub() {
+            hub.slave_gone(slave);
+        }
         self.replication.link(slave);
         Ok(decision)
     }
@@ -115,11 +121,22 @@ impl BrokerCore {
         link.send(FetchLog {
             addr: session.peer().to_string(),
             from: f.from,
+            confirmed: f.confirmed.min(f.from),
             max_bytes: f.max_bytes,
             max_wait: f.max_wait.min(Duration::from_millis(self.cfg.max_poll_wait_ms)),
         })
         .await
         .map_err(mailbox)?
+    }
+
+    /// Slave `slave` has stored everything below `confirmed` (sent after
+    /// each chunk while its next fetch is already in flight).
+    pub fn replica_ack(&self, session: &Session, slave: u64, confirmed: u64) -> Result<(), BrokerError> {
+        self.replication_master(session)?;
+        if let Some(hub) = self.replication.hub() {
+            hub.fetched(slave, &session.peer().to_string(), confirmed);
+        }
+        Ok(())
     }
 
     /// This master's topic table and receive-mode subscriptions (topic →
