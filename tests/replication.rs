@@ -108,8 +108,16 @@ fn duplicates(bodies: &[String]) -> Vec<String> {
 fn sync_replication_keeps_every_acknowledged_message_through_a_kill9_of_the_master() {
     let _g = serial();
     let mut c = Cluster::start(1, &[A], &[("FERROMQ__REPLICATION__MODE", "sync")]);
-    let slave = c.add_slave(A);
     c.create_topic("sync-t", 4);
+    // No slave yet: the send is stored on the master only, and says so.
+    let out = cli_with_input(&c.ns(), &["produce", "--topic", "sync-t"], b"lonely\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a sync send with no slave is not a success");
+    assert!(
+        stderr.contains("SLAVE_NOT_AVAILABLE") && stderr.contains("stored on the master"),
+        "{stderr}"
+    );
+    let slave = c.add_slave(A);
     wait_following(&c, &slave);
 
     let producer = ProducerThread::start(&c.ns(), "sync-t", "s", Duration::from_millis(1));
@@ -145,8 +153,13 @@ fn sync_replication_keeps_every_acknowledged_message_through_a_kill9_of_the_mast
         killed.elapsed()
     );
     assert!(duplicates(&read).is_empty(), "read twice: {:?}", duplicates(&read));
-    // Nothing but what was sent (a send cut off by the kill may be there).
-    assert!(read.iter().all(|b| b.starts_with("s-")));
+    // Nothing but what was sent (a send cut off by the kill may be there);
+    // the send answered SLAVE_NOT_AVAILABLE was stored once, and copied.
+    assert!(read.iter().all(|b| b.starts_with("s-") || b == "lonely"), "{read:?}");
+    assert!(
+        read.iter().any(|b| b == "lonely"),
+        "the master-only message reached the slave"
+    );
 }
 
 #[test]

@@ -22,7 +22,7 @@ use crate::client::RemotingConnection;
 use crate::clock::now_millis;
 use crate::config::{BrokerSection, ReplicationSection};
 use crate::observe::{ActorStats, Tracked};
-use crate::replication::follower::{FollowerState, Phase};
+use crate::replication::follower::FollowerState;
 use crate::store::topics::TopicConfig;
 use crate::store::Store;
 use crate::wire::control::{from_json, to_json};
@@ -383,15 +383,4 @@ async fn sync_topics(parts: &FollowerParts, conn: &RemotingConnection) -> Result
         parts.registrar.do_send(RegisterNow);
     }
     Ok(())
-}
-
-/// The phase as a word for views: `resolving`, `following`, `refused`,
-/// `retrying`.
-pub fn phase_name(p: &Phase) -> &'static str {
-    match p {
-        Phase::Resolving => "resolving",
-        Phase::Following => "following",
-        Phase::Refused(_) => "refused",
-        Phase::Retrying(_) => "retrying",
-    }
 }

@@ -28,6 +28,9 @@ pub struct ReplicationHub {
     state: Mutex<ReplicaSet>,
     waiting: Mutex<HashMap<WaiterId, Answer>>,
     end: watch::Sender<u64>,
+    /// Each slave's advertised address (from its handshake), for views
+    /// and metric labels (its connection's port changes on reconnects).
+    names: Mutex<HashMap<u64, String>>,
 }
 
 /// One slave in [`ReplicationHub::slaves`].
@@ -52,6 +55,7 @@ impl ReplicationHub {
             state: Mutex::new(set),
             waiting: Mutex::new(HashMap::new()),
             end: watch::channel(end).0,
+            names: Mutex::new(HashMap::new()),
         })
     }
 
@@ -77,11 +81,26 @@ impl ReplicationHub {
         });
     }
 
-    /// Slave `id` at `addr` asked for the log from `from`: everything below
-    /// is stored there, which may answer sync sends.
-    pub fn fetched(&self, id: u64, addr: &str, from: u64) {
+    /// Slave `id` shook hands from `addr` (its advertised address): it
+    /// starts over (its confirmations may go back after a cut).
+    pub fn hello(&self, id: u64, addr: &str) {
+        if let Ok(mut names) = self.names.lock() {
+            names.insert(id, addr.to_string());
+        }
+        self.slave_gone(id);
+    }
+
+    /// Slave `id` (connected from `peer`) confirmed everything below `from`
+    /// (a fetch from there, or an ack), which may answer sync sends.
+    pub fn fetched(&self, id: u64, peer: &str, from: u64) {
+        let addr = self
+            .names
+            .lock()
+            .ok()
+            .and_then(|n| n.get(&id).cloned())
+            .unwrap_or_else(|| peer.to_string());
         let released = match self.state.lock() {
-            Ok(mut s) => s.fetched(id, addr, from, now_millis()),
+            Ok(mut s) => s.fetched(id, &addr, from, now_millis()),
             Err(_) => return,
         };
         self.answer(released, || Ok(()));

@@ -105,7 +105,7 @@ impl BrokerCore {
         // over: its confirmations may go back. The link starts now, so the
         // slave counts for sync sends from its first fetch.
         if let Some(hub) = self.replication.hub() {
-            hub.slave_gone(slave);
+            hub.hello(slave, addr);
         }
         self.replication.link(slave);
         Ok(decision)
