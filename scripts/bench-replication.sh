@@ -2,8 +2,9 @@
 # Produce throughput of a master alone, with one slave under async
 # replication and with one slave under sync replication, on this machine
 # (both processes on loopback), plus single-send latency (one send in flight)
-# for each; rounds alternate the three setups so they share the machine's
-# noise (docs/performance.md, "Replication").
+# for each, after a 20,000-message warm-up of the same topic; rounds
+# alternate the three setups so they share the machine's noise
+# (docs/performance.md, "Replication").
 #   scripts/bench-replication.sh [path/to/ferromq] [MESSAGES] [ROUNDS]
 # Honours TMPDIR (where the data directories go).
 set -u
@@ -54,6 +55,9 @@ print(sys.argv[1], sys.argv[2], int(d['msgs_per_sec']), 'msg/s', 'p50', l['p50']
 for round in $(seq 1 "$ROUNDS"); do
   for setup in none async sync; do
     start "$setup"
+    # Warm-up: the topic's creation and its queues' first files (on the
+    # slave too) are one-off costs, not the steady rate measured next.
+    "$BIN" bench produce -n "$NS" --messages 20000 --size 1024 --batch 1000 --json >/dev/null 2>&1
     "$BIN" bench produce -n "$NS" --messages "$N" --size 1024 --batch 1000 --json 2>/dev/null |
       summary "$setup" "produce(round $round)"
     "$BIN" bench latency -n "$NS" --messages 5000 --size 1024 --topic lat --json 2>/dev/null |
