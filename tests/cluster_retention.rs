@@ -7,6 +7,11 @@
 //! a broker killed and restarted keeps its minimums and the group's offsets,
 //! and the group continues from each queue's minimum on both groups.
 //!
+//! A second test fills one broker group's disk (its watermarks set below
+//! its disk's usage): its sends are refused with `DISK_FULL`, producers go
+//! to the other group, its stored messages stay readable, and it takes
+//! sends again once its disk has room.
+//!
 //! Figures are printed as `figure: key=value` lines on stderr
 //! (`cargo test --test cluster_retention -- --nocapture`).
 
@@ -363,4 +368,63 @@ fn both_broker_groups_delete_old_segments_and_a_group_continues_from_each_queues
     // Nothing more was deleted meanwhile (the counts above still hold).
     assert_eq!(describe_topic(&ns), bounds);
     eprintln!("figure: total_ms={}", t0.elapsed().as_millis());
+}
+
+#[test]
+fn a_full_broker_group_refuses_sends_producers_use_the_other_and_reads_go_on() {
+    let mut c = Cluster::start(1, &[A, B], &[]);
+    c.create_topic("full-t", 2);
+    let before: Vec<String> = (0..40).map(|i| format!("before-{i}")).collect();
+    let acks = produce(&c.ns(), "full-t", &[], &before);
+    let on_a = acks.iter().filter(|a| c.broker_of_msg_id(&a.msg_id) == Some(A)).count();
+    assert!(on_a > 0, "round-robin stored some on {A}");
+
+    // A's disk "fills": every watermark below what its disk already uses.
+    let full = [
+        ("FERROMQ__STORE__DISK_CLEAN_RATIO", "0.001"),
+        ("FERROMQ__STORE__DISK_FORCE_CLEAN_RATIO", "0.001"),
+        ("FERROMQ__STORE__DISK_REFUSE_RATIO", "0.001"),
+    ];
+    c.set_broker_env(A, &full);
+    c.restart_broker(A);
+    // Straight to A: refused, saying whose disk is full and how full.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let refused = rt.block_on(async {
+        let admin = ferromq::client::Admin::new(ferromq::client::ClientConfig::new([c.ns()]));
+        admin
+            .create_topic_on(&[c.broker_addr(A).to_string()], "full-new", 1, None)
+            .await
+            .expect_err("a full broker creates no topic")
+            .to_string()
+    });
+    assert!(
+        refused.contains("DISK_FULL") && refused.contains(A) && refused.contains("% used"),
+        "{refused}"
+    );
+    // Through the name servers: every send lands on B, none fails.
+    let during: Vec<String> = (0..60).map(|i| format!("during-{i}")).collect();
+    let acks = produce(&c.ns(), "full-t", &[], &during);
+    let brokers: BTreeSet<&str> = acks.iter().filter_map(|a| c.broker_of_msg_id(&a.msg_id)).collect();
+    assert_eq!(brokers, BTreeSet::from([B]), "sends moved to the group with room");
+    // Reads go on: everything, A's included.
+    let read: BTreeSet<String> = consumed_bodies(&c.ns(), "full-t").into_iter().collect();
+    let missing: Vec<&String> = before.iter().chain(&during).filter(|b| !read.contains(*b)).collect();
+    assert!(missing.is_empty(), "unread: {missing:?}");
+
+    // Room again (watermarks back): A takes sends again.
+    c.set_broker_env(A, &[]);
+    c.restart_broker(A);
+    let after: Vec<String> = (0..40).map(|i| format!("after-{i}")).collect();
+    let acks = produce(&c.ns(), "full-t", &[], &after);
+    assert!(
+        acks.iter().any(|a| c.broker_of_msg_id(&a.msg_id) == Some(A)),
+        "{A} takes sends again"
+    );
+    eprintln!(
+        "figure: full_group_stored_before={on_a} moved_to_other_group={}",
+        during.len()
+    );
 }

@@ -202,6 +202,13 @@ impl Cluster {
         name
     }
 
+    /// Sets environment for node `name` only, from its next (re)start
+    /// (replacing what was set before).
+    pub fn set_broker_env(&mut self, name: &str, env: &[(&str, &str)]) {
+        let i = self.broker_index(name);
+        self.brokers[i].extra_env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    }
+
     /// Gives node `name` broker id `id` from its next (re)start: a slave
     /// promoted to master (0), a former master rejoining as a slave.
     pub fn set_broker_id(&mut self, name: &str, id: u64) {
