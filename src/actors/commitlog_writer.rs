@@ -302,7 +302,8 @@ impl Handler<TruncateLog> for CommitLogWriter {
         let _timer = self.stats.handling();
         // Dispatches queued before this must land first, or they would
         // write entries past the cut. The barrier is the dispatcher's
-        // mailbox order; the writer's own mailbox waits meanwhile.
+        // mailbox order. Nothing else writes meanwhile: on a slave only the
+        // follower sends writes, and it waits for this answer.
         let barrier = self.dispatcher.send(super::dispatcher::Barrier);
         let store = self.store.clone();
         Box::pin(
