@@ -219,7 +219,7 @@ fn a_slave_refuses_writes_and_stores_nothing_for_them() {
     let mut c = Cluster::start(1, &[A], &[]);
     let slave = c.add_slave(A);
     c.create_topic("ro-t", 2);
-    produce(&c.ns(), "ro-t", &[], &["one".to_string(), "two".to_string()]);
+    let acks = produce(&c.ns(), "ro-t", &[], &["one".to_string(), "two".to_string()]);
     wait_identical(&c, A, &slave, Duration::from_secs(20));
     // A group receiving with per-message acks subscribes on the master;
     // the subscription reaches the slave with the topic table.
@@ -314,9 +314,12 @@ fn a_slave_refuses_writes_and_stores_nothing_for_them() {
         stderr.contains(&master_addr) && stderr.contains("read-only"),
         "names the unreachable master and the read-only slave: {stderr}"
     );
-    // Reads go on from the slave.
+    // Reads go on from the slave, lookups by id too (the slave holds the
+    // master's records under the master's ids).
     let read = consume_all(&c.ns(), "ro-t");
     assert_eq!(read.len(), 2, "{read:?}");
+    let got = cli_ok(&c.ns(), &["message", "get", &acks[0].msg_id, "--format", "json"]);
+    assert!(got.contains("\"one\""), "{got}");
 }
 
 /// Sends one message straight to `addr` with the client's raw connection;

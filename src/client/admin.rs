@@ -282,16 +282,47 @@ impl Admin {
         Ok(out)
     }
 
-    /// The message a message id names (asked of the broker in the id).
+    /// The message a message id names, asked of the broker in the id or,
+    /// when it cannot be reached, of the live slaves of its broker group
+    /// (they hold its records under the same ids).
     pub async fn get_message(&self, msg_id: &str) -> ClientResult<StoredRecord> {
         let id: MessageId = msg_id.parse()?;
         let header = to_json(&QueryById {
             msg_id: msg_id.to_string(),
         });
-        let body = self
-            .broker(&id.store_host.to_string(), Command::QueryMessageById, header)
-            .await?;
-        Ok(StoredRecord::decode(body)?)
+        let host = id.store_host.to_string();
+        let err = match self.broker(&host, Command::QueryMessageById, header.clone()).await {
+            Ok(body) => return Ok(StoredRecord::decode(body)?),
+            Err(e) if is_unreachable(&e) => e,
+            Err(e) => return Err(e),
+        };
+        for slave in self.slaves_of(&host).await {
+            if let Ok(body) = self.broker(&slave, Command::QueryMessageById, header.clone()).await {
+                return Ok(StoredRecord::decode(body)?);
+            }
+        }
+        Err(err)
+    }
+
+    /// Addresses of the live slaves of the broker group whose master is (or
+    /// was, if it is down) at `master`.
+    async fn slaves_of(&self, master: &str) -> Vec<String> {
+        let Ok(view) = self.core.cluster_view().await else {
+            return Vec::new();
+        };
+        let Some(group) = view
+            .brokers
+            .iter()
+            .find(|b| b.broker_id == 0 && b.addr == master)
+            .map(|b| (b.cluster.clone(), b.broker_name.clone()))
+        else {
+            return Vec::new();
+        };
+        view.brokers
+            .into_iter()
+            .filter(|b| b.broker_id > 0 && !b.down && (b.cluster.clone(), b.broker_name.clone()) == group)
+            .map(|b| b.addr)
+            .collect()
     }
 
     /// Messages of `topic` carrying `key`, newest first, from every broker.

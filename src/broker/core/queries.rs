@@ -6,7 +6,7 @@ use bytes::Bytes;
 use super::{io_err, BrokerCore, Operation};
 use crate::broker::session::Session;
 use crate::error::{BrokerError, ErrorKind};
-use crate::record::MessageId;
+use crate::record::{MessageId, StoredRecord};
 use crate::wire::control::validate_topic_name;
 
 /// Most records one key query returns.
@@ -20,7 +20,11 @@ impl BrokerCore {
         let id: MessageId = msg_id
             .parse()
             .map_err(|e: crate::codec::DecodeError| BrokerError::new(ErrorKind::InvalidArgument, e.to_string()))?;
-        if id.store_host != self.store_host {
+        // A slave holds its master's records byte for byte, under the
+        // master's ids: it serves them when the record there is the one
+        // the id names (same storing broker).
+        let slave = self.role() == super::BrokerRole::Slave;
+        if id.store_host != self.store_host && !slave {
             return Err(BrokerError::new(
                 ErrorKind::MessageNotFound,
                 format!(
@@ -29,9 +33,18 @@ impl BrokerCore {
                 ),
             ));
         }
-        self.store
-            .raw_record_by_id(&id)
-            .map_err(|e| BrokerError::new(ErrorKind::MessageNotFound, format!("no message {msg_id}: {e}")))
+        let not_found = |e: String| BrokerError::new(ErrorKind::MessageNotFound, format!("no message {msg_id}: {e}"));
+        let raw = self.store.raw_record_by_id(&id).map_err(|e| not_found(e.to_string()))?;
+        if id.store_host != self.store_host {
+            let rec = StoredRecord::decode(raw.clone()).map_err(|e| not_found(e.to_string()))?;
+            if rec.store_host != id.store_host {
+                return Err(not_found(format!(
+                    "the record there was stored by {}, not {}",
+                    rec.store_host, id.store_host
+                )));
+            }
+        }
+        Ok(raw)
     }
 
     /// Up to `max` (at most [`MAX_QUERY_RESULTS`]) records of `topic`
