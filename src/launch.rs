@@ -24,7 +24,7 @@ use crate::actors::group_registry::GroupRegistry;
 use crate::actors::heartbeat_scanner::HeartbeatScanner;
 use crate::actors::namesrv_client::{BrokerIdentity, IsRegistered, NameServerClient, RegisterNow, Unregister};
 use crate::actors::queue_registry::QueueRegistry;
-use crate::actors::replication::follower::{self, FollowerParts, FollowerStatus, ReplicaFollower};
+use crate::actors::replication::follower::{self, FollowerParts, ReplicaFollower};
 use crate::actors::replication::hub::ReplicationHub;
 use crate::actors::replication::Replication;
 use crate::actors::retention_cleaner::RetentionCleaner;
@@ -155,7 +155,6 @@ async fn serve_until_signal(
     // A master's ack policy includes the replication hub (it wakes slaves'
     // fetches and, under sync replication, waits for one to confirm).
     let hub = (!is_slave).then(|| ReplicationHub::new(&cfg.replication, store.log.write_pos()));
-    let follower_status: FollowerStatus = Arc::new(std::sync::Mutex::new(FollowerState::new(now_millis())));
     let writer = {
         let (store, dispatcher) = (store.clone(), dispatcher.clone());
         let flush = policy_for(cfg.store.flush, flusher);
@@ -183,7 +182,7 @@ async fn serve_until_signal(
             tree: tree.clone(),
         },
         None => Replication::Slave {
-            status: follower_status.clone(),
+            status: Arc::new(std::sync::Mutex::new(FollowerState::new(now_millis()))),
         },
     });
     if let Some(hub) = hub.clone() {
@@ -274,7 +273,8 @@ async fn serve_until_signal(
         routes.clone(),
         store_host.to_string(),
     ));
-    if is_slave {
+    if let Replication::Slave { status } = &*replication {
+        let status = status.clone();
         let parts = FollowerParts {
             store: store.clone(),
             writer: writer.clone(),
@@ -283,7 +283,7 @@ async fn serve_until_signal(
             broker: cfg.broker.clone(),
             replication: cfg.replication.clone(),
             addr: store_host.to_string(),
-            status: follower_status,
+            status,
         };
         tree.start(follower::KIND, "0", None, move |stats| {
             ReplicaFollower::new(parts).with_stats(stats)

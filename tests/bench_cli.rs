@@ -41,6 +41,8 @@ fn benchmarks_count_what_they_move_and_report_against_the_disk() {
             "3000",
             "--batch",
             "100",
+            "--inflight",
+            "2",
             "--queues",
             "4",
             "--topic",

@@ -28,7 +28,8 @@ pub trait MasterLog {
     fn record(&self, offset: u64) -> Option<(u32, u32)>;
 }
 
-/// The master's answer.
+/// The master's answer when the slave can follow it ([`decide`]'s error
+/// is why it cannot: another segment size).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// The logs agree below `from`: fetch from there.
@@ -43,14 +44,13 @@ pub enum Decision {
         /// Why, for the logs.
         reason: String,
     },
-    /// The slave cannot follow this master; the reason says what to do.
-    Refuse(String),
 }
 
-/// Decides where `slave` starts following `master`.
-pub fn decide(slave: &SlaveLog, master: &impl MasterLog) -> Decision {
+/// Decides where `slave` starts following `master`; `Err` says why it
+/// cannot follow it at all.
+pub fn decide(slave: &SlaveLog, master: &impl MasterLog) -> Result<Decision, String> {
     if slave.segment_bytes != master.segment_bytes() {
-        return Decision::Refuse(format!(
+        return Err(format!(
             "the slave's store.segment_bytes is {} but the master's is {}: a slave's log is a byte copy of \
              its master's, so both must use the same segment size",
             slave.segment_bytes,
@@ -58,7 +58,7 @@ pub fn decide(slave: &SlaveLog, master: &impl MasterLog) -> Decision {
         ));
     }
     if slave.last_records.is_empty() {
-        return empty_slave(slave, master);
+        return Ok(empty_slave(slave, master));
     }
     for (i, &(offset, crc)) in slave.last_records.iter().enumerate() {
         let Some((master_crc, size)) = master.record(offset) else {
@@ -72,27 +72,27 @@ pub fn decide(slave: &SlaveLog, master: &impl MasterLog) -> Decision {
         // slave's lies past the shared record (a filler the master may not
         // have written there counts).
         if i == 0 && slave.end == common_end && slave.end <= master.end() {
-            return Decision::Follow { from: slave.end };
+            return Ok(Decision::Follow { from: slave.end });
         }
-        return Decision::Truncate {
+        return Ok(Decision::Truncate {
             to: common_end,
             reason: format!(
                 "the slave's log runs past the last record it shares with the master (at {offset}): \
                  {} bytes the master does not have",
                 slave.end.saturating_sub(common_end)
             ),
-        };
+        });
     }
     // No listed record is the master's: cut below the oldest listed and
     // compare further back (or empty the log when that was all of it).
     let oldest = slave.last_records.last().map_or(slave.start, |&(o, _)| o);
-    Decision::Truncate {
+    Ok(Decision::Truncate {
         to: oldest,
         reason: format!(
             "none of the slave's newest {} records is the master's",
             slave.last_records.len()
         ),
-    }
+    })
 }
 
 /// A slave holding no record: it continues where its (empty) log ends when
@@ -155,22 +155,25 @@ mod tests {
     fn a_slave_behind_follows_from_its_end() {
         let m = master(100, 0);
         assert_eq!(
-            decide(&slave(50, &[(40, 40), (30, 30)]), &m),
+            decide(&slave(50, &[(40, 40), (30, 30)]), &m).unwrap(),
             Decision::Follow { from: 50 }
         );
-        assert_eq!(decide(&slave(100, &[(90, 90)]), &m), Decision::Follow { from: 100 });
+        assert_eq!(
+            decide(&slave(100, &[(90, 90)]), &m).unwrap(),
+            Decision::Follow { from: 100 }
+        );
     }
 
     #[test]
     fn a_new_slave_starts_where_the_master_does() {
         let mut m = master(100, 0);
-        assert_eq!(decide(&slave(0, &[]), &m), Decision::Follow { from: 0 });
+        assert_eq!(decide(&slave(0, &[]), &m).unwrap(), Decision::Follow { from: 0 });
         m.start = 40;
-        assert_eq!(decide(&slave(0, &[]), &m), Decision::Follow { from: 40 });
+        assert_eq!(decide(&slave(0, &[]), &m).unwrap(), Decision::Follow { from: 40 });
         // An empty log that starts inside the master's continues there;
         // outside, it restarts where the master's starts.
-        assert_eq!(decide(&slave(60, &[]), &m), Decision::Follow { from: 60 });
-        assert_eq!(decide(&slave(200, &[]), &m), Decision::Follow { from: 40 });
+        assert_eq!(decide(&slave(60, &[]), &m).unwrap(), Decision::Follow { from: 60 });
+        assert_eq!(decide(&slave(200, &[]), &m).unwrap(), Decision::Follow { from: 40 });
     }
 
     #[test]
@@ -179,7 +182,7 @@ mod tests {
         // The slave (a former master) has 60..80 the master never got; its
         // records up to 40 are the master's.
         let s = slave(80, &[(70, 70), (60, 60), (50, 50), (40, 40)]);
-        match decide(&s, &m) {
+        match decide(&s, &m).unwrap() {
             Decision::Truncate { to, .. } => assert_eq!(to, 50),
             other => panic!("expected a cut, got {other:?}"),
         }
@@ -196,7 +199,7 @@ mod tests {
             segment_bytes: 1024,
             last_records: vec![(20, 20)],
         };
-        assert!(matches!(decide(&s, &m), Decision::Truncate { to: 30, .. }));
+        assert!(matches!(decide(&s, &m).unwrap(), Decision::Truncate { to: 30, .. }));
     }
 
     #[test]
@@ -208,16 +211,19 @@ mod tests {
             m.records.insert(o, (o as u32 + 5, 10));
         }
         let s = slave(100, &[(90, 90), (80, 80), (70, 70), (60, 60), (50, 50)]);
-        assert!(matches!(decide(&s, &m), Decision::Truncate { to: 60, .. }));
+        assert!(matches!(decide(&s, &m).unwrap(), Decision::Truncate { to: 60, .. }));
         // After the cut, the slave follows from there.
-        assert_eq!(decide(&slave(60, &[(50, 50)]), &m), Decision::Follow { from: 60 });
+        assert_eq!(
+            decide(&slave(60, &[(50, 50)]), &m).unwrap(),
+            Decision::Follow { from: 60 }
+        );
     }
 
     #[test]
     fn nothing_in_common_among_the_listed_records_cuts_further_back() {
         let m = master(100, 7);
         let s = slave(100, &[(90, 90), (80, 80)]);
-        assert!(matches!(decide(&s, &m), Decision::Truncate { to: 80, .. }));
+        assert!(matches!(decide(&s, &m).unwrap(), Decision::Truncate { to: 80, .. }));
     }
 
     #[test]
@@ -225,6 +231,6 @@ mod tests {
         let m = master(100, 0);
         let mut s = slave(0, &[]);
         s.segment_bytes = 2048;
-        assert!(matches!(decide(&s, &m), Decision::Refuse(r) if r.contains("segment_bytes")));
+        assert!(decide(&s, &m).unwrap_err().contains("segment_bytes"));
     }
 }

@@ -296,7 +296,6 @@ impl NativeAdapter {
                 let action = match core.replica_handshake(s, &h.broker_name, h.broker_id, &h.addr, &log)? {
                     Decision::Follow { from } => ReplicaAction::Follow { from },
                     Decision::Truncate { to, reason } => ReplicaAction::Truncate { to, reason },
-                    Decision::Refuse(why) => return Err(BrokerError::new(ErrorKind::InvalidArgument, why)),
                 };
                 let welcome = ReplicaWelcome {
                     action,

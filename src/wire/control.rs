@@ -214,7 +214,7 @@ pub struct RegisterBroker {
 }
 
 /// A broker's replication state, as it registers it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplicationReport {
     /// A slave's master (None: a master, or a slave that has not found it).

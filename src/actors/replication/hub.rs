@@ -132,6 +132,11 @@ impl ReplicationHub {
         }
     }
 
+    /// Is slave `id` connected (fetched within `slave_idle_ms`)?
+    pub fn has_slave(&self, id: u64) -> bool {
+        self.state.lock().is_ok_and(|s| s.slaves().contains_key(&id))
+    }
+
     /// The connected slaves with their lag.
     pub fn slaves(&self) -> Vec<SlaveView> {
         let now = now_millis();

@@ -101,7 +101,7 @@ impl Actor for ReplicaLink {
         // A slave that stopped fetching is gone: the hub drops it on its
         // tick; the link then stops too.
         ctx.run_interval(Duration::from_secs(1), |act, ctx| {
-            if !act.hub.slaves().iter().any(|s| s.id == act.slave) {
+            if !act.hub.has_slave(act.slave) {
                 tracing::info!(slave = act.slave, "replica link closed: the slave stopped fetching");
                 ctx.stop();
             }

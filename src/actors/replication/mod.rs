@@ -91,12 +91,7 @@ impl Replication {
             }
             Replication::Slave { status } => {
                 let Ok(s) = status.lock() else {
-                    return ReplicationReport {
-                        master: None,
-                        lag_bytes: 0,
-                        lag_ms: 0,
-                        links: 0,
-                    };
+                    return ReplicationReport::default();
                 };
                 let (lag_bytes, lag_ms) = s.lag(now_millis());
                 ReplicationReport {
@@ -116,8 +111,9 @@ impl Replication {
     pub fn record_metrics(&self) {
         match self {
             Replication::Master { hub, .. } => {
-                metrics::gauge!("ferromq_replication_slaves").set(hub.slaves().len() as f64);
-                for s in hub.slaves() {
+                let slaves = hub.slaves();
+                metrics::gauge!("ferromq_replication_slaves").set(slaves.len() as f64);
+                for s in slaves {
                     let labels = [("slave", s.id.to_string()), ("addr", s.progress.addr.clone())];
                     metrics::gauge!("ferromq_replication_slave_lag_bytes", &labels).set(s.lag.bytes as f64);
                     metrics::gauge!("ferromq_replication_slave_lag_ms", &labels).set(s.lag.ms as f64);

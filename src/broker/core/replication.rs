@@ -90,16 +90,15 @@ impl BrokerCore {
                 ),
             ));
         }
-        let decision = decide(log, &StoreLog(&self.store));
+        let decision = decide(log, &StoreLog(&self.store)).map_err(|why| {
+            tracing::error!(slave, %addr, reason = %why, "slave refused");
+            BrokerError::new(ErrorKind::InvalidArgument, why)
+        })?;
         match &decision {
             Decision::Follow { from } => tracing::info!(slave, %addr, from, "slave connected"),
             Decision::Truncate { to, reason } => {
                 tracing::warn!(slave, %addr, cut_at = to, %reason, "slave must cut its log")
             }
-            Decision::Refuse(why) => tracing::error!(slave, %addr, reason = %why, "slave refused"),
-        }
-        if let Decision::Refuse(why) = decision {
-            return Err(BrokerError::new(ErrorKind::InvalidArgument, why));
         }
         // A slave shaking hands again (reconnected, or cut its log) starts
         // over: its confirmations may go back. The link starts now, so the

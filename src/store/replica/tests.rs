@@ -1,6 +1,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use tempfile::TempDir;
+
 use super::apply::check_chunk;
 use super::*;
 use crate::store::append::AppendEntry;
@@ -55,6 +57,18 @@ fn produce(store: &Store, round: &str, batches: usize, commits: bool) {
             commit(store, key("g", topic, queue), i as u64);
         }
     }
+}
+
+/// A master (in its own directory) holding `batches` batches of round
+/// `round` (with offset commits when `commits`), and an empty slave with
+/// its appender.
+fn pair(round: &str, batches: usize, commits: bool) -> (TempDir, TempDir, Store, Store, Appender) {
+    let (mdir, sdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let master = open(mdir.path());
+    produce(&master, round, batches, commits);
+    let slave = open(sdir.path());
+    let app = Appender::new(slave.log.clone());
+    (mdir, sdir, master, slave, app)
 }
 
 /// Ships the master's log to the slave until it is up to date, as
@@ -208,11 +222,7 @@ fn a_slave_follows_byte_for_byte_across_segments_and_restarts() {
 
 #[test]
 fn the_queue_offsets_handed_out_continue_after_replication() {
-    let (mdir, sdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let master = open(mdir.path());
-    produce(&master, "one", 9, false);
-    let slave = open(sdir.path());
-    let mut app = Appender::new(slave.log.clone());
+    let (_mdir, _sdir, master, slave, mut app) = pair("one", 9, false);
     follow(&master, &slave, &mut app, 1 << 20);
     // Without a restart: the writer's own appends continue the queue.
     let stored = append(&slave, "orders", 0, &[entry("next", None, None)]);
@@ -259,11 +269,7 @@ fn a_segment_tail_too_short_for_a_filler_is_shipped_as_it_is() {
 
 #[test]
 fn damaged_or_misplaced_chunks_are_refused_and_nothing_is_written() {
-    let (mdir, sdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let master = open(mdir.path());
-    produce(&master, "one", 40, true);
-    let slave = open(sdir.path());
-    let mut app = Appender::new(slave.log.clone());
+    let (_mdir, sdir, master, slave, mut app) = pair("one", 40, true);
     // Follow the first segment only.
     let first = master.replica_chunk(0, SEG as usize).unwrap();
     assert_eq!(first.next, SEG, "the whole first segment, closed by its filler");
@@ -446,11 +452,7 @@ fn a_new_slave_starts_where_the_masters_retention_left_the_log() {
 
 #[test]
 fn a_diverged_slave_is_cut_back_to_where_it_agrees_and_then_follows() {
-    let (mdir, sdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let master = open(mdir.path());
-    produce(&master, "common", 30, true);
-    let slave = open(sdir.path());
-    let mut app = Appender::new(slave.log.clone());
+    let (_mdir, sdir, master, slave, mut app) = pair("common", 30, true);
     follow(&master, &slave, &mut app, 1 << 20);
     let agreed = slave.log.write_pos();
     let (gkey, rogue) = (key("g", "orders", 0), key("rogue", "events", 1));
@@ -559,11 +561,7 @@ fn a_slave_cut_back_to_its_start_can_start_again_elsewhere() {
 
 #[test]
 fn truncation_at_a_filler_a_segment_start_or_the_start_then_follows_again() {
-    let (mdir, sdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let master = open(mdir.path());
-    produce(&master, "one", 80, true);
-    let slave = open(sdir.path());
-    let mut app = Appender::new(slave.log.clone());
+    let (_mdir, sdir, master, slave, mut app) = pair("one", 80, true);
     let chunks = follow(&master, &slave, &mut app, 1 << 20);
     let filler = chunks
         .iter()
@@ -591,11 +589,7 @@ fn truncation_at_a_filler_a_segment_start_or_the_start_then_follows_again() {
 
 #[test]
 fn a_failed_write_publishes_nothing_and_undoes_its_commits() {
-    let (mdir, sdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let master = open(mdir.path());
-    produce(&master, "one", 80, true);
-    let slave = open(sdir.path());
-    let mut app = Appender::new(slave.log.clone());
+    let (_mdir, sdir, master, slave, mut app) = pair("one", 80, true);
     let first = master.replica_chunk(0, SEG as usize).unwrap();
     slave.append_replicated(&mut app, 0, &first.bytes, 0).unwrap();
     // The next segment cannot be created: a directory holds its name.
@@ -637,11 +631,7 @@ fn delete_topic(store: &Store, topic: &str) {
 
 #[test]
 fn a_topic_deleted_and_created_again_on_the_master_starts_over_here() {
-    let (mdir, sdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let master = open(mdir.path());
-    produce(&master, "one", 12, true);
-    let slave = open(sdir.path());
-    let mut app = Appender::new(slave.log.clone());
+    let (_mdir, sdir, master, slave, mut app) = pair("one", 12, true);
     follow(&master, &slave, &mut app, 1 << 20);
 
     // Deleted and created again between two fetches.
