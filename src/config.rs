@@ -26,6 +26,93 @@ pub struct Config {
     pub http: HttpSection,
     /// `[replication]`: master → slave copying of the commitlog.
     pub replication: ReplicationSection,
+    /// `[acl]`: accounts, permissions, signed requests.
+    pub acl: AclSection,
+    /// `[tls]`: encryption of the broker's and name server's ports and of
+    /// the links they open.
+    pub tls: TlsSection,
+}
+
+/// `[acl]` section (`docs/security.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AclSection {
+    /// Check every request against the ACL file (off: the trusted-network
+    /// mode, everything allowed).
+    pub enabled: bool,
+    /// The ACL file (TOML); watched and reloaded when it changes.
+    pub file: PathBuf,
+    /// This broker's own account, which signs its registrations, a
+    /// slave's replication and requests it forwards (an admin account of
+    /// the ACL file; empty: unsigned).
+    pub access_key: String,
+    /// The secret of `access_key`, or `env:NAME`.
+    pub secret_key: String,
+    /// How far a signed request's timestamp may be from the server's clock
+    /// (ms); older or newer requests are refused as replays.
+    pub replay_window_ms: u64,
+    /// How often the ACL file is checked for changes (ms).
+    pub reload_interval_ms: u64,
+}
+
+impl Default for AclSection {
+    fn default() -> Self {
+        AclSection {
+            enabled: false,
+            file: PathBuf::new(),
+            access_key: String::new(),
+            secret_key: String::new(),
+            replay_window_ms: 120_000,
+            reload_interval_ms: 1_000,
+        }
+    }
+}
+
+/// Whether a port speaks TLS (RocketMQ's three modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Plain TCP only.
+    #[default]
+    Off,
+    /// Both: a connection starting with a TLS handshake gets TLS, others
+    /// plain TCP.
+    Permissive,
+    /// TLS only; a plain connection is closed.
+    Enforcing,
+}
+
+impl std::str::FromStr for TlsMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(TlsMode::Off),
+            "permissive" => Ok(TlsMode::Permissive),
+            "enforcing" => Ok(TlsMode::Enforcing),
+            other => Err(format!("tls mode {other:?} is not off, permissive or enforcing")),
+        }
+    }
+}
+
+/// `[tls]` section (`docs/security.md`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// `off`, `permissive` or `enforcing` for the ports this process
+    /// listens on.
+    pub mode: TlsMode,
+    /// The server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// The server's private key (PEM).
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by this CA
+    /// (PEM): mutual TLS.
+    pub client_ca: PathBuf,
+    /// Connections this process opens (to name servers, to its master) use
+    /// TLS.
+    pub client: bool,
+    /// CA (PEM) those connections trust (empty: the built-in web roots).
+    pub ca: PathBuf,
 }
 
 /// When a master answers a producer with respect to its slaves.
@@ -94,6 +181,12 @@ pub struct HttpSection {
     pub listen: String,
     /// Serve `POST /api/debug/fail` (makes an actor fail; for tests).
     pub debug: bool,
+    /// A bearer token that also admits HTTP requests as an admin when ACL
+    /// is on (empty: none; `env:NAME` reads it from the environment).
+    pub token: String,
+    /// With ACL on, `/health`, `/ready` and `/metrics` still answer
+    /// without credentials.
+    pub open_health: bool,
 }
 
 impl Default for HttpSection {
@@ -101,6 +194,8 @@ impl Default for HttpSection {
         HttpSection {
             listen: "127.0.0.1:8080".into(),
             debug: false,
+            token: String::new(),
+            open_health: true,
         }
     }
 }
@@ -549,6 +644,20 @@ impl Config {
         }
         if !r.master.is_empty() && r.master.parse::<std::net::SocketAddr>().is_err() && !r.master.contains(':') {
             return bad("replication.master must be host:port");
+        }
+        let a = &self.acl;
+        if a.enabled && a.file.as_os_str().is_empty() {
+            return bad("acl.enabled needs acl.file (the ACL file's path)");
+        }
+        if a.replay_window_ms < 1_000 || a.reload_interval_ms == 0 {
+            return bad("acl.replay_window_ms must be at least 1000 and acl.reload_interval_ms positive");
+        }
+        if a.access_key.is_empty() != a.secret_key.is_empty() {
+            return bad("acl.access_key and acl.secret_key are set together");
+        }
+        let t = &self.tls;
+        if t.mode != TlsMode::Off && (t.cert.as_os_str().is_empty() || t.key.as_os_str().is_empty()) {
+            return bad("tls.mode permissive or enforcing needs tls.cert and tls.key");
         }
         Ok(())
     }

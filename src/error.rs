@@ -49,6 +49,11 @@ pub enum ErrorKind {
     NotMaster,
     /// Sync replication timed out: stored on the master only.
     SlaveNotAvailable,
+    /// The caller may not do this (ACL), or its signature does not hold.
+    AccessDenied,
+    /// The topic is the broker's own; clients may not create, delete or
+    /// write it.
+    InternalTopic,
 }
 
 /// An operation's failure: a kind and a message naming what failed.

@@ -15,6 +15,7 @@
 //! * [`push`] — protocol-neutral events pushed to clients.
 //! * [`render`] — JSON renderings shared by the CLI and the HTTP API.
 
+pub mod acl;
 pub mod actors;
 pub mod broker;
 pub mod cli;
@@ -37,4 +38,5 @@ pub mod render;
 pub mod replication;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod wire;

@@ -12,7 +12,41 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::error::{ClientError, ClientResult};
-use crate::wire::{Command, Frame, FrameKind, Status};
+use crate::acl::sign::{body_crc, SignedFields};
+use crate::acl::Credentials;
+use crate::wire::{AuthBlock, Command, Frame, FrameKind, Status};
+
+/// How a connection authenticates and encrypts.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// Signs every request with this account (ACL); `None`: unsigned.
+    pub credentials: Option<Credentials>,
+    /// Speaks TLS to the server; `None`: plain TCP.
+    pub tls: Option<Arc<crate::tls::ClientTls>>,
+}
+
+impl ConnectOptions {
+    /// Signs `frame` (a request or oneway) with the credentials, if any.
+    pub fn sign(&self, frame: &mut Frame) {
+        let Some(c) = &self.credentials else { return };
+        let timestamp_ms = crate::clock::now_millis();
+        let fields = SignedFields {
+            code: frame.code,
+            kind: frame.kind as u8,
+            timestamp_ms,
+            access_key: &c.access_key,
+            header: &frame.header,
+            body_len: frame.body_len() as u32,
+            body_crc: body_crc(std::iter::once(&frame.body[..]).chain(frame.body_tail.iter().map(|b| &b[..]))),
+        };
+        let signature = fields.sign(c.secret_key.expose());
+        frame.auth = Some(Box::new(AuthBlock {
+            access_key: c.access_key.clone(),
+            timestamp_ms,
+            signature,
+        }));
+    }
+}
 
 /// Largest response frame a client accepts.
 pub const CLIENT_MAX_FRAME_BYTES: usize = 64 << 20;
@@ -28,6 +62,7 @@ pub struct RemotingConnection {
     pending: Pending,
     next_id: Arc<AtomicU32>,
     closed: Arc<AtomicBool>,
+    options: Arc<ConnectOptions>,
 }
 
 impl std::fmt::Debug for RemotingConnection {
@@ -37,12 +72,25 @@ impl std::fmt::Debug for RemotingConnection {
 }
 
 impl RemotingConnection {
-    /// Connects to `addr` within `timeout`. Frames the server pushes unasked
-    /// are delivered to `pushes` when given, else dropped.
+    /// Connects to `addr` within `timeout`, plain and unsigned. Frames the
+    /// server pushes unasked are delivered to `pushes` when given, else
+    /// dropped.
     pub async fn connect(
         addr: &str,
         timeout: Duration,
         pushes: Option<mpsc::UnboundedSender<Frame>>,
+    ) -> ClientResult<RemotingConnection> {
+        Self::connect_with(addr, timeout, pushes, Arc::new(ConnectOptions::default())).await
+    }
+
+    /// Connects to `addr` within `timeout` as `options` say (TLS, signed
+    /// requests). Frames the server pushes unasked are delivered to
+    /// `pushes` when given, else dropped.
+    pub async fn connect_with(
+        addr: &str,
+        timeout: Duration,
+        pushes: Option<mpsc::UnboundedSender<Frame>>,
+        options: Arc<ConnectOptions>,
     ) -> ClientResult<RemotingConnection> {
         let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
@@ -134,6 +182,7 @@ impl RemotingConnection {
             pending,
             next_id: Arc::new(AtomicU32::new(1)),
             closed,
+            options,
         })
     }
 
@@ -161,7 +210,8 @@ impl RemotingConnection {
             .lock()
             .map_err(|_| ClientError::Closed(self.addr.clone()))?
             .insert(id, tx);
-        let frame = Frame::request(cmd, id, header, body);
+        let mut frame = Frame::request(cmd, id, header, body);
+        self.options.sign(&mut frame);
         let result = tokio::time::timeout(timeout, async {
             self.outbox
                 .send(frame)
@@ -208,6 +258,7 @@ impl RemotingConnection {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut frame = Frame::request(cmd, id, header, body);
         frame.kind = FrameKind::Oneway;
+        self.options.sign(&mut frame);
         self.outbox
             .send(frame)
             .await

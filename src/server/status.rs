@@ -27,6 +27,8 @@ pub fn status_of(kind: ErrorKind) -> Status {
         ErrorKind::DiskFull => Status::DiskFull,
         ErrorKind::NotMaster => Status::NotMaster,
         ErrorKind::SlaveNotAvailable => Status::SlaveNotAvailable,
+        ErrorKind::AccessDenied => Status::AccessDenied,
+        ErrorKind::InternalTopic => Status::InternalTopic,
     }
 }
 
@@ -64,6 +66,8 @@ mod tests {
             DiskFull,
             NotMaster,
             SlaveNotAvailable,
+            AccessDenied,
+            InternalTopic,
         ];
         let statuses: std::collections::HashSet<_> = kinds.iter().map(|k| status_of(*k)).collect();
         assert_eq!(statuses.len(), kinds.len());

@@ -178,6 +178,15 @@ pub enum Status {
     /// `replication.sync_timeout_ms`. The message says so; the records
     /// are not rolled back (a retry may store them twice).
     SlaveNotAvailable = 24,
+    /// The request's account (or an anonymous client) may not do this, or
+    /// its signature is wrong or outside the replay window; the message
+    /// starts with `access denied` and names what is missing. Nothing was
+    /// changed.
+    AccessDenied = 25,
+    /// The topic is one of the broker's own (`__consumer_offsets`,
+    /// `__delay`, `%DLQ%…`, `%RETRY%…`, transaction topics): clients may
+    /// read it but not create, resize, delete or write it.
+    InternalTopic = 26,
 }
 
 impl Status {
@@ -207,6 +216,8 @@ impl Status {
             22 => DiskFull,
             23 => NotMaster,
             24 => SlaveNotAvailable,
+            25 => AccessDenied,
+            26 => InternalTopic,
             _ => SystemError,
         }
     }
@@ -243,6 +254,8 @@ impl Status {
             DiskFull => "DISK_FULL",
             NotMaster => "NOT_MASTER",
             SlaveNotAvailable => "SLAVE_NOT_AVAILABLE",
+            AccessDenied => "ACCESS_DENIED",
+            InternalTopic => "INTERNAL_TOPIC",
         }
     }
 }
@@ -269,7 +282,7 @@ mod tests {
     #[test]
     fn status_codes_round_trip() {
         for code in [
-            0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24,
+            0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26,
         ] {
             assert_eq!(Status::from_code(code).code(), code);
         }

@@ -2,8 +2,12 @@
 //!
 //! ```text
 //! u32 length | u8 version | u8 kind | u16 code | u32 correlation id
-//! | u32 header_len | header | body
+//! | u32 header_len | [auth] | header | body
 //! ```
+//!
+//! `auth` is present when the kind byte has [`AUTH_FLAG`] set: a signed
+//! request ([`AuthBlock`]: `u8 key_len | access key | u64 timestamp_ms |
+//! 32-byte signature`).
 //!
 //! [`Frame::parse`] is incremental: it returns `Ok(None)` until a whole frame
 //! is buffered, refuses an oversized length before anything is allocated for
@@ -24,6 +28,53 @@ pub const FRAME_PREFIX_LEN: usize = 16;
 /// Smallest legal value of the length field (everything after it but the
 /// header and body).
 const MIN_LENGTH_FIELD: usize = FRAME_PREFIX_LEN - 4;
+
+/// Set in the kind byte when an [`AuthBlock`] follows the prefix.
+pub const AUTH_FLAG: u8 = 0x80;
+
+/// A request's signature (`docs/protocol.md` §10): which account signed,
+/// when, and the HMAC-SHA256 over what it asks (`acl::sign`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthBlock {
+    /// The signing account (1 to 255 bytes of UTF-8).
+    pub access_key: String,
+    /// When it was signed, ms since the epoch.
+    pub timestamp_ms: u64,
+    /// The signature.
+    pub signature: [u8; 32],
+}
+
+impl AuthBlock {
+    /// Bytes it occupies on the wire.
+    pub fn encoded_len(&self) -> usize {
+        1 + self.access_key.len() + 8 + 32
+    }
+
+    fn encode(&self, dst: &mut BytesMut) {
+        dst.put_u8(self.access_key.len() as u8);
+        dst.put_slice(self.access_key.as_bytes());
+        dst.put_u64(self.timestamp_ms);
+        dst.put_slice(&self.signature);
+    }
+
+    fn decode(src: &mut Bytes) -> Result<AuthBlock, String> {
+        let key_len = *src.first().ok_or("the auth block is empty")? as usize;
+        if key_len == 0 || src.len() < 1 + key_len + 8 + 32 {
+            return Err("the auth block is truncated or names no access key".into());
+        }
+        src.advance(1);
+        let key = src.split_to(key_len);
+        let access_key = String::from_utf8(key.to_vec()).map_err(|_| "the access key is not UTF-8".to_string())?;
+        let timestamp_ms = src.get_u64();
+        let mut signature = [0u8; 32];
+        src.copy_to_slice(&mut signature);
+        Ok(AuthBlock {
+            access_key,
+            timestamp_ms,
+            signature,
+        })
+    }
+}
 
 /// What a frame is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +119,8 @@ pub struct Frame {
     /// the wire they are part of the body; [`Frame::parse`] puts the whole
     /// body in `body` and leaves this empty.
     pub body_tail: Vec<Bytes>,
+    /// The request's signature, if it is signed.
+    pub auth: Option<Box<AuthBlock>>,
 }
 
 /// Why bytes could not be read as a frame.
@@ -135,6 +188,7 @@ impl Frame {
             header,
             body,
             body_tail: Vec::new(),
+            auth: None,
         }
     }
 
@@ -147,6 +201,7 @@ impl Frame {
             header,
             body,
             body_tail: Vec::new(),
+            auth: None,
         }
     }
 
@@ -159,6 +214,7 @@ impl Frame {
             header: Bytes::new(),
             body: Bytes::from(message.into()),
             body_tail: Vec::new(),
+            auth: None,
         }
     }
 
@@ -174,7 +230,11 @@ impl Frame {
 
     /// Bytes this frame occupies on the wire.
     pub fn encoded_len(&self) -> usize {
-        FRAME_PREFIX_LEN + self.header.len() + self.body_len()
+        FRAME_PREFIX_LEN + self.auth_len() + self.header.len() + self.body_len()
+    }
+
+    fn auth_len(&self) -> usize {
+        self.auth.as_ref().map_or(0, |a| a.encoded_len())
     }
 
     /// Length of the body including its tail.
@@ -200,12 +260,15 @@ impl Frame {
     /// Appends everything but the body's tail to `dst`; a writer then sends
     /// the tail's chunks as they are (vectored I/O, no copy).
     pub fn encode_head(&self, dst: &mut BytesMut) {
-        dst.put_u32((MIN_LENGTH_FIELD + self.header.len() + self.body_len()) as u32);
+        dst.put_u32((MIN_LENGTH_FIELD + self.auth_len() + self.header.len() + self.body_len()) as u32);
         dst.put_u8(PROTOCOL_VERSION);
-        dst.put_u8(self.kind as u8);
+        dst.put_u8(self.kind as u8 | if self.auth.is_some() { AUTH_FLAG } else { 0 });
         dst.put_u16(self.code);
         dst.put_u32(self.correlation_id);
         dst.put_u32(self.header.len() as u32);
+        if let Some(a) = &self.auth {
+            a.encode(dst);
+        }
         dst.put_slice(&self.header);
         dst.put_slice(&self.body);
     }
@@ -252,9 +315,16 @@ impl Frame {
                 format!("protocol version {version} is not supported (this server speaks {PROTOCOL_VERSION})"),
             ));
         }
-        let Some(kind) = FrameKind::from_u8(kind) else {
+        let Some(kind_only) = FrameKind::from_u8(kind & !AUTH_FLAG) else {
             return Err(invalid(Status::MalformedFrame, format!("unknown frame kind {kind}")));
         };
+        let auth = if kind & AUTH_FLAG != 0 {
+            let block = AuthBlock::decode(&mut frame).map_err(|e| invalid(Status::MalformedFrame, e))?;
+            Some(Box::new(block))
+        } else {
+            None
+        };
+        let kind = kind_only;
         if header_len > frame.len() {
             return Err(invalid(
                 Status::MalformedFrame,
@@ -272,6 +342,7 @@ impl Frame {
             header,
             body: frame,
             body_tail: Vec::new(),
+            auth,
         }))
     }
 }
@@ -300,6 +371,15 @@ mod tests {
                 header: Bytes::new(),
                 body: Bytes::from_static(b"x"),
                 body_tail: Vec::new(),
+                auth: None,
+            },
+            Frame {
+                auth: Some(Box::new(AuthBlock {
+                    access_key: "writer".into(),
+                    timestamp_ms: 1_700_000_000_123,
+                    signature: [7; 32],
+                })),
+                ..Frame::request(Command::SendMessage, 8, Bytes::from_static(b"{}"), Bytes::from_static(b"body"))
             },
         ]
     }

@@ -17,4 +17,4 @@ pub mod send;
 
 pub use buf::DecodeError;
 pub use codes::{Command, Status};
-pub use frame::{Frame, FrameError, FrameKind, FRAME_PREFIX_LEN, PROTOCOL_VERSION};
+pub use frame::{AuthBlock, Frame, FrameError, FrameKind, AUTH_FLAG, FRAME_PREFIX_LEN, PROTOCOL_VERSION};
