@@ -96,6 +96,34 @@ pub fn run(cfg: Config) -> io::Result<()> {
     }
 }
 
+/// The ACL in force (watched for changes), or why it cannot be loaded.
+pub fn load_acl(cfg: &Config) -> io::Result<crate::acl::Acl> {
+    let acl = crate::acl::Acl::load(&cfg.acl).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    acl.watch(Duration::from_millis(cfg.acl.reload_interval_ms));
+    if acl.enabled() {
+        tracing::info!(file = %cfg.acl.file.display(), accounts = acl.rules().account_count(), "ACL on");
+    }
+    Ok(acl)
+}
+
+/// How this broker's own connections (registration, replication, forwarded
+/// requests, the HTTP API's cluster views) sign and encrypt: its
+/// `[acl] access_key` and the `[tls]` client settings.
+pub fn outgoing_options(cfg: &Config) -> io::Result<Arc<crate::client::ConnectOptions>> {
+    let credentials = if cfg.acl.access_key.is_empty() {
+        None
+    } else {
+        let env = |name: &str| std::env::var(name).ok();
+        let secret = crate::acl::Secret::resolve(&cfg.acl.secret_key, &env)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("acl.secret_key: {e}")))?;
+        Some(crate::acl::Credentials {
+            access_key: cfg.acl.access_key.clone(),
+            secret_key: secret,
+        })
+    };
+    Ok(Arc::new(crate::client::ConnectOptions { credentials, tls: None }))
+}
+
 async fn serve_until_signal(
     cfg: Config,
     store: Arc<Store>,
@@ -128,9 +156,11 @@ async fn serve_until_signal(
 
     let metrics = crate::observe::metrics::install();
     let tree = Arc::new(ActorTree::default());
+    let acl = load_acl(&cfg)?;
+    let outgoing = outgoing_options(&cfg)?;
     let embedded = if cfg.broker.embedded_namesrv {
         Some(
-            crate::namesrv_server::start_embedded(&cfg.namesrv, opts, network.clone(), &tree)
+            crate::namesrv_server::start_embedded(&cfg.namesrv, opts, network.clone(), &tree, acl.clone())
                 .await?
                 .0,
         )
@@ -221,7 +251,8 @@ async fn serve_until_signal(
                 .collect()
         })
     };
-    let client_cfg = crate::client::ClientConfig::new(namesrv_addrs.clone());
+    let mut client_cfg = crate::client::ClientConfig::new(namesrv_addrs.clone());
+    client_cfg.security = (*outgoing).clone();
     let http_namesrv = namesrv_addrs.clone();
     let routes = crate::client::core::ClientCore::new(client_cfg.clone());
     let groups = Arc::new(GroupRegistry::new(cfg.group.clone(), network.clone(), tree.clone()));
@@ -233,6 +264,7 @@ async fn serve_until_signal(
     let registrar = tree.start(kind::NAME_SERVER_CLIENT, "0", None, move |stats| {
         NameServerClient::new(namesrv_addrs, identity, register_interval, topics)
             .with_report(report)
+            .with_security(outgoing)
             .with_stats(stats)
     });
     services.set_registrar(registrar.addr().clone());
@@ -303,6 +335,7 @@ async fn serve_until_signal(
         delays,
         sessions,
         replication,
+        acl,
     });
     {
         let core = core.clone();

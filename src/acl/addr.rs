@@ -133,7 +133,15 @@ mod tests {
         assert!(exact.matches(ip("::1")) && !exact.matches(ip("127.0.0.1")));
         assert!(AddrPattern::parse("*").unwrap().matches(ip("8.8.8.8")));
         assert!(AddrPattern::parse("fd00::/8").unwrap().matches(ip("fd12::1")));
-        for bad in ["", "10.0.0.0/33", "1.2.3", "1.2.3.300", "1.2.3.9-4", "host.example", "1.2.3.4/x"] {
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "1.2.3",
+            "1.2.3.300",
+            "1.2.3.9-4",
+            "host.example",
+            "1.2.3.4/x",
+        ] {
             assert!(AddrPattern::parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -204,7 +204,11 @@ mod tests {
         let acl = Acl::load(&section(&file)).unwrap();
         assert_eq!(acl.rules().account_count(), 1);
         assert_eq!(acl.reload(), Ok(false));
-        std::fs::write(&file, format!("{one}[[accounts]]\naccess_key='b'\nsecret_key='bbbbbbbb'\n")).unwrap();
+        std::fs::write(
+            &file,
+            format!("{one}[[accounts]]\naccess_key='b'\nsecret_key='bbbbbbbb'\n"),
+        )
+        .unwrap();
         assert_eq!(acl.reload(), Ok(true));
         assert_eq!(acl.rules().account_count(), 2);
         std::fs::write(&file, "[[accounts]\nbroken").unwrap();

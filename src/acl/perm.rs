@@ -29,11 +29,7 @@ impl Perm {
                         "DENY" => 0,
                         "PUB" => Perm::PUB.0,
                         "SUB" => Perm::SUB.0,
-                        _ => {
-                            return Err(format!(
-                                "{text:?} is not a permission; use DENY, PUB, SUB or PUB|SUB"
-                            ))
-                        }
+                        _ => return Err(format!("{text:?} is not a permission; use DENY, PUB, SUB or PUB|SUB")),
                     },
             );
         }

@@ -193,8 +193,10 @@ impl AclRules {
                 access_key: key.clone(),
                 secret,
                 admin: a.admin,
-                topics: ResourcePerms::parse(&a.topic_perms, perm(&a.default_topic_perm)?, "topic_perms").map_err(ctx)?,
-                groups: ResourcePerms::parse(&a.group_perms, perm(&a.default_group_perm)?, "group_perms").map_err(ctx)?,
+                topics: ResourcePerms::parse(&a.topic_perms, perm(&a.default_topic_perm)?, "topic_perms")
+                    .map_err(ctx)?,
+                groups: ResourcePerms::parse(&a.group_perms, perm(&a.default_group_perm)?, "group_perms")
+                    .map_err(ctx)?,
                 white: a
                     .white_remote_address
                     .as_deref()
@@ -239,7 +241,9 @@ impl AclRules {
             .get(key)
             .ok_or_else(|| Denied(format!("unknown access key {key}")))?;
         if !sig.fields.verify(account.secret.expose(), sig.signature) {
-            return Err(Denied(format!("the signature of access key {key} does not match (wrong secret key?)")));
+            return Err(Denied(format!(
+                "the signature of access key {key} does not match (wrong secret key?)"
+            )));
         }
         if sig.fields.timestamp_ms.abs_diff(now_ms) > window_ms {
             return Err(Denied(format!(
@@ -389,11 +393,14 @@ white_remote_address = "192.168.1.*"
         let no_env = AclRules::parse(FILE, &|_| None).unwrap_err();
         assert!(no_env.contains("WRITER_SECRET"), "{no_env}");
         assert!(AclRules::parse("accounts = 3", &env).is_err());
-        assert!(AclRules::parse("[[accounts]]\naccess_key='a'\nsecret_key='short'", &env)
-            .unwrap_err()
-            .contains("8 bytes"));
+        assert!(
+            AclRules::parse("[[accounts]]\naccess_key='a'\nsecret_key='short'", &env)
+                .unwrap_err()
+                .contains("8 bytes")
+        );
         assert!(AclRules::parse("[[accounts]]\naccess_key='a'\nsecret_key='12345678'\nsurprise=1", &env).is_err());
-        let twice = "[[accounts]]\naccess_key='a'\nsecret_key='12345678'\n[[accounts]]\naccess_key='a'\nsecret_key='12345678'";
+        let twice =
+            "[[accounts]]\naccess_key='a'\nsecret_key='12345678'\n[[accounts]]\naccess_key='a'\nsecret_key='12345678'";
         assert!(AclRules::parse(twice, &env).unwrap_err().contains("twice"));
         assert!(!format!("{:?}", rules()).contains("root-secret"));
     }
@@ -418,7 +425,10 @@ white_remote_address = "192.168.1.*"
         assert_eq!(r.authenticate(None, lan, 0, 1000), Ok(Identity::Anonymous));
         let f = signed("writer", b"h", 50_000);
         let sig = f.sign(b"writer-secret-01");
-        let s = Signature { fields: f, signature: &sig };
+        let s = Signature {
+            fields: f,
+            signature: &sig,
+        };
         assert_eq!(
             r.authenticate(Some(&s), lan, 50_500, 1000),
             Ok(Identity::Account("writer".into()))
@@ -428,15 +438,31 @@ white_remote_address = "192.168.1.*"
         let far = r.authenticate(Some(&s), ip("192.168.2.5"), 50_000, 1000).unwrap_err();
         assert!(far.0.contains("may not connect from 192.168.2.5"), "{far}");
         let wrong = f.sign(b"writer-secret-02");
-        let bad = Signature { fields: f, signature: &wrong };
-        assert!(r.authenticate(Some(&bad), lan, 50_000, 1000).unwrap_err().0.contains("does not match"));
+        let bad = Signature {
+            fields: f,
+            signature: &wrong,
+        };
+        assert!(r
+            .authenticate(Some(&bad), lan, 50_000, 1000)
+            .unwrap_err()
+            .0
+            .contains("does not match"));
         let nobody = signed("nobody", b"h", 50_000);
         let s = nobody.sign(b"whatever-secret");
-        let unknown = Signature { fields: nobody, signature: &s };
-        assert!(r.authenticate(Some(&unknown), lan, 50_000, 1000).unwrap_err().0.contains("unknown access key"));
+        let unknown = Signature {
+            fields: nobody,
+            signature: &s,
+        };
+        assert!(r
+            .authenticate(Some(&unknown), lan, 50_000, 1000)
+            .unwrap_err()
+            .0
+            .contains("unknown access key"));
         assert!(r.authenticate_plain("root", "root-secret-0001", lan).is_ok());
         assert!(r.authenticate_plain("root", "root-secret-0002", lan).is_err());
-        assert!(r.authenticate_plain("writer", "writer-secret-01", ip("1.1.1.1")).is_err());
+        assert!(r
+            .authenticate_plain("writer", "writer-secret-01", ip("1.1.1.1"))
+            .is_err());
     }
 
     #[test]
@@ -448,15 +474,21 @@ white_remote_address = "192.168.1.*"
         let e = r.check(&writer, &Access::Topic("orders", Perm::SUB)).unwrap_err();
         assert_eq!(e.to_string(), "access denied: account writer lacks SUB on topic orders");
         assert!(r.check(&writer, &Access::Topic("logs.app", Perm::SUB)).is_ok());
-        assert!(r.check(&writer, &Access::TopicAndGroup("logs.app", "billing", Perm::SUB)).is_ok());
-        let e = r.check(&writer, &Access::TopicAndGroup("logs.app", "other", Perm::SUB)).unwrap_err();
+        assert!(r
+            .check(&writer, &Access::TopicAndGroup("logs.app", "billing", Perm::SUB))
+            .is_ok());
+        let e = r
+            .check(&writer, &Access::TopicAndGroup("logs.app", "other", Perm::SUB))
+            .unwrap_err();
         assert!(e.0.ends_with("lacks SUB on group other"), "{e}");
         let e = r.check(&writer, &Access::Admin("delete topics")).unwrap_err();
         assert!(e.0.contains("lacks admin (to delete topics)"), "{e}");
         assert!(r.check(&writer, &Access::Authenticated).is_ok());
         assert!(r.check(&root, &Access::Admin("delete topics")).is_ok());
         assert!(r.is_admin(&root) && !r.is_admin(&writer) && r.is_admin(&Identity::Whitelisted));
-        let anon = r.check(&Identity::Anonymous, &Access::Topic("orders", Perm::PUB)).unwrap_err();
+        let anon = r
+            .check(&Identity::Anonymous, &Access::Topic("orders", Perm::PUB))
+            .unwrap_err();
         assert!(anon.0.contains("PUB on topic orders needs an account"), "{anon}");
         assert!(r.check(&Identity::Anonymous, &Access::Open).is_ok());
         assert!(r.check(&Identity::Anonymous, &Access::Authenticated).is_err());

@@ -18,7 +18,7 @@ use futures::future::join_all;
 use tokio::sync::{mpsc, Mutex};
 use tokio::time::Instant;
 
-use crate::client::{ClientError, ClientResult, RemotingConnection};
+use crate::client::{ClientError, ClientResult, ConnectOptions, RemotingConnection};
 use crate::wire::control::{to_json, RegisterBroker, ReplicationReport, TopicInfo, UnregisterBroker};
 use crate::wire::Command;
 
@@ -98,6 +98,21 @@ impl NameServerClient {
             timer: None,
             link_check: None,
         }
+    }
+
+    /// Signs registrations and speaks TLS as `security` says.
+    pub fn with_security(mut self, security: Arc<ConnectOptions>) -> Self {
+        self.links = self
+            .links
+            .iter()
+            .map(|l| {
+                Arc::new(NamesrvLink {
+                    security: security.clone(),
+                    ..NamesrvLink::new(l.addr.clone())
+                })
+            })
+            .collect();
+        self
     }
 
     /// Registers the broker's replication state too, read by `report`.
@@ -300,6 +315,7 @@ impl Handler<IsRegistered> for NameServerClient {
 /// connection attempt is under way per address.
 struct NamesrvLink {
     addr: String,
+    security: Arc<ConnectOptions>,
     conn: Mutex<Option<RemotingConnection>>,
     /// Failed registrations since the last success.
     failures: AtomicU32,
@@ -309,6 +325,7 @@ impl NamesrvLink {
     fn new(addr: String) -> NamesrvLink {
         NamesrvLink {
             addr,
+            security: Arc::default(),
             conn: Mutex::new(None),
             failures: AtomicU32::new(0),
         }
@@ -339,7 +356,7 @@ impl NamesrvLink {
             Some(conn) if !conn.is_closed() => conn.clone(),
             _ => {
                 *slot = None;
-                let conn = RemotingConnection::connect(&self.addr, left(), None).await?;
+                let conn = RemotingConnection::connect_with(&self.addr, left(), None, self.security.clone()).await?;
                 *slot = Some(conn.clone());
                 conn
             }

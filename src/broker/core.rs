@@ -173,6 +173,8 @@ pub struct BrokerCore {
     pub sessions: Arc<SessionRegistry>,
     /// Replication: the master's hub and links, or the slave's follower.
     pub replication: Arc<crate::actors::replication::Replication>,
+    /// Access control (disabled: everything allowed).
+    pub acl: crate::acl::Acl,
 }
 
 impl BrokerCore {

@@ -25,7 +25,11 @@ pub mod topic;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::client::ClientConfig;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::client::{ClientConfig, Credentials};
+use crate::tls::ClientTls;
 
 /// FerroMQ: a persistent, distributed message broker.
 #[derive(Debug, Parser)]
@@ -76,12 +80,64 @@ pub struct NamesrvOpt {
         default_value = "127.0.0.1:9876"
     )]
     pub namesrv: String,
+    /// Access key of the account that signs every request (ACL).
+    #[arg(long, env = "FERROMQ_ACCESS_KEY")]
+    pub access_key: Option<String>,
+    /// Secret key of `--access-key`.
+    #[arg(long, env = "FERROMQ_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
+    /// Connect with TLS.
+    #[arg(long, env = "FERROMQ_TLS")]
+    pub tls: bool,
+    /// CA certificate (PEM) to trust for TLS (implies --tls; default: the
+    /// built-in web roots).
+    #[arg(long, env = "FERROMQ_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS (implies --tls).
+    #[arg(long, env = "FERROMQ_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "FERROMQ_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl NamesrvOpt {
-    /// Client settings for these name servers.
+    /// Client settings for these name servers, signing and encrypting as
+    /// the flags say. A TLS file that cannot be loaded, or a key without
+    /// its secret, ends the process with exit code 2 and the reason.
     pub fn client_config(&self) -> ClientConfig {
-        ClientConfig::new(split_addrs(&self.namesrv))
+        match self.try_client_config() {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(2)
+            }
+        }
+    }
+
+    /// Client settings for these name servers, or why the flags do not
+    /// make any.
+    pub fn try_client_config(&self) -> Result<ClientConfig, String> {
+        let mut cfg = ClientConfig::new(split_addrs(&self.namesrv));
+        match (&self.access_key, &self.secret_key) {
+            (Some(k), Some(s)) if !k.is_empty() => {
+                cfg.security.credentials = Some(Credentials::new(k.clone(), s.clone()))
+            }
+            (Some(k), None) if !k.is_empty() => {
+                return Err(format!("--access-key {k} needs --secret-key (or FERROMQ_SECRET_KEY)"))
+            }
+            (None, Some(_)) => return Err("--secret-key needs --access-key (or FERROMQ_ACCESS_KEY)".into()),
+            _ => {}
+        }
+        if self.tls || self.tls_ca.is_some() || self.tls_cert.is_some() {
+            let tls = ClientTls::from_files(
+                self.tls_ca.as_deref(),
+                self.tls_cert.as_deref(),
+                self.tls_key.as_deref(),
+            )?;
+            cfg.security.tls = Some(Arc::new(tls));
+        }
+        Ok(cfg)
     }
 }
 

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::error::{ClientError, ClientResult};
-use super::remoting::RemotingConnection;
+use super::remoting::{ConnectOptions, RemotingConnection};
+use crate::acl::Credentials;
 use crate::wire::control::{from_json, to_json, BrokerRoute, ClusterInfo, TopicRef, TopicRoute};
 use crate::wire::{Command, Status};
 
@@ -36,6 +37,9 @@ pub struct ClientConfig {
     /// configured otherwise); a larger send is refused before anything is
     /// sent.
     pub max_frame_bytes: usize,
+    /// Signed requests (ACL) and TLS for every connection this client
+    /// opens.
+    pub security: ConnectOptions,
 }
 
 /// The brokers' default frame limit (16 MiB).
@@ -61,7 +65,14 @@ impl ClientConfig {
             retries: 2,
             route_ttl: Duration::from_secs(30),
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            security: ConnectOptions::default(),
         }
+    }
+
+    /// These settings, signing every request with `credentials`.
+    pub fn with_credentials(mut self, credentials: Credentials) -> ClientConfig {
+        self.security.credentials = Some(credentials);
+        self
     }
 }
 
@@ -327,18 +338,26 @@ pub struct ClientCore {
     /// when no name server answers.
     last_routes: Mutex<HashMap<String, Arc<TopicRoute>>>,
     down: Arc<Mutex<DownSet>>,
+    /// `cfg.security`, shared by every connection.
+    security: Arc<ConnectOptions>,
 }
 
 impl ClientCore {
     /// A client core for `cfg` (connections are made lazily).
     pub fn new(cfg: ClientConfig) -> Arc<ClientCore> {
         Arc::new(ClientCore {
+            security: Arc::new(cfg.security.clone()),
             cfg,
             pool: Arc::default(),
             routes: Mutex::default(),
             last_routes: Mutex::default(),
             down: Arc::default(),
         })
+    }
+
+    /// How this client's connections sign and encrypt.
+    pub fn security(&self) -> Arc<ConnectOptions> {
+        self.security.clone()
     }
 
     /// Marks `addr` (a broker or name server) down, as the client does by
@@ -434,6 +453,7 @@ impl ClientCore {
         let pool: Weak<Pool> = Arc::downgrade(&self.pool);
         let addr = addr.to_string();
         let timeout = self.cfg.request_timeout;
+        let security = self.security.clone();
         rt.spawn(async move {
             loop {
                 let due = match down.upgrade() {
@@ -449,7 +469,7 @@ impl ClientCore {
                 if !claimed {
                     continue;
                 }
-                let answered = match RemotingConnection::connect(&addr, timeout, None).await {
+                let answered = match RemotingConnection::connect_with(&addr, timeout, None, security.clone()).await {
                     Ok(conn) => conn
                         .request(Command::Ping, Bytes::new(), Bytes::new(), timeout)
                         .await
@@ -512,7 +532,7 @@ impl ClientCore {
                 ),
             });
         }
-        match RemotingConnection::connect(addr, self.cfg.request_timeout, None).await {
+        match RemotingConnection::connect_with(addr, self.cfg.request_timeout, None, self.security.clone()).await {
             Ok(conn) => {
                 if let Ok(mut p) = self.pool.lock() {
                     p.insert(addr.to_string(), conn.clone());

@@ -30,6 +30,7 @@ pub mod producer;
 pub mod push;
 pub mod remoting;
 
+pub use crate::acl::Credentials;
 pub use admin::Admin;
 pub use consumer::{PullConsumer, PullResult};
 pub use core::{ClientConfig, MessageQueue};
@@ -37,4 +38,4 @@ pub use error::{ClientError, ClientResult};
 pub use group::{Delivered, GroupConsumer, GroupConsumerConfig, StartPosition};
 pub use producer::{Producer, SendResult};
 pub use push::{Listener, PushConsumer};
-pub use remoting::RemotingConnection;
+pub use remoting::{ConnectOptions, RemotingConnection};

@@ -21,6 +21,8 @@ use crate::wire::{Command, Frame, Status};
 pub struct NamesrvHandler {
     /// The registry every request reads or updates.
     pub addr: Addr<NameServer>,
+    /// Access control (disabled: everything allowed).
+    pub acl: crate::acl::Acl,
 }
 
 /// A request outcome: the response frame either way, so `?` can return
@@ -30,7 +32,16 @@ type Reply = Result<Frame, Frame>;
 impl NamesrvHandler {
     /// A handler answering from `addr`.
     pub fn new(addr: Addr<NameServer>) -> NamesrvHandler {
-        NamesrvHandler { addr }
+        NamesrvHandler {
+            addr,
+            acl: crate::acl::Acl::disabled(),
+        }
+    }
+
+    /// Checks every request against `acl`.
+    pub fn with_acl(mut self, acl: crate::acl::Acl) -> NamesrvHandler {
+        self.acl = acl;
+        self
     }
 
     async fn respond(&self, peer: SocketAddr, conn: u64, cmd: Command, frame: Frame) -> Reply {

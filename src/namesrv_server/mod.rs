@@ -36,6 +36,7 @@ pub async fn start_embedded(
     opts: ServeOptions,
     arbiters: Vec<ArbiterHandle>,
     tree: &crate::observe::ActorTree,
+    acl: crate::acl::Acl,
 ) -> io::Result<(SocketAddr, Addr<NameServer>)> {
     if cfg.broker_expiry_ms == 0 || cfg.scan_interval_ms == 0 {
         return Err(io::Error::new(
@@ -55,7 +56,7 @@ pub async fn start_embedded(
         })
         .addr()
         .clone();
-    let handler = Arc::new(NamesrvHandler::new(addr.clone()));
+    let handler = Arc::new(NamesrvHandler::new(addr.clone()).with_acl(acl));
     let opts = ServeOptions {
         role: "namesrv",
         ..opts
@@ -83,7 +84,9 @@ pub fn run_standalone(cfg: Config) -> io::Result<()> {
         // a clean shutdown rather than the default kill.
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
-        let (addr, _actor) = start_embedded(&cfg.namesrv, opts, handles, &crate::observe::ActorTree::default()).await?;
+        let acl = crate::launch::load_acl(&cfg)?;
+        let tree = crate::observe::ActorTree::default();
+        let (addr, _actor) = start_embedded(&cfg.namesrv, opts, handles, &tree, acl).await?;
         let mut stdout = io::stdout().lock();
         writeln!(stdout, "ferromq namesrv ready: namesrv={addr}")?;
         stdout.flush()?;
@@ -168,9 +171,15 @@ mod tests {
 
     #[actix_rt::test]
     async fn broker_registers_and_clients_read_routes() {
-        let (ns_addr, _ns) = start_embedded(&section(60_000, 1_000), opts(), Vec::new(), &Default::default())
-            .await
-            .unwrap();
+        let (ns_addr, _ns) = start_embedded(
+            &section(60_000, 1_000),
+            opts(),
+            Vec::new(),
+            &Default::default(),
+            crate::acl::Acl::disabled(),
+        )
+        .await
+        .unwrap();
         let client = NameServerClient::new(
             vec![ns_addr.to_string()],
             identity(),
@@ -242,9 +251,15 @@ mod tests {
 
     #[actix_rt::test]
     async fn bad_requests_are_answered_not_dropped() {
-        let (ns_addr, _ns) = start_embedded(&section(60_000, 1_000), opts(), Vec::new(), &Default::default())
-            .await
-            .unwrap();
+        let (ns_addr, _ns) = start_embedded(
+            &section(60_000, 1_000),
+            opts(),
+            Vec::new(),
+            &Default::default(),
+            crate::acl::Acl::disabled(),
+        )
+        .await
+        .unwrap();
         let conn = connect(ns_addr).await;
         let status = |cmd, header: &'static [u8]| {
             let conn = conn.clone();
@@ -297,9 +312,15 @@ mod tests {
 
     #[actix_rt::test]
     async fn silent_broker_expires() {
-        let (_, ns) = start_embedded(&section(300, 50), opts(), Vec::new(), &Default::default())
-            .await
-            .unwrap();
+        let (_, ns) = start_embedded(
+            &section(300, 50),
+            opts(),
+            Vec::new(),
+            &Default::default(),
+            crate::acl::Acl::disabled(),
+        )
+        .await
+        .unwrap();
         let reg = RegisterBroker {
             cluster: "c".into(),
             broker_name: "b".into(),
@@ -321,9 +342,15 @@ mod tests {
 
     #[actix_rt::test]
     async fn periodic_registration_keeps_broker_alive() {
-        let (ns_addr, ns) = start_embedded(&section(300, 50), opts(), Vec::new(), &Default::default())
-            .await
-            .unwrap();
+        let (ns_addr, ns) = start_embedded(
+            &section(300, 50),
+            opts(),
+            Vec::new(),
+            &Default::default(),
+            crate::acl::Acl::disabled(),
+        )
+        .await
+        .unwrap();
         let client = NameServerClient::new(
             vec![ns_addr.to_string()],
             identity(),
@@ -376,9 +403,15 @@ mod tests {
         assert!(!acked);
         assert!(!lonely.send(IsRegistered).await.unwrap());
 
-        let (ns_addr, _ns) = start_embedded(&section(60_000, 1_000), opts(), Vec::new(), &Default::default())
-            .await
-            .unwrap();
+        let (ns_addr, _ns) = start_embedded(
+            &section(60_000, 1_000),
+            opts(),
+            Vec::new(),
+            &Default::default(),
+            crate::acl::Acl::disabled(),
+        )
+        .await
+        .unwrap();
         let client = NameServerClient::new(
             vec![dead.to_string(), ns_addr.to_string()],
             identity(),
@@ -397,9 +430,15 @@ mod tests {
 
     #[actix_rt::test]
     async fn register_now_publishes_topic_changes() {
-        let (ns_addr, _ns) = start_embedded(&section(60_000, 1_000), opts(), Vec::new(), &Default::default())
-            .await
-            .unwrap();
+        let (ns_addr, _ns) = start_embedded(
+            &section(60_000, 1_000),
+            opts(),
+            Vec::new(),
+            &Default::default(),
+            crate::acl::Acl::disabled(),
+        )
+        .await
+        .unwrap();
         let topics = Arc::new(std::sync::Mutex::new(BTreeMap::from([(
             "orders".to_string(),
             TopicInfo { queues: 4 },
@@ -439,9 +478,15 @@ mod tests {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut cfg = section(1_000, 100);
         cfg.listen = taken.local_addr().unwrap().to_string();
-        let err = start_embedded(&cfg, opts(), Vec::new(), &Default::default())
-            .await
-            .unwrap_err();
+        let err = start_embedded(
+            &cfg,
+            opts(),
+            Vec::new(),
+            &Default::default(),
+            crate::acl::Acl::disabled(),
+        )
+        .await
+        .unwrap_err();
         assert!(err.to_string().contains(&cfg.listen), "{err}");
     }
 }

@@ -379,7 +379,12 @@ mod tests {
                     timestamp_ms: 1_700_000_000_123,
                     signature: [7; 32],
                 })),
-                ..Frame::request(Command::SendMessage, 8, Bytes::from_static(b"{}"), Bytes::from_static(b"body"))
+                ..Frame::request(
+                    Command::SendMessage,
+                    8,
+                    Bytes::from_static(b"{}"),
+                    Bytes::from_static(b"body"),
+                )
             },
         ]
     }

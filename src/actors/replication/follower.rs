@@ -177,7 +177,7 @@ async fn find_master(parts: &FollowerParts) -> Result<String, String> {
 
 /// One connection's worth of following.
 async fn follow(parts: &FollowerParts, master: &str, stats: &Arc<ActorStats>) -> Result<(), Failure> {
-    let conn = RemotingConnection::connect(master, Duration::from_secs(3), None).await?;
+    let conn = RemotingConnection::connect_with(master, Duration::from_secs(3), None, parts.routes.security()).await?;
     handshake(parts, &conn).await?;
     if let Ok(mut s) = parts.status.lock() {
         s.following();

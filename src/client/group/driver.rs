@@ -87,7 +87,13 @@ impl Driver {
         let addr = self.core.group_coordinator(&self.cfg.group).await?;
         tracing::debug!(group = %self.cfg.group, coordinator = %addr, "joining");
         let (push_tx, push_rx) = mpsc::unbounded_channel();
-        let conn = RemotingConnection::connect(&addr, self.core.cfg.request_timeout, Some(push_tx)).await?;
+        let conn = RemotingConnection::connect_with(
+            &addr,
+            self.core.cfg.request_timeout,
+            Some(push_tx),
+            self.core.security(),
+        )
+        .await?;
         Ok((addr, conn, push_rx))
     }
 
