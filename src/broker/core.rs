@@ -42,7 +42,8 @@ pub use queries::MAX_QUERY_RESULTS;
 pub use replication::{LogFetch, ReplicaConfig};
 pub use topics::{QueueRange, QueueStat, TopicQueues, TopicSpec, MAX_QUEUES_PER_TOPIC};
 
-use super::session::{Principal, Session, SessionRegistry};
+use super::session::{Session, SessionRegistry};
+use crate::acl::{Access, Perm};
 use crate::actors::commitlog_writer::CommitLogWriter;
 use crate::actors::namesrv_client::NameServerClient;
 use crate::actors::queue_registry::QueueRegistry;
@@ -62,7 +63,7 @@ pub enum Operation<'a> {
         /// The topic.
         topic: &'a str,
     },
-    /// Read a topic's messages (pull, receive).
+    /// Read a topic's messages by offset (pull).
     Consume {
         /// The topic.
         topic: &'a str,
@@ -71,18 +72,30 @@ pub enum Operation<'a> {
     Settle {
         /// The topic.
         topic: &'a str,
+        /// The group that received them.
+        group: &'a str,
     },
     /// Take part in a group (join, sync, heartbeat, leave).
     GroupMember {
         /// The group.
         group: &'a str,
     },
-    /// Store a group's offsets (commit or reset).
-    WriteOffsets {
+    /// Store a group's consumed offsets.
+    CommitOffsets {
         /// The group.
         group: &'a str,
     },
-    /// Read groups: offsets, lists, descriptions.
+    /// Read a group's committed offsets.
+    FetchOffsets {
+        /// The group.
+        group: &'a str,
+    },
+    /// Move a stopped group's offsets (an admin command).
+    ResetOffsets {
+        /// The group.
+        group: &'a str,
+    },
+    /// List every group, or describe one (members, assignment): admin.
     DescribeGroups,
     /// Create or change a topic.
     CreateTopic {
@@ -94,16 +107,20 @@ pub enum Operation<'a> {
         /// The topic.
         topic: &'a str,
     },
-    /// Read a topic's figures or look messages up.
+    /// Read a topic's figures or look its messages up by key or time.
     DescribeTopic {
-        /// The topic (`None`: a lookup by message id).
-        topic: Option<&'a str>,
+        /// The topic.
+        topic: &'a str,
     },
+    /// Look a message up by id (any topic): admin.
+    QueryById,
     /// Take messages to be acknowledged one by one (changes the group's
     /// in-flight state and, later, its offsets).
     Receive {
         /// The topic.
         topic: &'a str,
+        /// The receiving group.
+        group: &'a str,
     },
     /// A slave copies this master's log (handshake, fetch, topics).
     Replicate,
@@ -117,10 +134,44 @@ impl Operation<'_> {
             Operation::Produce { .. }
                 | Operation::Receive { .. }
                 | Operation::Settle { .. }
-                | Operation::WriteOffsets { .. }
+                | Operation::CommitOffsets { .. }
+                | Operation::ResetOffsets { .. }
                 | Operation::CreateTopic { .. }
                 | Operation::DeleteTopic { .. }
         )
+    }
+
+    /// What the ACL must allow for it (`docs/security.md`, "What each
+    /// command needs").
+    pub fn access(&self) -> Access<'_> {
+        match *self {
+            Operation::Ping => Access::Open,
+            Operation::Produce { topic } => Access::Topic(topic, Perm::PUB),
+            Operation::Consume { topic } | Operation::DescribeTopic { topic } => Access::Topic(topic, Perm::SUB),
+            Operation::Receive { topic, group } | Operation::Settle { topic, group } => {
+                Access::TopicAndGroup(topic, group, Perm::SUB)
+            }
+            Operation::GroupMember { group }
+            | Operation::CommitOffsets { group }
+            | Operation::FetchOffsets { group } => Access::Group(group, Perm::SUB),
+            Operation::ResetOffsets { .. } => Access::Admin("reset a group's offsets"),
+            Operation::DescribeGroups => Access::Admin("list or describe groups"),
+            Operation::CreateTopic { .. } => Access::Admin("create or change topics"),
+            Operation::DeleteTopic { .. } => Access::Admin("delete topics"),
+            Operation::QueryById => Access::Admin("look messages up by id"),
+            Operation::Replicate => Access::Admin("replicate this broker's log"),
+        }
+    }
+
+    /// The topic it creates, changes, deletes or writes, if any: refused
+    /// for the broker's internal topics.
+    fn written_topic(&self) -> Option<&str> {
+        match *self {
+            Operation::Produce { topic } | Operation::CreateTopic { topic } | Operation::DeleteTopic { topic } => {
+                Some(topic)
+            }
+            _ => None,
+        }
     }
 }
 
@@ -184,22 +235,20 @@ impl BrokerCore {
     }
 
     /// The checks every operation passes first: [`Self::authorize`], then
-    /// [`Self::check_writable`].
+    /// [`Self::check_internal_topic`], then [`Self::check_writable`].
     pub fn admit(&self, session: &Session, op: &Operation<'_>) -> Result<(), BrokerError> {
         self.authorize(session, op)?;
+        check_internal_topic(op)?;
         self.check_writable(op)
     }
 
     /// The one place where access is checked: may `session`'s principal do
-    /// `op`? Every anonymous session may do everything until ACLs exist;
-    /// they plug in here.
+    /// `op` (its [`Operation::access`])? `ACCESS_DENIED` names what is
+    /// missing. Always yes while ACL is off.
     pub fn authorize(&self, session: &Session, op: &Operation<'_>) -> Result<(), BrokerError> {
-        match session.principal() {
-            Principal::Anonymous => {
-                let _ = op;
-                Ok(())
-            }
-        }
+        self.acl
+            .check(session.principal(), &op.access())
+            .map_err(|d| BrokerError::new(ErrorKind::AccessDenied, d.to_string()))
     }
 
     /// The one place where "this broker is a slave: refuse writes" is
@@ -267,6 +316,19 @@ impl BrokerCore {
     }
 }
 
+/// Refuses creating, changing, deleting or writing one of the broker's own
+/// topics (`message::props::is_internal_topic`), with or without ACL: only
+/// the operations that own them write them.
+pub fn check_internal_topic(op: &Operation<'_>) -> Result<(), BrokerError> {
+    match op.written_topic() {
+        Some(topic) if crate::message::props::is_internal_topic(topic) => Err(BrokerError::new(
+            ErrorKind::InternalTopic,
+            format!("topic {topic} is internal to the broker: clients may read it but not create, change, delete or write it"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// A store failure.
 fn io_err(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::store(e.to_string())
@@ -297,10 +359,36 @@ mod tests {
     #[test]
     fn writes_are_told_apart_and_ids_give_roles() {
         assert!(Operation::Produce { topic: "t" }.is_write());
-        assert!(Operation::WriteOffsets { group: "g" }.is_write());
+        assert!(Operation::CommitOffsets { group: "g" }.is_write());
         assert!(!Operation::Consume { topic: "t" }.is_write());
-        assert!(!Operation::DescribeTopic { topic: None }.is_write());
+        assert!(!Operation::QueryById.is_write());
         assert_eq!(BrokerRole::of_id(0), BrokerRole::Master);
         assert_eq!(BrokerRole::of_id(2), BrokerRole::Slave);
+    }
+
+    #[test]
+    fn internal_topics_are_read_only_for_clients() {
+        for topic in [
+            "__consumer_offsets",
+            "__delay",
+            "%DLQ%billing",
+            "%RETRY%billing",
+            "__txn_half",
+        ] {
+            for op in [
+                Operation::Produce { topic },
+                Operation::CreateTopic { topic },
+                Operation::DeleteTopic { topic },
+            ] {
+                let e = check_internal_topic(&op).unwrap_err();
+                assert_eq!(e.kind(), ErrorKind::InternalTopic, "{op:?}");
+            }
+            assert!(check_internal_topic(&Operation::Consume { topic }).is_ok());
+        }
+        assert!(check_internal_topic(&Operation::Produce { topic: "orders" }).is_ok());
+        assert!(check_internal_topic(&Operation::Produce {
+            topic: "_one_underscore"
+        })
+        .is_ok());
     }
 }

@@ -22,19 +22,20 @@ use crate::actors::heartbeat_scanner::ClientExpiry;
 use crate::observe::clients::ClientRole;
 use crate::push::{PushEvent, PushSink};
 
-/// Who a session acts for. Only anonymous clients exist until ACLs do;
-/// authenticated principals will be added here.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Principal {
-    /// No credentials were presented.
-    Anonymous,
-}
+/// Who a session acts for: an account, an anonymous client or a trusted
+/// (whitelisted or in-process) caller.
+pub use crate::acl::Identity as Principal;
+
+/// The principal of a session whose first request has not been checked.
+static UNBOUND: Principal = Principal::Anonymous;
 
 /// One client connection as the broker core sees it.
 pub struct Session {
     id: u64,
     peer: SocketAddr,
-    principal: Principal,
+    /// Bound by the first request whose signature was checked; every later
+    /// request must come from the same principal.
+    principal: OnceLock<Principal>,
     client_id: OnceLock<String>,
     /// [`ClientRole::code`], 0 while the session has not been seen (or was
     /// expired for silence).
@@ -66,7 +67,7 @@ impl Session {
         Session {
             id,
             peer,
-            principal: Principal::Anonymous,
+            principal: OnceLock::new(),
             client_id: OnceLock::new(),
             role: AtomicU8::new(0),
             last_seen: AtomicU64::new(0),
@@ -75,10 +76,18 @@ impl Session {
         }
     }
 
-    /// A session not bound to any connection (in-process callers such as
-    /// the HTTP API, tests): an admin, never closed, no pushes.
+    /// A session not bound to any connection (in-process callers, tests):
+    /// trusted with everything, never closed, no pushes.
     pub fn internal(peer: SocketAddr) -> Session {
-        Session::new(0, peer, Arc::new(AtomicBool::new(false)), None)
+        Session::internal_as(peer, Principal::Whitelisted)
+    }
+
+    /// A session not bound to any connection that acts for `principal`
+    /// (the HTTP API for the user it authenticated).
+    pub fn internal_as(peer: SocketAddr, principal: Principal) -> Session {
+        let s = Session::new(0, peer, Arc::new(AtomicBool::new(false)), None);
+        let _ = s.principal.set(principal);
+        s
     }
 
     /// The connection id (unique within the process; 0 for internal ones).
@@ -91,9 +100,23 @@ impl Session {
         self.peer
     }
 
-    /// Who the session acts for.
+    /// Who the session acts for (anonymous until bound).
     pub fn principal(&self) -> &Principal {
-        &self.principal
+        self.principal.get().unwrap_or(&UNBOUND)
+    }
+
+    /// A request checked as coming from `who`: the first binds the session
+    /// to it; a later one from anyone else is refused (one connection
+    /// speaks for one account).
+    pub fn bind_principal(&self, who: Principal) -> Result<(), crate::acl::Denied> {
+        let bound = self.principal.get_or_init(|| who.clone());
+        if *bound == who {
+            Ok(())
+        } else {
+            Err(crate::acl::Denied(format!(
+                "this connection speaks for {bound}; a request from {who} needs its own connection"
+            )))
+        }
     }
 
     /// The client id the client gave (on joining a group), if any.

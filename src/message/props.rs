@@ -36,6 +36,17 @@ pub const ORIGIN_TTL: &str = "ORIGIN_TTL";
 /// Prefix of dead-letter topics: `%DLQ%<group>`.
 pub const DLQ_PREFIX: &str = "%DLQ%";
 
+/// Prefix of retry topics (reserved: `%RETRY%<group>`).
+pub const RETRY_PREFIX: &str = "%RETRY%";
+
+/// True for the broker's own topics: `__consumer_offsets`, `__delay`,
+/// transaction topics and any other `__…` name, dead-letter (`%DLQ%…`) and
+/// retry (`%RETRY%…`) topics and any other `%…` name. Clients may read
+/// them; only the broker writes them.
+pub fn is_internal_topic(topic: &str) -> bool {
+    topic.starts_with("__") || topic.starts_with('%')
+}
+
 /// The dead-letter topic of a group.
 pub fn dlq_topic(group: &str) -> String {
     format!("{DLQ_PREFIX}{group}")

@@ -2,6 +2,7 @@
 //! network arbiters, routing requests to a [`RequestHandler`]; the broker's
 //! native-protocol adapter ([`native`]) over the broker core.
 
+pub mod auth;
 mod budget;
 pub mod connection;
 pub mod delivery_frames;

@@ -383,7 +383,17 @@ impl RequestHandler for NativeAdapter {
 
     fn handle(self: Arc<Self>, conn: ConnectionHandle, cmd: Command, frame: Frame) -> LocalBoxFuture<'static, Frame> {
         let session = self.session(&conn);
-        session.seen(role_of(cmd), now_millis());
+        let now = now_millis();
+        session.seen(role_of(cmd), now);
+        // Who is asking, before anything is decoded: every command's
+        // permission is then checked by the core against the session.
+        let who = super::auth::identify(&self.core.acl, &frame, session.peer().ip(), now)
+            .and_then(|who| session.bind_principal(who));
+        if let Err(denied) = who {
+            tracing::debug!(peer = %session.peer(), ?cmd, %denied, "request refused");
+            let e = BrokerError::new(ErrorKind::AccessDenied, denied.to_string());
+            return Box::pin(async move { super::status::error_frame(e) });
+        }
         Box::pin(async move {
             self.dispatch(session, cmd, frame)
                 .await

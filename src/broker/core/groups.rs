@@ -270,7 +270,7 @@ impl BrokerCore {
         group: &str,
         topic: Option<&str>,
     ) -> Result<Vec<GroupOffset>, BrokerError> {
-        self.admit(session, &Operation::DescribeGroups)?;
+        self.admit(session, &Operation::FetchOffsets { group })?;
         Ok(self.committed(group, topic))
     }
 
@@ -362,7 +362,7 @@ impl BrokerCore {
     /// broker group's, the offset within the queue, and the sender allowed
     /// to commit it by the group's coordinator.
     pub async fn commit_offsets(&self, session: &Session, c: OffsetCommit) -> Result<(), BrokerError> {
-        self.admit(session, &Operation::WriteOffsets { group: &c.group })?;
+        self.admit(session, &Operation::CommitOffsets { group: &c.group })?;
         check_name("group", &c.group)?;
         for o in &c.offsets {
             check_name("topic", &o.topic)?;
@@ -454,7 +454,7 @@ impl BrokerCore {
     /// Moves a stopped group's offsets of one topic on this broker; answers
     /// the new offsets. Refused while the group has live members.
     pub async fn reset_offsets(&self, session: &Session, r: ResetSpec) -> Result<Vec<GroupOffset>, BrokerError> {
-        self.admit(session, &Operation::WriteOffsets { group: &r.group })?;
+        self.admit(session, &Operation::ResetOffsets { group: &r.group })?;
         check_name("group", &r.group)?;
         match self.live_members(&r.group).await? {
             Some(0) => {}

@@ -87,7 +87,7 @@ impl BrokerCore {
         queue_id: u32,
         mut q: ReceiveQuery,
     ) -> BrokerResult<ReceivedBatch> {
-        self.admit(session, &Operation::Receive { topic })?;
+        self.admit(session, &Operation::Receive { topic, group: &q.group })?;
         q.max_wait_ms = self.poll_wait(q.max_wait_ms);
         self.existing_queue(topic, queue_id)?;
         let actor = self.queue_actor(topic, queue_id)?;
@@ -97,7 +97,7 @@ impl BrokerCore {
     /// Acknowledges or rejects received messages of (topic, queue);
     /// answers how many were settled.
     pub async fn settle(&self, session: &Session, topic: &str, queue_id: u32, q: SettleQuery) -> BrokerResult<u32> {
-        self.admit(session, &Operation::Settle { topic })?;
+        self.admit(session, &Operation::Settle { topic, group: &q.group })?;
         self.existing_queue(topic, queue_id)?;
         let Some(actor) = self.queues.get(topic, queue_id) else {
             // No actor: nothing is in flight (the broker restarted); the

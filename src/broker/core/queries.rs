@@ -16,7 +16,7 @@ impl BrokerCore {
     /// The stored record `msg_id` names; `MESSAGE_NOT_FOUND` when another
     /// broker stored it or it is gone.
     pub fn query_by_id(&self, session: &Session, msg_id: &str) -> Result<Bytes, BrokerError> {
-        self.admit(session, &Operation::DescribeTopic { topic: None })?;
+        self.admit(session, &Operation::QueryById)?;
         let id: MessageId = msg_id
             .parse()
             .map_err(|e: crate::codec::DecodeError| BrokerError::new(ErrorKind::InvalidArgument, e.to_string()))?;
@@ -57,7 +57,7 @@ impl BrokerCore {
         key: &str,
         max: u32,
     ) -> Result<(u32, Bytes), BrokerError> {
-        self.admit(session, &Operation::DescribeTopic { topic: Some(topic) })?;
+        self.admit(session, &Operation::DescribeTopic { topic })?;
         validate_topic_name(topic).map_err(|e| BrokerError::new(ErrorKind::InvalidArgument, e.to_string()))?;
         let max = max.clamp(1, MAX_QUERY_RESULTS) as usize;
         let (count, raw) = self.store.raw_records_by_key(topic, key, max).map_err(io_err)?;

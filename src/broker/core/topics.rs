@@ -67,14 +67,14 @@ impl BrokerCore {
 
     /// The offsets queue `queue` of `topic` holds.
     pub fn queue_range(&self, session: &Session, topic: &str, queue: u32) -> Result<QueueRange, BrokerError> {
-        self.admit(session, &Operation::DescribeTopic { topic: Some(topic) })?;
+        self.admit(session, &Operation::DescribeTopic { topic })?;
         self.existing_queue(topic, queue)?;
         Ok(self.range_of(topic, queue))
     }
 
     /// Every queue of `topic` on this broker with its offsets.
     pub fn topic_stats(&self, session: &Session, topic: &str) -> Result<TopicQueues, BrokerError> {
-        self.admit(session, &Operation::DescribeTopic { topic: Some(topic) })?;
+        self.admit(session, &Operation::DescribeTopic { topic })?;
         let cfg = self.topic(topic)?;
         let queues = (0..cfg.queues)
             .map(|queue| QueueStat {
@@ -112,7 +112,7 @@ impl BrokerCore {
         queue: u32,
         timestamp: u64,
     ) -> Result<u64, BrokerError> {
-        self.admit(session, &Operation::DescribeTopic { topic: Some(topic) })?;
+        self.admit(session, &Operation::DescribeTopic { topic })?;
         self.store.offset_for_timestamp(topic, queue, timestamp).map_err(io_err)
     }
 
