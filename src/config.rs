@@ -187,6 +187,12 @@ pub struct HttpSection {
     /// With ACL on, `/health`, `/ready` and `/metrics` still answer
     /// without credentials.
     pub open_health: bool,
+    /// Host names (`name` or `name:port`) the endpoint answers to besides
+    /// IP addresses and `localhost` (a request with another `Host` header
+    /// is refused: DNS rebinding); `"*"` accepts any. A list, or one
+    /// comma-separated string (`FERROMQ__HTTP__ALLOWED_HOSTS`).
+    #[serde(deserialize_with = "crate::http::guard::host_list")]
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for HttpSection {
@@ -196,6 +202,7 @@ impl Default for HttpSection {
             debug: false,
             token: String::new(),
             open_health: true,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -607,6 +614,7 @@ impl Config {
                  disk_refuse_ratio <= 1, not {c} / {f} / {r}"
             ));
         }
+        crate::http::guard::check_host_list(&self.http.allowed_hosts).map_err(ConfigError)?;
         if self.broker.default_topic_queues == 0 || self.broker.default_topic_queues > 1024 {
             return bad("broker.default_topic_queues must be between 1 and 1024");
         }

@@ -108,7 +108,12 @@ pub fn load_acl(cfg: &Config) -> io::Result<crate::acl::Acl> {
 
 /// How this broker's own connections (registration, replication, forwarded
 /// requests, the HTTP API's cluster views) sign and encrypt: its
-/// `[acl] access_key` and the `[tls]` client settings.
+/// `[acl] access_key` and the `[tls]` client settings. With
+/// `[tls] client = true` they speak TLS trusting `[tls] ca` (empty: the web
+/// roots) and, when `[tls] cert` and `key` are set, present that same
+/// certificate as their client certificate, so a peer with `client_ca`
+/// (mutual TLS) accepts them (the certificate then needs the clientAuth
+/// extended key usage, or none).
 pub fn outgoing_options(cfg: &Config) -> io::Result<Arc<crate::client::ConnectOptions>> {
     let credentials = if cfg.acl.access_key.is_empty() {
         None
@@ -121,7 +126,10 @@ pub fn outgoing_options(cfg: &Config) -> io::Result<Arc<crate::client::ConnectOp
             secret_key: secret,
         })
     };
-    Ok(Arc::new(crate::client::ConnectOptions { credentials, tls: None }))
+    let tls = crate::tls::ClientTls::from_section(&cfg.tls)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("[tls] client: {e}")))?
+        .map(Arc::new);
+    Ok(Arc::new(crate::client::ConnectOptions { credentials, tls }))
 }
 
 async fn serve_until_signal(
@@ -136,7 +144,11 @@ async fn serve_until_signal(
     // clean shutdown, not the default kill.
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
-    let opts = ServeOptions::from_config(&cfg.broker, "broker");
+    let opts = ServeOptions {
+        tls: crate::tls::ServerTls::from_section(&cfg.tls)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("[tls]: {e}")))?,
+        ..ServeOptions::from_config(&cfg.broker, "broker")
+    };
     let listener = TcpListener::bind(&cfg.broker.listen)
         .await
         .map_err(|e| io::Error::new(e.kind(), format!("broker cannot listen on {}: {e}", cfg.broker.listen)))?;
@@ -160,7 +172,7 @@ async fn serve_until_signal(
     let outgoing = outgoing_options(&cfg)?;
     let embedded = if cfg.broker.embedded_namesrv {
         Some(
-            crate::namesrv_server::start_embedded(&cfg.namesrv, opts, network.clone(), &tree, acl.clone())
+            crate::namesrv_server::start_embedded(&cfg.namesrv, opts.clone(), network.clone(), &tree, acl.clone())
                 .await?
                 .0,
         )
@@ -366,6 +378,7 @@ async fn serve_until_signal(
                 broker_addr: store_host.to_string(),
                 core: core.clone(),
                 session: Arc::new(crate::broker::session::Session::internal(store_host)),
+                settings: cfg.http.clone(),
             };
             crate::http::start(addr, state)?.to_string()
         }

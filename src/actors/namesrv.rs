@@ -79,9 +79,9 @@ impl Supervised for NameServer {
 }
 
 /// A broker (re-)registers on connection `.1`; replaces its previous topic
-/// set.
+/// set. Refused (with the reason) when another live broker holds its place.
 #[derive(Debug, Clone, Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Result<(), String>")]
 pub struct Register(pub RegisterBroker, pub Option<u64>);
 
 /// A connection closed: brokers registered on it are gone.
@@ -89,10 +89,18 @@ pub struct Register(pub RegisterBroker, pub Option<u64>);
 #[rtype(result = "()")]
 pub struct ConnectionClosed(pub u64);
 
-/// A broker leaves.
+/// A broker leaves: asked on connection `conn` from `peer_ip` (only the
+/// broker's own connection or host may; `NamesrvState::unregister_from`).
 #[derive(Debug, Clone, Message)]
-#[rtype(result = "()")]
-pub struct Unregister(pub UnregisterBroker);
+#[rtype(result = "Result<(), String>")]
+pub struct Unregister {
+    /// Which broker.
+    pub req: UnregisterBroker,
+    /// The connection the request came on.
+    pub conn: Option<u64>,
+    /// The requester's IP address.
+    pub peer_ip: String,
+}
 
 /// The route of a topic, `None` when no live broker serves it.
 #[derive(Debug, Clone, Message)]
@@ -110,9 +118,9 @@ pub struct GetAllTopics;
 pub struct GetClusterInfo;
 
 impl Handler<Register> for NameServer {
-    type Result = ();
+    type Result = Result<(), String>;
 
-    fn handle(&mut self, msg: Register, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Register, _: &mut Context<Self>) -> Result<(), String> {
         let _timer = self.stats.handling();
         let Register(req, conn) = msg;
         let (cluster, name, id, addr) = (
@@ -123,11 +131,15 @@ impl Handler<Register> for NameServer {
         );
         let topics = req.topics.len();
         let now = self.now_ms();
-        if self.state.register_on(req, now, conn) {
-            tracing::info!(%cluster, broker = %name, id, %addr, topics, "broker registered");
-        } else {
-            tracing::debug!(%cluster, broker = %name, id, %addr, topics, "broker re-registered");
+        match self.state.register_on(req, now, conn) {
+            Ok(true) => tracing::info!(%cluster, broker = %name, id, %addr, topics, "broker registered"),
+            Ok(false) => tracing::debug!(%cluster, broker = %name, id, %addr, topics, "broker re-registered"),
+            Err(why) => {
+                tracing::warn!(%cluster, broker = %name, id, %addr, "registration refused: {why}");
+                return Err(why);
+            }
         }
+        Ok(())
     }
 }
 
@@ -143,19 +155,25 @@ impl Handler<ConnectionClosed> for NameServer {
 }
 
 impl Handler<Unregister> for NameServer {
-    type Result = ();
+    type Result = Result<(), String>;
 
-    fn handle(&mut self, msg: Unregister, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Unregister, _: &mut Context<Self>) -> Result<(), String> {
         let _timer = self.stats.handling();
-        let req = msg.0;
-        if self.state.unregister(&req) {
-            tracing::info!(
+        let req = msg.req;
+        match self.state.unregister_from(&req, msg.conn, &msg.peer_ip) {
+            Ok(true) => tracing::info!(
                 cluster = %req.cluster,
                 broker = %req.broker_name,
                 id = req.broker_id,
                 "broker unregistered"
-            );
+            ),
+            Ok(false) => {}
+            Err(why) => {
+                tracing::warn!("unregistration refused: {why}");
+                return Err(why);
+            }
         }
+        Ok(())
     }
 }
 

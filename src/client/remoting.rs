@@ -63,6 +63,9 @@ pub struct RemotingConnection {
     next_id: Arc<AtomicU32>,
     closed: Arc<AtomicBool>,
     options: Arc<ConnectOptions>,
+    /// Set when the server closed this plain connection without answering
+    /// anything (see [`RemotingConnection::closed_error`]).
+    tls_hint: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for RemotingConnection {
@@ -103,10 +106,26 @@ impl RemotingConnection {
                 source,
             })?;
         let _ = stream.set_nodelay(true);
+        let plain = options.tls.is_none();
+        let stream = match &options.tls {
+            None => crate::tls::Stream::Plain(stream),
+            // The handshake shares the connect timeout.
+            Some(tls) => tokio::time::timeout(timeout, tls.connect(addr, stream))
+                .await
+                .map_err(|_| ClientError::Timeout {
+                    what: format!("TLS handshake with {addr}"),
+                    millis: timeout.as_millis() as u64,
+                })?
+                .map_err(|source| ClientError::Io {
+                    addr: addr.to_string(),
+                    source,
+                })?,
+        };
         let (mut reader, mut writer) = stream.into_split();
         let (outbox, mut rx) = mpsc::channel::<Frame>(1024);
         let pending: Pending = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
+        let tls_hint = Arc::new(AtomicBool::new(false));
 
         let closed_w = closed.clone();
         tokio::spawn(async move {
@@ -119,7 +138,7 @@ impl RemotingConnection {
                         Err(_) => break,
                     }
                 }
-                if writer.write_all(&out).await.is_err() {
+                if writer.write_all(&out).await.is_err() || writer.flush().await.is_err() {
                     break;
                 }
                 out.clear();
@@ -129,8 +148,10 @@ impl RemotingConnection {
 
         let pending_r = pending.clone();
         let closed_r = closed.clone();
+        let tls_hint_r = tls_hint.clone();
         tokio::spawn(async move {
             let mut buf = BytesMut::with_capacity(64 * 1024);
+            let mut received = false;
             'read: loop {
                 loop {
                     match Frame::parse(&mut buf, CLIENT_MAX_FRAME_BYTES) {
@@ -166,8 +187,14 @@ impl RemotingConnection {
                 }
                 match reader.read_buf(&mut buf).await {
                     Ok(0) | Err(_) => break,
-                    Ok(_) => {}
+                    Ok(_) => received = true,
                 }
+            }
+            // A plain connection the server closed without a byte while
+            // requests waited: most likely a port that requires TLS (it
+            // closes plain clients without answering).
+            if plain && !received && pending_r.lock().is_ok_and(|p| !p.is_empty()) {
+                tls_hint_r.store(true, Ordering::Release);
             }
             closed_r.store(true, Ordering::Release);
             // Dropping the senders fails every waiting request with Closed.
@@ -183,7 +210,22 @@ impl RemotingConnection {
             next_id: Arc::new(AtomicU32::new(1)),
             closed,
             options,
+            tls_hint,
         })
+    }
+
+    /// The error of a request whose connection closed: [`ClientError::Closed`],
+    /// or, when a plain connection was closed without any answer, an error
+    /// saying the server may require TLS ([`crate::tls::TLS_REQUIRED_HINT`]).
+    fn closed_error(&self) -> ClientError {
+        if self.tls_hint.load(Ordering::Acquire) {
+            ClientError::Io {
+                addr: self.addr.clone(),
+                source: std::io::Error::other(crate::tls::TLS_REQUIRED_HINT),
+            }
+        } else {
+            ClientError::Closed(self.addr.clone())
+        }
     }
 
     /// The peer address.
@@ -213,11 +255,8 @@ impl RemotingConnection {
         let mut frame = Frame::request(cmd, id, header, body);
         self.options.sign(&mut frame);
         let result = tokio::time::timeout(timeout, async {
-            self.outbox
-                .send(frame)
-                .await
-                .map_err(|_| ClientError::Closed(self.addr.clone()))?;
-            rx.await.map_err(|_| ClientError::Closed(self.addr.clone()))
+            self.outbox.send(frame).await.map_err(|_| self.closed_error())?;
+            rx.await.map_err(|_| self.closed_error())
         })
         .await;
         match result {

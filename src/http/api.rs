@@ -16,8 +16,10 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::guard::Caller;
 use super::HttpState;
-use crate::broker::core::TopicSpec;
+use crate::acl::Access;
+use crate::broker::core::{Operation, TopicSpec};
 use crate::client::dlq::ResendSelection;
 use crate::client::ClientError;
 use crate::error::{BrokerError, ErrorKind};
@@ -57,6 +59,8 @@ fn error(e: ClientError) -> HttpResponse {
         Some(Status::DiskFull) => HttpResponse::InsufficientStorage().json(body),
         // A read-only slave refused a write.
         Some(Status::NotMaster) => HttpResponse::Conflict().json(body),
+        // Refused by the rules (ACL, or an internal topic).
+        Some(Status::AccessDenied | Status::InternalTopic) => HttpResponse::Forbidden().json(body),
         Some(_) => HttpResponse::InternalServerError().json(body),
         None => match e {
             ClientError::Invalid(_) | ClientError::Decode(_) => HttpResponse::BadRequest().json(body),
@@ -76,6 +80,7 @@ fn core_error(e: BrokerError) -> HttpResponse {
         ErrorKind::InvalidArgument | ErrorKind::Malformed => actix_web::http::StatusCode::BAD_REQUEST,
         ErrorKind::DiskFull => actix_web::http::StatusCode::INSUFFICIENT_STORAGE,
         ErrorKind::NotMaster => actix_web::http::StatusCode::CONFLICT,
+        ErrorKind::AccessDenied | ErrorKind::InternalTopic => actix_web::http::StatusCode::FORBIDDEN,
         _ => actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
     };
     HttpResponse::build(status).json(json!({"error": e.to_string()}))
@@ -90,11 +95,16 @@ fn bad_request(msg: impl Into<String>) -> HttpResponse {
     HttpResponse::BadRequest().json(json!({"error": msg.into()}))
 }
 
-async fn overview(state: web::Data<HttpState>) -> HttpResponse {
+async fn overview(state: web::Data<HttpState>, caller: Caller) -> HttpResponse {
     let (messages_in, messages_out, broker_conns, namesrv_conns) = totals::snapshot();
     let cluster = state.admin.cluster_info().await.ok();
     let topics = state.admin.list_topics().await.unwrap_or_default();
-    let groups = state.admin.list_groups().await.unwrap_or_default();
+    // Listing groups is an admin's (as on the native protocol).
+    let groups = if caller.may(&Operation::DescribeGroups.access()) {
+        state.admin.list_groups().await.unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     let clients: serde_json::Map<String, serde_json::Value> = state
         .core
         .sessions
@@ -159,7 +169,10 @@ fn default_queues() -> u32 {
     8
 }
 
-async fn create_topic(state: web::Data<HttpState>, req: web::Json<NewTopic>) -> HttpResponse {
+async fn create_topic(state: web::Data<HttpState>, caller: Caller, req: web::Json<NewTopic>) -> HttpResponse {
+    if let Err(refused) = caller.check(&Operation::CreateTopic { topic: &req.topic }.access()) {
+        return refused;
+    }
     let ttl = req.ttl_ms.map(std::time::Duration::from_millis);
     // Every live master gets the topic: this broker in-process, the others
     // through the client library.
@@ -179,7 +192,7 @@ async fn create_topic(state: web::Data<HttpState>, req: web::Json<NewTopic>) -> 
             queues: req.queues,
             ttl_ms: req.ttl_ms,
         };
-        if let Err(e) = state.core.create_topic(&state.session, spec).await {
+        if let Err(e) = state.core.create_topic(&caller.session(&state.session), spec).await {
             return core_error(e);
         }
     }
@@ -190,7 +203,10 @@ async fn create_topic(state: web::Data<HttpState>, req: web::Json<NewTopic>) -> 
 }
 
 /// Gathered from every broker group serving the topic (client library).
-async fn describe_topic(state: web::Data<HttpState>, topic: web::Path<String>) -> HttpResponse {
+async fn describe_topic(state: web::Data<HttpState>, caller: Caller, topic: web::Path<String>) -> HttpResponse {
+    if let Err(refused) = caller.check(&Operation::DescribeTopic { topic: &topic }.access()) {
+        return refused;
+    }
     match state.admin.describe_topic(&topic).await {
         Ok(per_broker) => {
             let queues = crate::render::topic_queues_json(&per_broker);
@@ -206,7 +222,10 @@ async fn describe_topic(state: web::Data<HttpState>, topic: web::Path<String>) -
     }
 }
 
-async fn delete_topic(state: web::Data<HttpState>, topic: web::Path<String>) -> HttpResponse {
+async fn delete_topic(state: web::Data<HttpState>, caller: Caller, topic: web::Path<String>) -> HttpResponse {
+    if let Err(refused) = caller.check(&Operation::DeleteTopic { topic: &topic }.access()) {
+        return refused;
+    }
     // Every broker serving the topic drops it: this one in-process, the
     // others through the client library.
     let addrs = match state.admin.topic_addrs(&topic).await {
@@ -215,7 +234,7 @@ async fn delete_topic(state: web::Data<HttpState>, topic: web::Path<String>) -> 
     };
     let (here, others): (Vec<String>, Vec<String>) = addrs.into_iter().partition(|a| *a == state.broker_addr);
     if !here.is_empty() {
-        if let Err(e) = state.core.delete_topic(&state.session, &topic).await {
+        if let Err(e) = state.core.delete_topic(&caller.session(&state.session), &topic).await {
             return core_error(e);
         }
     }
@@ -225,7 +244,10 @@ async fn delete_topic(state: web::Data<HttpState>, topic: web::Path<String>) -> 
     }
 }
 
-async fn list_groups(state: web::Data<HttpState>) -> HttpResponse {
+async fn list_groups(state: web::Data<HttpState>, caller: Caller) -> HttpResponse {
+    if let Err(refused) = caller.check(&Operation::DescribeGroups.access()) {
+        return refused;
+    }
     match state.admin.list_groups().await {
         Ok(g) => HttpResponse::Ok().json(json!({"groups": g})),
         Err(e) => error(e),
@@ -234,7 +256,10 @@ async fn list_groups(state: web::Data<HttpState>) -> HttpResponse {
 
 /// Membership from the group's coordinator (any broker) and offsets from
 /// every broker group: a cluster view (client library).
-async fn describe_group(state: web::Data<HttpState>, group: web::Path<String>) -> HttpResponse {
+async fn describe_group(state: web::Data<HttpState>, caller: Caller, group: web::Path<String>) -> HttpResponse {
+    if let Err(refused) = caller.check(&Operation::DescribeGroups.access()) {
+        return refused;
+    }
     let d = match state.admin.describe_group(&group).await {
         Ok(d) => d,
         Err(e) => return error(e),
@@ -263,7 +288,12 @@ struct NewMessage {
     key: Option<String>,
 }
 
-async fn produce(state: web::Data<HttpState>, req: web::Json<NewMessage>) -> HttpResponse {
+async fn produce(state: web::Data<HttpState>, caller: Caller, req: web::Json<NewMessage>) -> HttpResponse {
+    // The producer signs as the broker's own (admin) account: the caller
+    // must be an admin itself.
+    if let Err(refused) = caller.check(&Access::Admin("produce through the HTTP API")) {
+        return refused;
+    }
     let req = req.into_inner();
     let mut m = Message::new(req.topic, Bytes::from(req.body));
     if let Some(t) = req.tag {
@@ -286,7 +316,13 @@ struct FindQuery {
     key: String,
 }
 
-async fn find_messages(state: web::Data<HttpState>, q: web::Query<FindQuery>) -> HttpResponse {
+async fn find_messages(state: web::Data<HttpState>, caller: Caller, q: web::Query<FindQuery>) -> HttpResponse {
+    // Other brokers are asked with the broker's own account: the caller's
+    // permission is checked here.
+    if let Err(refused) = caller.check(&Operation::DescribeTopic { topic: &q.topic }.access()) {
+        return refused;
+    }
+    let session = caller.session(&state.session);
     // Every master serving the topic is asked: this broker in-process.
     let addrs = match state.admin.topic_master_addrs(&q.topic).await {
         Ok(a) => a,
@@ -295,7 +331,7 @@ async fn find_messages(state: web::Data<HttpState>, q: web::Query<FindQuery>) ->
     let mut found = Vec::new();
     for addr in addrs {
         if addr == state.broker_addr {
-            let (count, raw) = match state.core.query_by_key(&state.session, &q.topic, &q.key, 32) {
+            let (count, raw) = match state.core.query_by_key(&session, &q.topic, &q.key, 32) {
                 Ok(r) => r,
                 Err(e) => return core_error(e),
             };
@@ -315,14 +351,17 @@ async fn find_messages(state: web::Data<HttpState>, q: web::Query<FindQuery>) ->
     }))
 }
 
-async fn get_message(state: web::Data<HttpState>, id: web::Path<String>) -> HttpResponse {
+async fn get_message(state: web::Data<HttpState>, caller: Caller, id: web::Path<String>) -> HttpResponse {
+    if let Err(refused) = caller.check(&Operation::QueryById.access()) {
+        return refused;
+    }
     // A message this broker stored is read in-process; another broker's
     // (or a malformed id) through the client library.
     let ours = id
         .parse::<MessageId>()
         .is_ok_and(|m| m.store_host == state.core.store_host);
     if ours {
-        return match state.core.query_by_id(&state.session, &id) {
+        return match state.core.query_by_id(&caller.session(&state.session), &id) {
             Ok(raw) => match StoredRecord::decode(raw) {
                 Ok(r) => HttpResponse::Ok().json(crate::render::message_json(&r)),
                 Err(e) => core_error(BrokerError::internal(format!("bad stored record: {e}"))),
@@ -337,7 +376,10 @@ async fn get_message(state: web::Data<HttpState>, id: web::Path<String>) -> Http
 }
 
 /// A group's dead letters on every broker group (client library).
-async fn list_dead_letters(state: web::Data<HttpState>, group: web::Path<String>) -> HttpResponse {
+async fn list_dead_letters(state: web::Data<HttpState>, caller: Caller, group: web::Path<String>) -> HttpResponse {
+    if let Err(refused) = caller.check(&Access::Admin("read dead letters")) {
+        return refused;
+    }
     match state.admin.dlq_list(&group).await {
         Ok(list) => HttpResponse::Ok().json(json!({
             "dead_letters": list.iter().map(|(_, e)| crate::render::dead_letter_json(e)).collect::<Vec<_>>(),
@@ -357,9 +399,14 @@ struct Resend {
 
 async fn resend_dead_letters(
     state: web::Data<HttpState>,
+    caller: Caller,
     group: web::Path<String>,
     req: web::Json<Resend>,
 ) -> HttpResponse {
+    // The resend signs as the broker's own (admin) account.
+    if let Err(refused) = caller.check(&Access::Admin("resend dead letters")) {
+        return refused;
+    }
     let which = match (&req.msg_id, req.all) {
         (Some(id), false) => ResendSelection::MessageId(id.clone()),
         (None, true) => ResendSelection::AllNew,

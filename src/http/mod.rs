@@ -3,8 +3,13 @@
 //! ([`api`]), the web console at `/` (one page embedded in the binary), and
 //! (when enabled) the debug command that makes an actor fail. Every endpoint
 //! is documented in `docs/http.md`.
+//!
+//! Every request passes [`guard`] first: the Host check, the cross-site
+//! checks of state-changing requests, and (ACL on) authentication and the
+//! admin permission; every response carries the anti-framing headers.
 
 pub mod api;
+pub mod guard;
 
 use std::io;
 use std::net::SocketAddr;
@@ -45,16 +50,24 @@ pub struct HttpState {
     /// The broker core, called in-process for this broker's own data (and
     /// its sessions, for the client counts).
     pub core: Arc<crate::broker::BrokerCore>,
-    /// The session the API's in-process calls to the core run in.
+    /// The session the API's in-process calls to the core run in while
+    /// ACL is off (trusted); with ACL on each request gets one acting for
+    /// its caller ([`guard::Caller::session`]).
     pub session: Arc<crate::broker::session::Session>,
+    /// The `[http]` settings (token, open health endpoints, allowed hosts).
+    pub settings: crate::config::HttpSection,
 }
 
 /// The console page (HTML, CSS and JS in one file, embedded at build time).
 const CONSOLE_HTML: &str = include_str!("console.html");
 
 /// Binds `addr` and serves in the background (one worker thread); returns
-/// the bound address.
+/// the bound address. Fails when `[http] token` names an environment
+/// variable that is not set.
 pub fn start(addr: &str, state: HttpState) -> io::Result<SocketAddr> {
+    let rules = guard::Guard::new(&state.settings, state.core.acl.clone())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let rules = web::Data::new(rules);
     let listener = std::net::TcpListener::bind(addr).map_err(|e| {
         io::Error::new(
             e.kind(),
@@ -66,6 +79,9 @@ pub fn start(addr: &str, state: HttpState) -> io::Result<SocketAddr> {
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(rules.clone())
+            .wrap(actix_web::middleware::from_fn(guard::guard))
+            .wrap(guard::security_headers())
             .route("/health", web::get().to(health))
             .route("/ready", web::get().to(ready))
             .route("/metrics", web::get().to(prometheus))
@@ -137,7 +153,10 @@ struct FailRequest {
     panic: bool,
 }
 
-async fn fail(state: web::Data<HttpState>, req: web::Json<FailRequest>) -> HttpResponse {
+async fn fail(state: web::Data<HttpState>, caller: guard::Caller, req: web::Json<FailRequest>) -> HttpResponse {
+    if let Err(refused) = caller.check(&crate::acl::Access::Admin("run debug commands")) {
+        return refused;
+    }
     if !state.debug {
         return HttpResponse::Forbidden().json(json!({"error": "debug commands are off (set http.debug = true)"}));
     }

@@ -84,18 +84,32 @@ impl NamesrvState {
     /// address) is replaced, so a topic it stopped serving disappears from
     /// its routes. Returns true when the broker was not live before.
     pub fn register(&mut self, req: RegisterBroker, now: u64) -> bool {
-        self.register_on(req, now, None)
+        self.register_on(req, now, None).unwrap_or(false)
     }
 
     /// Like [`register`](NamesrvState::register), remembering the
     /// connection `conn` the registration came on (see
     /// [`connection_closed`](NamesrvState::connection_closed)).
-    pub fn register_on(&mut self, req: RegisterBroker, now: u64, conn: Option<u64>) -> bool {
+    ///
+    /// A registration of a broker (cluster, name, id) that is registered
+    /// from another address and still alive (not down, not expired) is
+    /// refused: an impostor cannot take over a broker group's master (or a
+    /// slave's place) while the real one is up.
+    pub fn register_on(&mut self, req: RegisterBroker, now: u64, conn: Option<u64>) -> Result<bool, String> {
         let key = BrokerKey {
             cluster: req.cluster,
             broker_name: req.broker_name,
             broker_id: req.broker_id,
         };
+        if let Some(was) = self.brokers.get(&key) {
+            if !was.down && was.addr != req.addr {
+                return Err(format!(
+                    "broker {key} is registered from {} and alive; a registration from {} is refused (stop the \
+                     other broker, or wait until it expires)",
+                    was.addr, req.addr
+                ));
+            }
+        }
         let live = LiveBroker {
             addr: req.addr,
             last_register_ms: now,
@@ -104,7 +118,7 @@ impl NamesrvState {
             down: false,
             replication: req.replication,
         };
-        self.brokers.insert(key, live).is_none_or(|was| was.down)
+        Ok(self.brokers.insert(key, live).is_none_or(|was| was.down))
     }
 
     /// Connection `conn` closed: every broker whose last registration came
@@ -127,6 +141,34 @@ impl NamesrvState {
     /// Forgets a broker. Returns true when it was live.
     pub fn unregister(&mut self, req: &UnregisterBroker) -> bool {
         self.brokers.remove(&BrokerKey::from(req)).is_some()
+    }
+
+    /// Forgets a broker on behalf of a request that came on connection
+    /// `conn` from `peer_ip`: only the connection it registered on, or its
+    /// own host, may unregister it (anyone else is refused, so a stranger
+    /// cannot knock a broker off the routes). Returns true when it was
+    /// live.
+    pub fn unregister_from(
+        &mut self,
+        req: &UnregisterBroker,
+        conn: Option<u64>,
+        peer_ip: &str,
+    ) -> Result<bool, String> {
+        let key = BrokerKey::from(req);
+        if let Some(b) = self.brokers.get(&key) {
+            let same_conn = conn.is_some() && b.conn == conn;
+            let same_host = b
+                .addr
+                .rsplit_once(':')
+                .is_some_and(|(host, _)| host.trim_matches(['[', ']']) == peer_ip);
+            if !same_conn && !same_host {
+                return Err(format!(
+                    "broker {key} registered from {}; an unregistration from {peer_ip} is refused",
+                    b.addr
+                ));
+            }
+        }
+        Ok(self.unregister(req))
     }
 
     /// Number of live brokers.
@@ -237,12 +279,47 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_live_broker_cannot_be_replaced_or_unregistered_by_a_stranger() {
+        let mut s = NamesrvState::new();
+        assert_eq!(
+            s.register_on(reg("a", 0, "10.0.0.1:10911", &[("t", 2)]), 0, Some(1)),
+            Ok(true)
+        );
+        let e = s
+            .register_on(reg("a", 0, "10.0.0.9:10911", &[("t", 2)]), 5, Some(2))
+            .unwrap_err();
+        assert!(e.contains("registered from 10.0.0.1:10911 and alive"), "{e}");
+        assert_eq!(
+            s.route("t").unwrap().brokers[0].addrs,
+            [(0, "10.0.0.1:10911".to_string())].into()
+        );
+        let e = s.unregister_from(&unreg("a", 0), Some(2), "10.0.0.9").unwrap_err();
+        assert!(e.contains("refused"), "{e}");
+        assert!(s.route("t").is_some());
+        // Its own connection or host may; once it is down, another address
+        // may take its place (a restart on a new port).
+        assert_eq!(s.unregister_from(&unreg("a", 0), None, "10.0.0.1"), Ok(true));
+        assert_eq!(
+            s.register_on(reg("a", 0, "10.0.0.1:10911", &[("t", 2)]), 6, Some(3)),
+            Ok(true)
+        );
+        assert_eq!(s.unregister_from(&unreg("a", 0), Some(3), "127.0.0.1"), Ok(true));
+        s.register_on(reg("a", 0, "10.0.0.1:10911", &[("t", 2)]), 7, Some(4))
+            .unwrap();
+        s.connection_closed(4);
+        assert_eq!(
+            s.register_on(reg("a", 0, "10.0.0.2:10911", &[("t", 2)]), 8, Some(5)),
+            Ok(true)
+        );
+    }
+
+    #[test]
     fn a_closed_registration_connection_removes_its_broker_at_once() {
         let mut s = NamesrvState::new();
-        s.register_on(reg("a", 0, "h1:1", &[("t", 2)]), 0, Some(7));
-        s.register_on(reg("b", 0, "h2:1", &[("t", 2)]), 0, Some(8));
+        s.register_on(reg("a", 0, "h1:1", &[("t", 2)]), 0, Some(7)).unwrap();
+        s.register_on(reg("b", 0, "h2:1", &[("t", 2)]), 0, Some(8)).unwrap();
         // b re-registered on a new connection before the old one closed.
-        s.register_on(reg("b", 0, "h2:1", &[("t", 2)]), 5, Some(9));
+        s.register_on(reg("b", 0, "h2:1", &[("t", 2)]), 5, Some(9)).unwrap();
         assert!(s.connection_closed(8).is_empty());
         let gone = s.connection_closed(7);
         assert_eq!(gone.len(), 1);
@@ -259,7 +336,7 @@ mod tests {
         assert_eq!(info.brokers.iter().filter(|b| b.down).count(), 1);
         assert_eq!(info.clone().up().brokers.len(), 1);
         // It comes back by registering; it expires like any silent broker.
-        assert!(s.register_on(reg("a", 0, "h1:1", &[("t", 2)]), 20, Some(10)));
+        assert_eq!(s.register_on(reg("a", 0, "h1:1", &[("t", 2)]), 20, Some(10)), Ok(true));
         assert!(s.route("t").unwrap().brokers[0].down.is_empty());
         s.connection_closed(10);
         assert_eq!(s.expire(1_000, 100).len(), 2);
@@ -300,13 +377,13 @@ mod tests {
     fn registration_replaces_topic_set() {
         let mut s = NamesrvState::new();
         assert!(s.register(reg("a", 0, "h:1", &[("t1", 4), ("t2", 2)]), 10));
-        assert!(!s.register(reg("a", 0, "h:2", &[("t2", 8), ("t3", 1)]), 20));
+        assert!(!s.register(reg("a", 0, "h:1", &[("t2", 8), ("t3", 1)]), 20));
         assert_eq!(s.len(), 1);
         assert_eq!(s.route("t1"), None, "t1 was dropped by the second registration");
         let t2 = s.route("t2").unwrap();
         assert_eq!(t2.brokers.len(), 1);
         assert_eq!(t2.brokers[0].queues, 8);
-        assert_eq!(t2.brokers[0].addrs, [(0, "h:2".to_string())].into());
+        assert_eq!(t2.brokers[0].addrs, [(0, "h:1".to_string())].into());
         assert_eq!(s.all_topics().topics, ["t2", "t3"]);
         assert_eq!(s.cluster_info(25).brokers[0].last_register_ms_ago, 5);
     }

@@ -9,9 +9,12 @@ use bytes::Bytes;
 use futures::future::{FutureExt, LocalBoxFuture};
 use serde::de::DeserializeOwned;
 
+use crate::acl::Access;
 use crate::actors::namesrv::{
     ConnectionClosed, GetAllTopics, GetClusterInfo, GetRoute, NameServer, Register, Unregister,
 };
+use crate::clock::now_millis;
+use crate::server::auth::identify;
 use crate::server::{ConnectionHandle, RequestHandler};
 use crate::wire::control::{from_json, to_json, validate_topic_name, RegisterBroker, TopicRef, UnregisterBroker};
 use crate::wire::{Command, Frame, Status};
@@ -44,19 +47,53 @@ impl NamesrvHandler {
         self
     }
 
+    /// What `cmd` needs from the ACL: brokers (admin accounts) register
+    /// and unregister; route reads need an account; a ping is open.
+    pub fn access(cmd: Command) -> Access<'static> {
+        match cmd {
+            Command::Ping => Access::Open,
+            Command::RegisterBroker | Command::UnregisterBroker => Access::Admin("register brokers"),
+            _ => Access::Authenticated,
+        }
+    }
+
+    /// Checks the request's signature and its permission.
+    fn admit(&self, peer: SocketAddr, cmd: Command, frame: &Frame) -> Result<(), Frame> {
+        identify(&self.acl, frame, peer.ip(), now_millis())
+            .and_then(|who| self.acl.check(&who, &Self::access(cmd)))
+            .map_err(|denied| {
+                tracing::debug!(%peer, ?cmd, %denied, "name-server request refused");
+                Frame::error(0, Status::AccessDenied, denied.to_string())
+            })
+    }
+
     async fn respond(&self, peer: SocketAddr, conn: u64, cmd: Command, frame: Frame) -> Reply {
+        self.admit(peer, cmd, &frame)?;
         match cmd {
             Command::Ping => Ok(empty_ok()),
             Command::RegisterBroker => {
                 let req: RegisterBroker = decode(&frame.header)?;
                 check_registration(&req)?;
                 tracing::trace!(%peer, broker = %req.broker_name, "REGISTER_BROKER");
-                self.addr.send(Register(req, Some(conn))).await.map_err(mailbox)?;
+                self.addr
+                    .send(Register(req, Some(conn)))
+                    .await
+                    .map_err(mailbox)?
+                    .map_err(|why| Frame::error(0, Status::AccessDenied, format!("access denied: {why}")))?;
                 Ok(empty_ok())
             }
             Command::UnregisterBroker => {
                 let req: UnregisterBroker = decode(&frame.header)?;
-                self.addr.send(Unregister(req)).await.map_err(mailbox)?;
+                let unregister = Unregister {
+                    req,
+                    conn: Some(conn),
+                    peer_ip: peer.ip().to_string(),
+                };
+                self.addr
+                    .send(unregister)
+                    .await
+                    .map_err(mailbox)?
+                    .map_err(|why| Frame::error(0, Status::AccessDenied, format!("access denied: {why}")))?;
                 Ok(empty_ok())
             }
             Command::GetRoute => {

@@ -78,7 +78,11 @@ pub fn run_standalone(cfg: Config) -> io::Result<()> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let arbiters: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
     let handles: Vec<ArbiterHandle> = arbiters.iter().map(Arbiter::handle).collect();
-    let opts = ServeOptions::from_config(&cfg.broker, "namesrv");
+    let opts = ServeOptions {
+        tls: crate::tls::ServerTls::from_section(&cfg.tls)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("[tls]: {e}")))?,
+        ..ServeOptions::from_config(&cfg.broker, "namesrv")
+    };
     let result = system.block_on(async move {
         // Installed before "ready" so that a signal sent right after it is
         // a clean shutdown rather than the default kill.
@@ -329,7 +333,7 @@ mod tests {
             topics: BTreeMap::from([("t".to_string(), TopicInfo { queues: 1 })]),
             replication: None,
         };
-        ns.send(Register(reg, None)).await.unwrap();
+        ns.send(Register(reg, None)).await.unwrap().unwrap();
         assert!(ns.send(GetRoute("t".into())).await.unwrap().is_some());
         let gone = tokio::time::timeout(WAIT, async {
             while ns.send(GetRoute("t".into())).await.unwrap().is_some() {

@@ -31,6 +31,14 @@
 //!   longest (nothing in flight, no request for [`EVICT_IDLE_AFTER`]), or
 //!   is closed at once when there is none. It backs off when `accept`
 //!   fails.
+//! * **TLS.** With [`ServeOptions::tls`] set, each new connection first
+//!   goes through [`crate::tls::ServerTls::accept`] (on its arbiter, not in
+//!   the accept loop, and holding its connection slot): per the listener's
+//!   mode it becomes a TLS session, stays plain (`permissive`), or is
+//!   refused with a clean close (a plain client on an `enforcing` port).
+//!   Sessions then run on a [`crate::tls::ReadHalf`] /
+//!   [`crate::tls::WriteHalf`] pair: a plain connection keeps tokio's own
+//!   socket halves and its vectored writes.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -43,13 +51,13 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use futures::future::LocalBoxFuture;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::budget::{Budget, Held};
 use crate::config::BrokerSection;
+use crate::tls::{ReadHalf, ServerTls, Stream, WriteHalf};
 use crate::wire::{Command, Frame, FrameKind, Status};
 
 /// Budget bytes a pull, receive or key query reserves while it is served
@@ -229,8 +237,8 @@ pub trait RequestHandler: Send + Sync + 'static {
     fn closed(&self, _id: u64) {}
 }
 
-/// Limits of every connection of one listener.
-#[derive(Debug, Clone, Copy)]
+/// Limits (and encryption) of every connection of one listener.
+#[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// Largest frame accepted.
     pub max_frame_bytes: usize,
@@ -253,6 +261,9 @@ pub struct ServeOptions {
     /// Listener role for the connection counts (`ferromq_connections{role}`):
     /// `broker` or `namesrv`.
     pub role: &'static str,
+    /// TLS of the listener (`[tls]` mode `permissive` or `enforcing`);
+    /// `None`: plain TCP only (mode `off`).
+    pub tls: Option<Arc<ServerTls>>,
 }
 
 impl ServeOptions {
@@ -268,6 +279,7 @@ impl ServeOptions {
             frame_read_timeout: ms(cfg.frame_read_timeout_ms),
             max_connections: cfg.max_connections,
             role,
+            tls: None,
         }
     }
 }
@@ -377,13 +389,25 @@ pub async fn serve(
             }
         };
         let handler = handler.clone();
+        let opts = opts.clone();
         let session = async move {
             match TcpStream::from_std(stream) {
                 Ok(stream) => {
                     actix_rt::spawn(async move {
                         crate::observe::totals::connections(opts.role, 1);
-                        run_session(stream, peer, handler, opts).await;
-                        crate::observe::totals::connections(opts.role, -1);
+                        let stream = match &opts.tls {
+                            None => Ok(Stream::Plain(stream)),
+                            Some(tls) => tls.accept(stream).await,
+                        };
+                        let role = opts.role;
+                        match stream {
+                            Ok(stream) => run_session(stream, peer, handler, opts).await,
+                            Err(e) => {
+                                tracing::debug!(%peer, role, error = %e, "connection refused by TLS");
+                                metrics::counter!("ferromq_tls_refused_total", "role" => role).increment(1);
+                            }
+                        }
+                        crate::observe::totals::connections(role, -1);
                         drop(slot);
                     });
                 }
@@ -408,13 +432,14 @@ pub async fn serve(
 const MAX_IOVECS: usize = 256;
 
 /// Writes `chunks` in order with vectored writes, removing what has been
-/// written (so it may be cancelled and called again).
-async fn write_chunks(writer: &mut OwnedWriteHalf, chunks: &mut Vec<Bytes>) -> std::io::Result<()> {
+/// written (so it may be cancelled and called again), then flushes (a
+/// no-op on plain TCP; TLS sends the records it still buffers).
+async fn write_chunks(writer: &mut WriteHalf, chunks: &mut Vec<Bytes>) -> std::io::Result<()> {
     loop {
         let done = chunks.iter().take_while(|c| c.is_empty()).count();
         chunks.drain(..done);
         if chunks.is_empty() {
-            return Ok(());
+            return writer.flush().await;
         }
         let slices: Vec<IoSlice<'_>> = chunks.iter().take(MAX_IOVECS).map(|c| IoSlice::new(c)).collect();
         let mut written = writer.write_vectored(&slices).await?;
@@ -435,7 +460,7 @@ async fn write_chunks(writer: &mut OwnedWriteHalf, chunks: &mut Vec<Bytes>) -> s
 /// The writer task: coalesces ready responses into vectored writes and
 /// releases what they hold once written. Once the session closes it writes
 /// what is already queued for at most [`CLOSE_FLUSH`], then stops.
-async fn write_loop(mut writer: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>, mut closed: watch::Receiver<bool>) {
+async fn write_loop(mut writer: WriteHalf, mut rx: mpsc::Receiver<Outgoing>, mut closed: watch::Receiver<bool>) {
     let mut out = BytesMut::with_capacity(64 * 1024);
     // What to send, in order: encoded heads and small bodies coalesced in
     // `out`, and frames' body tails (mapped records) as they are.
@@ -504,7 +529,7 @@ async fn write_loop(mut writer: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>
 /// Waits for `fut` while still reading the socket into `buf` (up to
 /// [`READ_AHEAD`] bytes), so that a peer closing while the session waits
 /// for capacity is noticed at once. `None` when the peer closed.
-async fn wait_reading<T>(fut: impl Future<Output = T>, reader: &mut OwnedReadHalf, buf: &mut BytesMut) -> Option<T> {
+async fn wait_reading<T>(fut: impl Future<Output = T>, reader: &mut ReadHalf, buf: &mut BytesMut) -> Option<T> {
     tokio::pin!(fut);
     let mut scratch = [0u8; 4096];
     loop {
@@ -553,8 +578,8 @@ fn large_response(cmd: Command) -> bool {
     )
 }
 
-async fn run_session(stream: TcpStream, peer: SocketAddr, handler: Arc<dyn RequestHandler>, opts: ServeOptions) {
-    tracing::debug!(%peer, "connection opened");
+async fn run_session(stream: Stream, peer: SocketAddr, handler: Arc<dyn RequestHandler>, opts: ServeOptions) {
+    tracing::debug!(%peer, tls = stream.is_tls(), "connection opened");
     let (mut reader, writer) = stream.into_split();
     let (out_tx, rx) = mpsc::channel::<Outgoing>(opts.max_inflight.max(1));
     let (close_tx, close_rx) = watch::channel(false);

@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod producer;
+pub mod tls;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
