@@ -144,11 +144,24 @@ async fn serve_until_signal(
     // clean shutdown, not the default kill.
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
+    // The broker's client port and its embedded name server share `[tls]`.
     let opts = ServeOptions {
         tls: crate::tls::ServerTls::from_section(&cfg.tls)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("[tls]: {e}")))?,
         ..ServeOptions::from_config(&cfg.broker, "broker")
     };
+    if cfg.tls.mode == crate::config::TlsMode::Enforcing
+        && cfg.broker.embedded_namesrv
+        && cfg.broker.namesrv_addrs.is_empty()
+        && !cfg.tls.client
+    {
+        // Its own registration would be refused by its name server.
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "tls.mode = enforcing with the embedded name server needs tls.client = true (and tls.ca): \
+             the broker registers with it over TLS",
+        ));
+    }
     let listener = TcpListener::bind(&cfg.broker.listen)
         .await
         .map_err(|e| io::Error::new(e.kind(), format!("broker cannot listen on {}: {e}", cfg.broker.listen)))?;

@@ -2,6 +2,9 @@
 //! JSON API (`docs/http.md`), the same one the web console uses; `cluster`
 //! asks the name servers (or, with `--http`, that API) and pings every name
 //! server and broker to show which are up.
+//!
+//! With `--access-key`/`--secret-key`, requests to the HTTP API carry them
+//! as HTTP basic authentication (a broker with ACL on asks for it).
 
 use std::time::Duration;
 
@@ -48,13 +51,33 @@ pub struct StatsArgs {
     pub format: Format,
     #[command(flatten)]
     pub http: HttpOpt,
+    /// `--access-key`/`--secret-key` (sent to the HTTP API as basic
+    /// authentication).
+    #[command(flatten)]
+    pub ns: NamesrvOpt,
 }
 
-async fn get(http: &str, path: &str) -> Result<Value, String> {
+/// The `Authorization` header for the HTTP API from the account flags
+/// (`None` without an access key); `Err` for a key without its secret.
+fn http_auth(ns: &NamesrvOpt) -> Result<Option<String>, String> {
+    match (&ns.access_key, &ns.secret_key) {
+        (Some(k), Some(s)) if !k.is_empty() => Ok(Some(crate::http::guard::basic_auth(k, s))),
+        (Some(k), None) if !k.is_empty() => Err(format!("--access-key {k} needs --secret-key (or FERROMQ_SECRET_KEY)")),
+        (None, Some(_)) => Err("--secret-key needs --access-key (or FERROMQ_ACCESS_KEY)".into()),
+        _ => Ok(None),
+    }
+}
+
+async fn get(http: &str, path: &str, auth: Option<&str>) -> Result<Value, String> {
     let url = format!("http://{http}{path}");
+    let auth = auth.map(str::to_string);
     tokio::task::spawn_blocking(move || {
         let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
-        match agent.get(&url).call() {
+        let mut req = agent.get(&url);
+        if let Some(a) = &auth {
+            req = req.set("Authorization", a);
+        }
+        match req.call() {
             Ok(r) => r.into_json::<Value>().map_err(|e| format!("{url}: bad JSON: {e}")),
             Err(ureq::Error::Status(code, r)) => {
                 let body: Value = r.into_json().unwrap_or_default();
@@ -73,7 +96,8 @@ async fn get(http: &str, path: &str) -> Result<Value, String> {
 pub async fn cluster(a: ClusterArgs) -> CliResult {
     let (namesrvs, brokers): (Vec<String>, Vec<Value>) = match &a.http {
         Some(http) => {
-            let c = get(http, "/api/cluster").await?;
+            let auth = http_auth(&a.ns)?;
+            let c = get(http, "/api/cluster", auth.as_deref()).await?;
             let ns = c["namesrv"]
                 .as_array()
                 .into_iter()
@@ -84,7 +108,9 @@ pub async fn cluster(a: ClusterArgs) -> CliResult {
         }
         None => (super::split_addrs(&a.ns.namesrv), Vec::new()),
     };
-    let admin = Admin::new(crate::client::ClientConfig::new(namesrvs.clone()));
+    let mut client_cfg = a.ns.try_client_config()?;
+    client_cfg.namesrv_addrs = namesrvs.clone();
+    let admin = Admin::new(client_cfg);
     let ns_status = admin.namesrv_status().await;
     let brokers = match &a.http {
         Some(_) => brokers,
@@ -190,11 +216,13 @@ pub async fn stats(a: StatsArgs) -> CliResult {
     let interval = Duration::from_secs_f64(a.interval.max(0.1));
     let mut last: Option<Value> = None;
     let mut printed = 0u64;
+    let auth = http_auth(&a.ns)?;
+    let auth = auth.as_deref();
     loop {
-        let o = get(&a.http.http, "/api/overview").await?;
+        let o = get(&a.http.http, "/api/overview", auth).await?;
         let mut lags = serde_json::Map::new();
         for g in o["groups"].as_array().into_iter().flatten().filter_map(Value::as_str) {
-            if let Ok(d) = get(&a.http.http, &format!("/api/groups/{g}")).await {
+            if let Ok(d) = get(&a.http.http, &format!("/api/groups/{g}"), auth).await {
                 lags.insert(g.to_string(), d["lag"].clone());
             }
         }
