@@ -1,6 +1,7 @@
 //! The web console in headless Chromium, driven over the DevTools protocol:
 //! create a topic through the UI, see it listed, produce through the API,
-//! watch a group's lag fall to 0, and take a screenshot that is not blank.
+//! watch a group's lag fall to 0, and take a screenshot that is not blank;
+//! with ACL on, sign in through the console's form first.
 //!
 //! Chromium comes from `scripts/install-chromium.sh` (Debian's package).
 //! `.ci/run` installs it and sets `FERROMQ_REQUIRE_BROWSER=1`, so there a
@@ -366,4 +367,102 @@ fn console_shows_the_store_and_warns_when_sends_are_refused() {
     );
     assert_eq!(page.eval(&text_of("ov-sends")), "refused");
     assert_eq!(page.eval(&text_of("ov-disk-level")), "refuse");
+}
+
+/// `GET path` with HTTP basic authentication, which must answer 200.
+fn get_as(web: &str, path: &str, (key, secret): (&str, &str)) -> String {
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{key}:{secret}"));
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
+    let r = agent
+        .get(&format!("http://{web}{path}"))
+        .set("Authorization", &format!("Basic {auth}"))
+        .call()
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    r.into_string().unwrap()
+}
+
+#[test]
+fn with_acl_the_console_asks_for_an_account_then_works() {
+    let Some(chromium) = chromium_or_skip() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let acl = dir.path().join("acl.toml");
+    std::fs::write(
+        &acl,
+        "[[accounts]]\naccess_key = \"root\"\nsecret_key = \"root-secret-0001\"\nadmin = true\n",
+    )
+    .unwrap();
+    let acl = acl.display().to_string();
+    let mut env = small_store_env();
+    env.extend([
+        ("FERROMQ__ACL__ENABLED", "true"),
+        ("FERROMQ__ACL__FILE", acl.as_str()),
+        ("FERROMQ__ACL__ACCESS_KEY", "root"),
+        ("FERROMQ__ACL__SECRET_KEY", "root-secret-0001"),
+    ]);
+    let broker = ServerProcess::broker(&dir.path().join("data"), &[], &env);
+    let web = broker.http_addr.clone();
+    let (_browser, port) = launch(&chromium, &format!("http://{web}/"));
+    let mut page = Page::attach(port);
+    page.wait_for(
+        "the sign-in form",
+        "document.readyState === 'complete' && !document.getElementById('login').hidden",
+        Duration::from_secs(20),
+    );
+    // A wrong secret is refused and the form says why.
+    let sign_in = |page: &mut Page, secret: &str| {
+        page.eval(&format!(
+            "document.getElementById('login-key').value = 'root';
+             document.getElementById('login-secret').value = '{secret}';
+             document.getElementById('login-submit').click(); true"
+        ));
+    };
+    sign_in(&mut page, "not-the-secret");
+    page.wait_for(
+        "the refusal",
+        &format!(
+            "!document.getElementById('login').hidden && {}.includes('access denied')",
+            text_of("login-msg")
+        ),
+        Duration::from_secs(15),
+    );
+    sign_in(&mut page, "root-secret-0001");
+    page.wait_for(
+        "the console to go live",
+        "document.getElementById('login').hidden && document.getElementById('status').textContent.startsWith('live')",
+        Duration::from_secs(20),
+    );
+    assert_eq!(page.eval(&text_of("whoami")), "root");
+    assert_eq!(
+        page.eval("sessionStorage.getItem('ferromq.credentials') !== null"),
+        true
+    );
+
+    // Create a topic through the UI (a POST that needs the admin).
+    page.eval("document.querySelector(\"nav button[data-tab='topics']\").click(); true");
+    page.eval(
+        "document.getElementById('topic-name').value = 'acl-orders';
+         document.getElementById('topic-queues').value = '2';
+         document.getElementById('topic-create').click(); true",
+    );
+    page.wait_for(
+        "the new topic in the list",
+        &format!("{}.includes('acl-orders')", text_of("topic-list")),
+        Duration::from_secs(15),
+    );
+    let topics = get_as(&web, "/api/topics", ("root", "root-secret-0001"));
+    assert!(topics.contains("acl-orders"), "{topics}");
+
+    // Log out: the credentials are gone and the form is back.
+    page.eval("document.getElementById('logout').click(); true");
+    // The page reloads.
+    std::thread::sleep(Duration::from_millis(1500));
+    page.wait_for(
+        "the sign-in form again",
+        "document.readyState === 'complete' && !document.getElementById('login').hidden",
+        Duration::from_secs(20),
+    );
+    assert_eq!(
+        page.eval("sessionStorage.getItem('ferromq.credentials') === null"),
+        true
+    );
 }
