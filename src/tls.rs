@@ -221,6 +221,24 @@ fn explain_client_error(e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("TLS handshake failed: {e}{hint}"))
 }
 
+/// What a failed read on a TLS connection means for the user, when it is
+/// a TLS error (an alert from the server, a corrupt record); `None` for
+/// other errors.
+pub fn explain_read_error(e: &io::Error) -> Option<String> {
+    let tls = e.get_ref()?.downcast_ref::<rustls::Error>()?;
+    let hint = match tls {
+        rustls::Error::AlertReceived(
+            rustls::AlertDescription::CertificateRequired
+            | rustls::AlertDescription::BadCertificate
+            | rustls::AlertDescription::UnknownCA
+            | rustls::AlertDescription::CertificateUnknown
+            | rustls::AlertDescription::HandshakeFailure,
+        ) => " (the server requires a client certificate signed by a CA it trusts: --tls-cert/--tls-key)",
+        _ => "",
+    };
+    Some(format!("TLS: {tls}{hint}"))
+}
+
 /// What a listener with TLS does with its connections: the acceptor (the
 /// server certificate and, for mutual TLS, the client CA) and the mode.
 pub struct ServerTls {

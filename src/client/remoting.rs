@@ -52,6 +52,7 @@ impl ConnectOptions {
 pub const CLIENT_MAX_FRAME_BYTES: usize = 64 << 20;
 
 type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Frame>>>>;
+type CloseReason = Arc<Mutex<Option<String>>>;
 
 /// One connection to a broker or name server. Cheap to clone; clones share
 /// the socket. Must be created inside a tokio runtime.
@@ -63,9 +64,9 @@ pub struct RemotingConnection {
     next_id: Arc<AtomicU32>,
     closed: Arc<AtomicBool>,
     options: Arc<ConnectOptions>,
-    /// Set when the server closed this plain connection without answering
-    /// anything (see [`RemotingConnection::closed_error`]).
-    tls_hint: Arc<AtomicBool>,
+    /// Why the connection closed, when that is worth telling the user (see
+    /// [`RemotingConnection::closed_error`]).
+    close_reason: CloseReason,
 }
 
 impl std::fmt::Debug for RemotingConnection {
@@ -125,7 +126,7 @@ impl RemotingConnection {
         let (outbox, mut rx) = mpsc::channel::<Frame>(1024);
         let pending: Pending = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
-        let tls_hint = Arc::new(AtomicBool::new(false));
+        let close_reason: CloseReason = Arc::default();
 
         let closed_w = closed.clone();
         tokio::spawn(async move {
@@ -148,7 +149,7 @@ impl RemotingConnection {
 
         let pending_r = pending.clone();
         let closed_r = closed.clone();
-        let tls_hint_r = tls_hint.clone();
+        let close_reason_r = close_reason.clone();
         tokio::spawn(async move {
             let mut buf = BytesMut::with_capacity(64 * 1024);
             let mut received = false;
@@ -186,15 +187,27 @@ impl RemotingConnection {
                     }
                 }
                 match reader.read_buf(&mut buf).await {
-                    Ok(0) | Err(_) => break,
+                    Ok(0) => break,
                     Ok(_) => received = true,
+                    Err(e) => {
+                        // A TLS alert (e.g. a client certificate the
+                        // server refused) says more than "closed".
+                        if let Some(reason) = crate::tls::explain_read_error(&e) {
+                            if let Ok(mut r) = close_reason_r.lock() {
+                                *r = Some(reason);
+                            }
+                        }
+                        break;
+                    }
                 }
             }
             // A plain connection the server closed without a byte while
             // requests waited: most likely a port that requires TLS (it
             // closes plain clients without answering).
             if plain && !received && pending_r.lock().is_ok_and(|p| !p.is_empty()) {
-                tls_hint_r.store(true, Ordering::Release);
+                if let Ok(mut r) = close_reason_r.lock() {
+                    *r = Some(crate::tls::TLS_REQUIRED_HINT.to_string());
+                }
             }
             closed_r.store(true, Ordering::Release);
             // Dropping the senders fails every waiting request with Closed.
@@ -210,21 +223,21 @@ impl RemotingConnection {
             next_id: Arc::new(AtomicU32::new(1)),
             closed,
             options,
-            tls_hint,
+            close_reason,
         })
     }
 
     /// The error of a request whose connection closed: [`ClientError::Closed`],
-    /// or, when a plain connection was closed without any answer, an error
-    /// saying the server may require TLS ([`crate::tls::TLS_REQUIRED_HINT`]).
+    /// or an [`ClientError::Io`] saying why when that is known: a plain
+    /// connection closed without any answer (the server may require TLS,
+    /// [`crate::tls::TLS_REQUIRED_HINT`]) or a TLS alert from the server.
     fn closed_error(&self) -> ClientError {
-        if self.tls_hint.load(Ordering::Acquire) {
-            ClientError::Io {
+        match self.close_reason.lock().ok().and_then(|r| r.clone()) {
+            Some(reason) => ClientError::Io {
                 addr: self.addr.clone(),
-                source: std::io::Error::other(crate::tls::TLS_REQUIRED_HINT),
-            }
-        } else {
-            ClientError::Closed(self.addr.clone())
+                source: std::io::Error::other(reason),
+            },
+            None => ClientError::Closed(self.addr.clone()),
         }
     }
 

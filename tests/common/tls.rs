@@ -134,3 +134,29 @@ impl TestPki {
 fn path(p: &Path) -> String {
     p.to_str().expect("utf-8 path").to_string()
 }
+
+/// Starts `ferromq ARGS` with `env` (e.g. a TLS name server or broker) and
+/// waits for its ready line; killed on drop like every [`super::ServerProcess`].
+pub fn spawn(args: &[&str], env: &[(String, String)]) -> super::ServerProcess {
+    let (child, line, stderr) =
+        super::try_spawn_server(args, env, std::time::Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
+    let optional = |name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .unwrap_or("-")
+            .to_string()
+    };
+    super::ServerProcess {
+        child,
+        broker_addr: optional("broker="),
+        namesrv_addr: optional("namesrv="),
+        http_addr: optional("http="),
+        data_dir: args
+            .iter()
+            .position(|a| *a == "--data-dir")
+            .and_then(|i| args.get(i + 1))
+            .map(PathBuf::from)
+            .unwrap_or_default(),
+        stderr,
+    }
+}
