@@ -263,7 +263,14 @@ impl Cluster {
 
     fn spawn_namesrv(&mut self, i: usize) {
         let addr = self.namesrvs[i].addr.clone();
-        let p = spawn_retrying(&["namesrv", "--listen", &addr], &[], Duration::from_secs(15));
+        // Name servers share the cluster's access control (and nothing else).
+        let env: Vec<(String, String)> = self
+            .env
+            .iter()
+            .filter(|(k, _)| k.starts_with("FERROMQ__ACL__"))
+            .cloned()
+            .collect();
+        let p = spawn_retrying(&["namesrv", "--listen", &addr], &env, Duration::from_secs(15));
         assert_eq!(p.namesrv_addr, addr, "name server bound where asked");
         self.namesrvs[i].proc = Some(p);
     }
@@ -474,6 +481,10 @@ pub fn namesrv_nodes(ns: &str) -> Option<Vec<(String, u64, String)>> {
         rt.block_on(async move {
             let mut cfg = ferromq::client::ClientConfig::new([ns]);
             cfg.request_timeout = Duration::from_secs(2);
+            // A cluster with ACL on: the test's account (as the CLI takes it).
+            if let (Ok(k), Ok(s)) = (std::env::var("FERROMQ_ACCESS_KEY"), std::env::var("FERROMQ_SECRET_KEY")) {
+                cfg = cfg.with_credentials(ferromq::client::Credentials::new(k, s));
+            }
             let admin = ferromq::client::Admin::new(cfg);
             let info = tokio::time::timeout(Duration::from_secs(4), admin.cluster_info())
                 .await
