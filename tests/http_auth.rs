@@ -117,7 +117,8 @@ fn acl_broker(dir: &Path, extra_acl: &str) -> ServerProcess {
 
 fn ready(web: &str) {
     assert!(
-        wait_until(Duration::from_secs(10), || call(web, "GET", "/ready", &[], None).0 == 200),
+        wait_until(Duration::from_secs(10), || call(web, "GET", "/ready", &[], None).0
+            == 200),
         "broker not ready"
     );
 }
@@ -151,11 +152,26 @@ fn with_acl_the_api_needs_an_account_and_changes_need_an_admin() {
     assert_eq!(resp.get("www-authenticate"), Some("FerroMQ realm=\"FerroMQ\""));
     // Wrong secret: 401.
     let wrong = basic((ROOT.0, "not-the-secret"));
-    let (status, body, _) = call(web, "POST", "/api/topics", &[("Authorization", &wrong)], Some(new_topic));
+    let (status, body, _) = call(
+        web,
+        "POST",
+        "/api/topics",
+        &[("Authorization", &wrong)],
+        Some(new_topic),
+    );
     assert_eq!(status, 401, "{body}");
     assert!(error_of(&body).contains("access denied"), "{body}");
-    assert!(!body.contains("not-the-secret") && !body.contains(ROOT.1), "no secret echoed: {body}");
-    let (status, _, _) = call(web, "GET", "/api/topics", &[("Authorization", "Bearer wrong-token")], None);
+    assert!(
+        !body.contains("not-the-secret") && !body.contains(ROOT.1),
+        "no secret echoed: {body}"
+    );
+    let (status, _, _) = call(
+        web,
+        "GET",
+        "/api/topics",
+        &[("Authorization", "Bearer wrong-token")],
+        None,
+    );
     assert_eq!(status, 401);
     assert!(!topics(web).contains(&"guarded".to_string()));
 
@@ -234,8 +250,7 @@ fn with_acl_the_api_needs_an_account_and_changes_need_an_admin() {
     ] {
         assert_eq!(resp.get(name), Some(value), "{name}");
     }
-    assert!(wait_until(Duration::from_secs(5), || !topics(web)
-        .contains(&"guarded".to_string())));
+    assert!(wait_until(Duration::from_secs(5), || !topics(web).contains(&"guarded".to_string())));
     // The broker's log never shows a secret.
     let log = broker.stderr();
     assert!(!log.contains(ROOT.1) && !log.contains(TOKEN) && !log.contains(READER.1));
@@ -251,13 +266,7 @@ fn without_acl_cross_site_and_rebound_requests_are_still_refused() {
     assert_eq!(status, 201, "{body}");
 
     // DNS rebinding: the attacker's name in Host.
-    let (status, body, resp) = call(
-        web,
-        "DELETE",
-        "/api/topics/kept",
-        &[("Host", "attacker.example")],
-        None,
-    );
+    let (status, body, resp) = call(web, "DELETE", "/api/topics/kept", &[("Host", "attacker.example")], None);
     assert_eq!(status, 403, "{body}");
     assert!(error_of(&body).contains("attacker.example"), "{body}");
     assert_eq!(resp.get("x-frame-options"), Some("DENY"));
@@ -320,7 +329,11 @@ fn closed_health_needs_an_account_and_a_whitelisted_peer_needs_none() {
     // open_health = false: the probes need an account too.
     for path in ["/health", "/metrics"] {
         assert_eq!(call(web, "GET", path, &[], None).0, 401, "{path}");
-        assert_eq!(call(web, "GET", path, &[("Authorization", &basic(READER))], None).0, 200, "{path}");
+        assert_eq!(
+            call(web, "GET", path, &[("Authorization", &basic(READER))], None).0,
+            200,
+            "{path}"
+        );
     }
     let new_topic = r#"{"topic":"white","queues":1}"#;
     assert_eq!(http(web, "POST", "/api/topics", Some(new_topic)).0, 401);
@@ -335,5 +348,8 @@ fn closed_health_needs_an_account_and_a_whitelisted_peer_needs_none() {
     assert_eq!(status, 201, "{body}");
     // Credentials that are given are still checked.
     let wrong = basic((READER.0, "wrong-secret-123"));
-    assert_eq!(call(web, "GET", "/api/topics", &[("Authorization", &wrong)], None).0, 401);
+    assert_eq!(
+        call(web, "GET", "/api/topics", &[("Authorization", &wrong)], None).0,
+        401
+    );
 }

@@ -171,7 +171,7 @@ fn default_queues() -> u32 {
 
 async fn create_topic(state: web::Data<HttpState>, caller: Caller, req: web::Json<NewTopic>) -> HttpResponse {
     if let Err(refused) = caller.check(&Operation::CreateTopic { topic: &req.topic }.access()) {
-        return refused;
+        return *refused;
     }
     let ttl = req.ttl_ms.map(std::time::Duration::from_millis);
     // Every live master gets the topic: this broker in-process, the others
@@ -205,7 +205,7 @@ async fn create_topic(state: web::Data<HttpState>, caller: Caller, req: web::Jso
 /// Gathered from every broker group serving the topic (client library).
 async fn describe_topic(state: web::Data<HttpState>, caller: Caller, topic: web::Path<String>) -> HttpResponse {
     if let Err(refused) = caller.check(&Operation::DescribeTopic { topic: &topic }.access()) {
-        return refused;
+        return *refused;
     }
     match state.admin.describe_topic(&topic).await {
         Ok(per_broker) => {
@@ -224,7 +224,7 @@ async fn describe_topic(state: web::Data<HttpState>, caller: Caller, topic: web:
 
 async fn delete_topic(state: web::Data<HttpState>, caller: Caller, topic: web::Path<String>) -> HttpResponse {
     if let Err(refused) = caller.check(&Operation::DeleteTopic { topic: &topic }.access()) {
-        return refused;
+        return *refused;
     }
     // Every broker serving the topic drops it: this one in-process, the
     // others through the client library.
@@ -246,7 +246,7 @@ async fn delete_topic(state: web::Data<HttpState>, caller: Caller, topic: web::P
 
 async fn list_groups(state: web::Data<HttpState>, caller: Caller) -> HttpResponse {
     if let Err(refused) = caller.check(&Operation::DescribeGroups.access()) {
-        return refused;
+        return *refused;
     }
     match state.admin.list_groups().await {
         Ok(g) => HttpResponse::Ok().json(json!({"groups": g})),
@@ -258,7 +258,7 @@ async fn list_groups(state: web::Data<HttpState>, caller: Caller) -> HttpRespons
 /// every broker group: a cluster view (client library).
 async fn describe_group(state: web::Data<HttpState>, caller: Caller, group: web::Path<String>) -> HttpResponse {
     if let Err(refused) = caller.check(&Operation::DescribeGroups.access()) {
-        return refused;
+        return *refused;
     }
     let d = match state.admin.describe_group(&group).await {
         Ok(d) => d,
@@ -292,7 +292,7 @@ async fn produce(state: web::Data<HttpState>, caller: Caller, req: web::Json<New
     // The producer signs as the broker's own (admin) account: the caller
     // must be an admin itself.
     if let Err(refused) = caller.check(&Access::Admin("produce through the HTTP API")) {
-        return refused;
+        return *refused;
     }
     let req = req.into_inner();
     let mut m = Message::new(req.topic, Bytes::from(req.body));
@@ -320,7 +320,7 @@ async fn find_messages(state: web::Data<HttpState>, caller: Caller, q: web::Quer
     // Other brokers are asked with the broker's own account: the caller's
     // permission is checked here.
     if let Err(refused) = caller.check(&Operation::DescribeTopic { topic: &q.topic }.access()) {
-        return refused;
+        return *refused;
     }
     let session = caller.session(&state.session);
     // Every master serving the topic is asked: this broker in-process.
@@ -353,7 +353,7 @@ async fn find_messages(state: web::Data<HttpState>, caller: Caller, q: web::Quer
 
 async fn get_message(state: web::Data<HttpState>, caller: Caller, id: web::Path<String>) -> HttpResponse {
     if let Err(refused) = caller.check(&Operation::QueryById.access()) {
-        return refused;
+        return *refused;
     }
     // A message this broker stored is read in-process; another broker's
     // (or a malformed id) through the client library.
@@ -378,7 +378,7 @@ async fn get_message(state: web::Data<HttpState>, caller: Caller, id: web::Path<
 /// A group's dead letters on every broker group (client library).
 async fn list_dead_letters(state: web::Data<HttpState>, caller: Caller, group: web::Path<String>) -> HttpResponse {
     if let Err(refused) = caller.check(&Access::Admin("read dead letters")) {
-        return refused;
+        return *refused;
     }
     match state.admin.dlq_list(&group).await {
         Ok(list) => HttpResponse::Ok().json(json!({
@@ -405,7 +405,7 @@ async fn resend_dead_letters(
 ) -> HttpResponse {
     // The resend signs as the broker's own (admin) account.
     if let Err(refused) = caller.check(&Access::Admin("resend dead letters")) {
-        return refused;
+        return *refused;
     }
     let which = match (&req.msg_id, req.all) {
         (Some(id), false) => ResendSelection::MessageId(id.clone()),

@@ -279,8 +279,10 @@ pub struct Caller {
 
 impl Caller {
     /// May the caller do `access`? `Err` is the 403 answer.
-    pub fn check(&self, access: &Access<'_>) -> Result<(), HttpResponse> {
-        self.acl.check(&self.identity, access).map_err(|d| forbidden(&d))
+    pub fn check(&self, access: &Access<'_>) -> Result<(), Box<HttpResponse>> {
+        self.acl
+            .check(&self.identity, access)
+            .map_err(|d| Box::new(forbidden(&d)))
     }
 
     /// Like [`Caller::check`], as a yes or no.
@@ -411,7 +413,7 @@ fn host_of(req: &ServiceRequest) -> Option<String> {
 }
 
 /// The cross-site checks of a state-changing request: `Err` is the answer.
-fn check_cross_site(req: &ServiceRequest, host: Option<&str>) -> Result<(), HttpResponse> {
+fn check_cross_site(req: &ServiceRequest, host: Option<&str>) -> Result<(), Box<HttpResponse>> {
     let headers = req.headers();
     let source = headers
         .get(header::ORIGIN)
@@ -428,13 +430,13 @@ fn check_cross_site(req: &ServiceRequest, host: Option<&str>) -> Result<(), Http
             _ => false,
         };
         if !same {
-            return Err(refuse(
+            return Err(Box::new(refuse(
                 StatusCode::FORBIDDEN,
                 format!(
                     "cross-site request refused: {name} {text:?} is not this endpoint's origin (Host {:?})",
                     host.unwrap_or("")
                 ),
-            ));
+            )));
         }
     }
     if *req.method() == Method::POST {
@@ -445,10 +447,10 @@ fn check_cross_site(req: &ServiceRequest, host: Option<&str>) -> Result<(), Http
             .and_then(|v| v.split(';').next())
             .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
         if !json && !req.headers().contains_key("x-requested-with") {
-            return Err(refuse(
+            return Err(Box::new(refuse(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "a POST must send Content-Type: application/json (or an X-Requested-With header)",
-            ));
+            )));
         }
     }
     Ok(())
@@ -470,13 +472,13 @@ pub async fn guard(
             }
             Ok(next.call(req).await?.map_into_left_body())
         }
-        Err(resp) => Ok(req.into_response(resp).map_into_right_body()),
+        Err(resp) => Ok(req.into_response(*resp).map_into_right_body()),
     }
 }
 
 /// Steps 1–4 of the module's description: the caller (`None` while ACL is
 /// off), or the refusal.
-fn admit(req: &ServiceRequest, guard: &Guard) -> Result<Option<Caller>, HttpResponse> {
+fn admit(req: &ServiceRequest, guard: &Guard) -> Result<Option<Caller>, Box<HttpResponse>> {
     let path = req.path();
     let probe = PROBES.contains(&path);
     let host = host_of(req);
@@ -484,10 +486,10 @@ fn admit(req: &ServiceRequest, guard: &Guard) -> Result<Option<Caller>, HttpResp
         // A request without Host (HTTP/1.0) is no browser's: no rebinding.
         if let Some(h) = &host {
             if !guard.hosts.allows(h) {
-                return Err(refuse(
+                return Err(Box::new(refuse(
                     StatusCode::FORBIDDEN,
                     format!("Host {h:?} is not allowed (an IP address, localhost, or a name of [http] allowed_hosts)"),
-                ));
+                )));
             }
         }
     }
@@ -506,7 +508,7 @@ fn admit(req: &ServiceRequest, guard: &Guard) -> Result<Option<Caller>, HttpResp
         Ok(who) => who,
         Err(d) => {
             tracing::debug!(peer = %peer, path, "HTTP request refused: {d}");
-            return Err(unauthorized(req, &d, super::CONSOLE_HTML));
+            return Err(Box::new(unauthorized(req, &d, super::CONSOLE_HTML)));
         }
     };
     let caller = Caller {

@@ -155,7 +155,7 @@ struct FailRequest {
 
 async fn fail(state: web::Data<HttpState>, caller: guard::Caller, req: web::Json<FailRequest>) -> HttpResponse {
     if let Err(refused) = caller.check(&crate::acl::Access::Admin("run debug commands")) {
-        return refused;
+        return *refused;
     }
     if !state.debug {
         return HttpResponse::Forbidden().json(json!({"error": "debug commands are off (set http.debug = true)"}));
