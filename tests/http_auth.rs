@@ -150,6 +150,17 @@ fn with_acl_the_api_needs_an_account_and_changes_need_an_admin() {
     assert_eq!(status, 401);
     assert!(body.contains("login-form"), "the console page");
     assert_eq!(resp.get("www-authenticate"), Some("FerroMQ realm=\"FerroMQ\""));
+    // The console's scripts (X-Requested-With) get no Basic challenge
+    // either.
+    let (status, _, resp) = call(
+        web,
+        "GET",
+        "/api/overview",
+        &[("X-Requested-With", "FerroMQ-Console")],
+        None,
+    );
+    assert_eq!(status, 401);
+    assert_eq!(resp.get("www-authenticate"), Some("FerroMQ realm=\"FerroMQ\""));
     // Wrong secret: 401.
     let wrong = basic((ROOT.0, "not-the-secret"));
     let (status, body, _) = call(
@@ -251,6 +262,27 @@ fn with_acl_the_api_needs_an_account_and_changes_need_an_admin() {
         assert_eq!(resp.get(name), Some(value), "{name}");
     }
     assert!(wait_until(Duration::from_secs(5), || !topics(web).contains(&"guarded".to_string())));
+    // `ferromq stats` sends the account flags as basic authentication.
+    let ns = broker.namesrv_addr.as_str();
+    let stats = [
+        "stats",
+        "--http",
+        web,
+        "--interval",
+        "0.2",
+        "--count",
+        "1",
+        "--format",
+        "json",
+    ];
+    let out = cli(ns, &stats);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("401") && err.contains("access denied"), "{err}");
+    let mut with_account = stats.to_vec();
+    with_account.extend(["--access-key", ROOT.0, "--secret-key", ROOT.1]);
+    let line = cli_ok(ns, &with_account);
+    assert!(line.contains("in_per_sec"), "{line}");
     // The broker's log never shows a secret.
     let log = broker.stderr();
     assert!(!log.contains(ROOT.1) && !log.contains(TOKEN) && !log.contains(READER.1));
@@ -259,9 +291,24 @@ fn with_acl_the_api_needs_an_account_and_changes_need_an_admin() {
 #[test]
 fn without_acl_cross_site_and_rebound_requests_are_still_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = ServerProcess::broker(dir.path(), &[], &small_store_env());
+    let mut env = small_store_env();
+    env.push(("FERROMQ__HTTP__ALLOWED_HOSTS", "mq.example.com, other.example:1"));
+    let broker = ServerProcess::broker(dir.path(), &[], &env);
     let web = broker.http_addr.as_str();
     ready(web);
+    // Listed names are answered (a name without a port: any port).
+    assert_eq!(
+        call(web, "GET", "/api/topics", &[("Host", "MQ.example.com:8080")], None).0,
+        200
+    );
+    assert_eq!(
+        call(web, "GET", "/api/topics", &[("Host", "other.example:1")], None).0,
+        200
+    );
+    assert_eq!(
+        call(web, "GET", "/api/topics", &[("Host", "other.example:2")], None).0,
+        403
+    );
     let (status, body) = http(web, "POST", "/api/topics", Some(r#"{"topic":"kept","queues":1}"#));
     assert_eq!(status, 201, "{body}");
 
