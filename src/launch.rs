@@ -97,13 +97,8 @@ pub fn run(cfg: Config) -> io::Result<()> {
 }
 
 /// The ACL in force (watched for changes), or why it cannot be loaded.
-pub fn load_acl(cfg: &Config) -> io::Result<crate::acl::Acl> {
-    let acl = crate::acl::Acl::load(&cfg.acl).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    acl.watch(Duration::from_millis(cfg.acl.reload_interval_ms));
-    if acl.enabled() {
-        tracing::info!(file = %cfg.acl.file.display(), accounts = acl.rules().account_count(), "ACL on");
-    }
-    Ok(acl)
+fn load_acl(cfg: &Config) -> io::Result<crate::acl::Acl> {
+    crate::acl::Acl::start(&cfg.acl).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
 }
 
 /// How this broker's own connections (registration, replication, forwarded

@@ -85,6 +85,22 @@ impl Acl {
         Ok(Acl::with(true, path, section.replay_window_ms, rules, bytes))
     }
 
+    /// [`Acl::load`], then [`Acl::watch`] every `reload_interval_ms`; logs
+    /// that access control is on. What a broker and a name server start
+    /// with.
+    pub fn start(section: &AclSection) -> Result<Acl, String> {
+        let acl = Acl::load(section)?;
+        acl.watch(Duration::from_millis(section.reload_interval_ms));
+        if acl.enabled() {
+            tracing::info!(
+                file = %section.file.display(),
+                accounts = acl.rules().account_count(),
+                "ACL on: every request is checked"
+            );
+        }
+        Ok(acl)
+    }
+
     /// Rules from text (tests, in-process users).
     pub fn from_rules(rules: AclRules, window_ms: u64) -> Acl {
         Acl::with(true, PathBuf::new(), window_ms, rules, Vec::new())

@@ -88,7 +88,7 @@ pub fn run_standalone(cfg: Config) -> io::Result<()> {
         // a clean shutdown rather than the default kill.
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
-        let acl = crate::launch::load_acl(&cfg)?;
+        let acl = crate::acl::Acl::start(&cfg.acl).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let tree = crate::observe::ActorTree::default();
         let (addr, _actor) = start_embedded(&cfg.namesrv, opts, handles, &tree, acl).await?;
         let mut stdout = io::stdout().lock();
