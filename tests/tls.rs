@@ -237,6 +237,8 @@ fn brokers_register_and_replicate_over_enforcing_mutual_tls() {
     // (registration, replication) over TLS presenting their certificate.
     let mut env = tls_broker_env(&pki, "enforcing", true);
     env.push(("FERROMQ__BROKER__REGISTER_INTERVAL_MS".into(), "500".into()));
+    // Small segments: the log comparison below reads them whole.
+    env.push(("FERROMQ__STORE__SEGMENT_BYTES".into(), "1048576".into()));
     let start = |name: &str, id: &str| {
         let data = dir.path().join(name);
         let args = [
