@@ -26,7 +26,7 @@
 //!   connections keep their zero-copy vectored writes; the only cost is a
 //!   `match` per poll.
 
-use std::io::{self, BufReader, IoSlice};
+use std::io::{self, IoSlice};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -34,6 +34,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
@@ -70,7 +71,7 @@ fn provider() -> Arc<CryptoProvider> {
 /// Reads every certificate of a PEM file; an error names the file.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let file = std::fs::File::open(path).map_err(|e| format!("TLS certificate file {}: {e}", path.display()))?;
-    let certs = rustls_pemfile::certs(&mut BufReader::new(file))
+    let certs = CertificateDer::pem_reader_iter(file)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("TLS certificate file {}: not valid PEM: {e}", path.display()))?;
     if certs.is_empty() {
@@ -86,9 +87,9 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 /// error names the file.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     let file = std::fs::File::open(path).map_err(|e| format!("TLS key file {}: {e}", path.display()))?;
-    match rustls_pemfile::private_key(&mut BufReader::new(file)) {
-        Ok(Some(key)) => Ok(key),
-        Ok(None) => Err(format!("TLS key file {}: no PEM private key in it", path.display())),
+    match PrivateKeyDer::from_pem_reader(file) {
+        Ok(key) => Ok(key),
+        Err(pem::Error::NoItemsFound) => Err(format!("TLS key file {}: no PEM private key in it", path.display())),
         Err(e) => Err(format!("TLS key file {}: not valid PEM: {e}", path.display())),
     }
 }
