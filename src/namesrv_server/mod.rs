@@ -72,7 +72,8 @@ pub async fn start_embedded(
 /// connections. Connection limits come from the `[broker]` section
 /// (`max_frame_bytes`, `max_inflight_per_connection`, the response budget,
 /// `idle_timeout_ms`, `frame_read_timeout_ms`, `max_connections`); one
-/// network arbiter runs per CPU core.
+/// network arbiter runs per CPU core. Its port speaks TLS as `[tls] mode`
+/// says (`docs/security.md`).
 pub fn run_standalone(cfg: Config) -> io::Result<()> {
     let system = actix_rt::System::new();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
