@@ -191,7 +191,7 @@ pub struct HttpSection {
     /// IP addresses and `localhost` (a request with another `Host` header
     /// is refused: DNS rebinding); `"*"` accepts any. A list, or one
     /// comma-separated string (`FERROMQ__HTTP__ALLOWED_HOSTS`).
-    #[serde(deserialize_with = "crate::http::guard::host_list")]
+    #[serde(deserialize_with = "host_list")]
     pub allowed_hosts: Vec<String>,
 }
 
@@ -614,7 +614,7 @@ impl Config {
                  disk_refuse_ratio <= 1, not {c} / {f} / {r}"
             ));
         }
-        crate::http::guard::check_host_list(&self.http.allowed_hosts).map_err(ConfigError)?;
+        check_host_list(&self.http.allowed_hosts).map_err(ConfigError)?;
         if self.broker.default_topic_queues == 0 || self.broker.default_topic_queues > 1024 {
             return bad("broker.default_topic_queues must be between 1 and 1024");
         }
@@ -671,9 +671,57 @@ impl Config {
     }
 }
 
+/// Checks `[http] allowed_hosts` (a config validation).
+fn check_host_list(list: &[String]) -> Result<(), String> {
+    for entry in list {
+        let e = entry.trim();
+        if e.is_empty() || e.contains('/') || e.contains(char::is_whitespace) {
+            return Err(format!(
+                "http.allowed_hosts: {entry:?} is not a host name or host:port (no scheme, path or spaces)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Deserializes `[http] allowed_hosts` from a list or from one
+/// comma-separated string (as environment variables give it).
+fn host_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Hosts {
+        List(Vec<String>),
+        One(String),
+    }
+    Ok(match Hosts::deserialize(d)? {
+        Hosts::List(l) => l,
+        Hosts::One(s) => s
+            .split(',')
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .collect(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_lists_come_from_a_list_or_a_string() {
+        #[derive(serde::Deserialize)]
+        struct S {
+            #[serde(deserialize_with = "host_list")]
+            h: Vec<String>,
+        }
+        let s: S = serde_json::from_str(r#"{"h": "a.example, b.example:80"}"#).unwrap();
+        assert_eq!(s.h, vec!["a.example", "b.example:80"]);
+        let s: S = serde_json::from_str(r#"{"h": ["c"]}"#).unwrap();
+        assert_eq!(s.h, vec!["c"]);
+        assert!(check_host_list(&["http://x".into()]).is_err());
+        assert!(check_host_list(&["x:1".into(), "*".into()]).is_ok());
+    }
+
 
     #[test]
     fn retention_settings_are_validated() {

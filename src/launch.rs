@@ -98,7 +98,14 @@ pub fn run(cfg: Config) -> io::Result<()> {
 
 /// The ACL in force (watched for changes), or why it cannot be loaded.
 fn load_acl(cfg: &Config) -> io::Result<crate::acl::Acl> {
-    crate::acl::Acl::start(&cfg.acl).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+    let acl = crate::acl::Acl::start(&cfg.acl).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    if acl.enabled() && cfg.acl.access_key.is_empty() {
+        tracing::warn!(
+            "acl.enabled without acl.access_key: this broker's registrations and replication are unsigned, and name \
+             servers and masters with ACL on refuse them"
+        );
+    }
+    Ok(acl)
 }
 
 /// How this broker's own connections (registration, replication, forwarded

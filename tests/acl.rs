@@ -209,8 +209,10 @@ fn request(cmd: Command, caller: Caller, member: &str, broker_name: &str) -> (By
         DeleteTopic => (header(json!({"topic": format!("victim-{tag}")})), none),
         TopicStats | GetRoute => (header(json!({"topic": "orders"})), none),
         JoinGroup => (
-            header(json!({"group": "billing", "client_id": format!("c-{tag}"), "topics": ["orders"],
-                          "session_timeout_ms": 10_000})),
+            header(
+                json!({"group": "billing", "client_id": format!("c-{tag}"), "topics": ["orders"],
+                          "session_timeout_ms": 10_000}),
+            ),
             none,
         ),
         SyncGroup | Heartbeat => (
@@ -219,8 +221,10 @@ fn request(cmd: Command, caller: Caller, member: &str, broker_name: &str) -> (By
         ),
         LeaveGroup => (header(json!({"group": "billing", "member_id": member})), none),
         CommitOffsets => (
-            header(json!({"group": "billing", "offsets": [{"topic": "orders", "broker_name": broker_name,
-                          "queue": 0, "offset": 1 + caller.index()}]})),
+            header(
+                json!({"group": "billing", "offsets": [{"topic": "orders", "broker_name": broker_name,
+                          "queue": 0, "offset": 1 + caller.index()}]}),
+            ),
             none,
         ),
         FetchOffsets => (header(json!({"group": "billing", "topic": "orders"})), none),
@@ -229,10 +233,7 @@ fn request(cmd: Command, caller: Caller, member: &str, broker_name: &str) -> (By
             header(json!({"group": "resetme", "topic": "orders", "to": "latest"})),
             none,
         ),
-        SearchOffset => (
-            header(json!({"topic": "orders", "queue": 0, "timestamp": 0})),
-            none,
-        ),
+        SearchOffset => (header(json!({"topic": "orders", "queue": 0, "timestamp": 0})), none),
         ReceiveMessage => {
             let r = ReceiveRequest {
                 group: "billing".into(),
@@ -258,8 +259,10 @@ fn request(cmd: Command, caller: Caller, member: &str, broker_name: &str) -> (By
             (none, s.encode())
         }
         ReplicaHandshake => (
-            header(json!({"broker_name": broker_name, "broker_id": 7, "addr": "127.0.0.1:1",
-                          "start_offset": 0, "max_offset": 0, "segment_bytes": 1 << 20, "last_records": []})),
+            header(
+                json!({"broker_name": broker_name, "broker_id": 7, "addr": "127.0.0.1:1",
+                          "start_offset": 0, "max_offset": 0, "segment_bytes": 1 << 20, "last_records": []}),
+            ),
             none,
         ),
         ReplicaFetch => (
@@ -268,8 +271,10 @@ fn request(cmd: Command, caller: Caller, member: &str, broker_name: &str) -> (By
         ),
         ReplicaAck => (header(json!({"broker_id": 7, "confirmed": 0})), none),
         RegisterBroker => (
-            header(json!({"cluster": "DefaultCluster", "broker_name": format!("fake-{tag}"), "broker_id": 0,
-                          "addr": "127.0.0.1:1", "topics": {}})),
+            header(
+                json!({"cluster": "DefaultCluster", "broker_name": format!("fake-{tag}"), "broker_id": 0,
+                          "addr": "127.0.0.1:1", "topics": {}}),
+            ),
             none,
         ),
         UnregisterBroker => (
@@ -299,7 +304,12 @@ async fn assert_nothing_denied_changed(admin: &RemotingConnection, caller: Calle
     let tag = caller.tag();
     // The topic it tried to delete is still there unless it may delete.
     let victim = admin
-        .request_raw(Command::TopicStats, header(json!({"topic": format!("victim-{tag}")})), Bytes::new(), t)
+        .request_raw(
+            Command::TopicStats,
+            header(json!({"topic": format!("victim-{tag}")})),
+            Bytes::new(),
+            t,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -309,20 +319,35 @@ async fn assert_nothing_denied_changed(admin: &RemotingConnection, caller: Calle
         victim.error_message()
     );
     let created = admin
-        .request_raw(Command::TopicStats, header(json!({"topic": format!("created-{tag}")})), Bytes::new(), t)
+        .request_raw(
+            Command::TopicStats,
+            header(json!({"topic": format!("created-{tag}")})),
+            Bytes::new(),
+            t,
+        )
         .await
         .unwrap();
     assert_eq!(created.status() == Status::Success, allowed(caller, Need::Admin));
     // Messages stored: exactly the allowed sends so far (one each, queue 0).
     let (_, body) = admin
-        .request(Command::GetOffsets, header(json!({"topic": "orders", "queue": 0})), Bytes::new(), t)
+        .request(
+            Command::GetOffsets,
+            header(json!({"topic": "orders", "queue": 0})),
+            Bytes::new(),
+            t,
+        )
         .await
         .unwrap();
     let offsets: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(offsets["max_offset"], json!(SEEDS + sends_so_far), "after {caller:?}");
     // The group's committed offset is not this caller's unless it may commit.
     let (_, body) = admin
-        .request(Command::FetchOffsets, header(json!({"group": "billing", "topic": "orders"})), Bytes::new(), t)
+        .request(
+            Command::FetchOffsets,
+            header(json!({"group": "billing", "topic": "orders"})),
+            Bytes::new(),
+            t,
+        )
         .await
         .unwrap();
     let committed: Value = serde_json::from_slice(&body).unwrap();
@@ -331,10 +356,19 @@ async fn assert_nothing_denied_changed(admin: &RemotingConnection, caller: Calle
         .and_then(|a| a.iter().find(|o| o["queue"] == json!(0)))
         .map(|o| o["offset"].as_u64().unwrap_or(0))
         .unwrap_or(0);
-    assert_eq!(q0 == 1 + caller.index(), allowed(caller, Need::Sub), "billing offset {q0} after {caller:?}");
+    assert_eq!(
+        q0 == 1 + caller.index(),
+        allowed(caller, Need::Sub),
+        "billing offset {q0} after {caller:?}"
+    );
     // resetme's offset moves only by an admin's reset.
     let (_, body) = admin
-        .request(Command::FetchOffsets, header(json!({"group": "resetme", "topic": "orders"})), Bytes::new(), t)
+        .request(
+            Command::FetchOffsets,
+            header(json!({"group": "resetme", "topic": "orders"})),
+            Bytes::new(),
+            t,
+        )
         .await
         .unwrap();
     let reset: Value = serde_json::from_slice(&body).unwrap();
@@ -343,7 +377,11 @@ async fn assert_nothing_denied_changed(admin: &RemotingConnection, caller: Calle
         .and_then(|a| a.iter().find(|o| o["queue"] == json!(0)))
         .map(|o| o["offset"].as_u64().unwrap_or(0))
         .unwrap_or(0);
-    assert_eq!(at == 0, !allowed(caller, Need::Admin), "resetme at {at} after {caller:?}");
+    assert_eq!(
+        at == 0,
+        !allowed(caller, Need::Admin),
+        "resetme at {at} after {caller:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -359,16 +397,27 @@ async fn every_command_answers_each_caller_as_the_rules_say_and_refusals_change_
         .chain(Caller::ALL.iter().map(|c| format!("victim-{}", c.tag())))
     {
         admin
-            .request(Command::CreateTopic, header(json!({"topic": topic, "queues": 2})), Bytes::new(), t)
+            .request(
+                Command::CreateTopic,
+                header(json!({"topic": topic, "queues": 2})),
+                Bytes::new(),
+                t,
+            )
             .await
             .unwrap();
     }
     for _ in 0..SEEDS {
-        admin.request(Command::SendMessage, Bytes::new(), send_body("orders", "seed"), t).await.unwrap();
+        admin
+            .request(Command::SendMessage, Bytes::new(), send_body("orders", "seed"), t)
+            .await
+            .unwrap();
     }
     let commit = json!({"group": "resetme", "offsets": [{"topic": "orders", "broker_name": "broker-a",
                         "queue": 0, "offset": 0}]});
-    admin.request(Command::CommitOffsets, header(commit), Bytes::new(), t).await.unwrap();
+    admin
+        .request(Command::CommitOffsets, header(commit), Bytes::new(), t)
+        .await
+        .unwrap();
 
     let mut sends = 0u64;
     let mut checked = 0usize;
@@ -377,7 +426,11 @@ async fn every_command_answers_each_caller_as_the_rules_say_and_refusals_change_
         let ns_conn = connect(&broker.namesrv_addr, caller).await;
         let mut member = "no-member".to_string();
         for cmd in every_command() {
-            let conn = if is_namesrv_command(cmd) { &ns_conn } else { &broker_conn };
+            let conn = if is_namesrv_command(cmd) {
+                &ns_conn
+            } else {
+                &broker_conn
+            };
             let (h, b) = request(cmd, caller, &member, "broker-a");
             let answer: Frame = conn.request_raw(cmd, h, b, t).await.unwrap();
             let denied = answer.status() == Status::AccessDenied;
@@ -482,7 +535,10 @@ fn the_cli_signs_says_access_denied_and_reloaded_rules_and_whitelists_take_effec
     let out = cli_as(&ns, producer, &["produce", "--topic", "late"], b"x\n");
     assert!(!out.status.success());
     let err = stderr_of(&out);
-    assert!(err.contains("access denied") && err.contains("PUB on topic late"), "{err}");
+    assert!(
+        err.contains("access denied") && err.contains("PUB on topic late"),
+        "{err}"
+    );
     let out = cli_as(&ns, producer, &["consume", "--topic", "orders", "--count", "1"], b"");
     assert!(!out.status.success());
     assert!(stderr_of(&out).contains("SUB on topic orders"), "{}", stderr_of(&out));
@@ -495,22 +551,34 @@ fn the_cli_signs_says_access_denied_and_reloaded_rules_and_whitelists_take_effec
     );
     assert!(out.status.success(), "{}", stderr_of(&out));
     // Internal topics are the broker's, even for an admin.
-    let out = cli_as(&ns, Some(ROOT), &["produce", "--topic", "__consumer_offsets"], b"forged\n");
+    let out = cli_as(
+        &ns,
+        Some(ROOT),
+        &["produce", "--topic", "__consumer_offsets"],
+        b"forged\n",
+    );
     assert!(!out.status.success());
     assert!(stderr_of(&out).contains("internal"), "{}", stderr_of(&out));
     let out = cli_as(&ns, Some(ROOT), &["topic", "delete", "__delay"], b"");
     assert!(!out.status.success());
 
     // Reload: grant PUB on late; the change takes effect without a restart.
-    let granted = ACL_FILE.replace(r#"topic_perms = ["orders=PUB"]"#, r#"topic_perms = ["orders=PUB", "late=PUB"]"#);
+    let granted = ACL_FILE.replace(
+        r#"topic_perms = ["orders=PUB"]"#,
+        r#"topic_perms = ["orders=PUB", "late=PUB"]"#,
+    );
     std::fs::write(&acl, &granted).unwrap();
     let took = wait_until(Duration::from_secs(10), || {
-        cli_as(&ns, producer, &["produce", "--topic", "late"], b"x\n").status.success()
+        cli_as(&ns, producer, &["produce", "--topic", "late"], b"x\n")
+            .status
+            .success()
     });
     assert!(took, "the new permission never took effect");
     // A broken file changes nothing (and the broker says why).
     std::fs::write(&acl, "[[accounts]\nthis is not toml").unwrap();
-    assert!(wait_until(Duration::from_secs(10), || broker.stderr().contains("does not parse")));
+    assert!(wait_until(Duration::from_secs(10), || broker
+        .stderr()
+        .contains("does not parse")));
     let out = cli_as(&ns, producer, &["produce", "--topic", "late"], b"y\n");
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert!(!cli_as(&ns, None, &["topic", "list"], b"").status.success());
@@ -548,26 +616,40 @@ async fn name_servers_refuse_strangers_and_impostors() {
     let broker = start_broker(&dir.path().join("data"), &acl, &[]);
     let t = Duration::from_secs(5);
     let impostor = |id: u64| {
-        header(json!({"cluster": "DefaultCluster", "broker_name": "broker-a", "broker_id": id,
-                      "addr": "127.0.0.1:1", "topics": {"orders": {"queues": 4}}}))
+        header(
+            json!({"cluster": "DefaultCluster", "broker_name": "broker-a", "broker_id": id,
+                      "addr": "127.0.0.1:1", "topics": {"orders": {"queues": 4}}}),
+        )
     };
     // Anonymous and non-admin registrations are refused.
     for caller in [Caller::Anonymous, Caller::NonAdmin] {
         let conn = connect(&broker.namesrv_addr, caller).await;
-        let answer = conn.request_raw(Command::RegisterBroker, impostor(0), Bytes::new(), t).await.unwrap();
+        let answer = conn
+            .request_raw(Command::RegisterBroker, impostor(0), Bytes::new(), t)
+            .await
+            .unwrap();
         assert_eq!(answer.status(), Status::AccessDenied, "{caller:?}");
         let unreg = header(json!({"cluster": "DefaultCluster", "broker_name": "broker-a", "broker_id": 0}));
-        let answer = conn.request_raw(Command::UnregisterBroker, unreg, Bytes::new(), t).await.unwrap();
+        let answer = conn
+            .request_raw(Command::UnregisterBroker, unreg, Bytes::new(), t)
+            .await
+            .unwrap();
         assert_eq!(answer.status(), Status::AccessDenied, "{caller:?}");
     }
     // Even with a broker account, a live master is not replaced.
     let root = connect(&broker.namesrv_addr, Caller::Admin).await;
-    let answer = root.request_raw(Command::RegisterBroker, impostor(0), Bytes::new(), t).await.unwrap();
+    let answer = root
+        .request_raw(Command::RegisterBroker, impostor(0), Bytes::new(), t)
+        .await
+        .unwrap();
     assert_eq!(answer.status(), Status::AccessDenied);
     assert!(answer.error_message().contains("alive"), "{}", answer.error_message());
     assert!(broker.stderr().contains("registration refused"));
     // Routes still name the real broker.
-    let (_, body) = root.request(Command::GetClusterInfo, Bytes::new(), Bytes::new(), t).await.unwrap();
+    let (_, body) = root
+        .request(Command::GetClusterInfo, Bytes::new(), Bytes::new(), t)
+        .await
+        .unwrap();
     let info: Value = serde_json::from_slice(&body).unwrap();
     let addrs: Vec<String> = info["brokers"]
         .as_array()
@@ -575,7 +657,7 @@ async fn name_servers_refuse_strangers_and_impostors() {
         .iter()
         .map(|b| b["addr"].as_str().unwrap_or("").to_string())
         .collect();
-    assert_eq!(addrs, [broker.broker_addr.clone()]);
+    assert_eq!(addrs, std::slice::from_ref(&broker.broker_addr));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -591,26 +673,49 @@ async fn without_acl_internal_topics_and_live_brokers_are_still_protected() {
             .unwrap();
         assert_eq!(a.status(), Status::InternalTopic, "{topic}: {}", a.error_message());
         let a = conn
-            .request_raw(Command::CreateTopic, header(json!({"topic": topic, "queues": 64})), Bytes::new(), t)
+            .request_raw(
+                Command::CreateTopic,
+                header(json!({"topic": topic, "queues": 64})),
+                Bytes::new(),
+                t,
+            )
             .await
             .unwrap();
         assert_eq!(a.status(), Status::InternalTopic, "{topic}");
-        let a = conn.request_raw(Command::SendMessage, Bytes::new(), send_body(topic, "forged"), t).await.unwrap();
+        let a = conn
+            .request_raw(Command::SendMessage, Bytes::new(), send_body(topic, "forged"), t)
+            .await
+            .unwrap();
         assert_eq!(a.status(), Status::InternalTopic, "{topic}");
     }
     // The offsets topic is intact: a commit survives.
     let commit = json!({"group": "g", "offsets": [{"topic": "t", "broker_name": "broker-a", "queue": 0, "offset": 1}]});
-    conn.request(Command::CreateTopic, header(json!({"topic": "t", "queues": 1})), Bytes::new(), t)
+    conn.request(
+        Command::CreateTopic,
+        header(json!({"topic": "t", "queues": 1})),
+        Bytes::new(),
+        t,
+    )
+    .await
+    .unwrap();
+    conn.request(Command::SendMessage, Bytes::new(), send_body("t", "one"), t)
         .await
         .unwrap();
-    conn.request(Command::SendMessage, Bytes::new(), send_body("t", "one"), t).await.unwrap();
-    let a = conn.request_raw(Command::CommitOffsets, header(commit), Bytes::new(), t).await.unwrap();
+    let a = conn
+        .request_raw(Command::CommitOffsets, header(commit), Bytes::new(), t)
+        .await
+        .unwrap();
     assert_eq!(a.status(), Status::Success, "{}", a.error_message());
     // A fake master from another address is refused while the real one lives.
     let ns = connect(&broker.namesrv_addr, Caller::Anonymous).await;
-    let fake = header(json!({"cluster": "DefaultCluster", "broker_name": "broker-a", "broker_id": 0,
-                             "addr": "127.0.0.1:1", "topics": {"t": {"queues": 1}}}));
-    let a = ns.request_raw(Command::RegisterBroker, fake, Bytes::new(), t).await.unwrap();
+    let fake = header(
+        json!({"cluster": "DefaultCluster", "broker_name": "broker-a", "broker_id": 0,
+                             "addr": "127.0.0.1:1", "topics": {"t": {"queues": 1}}}),
+    );
+    let a = ns
+        .request_raw(Command::RegisterBroker, fake, Bytes::new(), t)
+        .await
+        .unwrap();
     assert_eq!(a.status(), Status::AccessDenied, "{}", a.error_message());
     let acks = produce(&broker.namesrv_addr, "t", &[], &["m1".to_string(), "m2".to_string()]);
     assert_eq!(acks.len(), 2);

@@ -68,7 +68,11 @@ fn a_cluster_with_acl_registers_replicates_and_serves_only_the_allowed_even_afte
 
     // The application account sends through the name servers to both groups.
     let lines: String = (0..200).map(|i| format!("m{i}\n")).collect();
-    let out = run(&ns, &as_account(&["produce", "--topic", "orders"], "app", "app-secret-00001"), lines.as_bytes());
+    let out = run(
+        &ns,
+        &as_account(&["produce", "--topic", "orders"], "app", "app-secret-00001"),
+        lines.as_bytes(),
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert_eq!(parse_acks(&stdout).len(), 200);
@@ -94,7 +98,9 @@ fn a_cluster_with_acl_registers_replicates_and_serves_only_the_allowed_even_afte
     let out = run(
         &ns,
         &as_account(
-            &["consume", "--topic", "orders", "--count", "200", "--from", "earliest", "--format", "json"],
+            &[
+                "consume", "--topic", "orders", "--count", "200", "--from", "earliest", "--format", "json",
+            ],
             "app",
             "app-secret-00001",
         ),
@@ -106,7 +112,11 @@ fn a_cluster_with_acl_registers_replicates_and_serves_only_the_allowed_even_afte
     // Still refused for a reader without SUB on orders.
     let out = run(
         &ns,
-        &as_account(&["consume", "--topic", "orders", "--count", "1", "--from", "earliest"], "reader", "reader-secret-01"),
+        &as_account(
+            &["consume", "--topic", "orders", "--count", "1", "--from", "earliest"],
+            "reader",
+            "reader-secret-01",
+        ),
         b"",
     );
     assert!(!out.status.success());

@@ -84,7 +84,7 @@ impl ResourcePerms {
                 None => return Err(format!("{what}: {entry:?} names no resource")),
             }
         }
-        out.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        out.prefixes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         Ok(out)
     }
 

@@ -36,7 +36,6 @@ use actix_web::middleware::{DefaultHeaders, Next};
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse};
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use serde::Deserialize;
 use serde_json::json;
 use sha2::Sha256;
 
@@ -222,38 +221,6 @@ fn split_host(text: &str) -> (&str, Option<u16>) {
         // Several colons: a bare IPv6 address.
         _ => (text, None),
     }
-}
-
-/// Checks `[http] allowed_hosts` (a config validation).
-pub fn check_host_list(list: &[String]) -> Result<(), String> {
-    for entry in list {
-        let e = entry.trim();
-        if e.is_empty() || e.contains('/') || e.contains(char::is_whitespace) {
-            return Err(format!(
-                "http.allowed_hosts: {entry:?} is not a host name or host:port (no scheme, path or spaces)"
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Deserializes `[http] allowed_hosts` from a list or from one
-/// comma-separated string (as environment variables give it).
-pub fn host_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Hosts {
-        List(Vec<String>),
-        One(String),
-    }
-    Ok(match Hosts::deserialize(d)? {
-        Hosts::List(l) => l,
-        Hosts::One(s) => s
-            .split(',')
-            .map(|h| h.trim().to_string())
-            .filter(|h| !h.is_empty())
-            .collect(),
-    })
 }
 
 /// The headers every response carries: no framing (clickjacking), no
@@ -586,21 +553,6 @@ mod tests {
         assert_eq!(admin_task(&Method::DELETE, "/api/topics/t"), "delete topics");
         assert_eq!(admin_task(&Method::POST, "/api/dlq/g/resend"), "resend dead letters");
         assert_eq!(admin_task(&Method::PUT, "/x"), "change state through the HTTP API");
-    }
-
-    #[test]
-    fn host_lists_come_from_a_list_or_a_string() {
-        #[derive(Deserialize)]
-        struct S {
-            #[serde(deserialize_with = "host_list")]
-            h: Vec<String>,
-        }
-        let s: S = serde_json::from_str(r#"{"h": "a.example, b.example:80"}"#).unwrap();
-        assert_eq!(s.h, vec!["a.example", "b.example:80"]);
-        let s: S = serde_json::from_str(r#"{"h": ["c"]}"#).unwrap();
-        assert_eq!(s.h, vec!["c"]);
-        assert!(check_host_list(&["http://x".into()]).is_err());
-        assert!(check_host_list(&["x:1".into(), "*".into()]).is_ok());
     }
 
     #[test]
