@@ -76,9 +76,10 @@ impl ClientError {
 /// a fresh lookup) and a group rebalancing. Everything else — invalid
 /// argument, malformed frame, unsupported version, frame too large, unknown
 /// command, unknown topic (brokers not creating topics), message not found,
-/// group membership errors, and slave not available (a sync-replication
-/// send stored on the master that no slave confirmed in time: a retry
-/// could store it twice) — is permanent.
+/// group membership errors, access denied and internal topic (the same
+/// account gets the same answer everywhere), and slave not available (a
+/// sync-replication send stored on the master that no slave confirmed in
+/// time: a retry could store it twice) — is permanent.
 pub fn transient_status(status: Status) -> bool {
     match status {
         Status::SystemError
@@ -145,6 +146,8 @@ mod tests {
             Status::UnknownCommand,
             Status::UnsupportedVersion,
             Status::SlaveNotAvailable,
+            Status::AccessDenied,
+            Status::InternalTopic,
         ] {
             assert!(!server(s).is_transient(), "{s:?}");
         }
