@@ -60,9 +60,11 @@ const REFUSE_LINGER: Duration = Duration::from_secs(1);
 const REFUSE_MAX_BYTES: usize = 1 << 20;
 
 /// The message a plain client shows when a server closed its connection
-/// without answering anything: the usual cause is a port that requires TLS.
+/// without answering anything: the usual cause is a port that requires TLS
+/// (the other one a server at its connection limit).
 pub const TLS_REQUIRED_HINT: &str =
-    "the server closed the connection without answering: it may require TLS (retry with --tls, and --tls-ca FILE for a private CA)";
+    "the server closed the connection without answering: it may require TLS (retry with \
+     --tls, and --tls-ca FILE for a private CA), or be at its connection limit";
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -282,10 +284,11 @@ pub async fn sniff(tcp: &TcpStream, timeout: Duration) -> io::Result<Sniffed> {
     }
 }
 
-/// Closes a plain connection refused by an `enforcing` port cleanly: sends
-/// a FIN (no byte written) and reads what the client sends until it closes
-/// too (at most [`REFUSE_LINGER`]), so that no reset destroys the FIN.
-async fn refuse_plain(mut tcp: TcpStream) {
+/// Closes a refused connection cleanly (a plain client on an `enforcing`
+/// port, a failed handshake): sends a FIN after what was already written
+/// and reads what the client sends until it closes too (at most
+/// [`REFUSE_LINGER`]), so that no reset destroys what was sent.
+async fn close_cleanly(mut tcp: TcpStream) {
     let _ = tcp.shutdown().await;
     let mut scratch = [0u8; 4096];
     let mut read = 0usize;
@@ -369,17 +372,25 @@ impl ServerTls {
             )),
             Sniffed::Plain if self.mode == TlsMode::Permissive => Ok(Stream::Plain(tcp)),
             Sniffed::Plain => {
-                refuse_plain(tcp).await;
+                close_cleanly(tcp).await;
                 Err(io::Error::new(
                     io::ErrorKind::PermissionDenied,
                     "plain connection refused: this port requires TLS",
                 ))
             }
-            Sniffed::Tls => match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => Ok(Stream::Tls(Box::new(tls.into()))),
-                Ok(Err(e)) => Err(io::Error::new(e.kind(), format!("TLS handshake failed: {e}"))),
-                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")),
-            },
+            Sniffed::Tls => {
+                let handshake = self.acceptor.accept(tcp).into_fallible();
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                    Ok(Ok(tls)) => Ok(Stream::Tls(Box::new(tls.into()))),
+                    Ok(Err((e, tcp))) => {
+                        // The alert (e.g. "certificate required") is sent;
+                        // close without a reset so the client reads it.
+                        close_cleanly(tcp).await;
+                        Err(io::Error::new(e.kind(), format!("TLS handshake failed: {e}")))
+                    }
+                    Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")),
+                }
+            }
         }
     }
 }

@@ -153,6 +153,7 @@ impl RemotingConnection {
         tokio::spawn(async move {
             let mut buf = BytesMut::with_capacity(64 * 1024);
             let mut received = false;
+            let mut eof = false;
             'read: loop {
                 loop {
                     match Frame::parse(&mut buf, CLIENT_MAX_FRAME_BYTES) {
@@ -187,7 +188,10 @@ impl RemotingConnection {
                     }
                 }
                 match reader.read_buf(&mut buf).await {
-                    Ok(0) => break,
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
                     Ok(_) => received = true,
                     Err(e) => {
                         // A TLS alert (e.g. a client certificate the
@@ -201,10 +205,10 @@ impl RemotingConnection {
                     }
                 }
             }
-            // A plain connection the server closed without a byte while
-            // requests waited: most likely a port that requires TLS (it
-            // closes plain clients without answering).
-            if plain && !received && pending_r.lock().is_ok_and(|p| !p.is_empty()) {
+            // A plain connection the server closed (an orderly close, not a
+            // reset) without a byte while requests waited: most likely a
+            // port that requires TLS (it closes plain clients so).
+            if plain && eof && !received && pending_r.lock().is_ok_and(|p| !p.is_empty()) {
                 if let Ok(mut r) = close_reason_r.lock() {
                     *r = Some(crate::tls::TLS_REQUIRED_HINT.to_string());
                 }
@@ -265,6 +269,14 @@ impl RemotingConnection {
             .lock()
             .map_err(|_| ClientError::Closed(self.addr.clone()))?
             .insert(id, tx);
+        // Closed before the request was registered (e.g. a TLS alert right
+        // after the handshake): the reader will not fail it, so fail now.
+        if self.closed.load(Ordering::Acquire) {
+            if let Ok(mut p) = self.pending.lock() {
+                p.remove(&id);
+            }
+            return Err(self.closed_error());
+        }
         let mut frame = Frame::request(cmd, id, header, body);
         self.options.sign(&mut frame);
         let result = tokio::time::timeout(timeout, async {
