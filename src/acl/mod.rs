@@ -170,18 +170,31 @@ impl Acl {
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         let spawned = std::thread::Builder::new()
             .name("ferromq-acl-watch".into())
-            .spawn(move || loop {
-                std::thread::sleep(interval);
-                let Some(inner) = weak.upgrade() else { return };
-                let acl = Acl { inner };
-                match acl.reload() {
-                    Ok(true) => tracing::info!(
-                        file = %acl.inner.path.display(),
-                        accounts = acl.rules().account_count(),
-                        "ACL file changed: new rules in force"
-                    ),
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!("{e}; the previous ACL rules stay in force"),
+            .spawn(move || {
+                // One warning per distinct problem, not one per interval
+                // (a file being replaced may be missing for a moment).
+                let mut last_problem: Option<String> = None;
+                loop {
+                    std::thread::sleep(interval);
+                    let Some(inner) = weak.upgrade() else { return };
+                    let acl = Acl { inner };
+                    match acl.reload() {
+                        Ok(changed) => {
+                            if changed {
+                                tracing::info!(
+                                    file = %acl.inner.path.display(),
+                                    accounts = acl.rules().account_count(),
+                                    "ACL file changed: new rules in force"
+                                );
+                            }
+                            last_problem = None;
+                        }
+                        Err(e) if last_problem.as_deref() != Some(e.as_str()) => {
+                            tracing::warn!("{e}; the previous ACL rules stay in force");
+                            last_problem = Some(e);
+                        }
+                        Err(_) => {}
+                    }
                 }
             });
         if let Err(e) = spawned {
