@@ -437,7 +437,9 @@ impl StoreSection {
         let Some(h) = &self.delete_when else { return Ok(None) };
         let h = h.trim();
         match h.parse::<u8>() {
-            Ok(n) if n < 24 && h.len() == 2 => Ok(Some(n)),
+            // One digit too: `FERROMQ__STORE__DELETE_WHEN=04` reaches here as
+            // "4" (environment values that look like numbers are parsed).
+            Ok(n) if n < 24 && (1..=2).contains(&h.len()) => Ok(Some(n)),
             _ => Err(ConfigError(format!(
                 "store.delete_when must be an hour of day \"00\"..\"23\", not {h:?}"
             ))),
@@ -730,7 +732,9 @@ mod tests {
         cfg.store.delete_when = Some("04".into());
         assert_eq!(cfg.store.delete_hour().unwrap(), Some(4));
         assert!(cfg.validate().is_ok());
-        for bad in ["24", "4", "4am", ""] {
+        cfg.store.delete_when = Some("4".into());
+        assert_eq!(cfg.store.delete_hour().unwrap(), Some(4));
+        for bad in ["24", "004", "4am", ""] {
             cfg.store.delete_when = Some(bad.into());
             let err = cfg.validate().unwrap_err().to_string();
             assert!(err.contains("store.delete_when"), "{err}");
