@@ -403,8 +403,10 @@ pub async fn serve(
                         match stream {
                             Ok(stream) => run_session(stream, peer, handler, opts).await,
                             Err(e) => {
-                                tracing::debug!(%peer, role, error = %e, "connection refused by TLS");
-                                metrics::counter!("ferromq_tls_refused_total", "role" => role).increment(1);
+                                let reason = crate::tls::refusal_reason(&e);
+                                tracing::debug!(%peer, role, reason, error = %e, "connection refused by TLS");
+                                metrics::counter!("ferromq_tls_refused_total", "role" => role, "reason" => reason)
+                                    .increment(1);
                             }
                         }
                         crate::observe::totals::connections(role, -1);
