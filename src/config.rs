@@ -724,7 +724,6 @@ mod tests {
         assert!(check_host_list(&["x:1".into(), "*".into()]).is_ok());
     }
 
-
     #[test]
     fn retention_settings_are_validated() {
         let mut cfg = Config::default();

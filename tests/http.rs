@@ -63,7 +63,15 @@ fn metrics_follow_what_is_sent_and_consumed() {
     assert!(metric_sum(&sent, "ferromq_store_commitlog_bytes", &[]) >= bytes);
     assert!(metric_sum(&sent, "ferromq_store_segments", &[]) >= 1.0);
     assert!(metric_sum(&sent, "ferromq_store_disk_usage_bytes", &[]) > 0.0);
-    assert!(metric_sum(&sent, "ferromq_process_rss_bytes", &[]) > 1e6);
+    let rss = metric_sum(&sent, "ferromq_process_rss_bytes", &[]);
+    let anon = metric_sum(&sent, "ferromq_process_rss_anon_bytes", &[]);
+    let file = metric_sum(&sent, "ferromq_process_rss_file_bytes", &[]);
+    assert!(
+        rss > 1e6 && anon > 1e6 && file > 0.0,
+        "rss {rss} anon {anon} file {file}"
+    );
+    // Mapped store pages are counted apart from the broker's own memory.
+    assert!(anon + file <= rss * 1.05 + 1e6, "rss {rss} anon {anon} file {file}");
     assert!(metric_sum(&sent, "ferromq_store_flush_seconds_count", &[]) > 0.0);
     assert!(
         metric_sum(
@@ -171,6 +179,8 @@ fn metrics_follow_what_is_sent_and_consumed() {
     let lines: Vec<Value> = stats.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2, "{stats}");
     assert_eq!(lines[1]["lag"]["readers"], 0, "{stats}");
+    assert!(lines[1]["rss_anon_bytes"].as_u64().unwrap_or(0) > 0, "{stats}");
+    assert!(lines[1]["rss_file_bytes"].as_u64().is_some(), "{stats}");
     let bad = cli(ns, &["cluster", "--http", "127.0.0.1:1"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("127.0.0.1:1"));

@@ -233,16 +233,18 @@ pub async fn stats(a: StatsArgs) -> CliResult {
             let (rin, rout) = (rate("messages_in_total"), rate("messages_out_total"));
             let conns = &o["connections"]["broker"];
             let rss = o["rss_bytes"].as_f64().unwrap_or(0.0) / 1048576.0;
+            let anon = o["rss_anon_bytes"].as_f64().unwrap_or(0.0) / 1048576.0;
             match a.format {
                 Format::Json => outln!(
                     "{}",
                     serde_json::json!({"in_per_sec": rin, "out_per_sec": rout, "connections": conns,
-                        "rss_bytes": o["rss_bytes"], "lag": lags})
+                        "rss_bytes": o["rss_bytes"], "rss_anon_bytes": o["rss_anon_bytes"],
+                        "rss_file_bytes": o["rss_file_bytes"], "lag": lags})
                 ),
                 Format::Text => {
                     let lag: Vec<String> = lags.iter().map(|(g, l)| format!("{g}={l}")).collect();
                     outln!(
-                        "in {rin:.0}/s out {rout:.0}/s connections {conns} rss {rss:.1}MiB lag {}",
+                        "in {rin:.0}/s out {rout:.0}/s connections {conns} rss {rss:.1}MiB anon {anon:.1}MiB lag {}",
                         if lag.is_empty() { "-".to_string() } else { lag.join(" ") }
                     );
                 }

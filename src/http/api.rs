@@ -112,6 +112,7 @@ async fn overview(state: web::Data<HttpState>, caller: Caller) -> HttpResponse {
         .into_iter()
         .map(|(r, n)| (r.as_str().to_string(), n.into()))
         .collect();
+    let memory = metrics::process_memory();
     HttpResponse::Ok().json(json!({
         "broker": {"name": state.broker_name, "addr": state.broker_addr},
         "namesrv": state.namesrv_addrs,
@@ -122,7 +123,9 @@ async fn overview(state: web::Data<HttpState>, caller: Caller) -> HttpResponse {
         "clients": clients,
         "messages_in_total": messages_in,
         "messages_out_total": messages_out,
-        "rss_bytes": metrics::process_rss_bytes(),
+        "rss_bytes": memory.rss,
+        "rss_anon_bytes": memory.anon,
+        "rss_file_bytes": memory.file,
         "store": crate::render::store_json(&state.core.store_usage()),
         "time_ms": crate::clock::now_millis(),
     }))
