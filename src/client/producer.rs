@@ -266,14 +266,42 @@ impl Producer {
     /// Sends without waiting for (or getting) an acknowledgement.
     pub async fn send_oneway(&self, msg: Message) -> ClientResult<()> {
         validate(&msg)?;
-        let queues = self.core.writable_queues(&msg.topic).await?;
+        let topic = msg.topic.clone();
+        self.oneway_entries(&topic, vec![entry(msg)], Selector::RoundRobin)
+            .await
+    }
+
+    /// Like [`Producer::send_oneway`], to the queue `sharding_key` hashes
+    /// to (the queue [`Producer::send_ordered`] picks for that key).
+    pub async fn send_oneway_ordered(&self, msg: Message, sharding_key: &str) -> ClientResult<()> {
+        validate(&msg)?;
+        let topic = msg.topic.clone();
+        let sel = Selector::Key(sharding_hash(sharding_key));
+        self.oneway_entries(&topic, vec![entry(msg)], sel).await
+    }
+
+    /// Sends messages of one topic as one batch to one queue without
+    /// waiting for (or getting) an acknowledgement: to the queue
+    /// `sharding_key` hashes to, or round-robin without one.
+    pub async fn send_batch_oneway(&self, msgs: Vec<Message>, sharding_key: Option<&str>) -> ClientResult<()> {
+        let topic = batch_topic(&msgs)?;
+        for m in &msgs {
+            validate(m)?;
+        }
+        let sel = sharding_key.map_or(Selector::RoundRobin, |k| Selector::Key(sharding_hash(k)));
+        self.oneway_entries(&topic, msgs.into_iter().map(entry).collect(), sel)
+            .await
+    }
+
+    async fn oneway_entries(&self, topic: &str, entries: Vec<SendEntry>, sel: Selector) -> ClientResult<()> {
+        let queues = self.core.writable_queues(topic).await?;
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let q = pick(&queues, Selector::RoundRobin, start, None, &|a| self.core.is_down(a))
-            .ok_or_else(|| ClientError::NoRoute(format!("topic {} has no queue", msg.topic)))?;
+        let q = pick(&queues, sel, start, None, &|a| self.core.is_down(a))
+            .ok_or_else(|| ClientError::NoRoute(format!("topic {topic} has no queue")))?;
         let req = SendRequest {
-            topic: msg.topic.clone(),
+            topic: topic.to_string(),
             queue_id: q.queue_id,
-            entries: vec![entry(msg)],
+            entries,
         };
         check_frame_size(&req, self.core.cfg.max_frame_bytes)?;
         self.core
@@ -286,15 +314,18 @@ impl Producer {
     /// Sends messages of one topic as one batch to one queue; they are
     /// stored contiguously in order.
     pub async fn send_batch(&self, msgs: Vec<Message>) -> ClientResult<Vec<SendResult>> {
-        let Some(topic) = msgs.first().map(|m| m.topic.clone()) else {
-            return Err(ClientError::Invalid("a batch needs at least one message".into()));
-        };
-        if msgs.iter().any(|m| m.topic != topic) {
-            return Err(ClientError::Invalid(
-                "every message of a batch must have the same topic".into(),
-            ));
-        }
+        let topic = batch_topic(&msgs)?;
         self.send_entries(&topic, msgs.into_iter().map(entry).collect(), Selector::RoundRobin)
+            .await
+    }
+
+    /// Like [`Producer::send_batch`], to the queue `sharding_key` hashes to
+    /// (the queue [`Producer::send_ordered`] picks for that key), so
+    /// batches and single messages of one key stay in order.
+    pub async fn send_batch_ordered(&self, msgs: Vec<Message>, sharding_key: &str) -> ClientResult<Vec<SendResult>> {
+        let topic = batch_topic(&msgs)?;
+        let sel = Selector::Key(sharding_hash(sharding_key));
+        self.send_entries(&topic, msgs.into_iter().map(entry).collect(), sel)
             .await
     }
 
@@ -516,6 +547,19 @@ impl Producer {
 fn one(mut v: Vec<SendResult>) -> ClientResult<SendResult> {
     v.pop()
         .ok_or_else(|| ClientError::Invalid("empty acknowledgement".into()))
+}
+
+/// The one topic of a non-empty batch.
+fn batch_topic(msgs: &[Message]) -> ClientResult<String> {
+    let Some(topic) = msgs.first().map(|m| m.topic.clone()) else {
+        return Err(ClientError::Invalid("a batch needs at least one message".into()));
+    };
+    if msgs.iter().any(|m| m.topic != topic) {
+        return Err(ClientError::Invalid(
+            "every message of a batch must have the same topic".into(),
+        ));
+    }
+    Ok(topic)
 }
 
 fn validate(msg: &Message) -> ClientResult<()> {
