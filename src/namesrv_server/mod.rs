@@ -162,6 +162,19 @@ mod tests {
         Arc::new(|| BTreeMap::from([("orders".to_string(), TopicInfo { queues: 4 })]))
     }
 
+    /// A name server (ACL off) on a free port, on the current arbiter.
+    async fn start_test_namesrv(cfg: &NamesrvSection) -> (SocketAddr, Addr<NameServer>) {
+        start_embedded(
+            cfg,
+            opts(),
+            Vec::new(),
+            &Default::default(),
+            crate::acl::Acl::disabled(),
+        )
+        .await
+        .unwrap()
+    }
+
     async fn connect(addr: SocketAddr) -> RemotingConnection {
         RemotingConnection::connect(&addr.to_string(), WAIT, None)
             .await
@@ -176,15 +189,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn broker_registers_and_clients_read_routes() {
-        let (ns_addr, _ns) = start_embedded(
-            &section(60_000, 1_000),
-            opts(),
-            Vec::new(),
-            &Default::default(),
-            crate::acl::Acl::disabled(),
-        )
-        .await
-        .unwrap();
+        let (ns_addr, _ns) = start_test_namesrv(&section(60_000, 1_000)).await;
         let client = NameServerClient::new(
             vec![ns_addr.to_string()],
             identity(),
@@ -256,15 +261,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn bad_requests_are_answered_not_dropped() {
-        let (ns_addr, _ns) = start_embedded(
-            &section(60_000, 1_000),
-            opts(),
-            Vec::new(),
-            &Default::default(),
-            crate::acl::Acl::disabled(),
-        )
-        .await
-        .unwrap();
+        let (ns_addr, _ns) = start_test_namesrv(&section(60_000, 1_000)).await;
         let conn = connect(ns_addr).await;
         let status = |cmd, header: &'static [u8]| {
             let conn = conn.clone();
@@ -317,15 +314,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn silent_broker_expires() {
-        let (_, ns) = start_embedded(
-            &section(300, 50),
-            opts(),
-            Vec::new(),
-            &Default::default(),
-            crate::acl::Acl::disabled(),
-        )
-        .await
-        .unwrap();
+        let (_, ns) = start_test_namesrv(&section(300, 50)).await;
         let reg = RegisterBroker {
             cluster: "c".into(),
             broker_name: "b".into(),
@@ -347,15 +336,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn periodic_registration_keeps_broker_alive() {
-        let (ns_addr, ns) = start_embedded(
-            &section(300, 50),
-            opts(),
-            Vec::new(),
-            &Default::default(),
-            crate::acl::Acl::disabled(),
-        )
-        .await
-        .unwrap();
+        let (ns_addr, ns) = start_test_namesrv(&section(300, 50)).await;
         let client = NameServerClient::new(
             vec![ns_addr.to_string()],
             identity(),
@@ -408,15 +389,7 @@ mod tests {
         assert!(!acked);
         assert!(!lonely.send(IsRegistered).await.unwrap());
 
-        let (ns_addr, _ns) = start_embedded(
-            &section(60_000, 1_000),
-            opts(),
-            Vec::new(),
-            &Default::default(),
-            crate::acl::Acl::disabled(),
-        )
-        .await
-        .unwrap();
+        let (ns_addr, _ns) = start_test_namesrv(&section(60_000, 1_000)).await;
         let client = NameServerClient::new(
             vec![dead.to_string(), ns_addr.to_string()],
             identity(),
@@ -435,15 +408,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn register_now_publishes_topic_changes() {
-        let (ns_addr, _ns) = start_embedded(
-            &section(60_000, 1_000),
-            opts(),
-            Vec::new(),
-            &Default::default(),
-            crate::acl::Acl::disabled(),
-        )
-        .await
-        .unwrap();
+        let (ns_addr, _ns) = start_test_namesrv(&section(60_000, 1_000)).await;
         let topics = Arc::new(std::sync::Mutex::new(BTreeMap::from([(
             "orders".to_string(),
             TopicInfo { queues: 4 },
