@@ -297,6 +297,27 @@ fn is_namesrv_command(cmd: Command) -> bool {
     (100..=104).contains(&cmd.code())
 }
 
+/// Waits until the seeds are dispatched (orders/0 ends at `SEEDS`).
+async fn wait_for_seeds(admin: &RemotingConnection) {
+    for _ in 0..100 {
+        let (_, body) = admin
+            .request(
+                Command::GetOffsets,
+                header(json!({"topic": "orders", "queue": 0})),
+                Bytes::new(),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        let offsets: Value = serde_json::from_slice(&body).unwrap();
+        if offsets["max_offset"] == json!(SEEDS) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the seeds were never dispatched");
+}
+
 /// What must still hold after `caller`'s pass if everything denied to it
 /// changed nothing.
 async fn assert_nothing_denied_changed(admin: &RemotingConnection, caller: Caller, sends_so_far: u64) {
@@ -328,18 +349,28 @@ async fn assert_nothing_denied_changed(admin: &RemotingConnection, caller: Calle
         .await
         .unwrap();
     assert_eq!(created.status() == Status::Success, allowed(caller, Need::Admin));
-    // Messages stored: exactly the allowed sends so far (one each, queue 0).
-    let (_, body) = admin
-        .request(
-            Command::GetOffsets,
-            header(json!({"topic": "orders", "queue": 0})),
-            Bytes::new(),
-            t,
-        )
-        .await
-        .unwrap();
-    let offsets: Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(offsets["max_offset"], json!(SEEDS + sends_so_far), "after {caller:?}");
+    // Messages stored: exactly the allowed sends so far (one each, queue 0;
+    // the queue's end moves once the last one is dispatched).
+    let want = json!(SEEDS + sends_so_far);
+    let mut max = Value::Null;
+    for _ in 0..100 {
+        let (_, body) = admin
+            .request(
+                Command::GetOffsets,
+                header(json!({"topic": "orders", "queue": 0})),
+                Bytes::new(),
+                t,
+            )
+            .await
+            .unwrap();
+        let offsets: Value = serde_json::from_slice(&body).unwrap();
+        max = offsets["max_offset"].clone();
+        if max == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(max, want, "after {caller:?}");
     // The group's committed offset is not this caller's unless it may commit.
     let (_, body) = admin
         .request(
@@ -412,6 +443,9 @@ async fn every_command_answers_each_caller_as_the_rules_say_and_refusals_change_
             .await
             .unwrap();
     }
+    // Every caller's commit (1 to 6) must be below the queue's end, which
+    // moves once the seeds are dispatched.
+    wait_for_seeds(&admin).await;
     let commit = json!({"group": "resetme", "offsets": [{"topic": "orders", "broker_name": "broker-a",
                         "queue": 0, "offset": 0}]});
     admin
@@ -701,6 +735,24 @@ async fn without_acl_internal_topics_and_live_brokers_are_still_protected() {
     conn.request(Command::SendMessage, Bytes::new(), send_body("t", "one"), t)
         .await
         .unwrap();
+    // The queue's end moves once the message is dispatched (just after
+    // the send is answered); a commit may not pass it.
+    for _ in 0..100 {
+        let (_, body) = conn
+            .request(
+                Command::GetOffsets,
+                header(json!({"topic": "t", "queue": 0})),
+                Bytes::new(),
+                t,
+            )
+            .await
+            .unwrap();
+        let offsets: Value = serde_json::from_slice(&body).unwrap();
+        if offsets["max_offset"] == json!(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let a = conn
         .request_raw(Command::CommitOffsets, header(commit), Bytes::new(), t)
         .await
