@@ -119,15 +119,13 @@ impl NamesrvOpt {
     /// make any.
     pub fn try_client_config(&self) -> Result<ClientConfig, String> {
         let mut cfg = ClientConfig::new(split_addrs(&self.namesrv));
-        match (&self.access_key, &self.secret_key) {
-            (Some(k), Some(s)) if !k.is_empty() => {
-                cfg.security.credentials = Some(Credentials::new(k.clone(), s.clone()))
-            }
-            (Some(k), None) if !k.is_empty() => {
-                return Err(format!("--access-key {k} needs --secret-key (or FERROMQ_SECRET_KEY)"))
-            }
+        // An empty value (an exported but empty variable) counts as unset.
+        let given = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+        match (given(&self.access_key), given(&self.secret_key)) {
+            (Some(k), Some(s)) => cfg.security.credentials = Some(Credentials::new(k, s)),
+            (Some(k), None) => return Err(format!("--access-key {k} needs --secret-key (or FERROMQ_SECRET_KEY)")),
             (None, Some(_)) => return Err("--secret-key needs --access-key (or FERROMQ_ACCESS_KEY)".into()),
-            _ => {}
+            (None, None) => {}
         }
         if self.tls || self.tls_ca.is_some() || self.tls_cert.is_some() {
             let tls = ClientTls::from_files(
@@ -246,6 +244,8 @@ mod tests {
             "ferromq cluster --http 127.0.0.1:8080 --format json",
             "ferromq stats --interval 0.5 --count 3",
             "ferromq broker --http 0",
+            "ferromq produce --topic t --access-key app --secret-key app-secret-00001",
+            "ferromq topic list --tls --tls-ca ca.pem --tls-cert c.pem --tls-key k.pem",
         ];
         for line in ok {
             Cli::try_parse_from(line.split(' ')).unwrap_or_else(|e| panic!("{line}: {e}"));
@@ -261,6 +261,42 @@ mod tests {
         ] {
             assert!(Cli::try_parse_from(bad.split(' ')).is_err(), "{bad}");
         }
+    }
+
+    fn ns_opt(access: Option<&str>, secret: Option<&str>) -> NamesrvOpt {
+        NamesrvOpt {
+            namesrv: "127.0.0.1:9876".into(),
+            access_key: access.map(String::from),
+            secret_key: secret.map(String::from),
+            tls: false,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+
+    #[test]
+    fn credentials_come_in_pairs_and_empty_values_count_as_unset() {
+        let cfg = ns_opt(Some("app"), Some("app-secret-00001"))
+            .try_client_config()
+            .unwrap();
+        assert_eq!(cfg.security.credentials.map(|c| c.access_key).as_deref(), Some("app"));
+        assert!(ns_opt(Some(""), Some(""))
+            .try_client_config()
+            .unwrap()
+            .security
+            .credentials
+            .is_none());
+        assert!(ns_opt(None, None)
+            .try_client_config()
+            .unwrap()
+            .security
+            .credentials
+            .is_none());
+        let e = ns_opt(Some("app"), Some("")).try_client_config().unwrap_err();
+        assert!(e.contains("needs --secret-key"), "{e}");
+        let e = ns_opt(None, Some("s3cret-s3cret")).try_client_config().unwrap_err();
+        assert!(e.contains("needs --access-key") && !e.contains("s3cret"), "{e}");
     }
 
     #[test]
