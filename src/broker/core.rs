@@ -235,7 +235,7 @@ impl BrokerCore {
     }
 
     /// The checks every operation passes first: [`Self::authorize`], then
-    /// [`Self::check_internal_topic`], then [`Self::check_writable`].
+    /// [`check_internal_topic`], then [`Self::check_writable`].
     pub fn admit(&self, session: &Session, op: &Operation<'_>) -> Result<(), BrokerError> {
         self.authorize(session, op)?;
         check_internal_topic(op)?;
