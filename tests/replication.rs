@@ -407,11 +407,21 @@ fn group_consumers_fall_back_to_the_slave_and_back() {
         let seen = bodies(&second);
         unread_on_a.iter().all(|b| seen.contains(b))
     });
-    assert!(
-        ok,
-        "A's unread messages not read from its slave within 15 s\n{}",
-        last_lines(&consumer_stderr(&second), 20)
-    );
+    if !ok {
+        let seen = bodies(&second);
+        let missing: Vec<&String> = unread_on_a.iter().filter(|b| !seen.contains(b)).collect();
+        panic!(
+            "A's unread messages not read from its slave within 15 s: {} of {} missing (first {:?}), {} read; \
+             read before: {}; group: {:?}\n{}",
+            missing.len(),
+            unread_on_a.len(),
+            missing.first(),
+            seen.len(),
+            read_before.len(),
+            c.describe_group("fb-g"),
+            last_lines(&consumer_stderr(&second), 20)
+        );
+    }
     let fallback_ms = started.elapsed().as_millis();
     eprintln!(
         "figure: fallback_unread_on_a={} read_within_ms={fallback_ms}",
