@@ -297,122 +297,97 @@ fn is_namesrv_command(cmd: Command) -> bool {
     (100..=104).contains(&cmd.code())
 }
 
-/// Waits until the seeds are dispatched (orders/0 ends at `SEEDS`).
-async fn wait_for_seeds(admin: &RemotingConnection) {
+/// The end (max offset) of queue 0 of `topic`, once it reaches `want`
+/// (the end moves when a message is dispatched, just after its send is
+/// answered), or what it is after 5 s.
+async fn queue_end_reaching(conn: &RemotingConnection, topic: &str, want: u64) -> u64 {
+    let mut end = 0;
     for _ in 0..100 {
-        let (_, body) = admin
+        let (_, body) = conn
             .request(
                 Command::GetOffsets,
-                header(json!({"topic": "orders", "queue": 0})),
+                header(json!({"topic": topic, "queue": 0})),
                 Bytes::new(),
                 Duration::from_secs(5),
             )
             .await
             .unwrap();
         let offsets: Value = serde_json::from_slice(&body).unwrap();
-        if offsets["max_offset"] == json!(SEEDS) {
-            return;
+        end = offsets["max_offset"].as_u64().unwrap_or(0);
+        if end == want {
+            break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("the seeds were never dispatched");
+    end
+}
+
+/// `group`'s committed offset of orders/0 (0 when none).
+async fn committed_on_queue0(admin: &RemotingConnection, group: &str) -> u64 {
+    let (_, body) = admin
+        .request(
+            Command::FetchOffsets,
+            header(json!({"group": group, "topic": "orders"})),
+            Bytes::new(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let committed: Value = serde_json::from_slice(&body).unwrap();
+    committed["offsets"]
+        .as_array()
+        .and_then(|a| a.iter().find(|o| o["queue"] == json!(0)))
+        .map_or(0, |o| o["offset"].as_u64().unwrap_or(0))
+}
+
+/// True when `topic` exists (its stats are answered).
+async fn topic_exists(admin: &RemotingConnection, topic: &str) -> bool {
+    let answer = admin
+        .request_raw(
+            Command::TopicStats,
+            header(json!({"topic": topic})),
+            Bytes::new(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    answer.status() == Status::Success
 }
 
 /// What must still hold after `caller`'s pass if everything denied to it
 /// changed nothing.
 async fn assert_nothing_denied_changed(admin: &RemotingConnection, caller: Caller, sends_so_far: u64) {
-    let t = Duration::from_secs(5);
     let tag = caller.tag();
-    // The topic it tried to delete is still there unless it may delete.
-    let victim = admin
-        .request_raw(
-            Command::TopicStats,
-            header(json!({"topic": format!("victim-{tag}")})),
-            Bytes::new(),
-            t,
-        )
-        .await
-        .unwrap();
+    let may_admin = allowed(caller, Need::Admin);
+    // The topic it tried to delete is still there unless it may delete; the
+    // one it tried to create exists only if it may create.
     assert_eq!(
-        victim.status() == Status::Success,
-        !allowed(caller, Need::Admin),
-        "victim-{tag}: {}",
-        victim.error_message()
+        topic_exists(admin, &format!("victim-{tag}")).await,
+        !may_admin,
+        "victim-{tag}"
     );
-    let created = admin
-        .request_raw(
-            Command::TopicStats,
-            header(json!({"topic": format!("created-{tag}")})),
-            Bytes::new(),
-            t,
-        )
-        .await
-        .unwrap();
-    assert_eq!(created.status() == Status::Success, allowed(caller, Need::Admin));
-    // Messages stored: exactly the allowed sends so far (one each, queue 0;
-    // the queue's end moves once the last one is dispatched).
-    let want = json!(SEEDS + sends_so_far);
-    let mut max = Value::Null;
-    for _ in 0..100 {
-        let (_, body) = admin
-            .request(
-                Command::GetOffsets,
-                header(json!({"topic": "orders", "queue": 0})),
-                Bytes::new(),
-                t,
-            )
-            .await
-            .unwrap();
-        let offsets: Value = serde_json::from_slice(&body).unwrap();
-        max = offsets["max_offset"].clone();
-        if max == want {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(max, want, "after {caller:?}");
+    assert_eq!(
+        topic_exists(admin, &format!("created-{tag}")).await,
+        may_admin,
+        "created-{tag}"
+    );
+    // Messages stored: exactly the allowed sends so far (one each, queue 0).
+    let want = SEEDS + sends_so_far;
+    assert_eq!(
+        queue_end_reaching(admin, "orders", want).await,
+        want,
+        "after {caller:?}"
+    );
     // The group's committed offset is not this caller's unless it may commit.
-    let (_, body) = admin
-        .request(
-            Command::FetchOffsets,
-            header(json!({"group": "billing", "topic": "orders"})),
-            Bytes::new(),
-            t,
-        )
-        .await
-        .unwrap();
-    let committed: Value = serde_json::from_slice(&body).unwrap();
-    let q0 = committed["offsets"]
-        .as_array()
-        .and_then(|a| a.iter().find(|o| o["queue"] == json!(0)))
-        .map(|o| o["offset"].as_u64().unwrap_or(0))
-        .unwrap_or(0);
+    let q0 = committed_on_queue0(admin, "billing").await;
     assert_eq!(
         q0 == 1 + caller.index(),
         allowed(caller, Need::Sub),
         "billing offset {q0} after {caller:?}"
     );
     // resetme's offset moves only by an admin's reset.
-    let (_, body) = admin
-        .request(
-            Command::FetchOffsets,
-            header(json!({"group": "resetme", "topic": "orders"})),
-            Bytes::new(),
-            t,
-        )
-        .await
-        .unwrap();
-    let reset: Value = serde_json::from_slice(&body).unwrap();
-    let at = reset["offsets"]
-        .as_array()
-        .and_then(|a| a.iter().find(|o| o["queue"] == json!(0)))
-        .map(|o| o["offset"].as_u64().unwrap_or(0))
-        .unwrap_or(0);
-    assert_eq!(
-        at == 0,
-        !allowed(caller, Need::Admin),
-        "resetme at {at} after {caller:?}"
-    );
+    let at = committed_on_queue0(admin, "resetme").await;
+    assert_eq!(at == 0, !may_admin, "resetme at {at} after {caller:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -445,7 +420,11 @@ async fn every_command_answers_each_caller_as_the_rules_say_and_refusals_change_
     }
     // Every caller's commit (1 to 6) must be below the queue's end, which
     // moves once the seeds are dispatched.
-    wait_for_seeds(&admin).await;
+    assert_eq!(
+        queue_end_reaching(&admin, "orders", SEEDS).await,
+        SEEDS,
+        "seeds dispatched"
+    );
     let commit = json!({"group": "resetme", "offsets": [{"topic": "orders", "broker_name": "broker-a",
                         "queue": 0, "offset": 0}]});
     admin
@@ -531,15 +510,10 @@ async fn every_command_answers_each_caller_as_the_rules_say_and_refusals_change_
 
 /// `ferromq ARGS` with credentials (`None`: anonymous).
 fn cli_as(ns: &str, who: Option<(&str, &str)>, args: &[&str], stdin: &[u8]) -> std::process::Output {
-    let mut all: Vec<&str> = args.to_vec();
-    if let Some((k, s)) = who {
-        all.extend(["--access-key", k, "--secret-key", s]);
-    }
-    cli_with_input(ns, &all, stdin)
-}
-
-fn stderr_of(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).to_string()
+    let extra: Vec<String> = who
+        .map(|(k, s)| ["--access-key", k, "--secret-key", s].map(String::from).to_vec())
+        .unwrap_or_default();
+    cli_with_extra(ns, args, &extra, stdin)
 }
 
 #[test]
@@ -554,28 +528,32 @@ fn the_cli_signs_says_access_denied_and_reloaded_rules_and_whitelists_take_effec
     // Anonymous: refused, non-zero exit, says so.
     let anon = cli_as(&ns, None, &["topic", "list"], b"");
     assert!(!anon.status.success());
-    assert!(stderr_of(&anon).contains("access denied"), "{}", stderr_of(&anon));
+    assert!(stderr_text(&anon).contains("access denied"), "{}", stderr_text(&anon));
     // An admin creates topics; a producer may not.
     let out = cli_as(&ns, Some(ROOT), &["topic", "create", "orders", "--queues", "2"], b"");
-    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(out.status.success(), "{}", stderr_text(&out));
     let out = cli_as(&ns, Some(ROOT), &["topic", "create", "late", "--queues", "1"], b"");
-    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(out.status.success(), "{}", stderr_text(&out));
     let out = cli_as(&ns, producer, &["topic", "delete", "orders"], b"");
     assert!(!out.status.success());
-    assert!(stderr_of(&out).contains("access denied") && stderr_of(&out).contains("admin"));
+    assert!(stderr_text(&out).contains("access denied") && stderr_text(&out).contains("admin"));
     // The producer sends to orders, not to late (yet), and may not read.
     let out = cli_as(&ns, producer, &["produce", "--topic", "orders"], b"one\ntwo\n");
-    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(out.status.success(), "{}", stderr_text(&out));
     let out = cli_as(&ns, producer, &["produce", "--topic", "late"], b"x\n");
     assert!(!out.status.success());
-    let err = stderr_of(&out);
+    let err = stderr_text(&out);
     assert!(
         err.contains("access denied") && err.contains("PUB on topic late"),
         "{err}"
     );
     let out = cli_as(&ns, producer, &["consume", "--topic", "orders", "--count", "1"], b"");
     assert!(!out.status.success());
-    assert!(stderr_of(&out).contains("SUB on topic orders"), "{}", stderr_of(&out));
+    assert!(
+        stderr_text(&out).contains("SUB on topic orders"),
+        "{}",
+        stderr_text(&out)
+    );
     // The consumer reads what was sent.
     let out = cli_as(
         &ns,
@@ -583,7 +561,7 @@ fn the_cli_signs_says_access_denied_and_reloaded_rules_and_whitelists_take_effec
         &["consume", "--topic", "orders", "--count", "2", "--from", "earliest"],
         b"",
     );
-    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(out.status.success(), "{}", stderr_text(&out));
     // Internal topics are the broker's, even for an admin.
     let out = cli_as(
         &ns,
@@ -592,7 +570,7 @@ fn the_cli_signs_says_access_denied_and_reloaded_rules_and_whitelists_take_effec
         b"forged\n",
     );
     assert!(!out.status.success());
-    assert!(stderr_of(&out).contains("internal"), "{}", stderr_of(&out));
+    assert!(stderr_text(&out).contains("internal"), "{}", stderr_text(&out));
     let out = cli_as(&ns, Some(ROOT), &["topic", "delete", "__delay"], b"");
     assert!(!out.status.success());
 
@@ -614,7 +592,7 @@ fn the_cli_signs_says_access_denied_and_reloaded_rules_and_whitelists_take_effec
         .stderr()
         .contains("does not parse")));
     let out = cli_as(&ns, producer, &["produce", "--topic", "late"], b"y\n");
-    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(out.status.success(), "{}", stderr_text(&out));
     assert!(!cli_as(&ns, None, &["topic", "list"], b"").status.success());
 
     // Whitelists: a global entry that is not us changes nothing; one that
@@ -629,7 +607,7 @@ fn the_cli_signs_says_access_denied_and_reloaded_rules_and_whitelists_take_effec
         cli_as(&ns, None, &["topic", "list"], b"").status.success()
     }));
     let out = cli_as(&ns, None, &["produce", "--topic", "late"], b"anon\n");
-    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(out.status.success(), "{}", stderr_text(&out));
     // A per-account whitelist refuses the account from elsewhere.
     let fenced = granted.replace(
         r#"secret_key = "producer-secret1""#,
@@ -638,7 +616,7 @@ fn the_cli_signs_says_access_denied_and_reloaded_rules_and_whitelists_take_effec
     std::fs::write(&acl, &fenced).unwrap();
     assert!(wait_until(Duration::from_secs(10), || {
         let out = cli_as(&ns, producer, &["produce", "--topic", "orders"], b"z\n");
-        !out.status.success() && stderr_of(&out).contains("may not connect from")
+        !out.status.success() && stderr_text(&out).contains("may not connect from")
     }));
 }
 
@@ -735,24 +713,9 @@ async fn without_acl_internal_topics_and_live_brokers_are_still_protected() {
     conn.request(Command::SendMessage, Bytes::new(), send_body("t", "one"), t)
         .await
         .unwrap();
-    // The queue's end moves once the message is dispatched (just after
-    // the send is answered); a commit may not pass it.
-    for _ in 0..100 {
-        let (_, body) = conn
-            .request(
-                Command::GetOffsets,
-                header(json!({"topic": "t", "queue": 0})),
-                Bytes::new(),
-                t,
-            )
-            .await
-            .unwrap();
-        let offsets: Value = serde_json::from_slice(&body).unwrap();
-        if offsets["max_offset"] == json!(1) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // A commit may not pass the queue's end, which moves once the message
+    // is dispatched.
+    assert_eq!(queue_end_reaching(&conn, "t", 1).await, 1);
     let a = conn
         .request_raw(Command::CommitOffsets, header(commit), Bytes::new(), t)
         .await

@@ -17,13 +17,7 @@ use common::*;
 
 /// `ferromq ARGS EXTRA` against `ns` with `input` on stdin.
 fn run(ns: &str, args: &[&str], extra: &[String], input: &str) -> Output {
-    let mut all: Vec<&str> = args.to_vec();
-    all.extend(extra.iter().map(String::as_str));
-    cli_with_input(ns, &all, input.as_bytes())
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    cli_with_extra(ns, args, extra, input.as_bytes())
 }
 
 /// Like [`run`], failing the test unless it succeeds; returns stdout.
@@ -32,7 +26,7 @@ fn run_ok(ns: &str, args: &[&str], extra: &[String], input: &str) -> String {
     assert!(
         out.status.success(),
         "ferromq {args:?} {extra:?} failed:\n{}",
-        stderr(&out)
+        stderr_text(&out)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -129,7 +123,7 @@ fn off_mode_serves_plain_clients_and_tls_clients_learn_it_is_off() {
 
     let out = run(ns, &["topic", "list"], &pki.client_args(), "");
     assert!(!out.status.success(), "a TLS client against a plain port fails");
-    let err = stderr(&out);
+    let err = stderr_text(&out);
     assert!(err.contains("TLS"), "the error names TLS: {err}");
 }
 
@@ -174,7 +168,7 @@ fn enforcing_mode_serves_tls_and_closes_plain_clients_cleanly() {
     for args in [&["topic", "list"][..], &["produce", "--topic", "secret"][..]] {
         let out = run(ns, args, &[], "x\n");
         assert!(!out.status.success(), "plain {args:?} must fail");
-        let err = stderr(&out);
+        let err = stderr_text(&out);
         assert!(err.contains("TLS") && err.contains("--tls"), "plain {args:?}: {err}");
     }
     // A client not trusting the server's CA is told about the certificate.
@@ -185,7 +179,7 @@ fn enforcing_mode_serves_tls_and_closes_plain_clients_cleanly() {
         "",
     );
     assert!(!out.status.success());
-    let err = stderr(&out);
+    let err = stderr_text(&out);
     assert!(err.contains("certificate"), "{err}");
 }
 
@@ -198,7 +192,7 @@ fn mutual_tls_requires_a_client_certificate_signed_by_the_ca() {
 
     let out = run(ns, &["topic", "list"], &pki.client_args(), "");
     assert!(!out.status.success(), "a TLS client without a certificate is refused");
-    let err = stderr(&out);
+    let err = stderr_text(&out);
     assert!(err.contains("TLS") && err.contains("--tls-cert"), "{err}");
 
     let mutual = pki.mutual_client_args();

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::addr::AddrPattern;
 use super::perm::{Perm, ResourcePerms};
-use super::sign::SignedFields;
+use super::sign::{same_secret, SignedFields};
 
 /// A secret key: never printed (`Debug` and `Display` show `***`).
 #[derive(Clone, PartialEq, Eq)]
@@ -106,6 +106,20 @@ pub struct Account {
     topics: ResourcePerms,
     groups: ResourcePerms,
     white: Option<AddrPattern>,
+}
+
+impl Account {
+    /// The account as the identity of a request from `peer`, unless its
+    /// `white_remote_address` refuses that address.
+    fn admit_from(&self, peer: IpAddr) -> Result<Identity, Denied> {
+        match &self.white {
+            Some(w) if !w.matches(peer) => Err(Denied(format!(
+                "access key {} may not connect from {peer}",
+                self.access_key
+            ))),
+            _ => Ok(Identity::Account(self.access_key.clone())),
+        }
+    }
 }
 
 /// Who a request comes from, once its signature was checked.
@@ -252,12 +266,7 @@ impl AclRules {
                 window_ms / 1000
             )));
         }
-        if let Some(w) = &account.white {
-            if !w.matches(peer) {
-                return Err(Denied(format!("access key {key} may not connect from {peer}")));
-            }
-        }
-        Ok(Identity::Account(key.to_string()))
+        account.admit_from(peer)
     }
 
     /// Checks an access key and secret given in plain (HTTP basic
@@ -267,30 +276,10 @@ impl AclRules {
             .accounts
             .get(access_key)
             .ok_or_else(|| Denied(format!("unknown access key {access_key}")))?;
-        // Compare MACs of both, so the comparison takes the same time
-        // wherever the strings first differ.
-        let probe = SignedFields {
-            code: 0,
-            kind: 0,
-            timestamp_ms: 0,
-            access_key,
-            header: secret.as_bytes(),
-            body_len: 0,
-            body_crc: 0,
-        };
-        let expected = SignedFields {
-            header: account.secret.expose(),
-            ..probe
-        };
-        if !probe.verify(b"plain-compare", &expected.sign(b"plain-compare")) {
+        if !same_secret(secret.as_bytes(), account.secret.expose()) {
             return Err(Denied(format!("wrong secret key for access key {access_key}")));
         }
-        if let Some(w) = &account.white {
-            if !w.matches(peer) {
-                return Err(Denied(format!("access key {access_key} may not connect from {peer}")));
-            }
-        }
-        Ok(Identity::Account(access_key.to_string()))
+        account.admit_from(peer)
     }
 
     /// May `who` do what `access` says?

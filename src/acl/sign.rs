@@ -67,6 +67,22 @@ impl SignedFields<'_> {
     }
 }
 
+/// True when `a` and `b` are the same secret, compared in constant time
+/// (through MACs of both under a fixed key, so the time taken does not
+/// tell where they first differ).
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    const KEY: &[u8] = b"ferromq-secret-compare";
+    let mac = |v: &[u8]| {
+        let mut m = match Hmac::<Sha256>::new_from_slice(KEY) {
+            Ok(m) => m,
+            Err(_) => unreachable!("HMAC accepts keys of every length"),
+        };
+        m.update(v);
+        m
+    };
+    mac(a).verify_slice(&mac(b).finalize().into_bytes()).is_ok()
+}
+
 /// The CRC32C of a body sent in pieces.
 pub fn body_crc<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u32 {
     parts.into_iter().fold(0, crc32c::crc32c_append)
@@ -102,5 +118,8 @@ mod tests {
         assert!(!later.verify(b"writer-secret-01", &sig));
         assert!(!f.verify(b"writer-secret-01", &sig[..31]));
         assert_eq!(body_crc([&b"abc"[..]]), f.body_crc);
+        assert!(same_secret(b"root-secret-0001", b"root-secret-0001"));
+        assert!(!same_secret(b"root-secret-0001", b"root-secret-0002"));
+        assert!(!same_secret(b"root", b"root-secret-0001"));
     }
 }

@@ -30,21 +30,27 @@ impl ConnectOptions {
     pub fn sign(&self, frame: &mut Frame) {
         let Some(c) = &self.credentials else { return };
         let timestamp_ms = crate::clock::now_millis();
-        let fields = SignedFields {
-            code: frame.code,
-            kind: frame.kind as u8,
-            timestamp_ms,
-            access_key: &c.access_key,
-            header: &frame.header,
-            body_len: frame.body_len() as u32,
-            body_crc: body_crc(std::iter::once(&frame.body[..]).chain(frame.body_tail.iter().map(|b| &b[..]))),
-        };
-        let signature = fields.sign(c.secret_key.expose());
+        let signature = signed_fields(frame, &c.access_key, timestamp_ms).sign(c.secret_key.expose());
         frame.auth = Some(Box::new(AuthBlock {
             access_key: c.access_key.clone(),
             timestamp_ms,
             signature,
         }));
+    }
+}
+
+/// What the signature of `frame` by `access_key` at `timestamp_ms` covers
+/// (`docs/protocol.md` §10): the signer and the server derive it the same
+/// way.
+pub fn signed_fields<'a>(frame: &'a Frame, access_key: &'a str, timestamp_ms: u64) -> SignedFields<'a> {
+    SignedFields {
+        code: frame.code,
+        kind: frame.kind as u8,
+        timestamp_ms,
+        access_key,
+        header: &frame.header,
+        body_len: frame.body_len() as u32,
+        body_crc: body_crc(std::iter::once(&frame.body[..]).chain(frame.body_tail.iter().map(|b| &b[..]))),
     }
 }
 

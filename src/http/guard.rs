@@ -35,10 +35,9 @@ use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::{DefaultHeaders, Next};
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse};
 use base64::Engine;
-use hmac::{Hmac, Mac};
 use serde_json::json;
-use sha2::Sha256;
 
+use crate::acl::sign::same_secret;
 use crate::acl::{Access, Acl, Denied, Identity, Secret};
 use crate::broker::session::Session;
 use crate::config::HttpSection;
@@ -53,9 +52,9 @@ const PROBES: [&str; 3] = ["/health", "/ready", "/metrics"];
 /// The rules [`guard`] applies, built once from `[http]` and the ACL.
 pub struct Guard {
     acl: Acl,
-    /// HMAC of the bearer token (compared in constant time); `None`: no
-    /// token accepted.
-    token_mac: Option<Vec<u8>>,
+    /// The bearer token (compared in constant time); `None`: no token
+    /// accepted.
+    token: Option<Secret>,
     open_health: bool,
     hosts: HostRules,
 }
@@ -64,51 +63,35 @@ impl std::fmt::Debug for Guard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Guard")
             .field("acl", &self.acl)
-            .field("token", &self.token_mac.as_ref().map(|_| "***"))
+            .field("token", &self.token.as_ref().map(|_| "***"))
             .field("open_health", &self.open_health)
             .field("hosts", &self.hosts)
             .finish()
     }
 }
 
-type HmacSha256 = Hmac<Sha256>;
-
-/// Key of the MACs that compare bearer tokens (not a secret: it only makes
-/// the comparison take the same time wherever the tokens differ).
-const TOKEN_COMPARE_KEY: &[u8] = b"ferromq-http-token-compare";
-
-fn token_mac(token: &[u8]) -> Option<HmacSha256> {
-    let mut mac = HmacSha256::new_from_slice(TOKEN_COMPARE_KEY).ok()?;
-    mac.update(token);
-    Some(mac)
-}
-
 impl Guard {
     /// The rules of `settings` over `acl`; `Err` when the bearer token
     /// names an environment variable that is not set.
     pub fn new(settings: &HttpSection, acl: Acl) -> Result<Guard, String> {
-        let token_mac = match settings.token.trim() {
+        let token = match settings.token.trim() {
             "" => None,
-            text => {
-                let secret = Secret::resolve(text, &|name| std::env::var(name).ok())
-                    .map_err(|e| format!("[http] token: {e}"))?;
-                let mac = token_mac(secret.expose()).ok_or("[http] token: cannot key the comparison")?;
-                Some(mac.finalize().into_bytes().to_vec())
-            }
+            text => Some(
+                Secret::resolve(text, &|name| std::env::var(name).ok()).map_err(|e| format!("[http] token: {e}"))?,
+            ),
         };
         Ok(Guard {
             acl,
-            token_mac,
+            token,
             open_health: settings.open_health,
             hosts: HostRules::new(&settings.allowed_hosts),
         })
     }
 
     fn token_matches(&self, given: &str) -> bool {
-        match (&self.token_mac, token_mac(given.as_bytes())) {
-            (Some(expected), Some(mac)) => mac.verify_slice(expected).is_ok(),
-            _ => false,
-        }
+        self.token
+            .as_ref()
+            .is_some_and(|t| same_secret(t.expose(), given.as_bytes()))
     }
 
     /// Who sent `req` (ACL on): `Ok` with the identity, `Err` with why not.
@@ -142,7 +125,7 @@ impl Guard {
             if self.token_matches(rest.trim()) {
                 // The token admits its bearer as an admin.
                 Ok(Identity::Whitelisted)
-            } else if self.token_mac.is_none() {
+            } else if self.token.is_none() {
                 Err(Denied(
                     "bearer tokens are not accepted ([http] token is not set)".into(),
                 ))

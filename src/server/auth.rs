@@ -3,8 +3,8 @@
 
 use std::net::IpAddr;
 
-use crate::acl::sign::{body_crc, SignedFields};
 use crate::acl::{Acl, Denied, Identity, Signature};
+use crate::client::remoting::signed_fields;
 use crate::wire::Frame;
 
 /// The identity `frame` proves (see `acl::AclRules::authenticate`):
@@ -17,15 +17,7 @@ pub fn identify(acl: &Acl, frame: &Frame, peer: IpAddr, now_ms: u64) -> Result<I
     let Some(auth) = frame.auth.as_deref() else {
         return acl.authenticate(None, peer, now_ms);
     };
-    let fields = SignedFields {
-        code: frame.code,
-        kind: frame.kind as u8,
-        timestamp_ms: auth.timestamp_ms,
-        access_key: &auth.access_key,
-        header: &frame.header,
-        body_len: frame.body_len() as u32,
-        body_crc: body_crc(std::iter::once(&frame.body[..]).chain(frame.body_tail.iter().map(|b| &b[..]))),
-    };
+    let fields = signed_fields(frame, &auth.access_key, auth.timestamp_ms);
     let sig = Signature {
         fields,
         signature: &auth.signature,

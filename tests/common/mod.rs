@@ -303,6 +303,19 @@ pub fn cli_with_input(namesrv: &str, args: &[&str], stdin: &[u8]) -> Output {
     out
 }
 
+/// `ferromq ARGS EXTRA` against `namesrv` with `stdin` piped in: `extra`
+/// carries flags a test adds to every command (an account, TLS options).
+pub fn cli_with_extra(namesrv: &str, args: &[&str], extra: &[String], stdin: &[u8]) -> Output {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(extra.iter().map(String::as_str));
+    cli_with_input(namesrv, &all, stdin)
+}
+
+/// A command's stderr as text.
+pub fn stderr_text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Runs `ferromq ARGS` against `namesrv` and returns its output.
 pub fn cli(namesrv: &str, args: &[&str]) -> Output {
     cli_with_input(namesrv, args, b"")
